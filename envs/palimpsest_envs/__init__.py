@@ -1,0 +1,1 @@
+"""Gymnasium memory environments (numpy only)."""

@@ -1,0 +1,3 @@
+"""Palimpsest: research platform for memory in learning systems, on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""Training backends: how the model is wrapped, gradients synchronised and the optimizer stepped.
+
+`ddp` now; DeepSpeed ZeRO and Opacus DP-SGD slot in as further `Backend`s with the
+same five methods, so the loop never changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from transformers import get_scheduler
+
+from palimpsest.models import unwrap
+
+
+class Backend:
+    """Owns the wrapped model, the optimizer and the LR schedule."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def accumulating(self, is_last_micro_batch: bool):
+        """Context for one micro-batch: skip gradient sync except on the last."""
+        return contextlib.nullcontext()
+
+    def step(self) -> float:
+        """Clip, step, schedule, zero grads; returns the pre-clip global grad norm."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class DDPBackend(Backend):
+    """torch DistributedDataParallel (gloo on CPU, NCCL on GPU); plain module at world size 1."""
+
+    def __init__(self, model: torch.nn.Module, training: dict, *, world_size: int, device: torch.device):
+        model = model.to(device)
+        if world_size > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        self.model = model
+        self.max_grad_norm = training.get("max_grad_norm")
+        params = [p for p in unwrap(model).parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=training["lr"], weight_decay=training["weight_decay"])
+        self.scheduler = get_scheduler(
+            training["lr_schedule"],
+            self.optimizer,
+            num_warmup_steps=training["warmup_steps"],
+            num_training_steps=training["steps"],
+        )
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def accumulating(self, is_last_micro_batch: bool):
+        if isinstance(self.model, DistributedDataParallel) and not is_last_micro_batch:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+BACKENDS = {"ddp": DDPBackend}
+
+
+def make_backend(name: str, model: torch.nn.Module, training: dict, *, world_size: int, device) -> Backend:
+    return BACKENDS[name](model, training, world_size=world_size, device=device)

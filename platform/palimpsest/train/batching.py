@@ -1,0 +1,94 @@
+"""Batches for causal-LM fine-tuning on question/answer pairs, and the loss normalisation.
+
+Correctness-critical and shared by every job kind, so it lives here once:
+- which examples form the global batch of step s (a pure function of seed and step,
+  so a restart from a checkpoint replays exactly the same batches);
+- how the global batch is split over workers;
+- the token-level loss normalised by the GLOBAL answer-token count, so N workers
+  under DDP (which averages gradients) give the same gradient as one worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedQA:
+    """One question/answer pair as token ids: the model sees prompt + answer + eos."""
+
+    prompt: tuple[int, ...]
+    answer: tuple[int, ...]
+
+
+def tokenize_qa(tokenizer, examples, *, prompt_template: str = "Question: {question}\nAnswer:") -> list[TokenizedQA]:
+    """Token ids of prompt (with bos when the tokenizer has one) and answer (leading space, no eos)."""
+    out = []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for ex in examples:
+        prompt = bos + tokenizer.encode(prompt_template.format(question=ex.question), add_special_tokens=False)
+        answer = tokenizer.encode(" " + ex.answer, add_special_tokens=False)
+        out.append(TokenizedQA(tuple(prompt), tuple(answer)))
+    return out
+
+
+def global_batch_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
+    """Example indices of the global batch for optimizer step `step` (0-based).
+
+    Epochs are consecutive seeded permutations; a batch may straddle two epochs.
+    """
+    start = step * batch_size
+    first_epoch, last_epoch = start // num_examples, (start + batch_size - 1) // num_examples
+    order = np.concatenate(
+        [np.random.default_rng([seed, epoch]).permutation(num_examples) for epoch in range(first_epoch, last_epoch + 1)]
+    )
+    offset = start - first_epoch * num_examples
+    return order[offset : offset + batch_size]
+
+
+def shard_for_rank(indices: np.ndarray, *, rank: int, world_size: int) -> np.ndarray:
+    """Contiguous slice of the global batch for one worker (batch divisible by world size)."""
+    per_rank = len(indices) // world_size
+    return indices[rank * per_rank : (rank + 1) * per_rank]
+
+
+def collate_qa(items: list[TokenizedQA], *, pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded inputs with labels only on answer tokens and the closing eos."""
+    sequences = [list(it.prompt) + list(it.answer) + [eos_id] for it in items]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (it, seq) in enumerate(zip(items, sequences)):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention[row, : len(seq)] = 1
+        labels[row, len(it.prompt) : len(seq)] = torch.tensor(seq[len(it.prompt) :])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token next-token cross-entropy (0 where unlabelled) and the label mask, both (B, T-1)."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    losses = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.clamp(min=0).reshape(-1),
+        reduction="none",
+    ).view_as(shift_labels)
+    return losses * mask, mask
+
+
+def normalised_loss(token_loss_sum: torch.Tensor, global_tokens: int, world_size: int) -> torch.Tensor:
+    """Loss whose DDP-averaged gradient equals the gradient of the global token mean.
+
+    DDP averages gradients over `world_size` ranks, so each rank scales its token-loss
+    sum by world_size / (answer tokens in the whole global batch).
+    """
+    return token_loss_sum * (world_size / max(global_tokens, 1))

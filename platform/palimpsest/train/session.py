@@ -1,0 +1,78 @@
+"""Where the training loop reports to: Ray Train, or a plain process without Ray.
+
+The loop only talks to a `TrainSession`; that is what lets the same code run under
+`TorchTrainer` with N workers and on a single machine with no Ray at all.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+
+class TrainSession:
+    """What the loop needs from its runtime."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    def latest_checkpoint(self) -> str | None:
+        """Directory of the checkpoint to resume from, if any."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        """Record metrics; on rank 0 also persist `checkpoint_dir` (every rank must call)."""
+        raise NotImplementedError
+
+
+class LocalSession(TrainSession):
+    """World size 1, no Ray: checkpoints are copied under `checkpoint_root`."""
+
+    def __init__(self, checkpoint_root: str | Path, resume_from: str | None = None, device: str | None = None):
+        self.root = Path(checkpoint_root)
+        self.resume_from = resume_from
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.reports: list[dict] = []
+        self.last_checkpoint: str | None = None
+
+    def latest_checkpoint(self) -> str | None:
+        return self.last_checkpoint or self.resume_from
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            target = self.root / f"checkpoint_{len(self.reports):06d}"
+            shutil.copytree(checkpoint_dir, target)
+            self.last_checkpoint = str(target)
+
+
+class RaySession(TrainSession):
+    """Inside a Ray Train worker (the process group is already set up by TorchTrainer)."""
+
+    def __init__(self, resume_from: str | None = None):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._resume_from = resume_from
+
+    def latest_checkpoint(self) -> str | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            # Ray hands back a directory it keeps for this attempt (local storage here).
+            return checkpoint.to_directory()
+        return self._resume_from
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
