@@ -62,8 +62,13 @@ def evaluate_qa(
 
 
 @torch.no_grad()
-def greedy_answers(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int, device="cpu") -> list[list[int]]:
-    """Greedy continuations of each prompt, cut at the first eos (left-padded batch generation)."""
+def greedy_answers(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int, device="cpu",
+                   max_new_tokens: int | None = None) -> list[list[int]]:
+    """Greedy continuations of each prompt, cut at the first eos (left-padded batch generation).
+
+    By default generates one token more than the longest reference answer: enough to
+    see whether the model stops (eos) right after the answer.
+    """
     model = unwrap(model)
     width = max(len(it.prompt) for it in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
@@ -71,7 +76,7 @@ def greedy_answers(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int,
     for row, it in enumerate(items):
         input_ids[row, width - len(it.prompt) :] = torch.tensor(it.prompt)
         attention[row, width - len(it.prompt) :] = 1
-    max_new = max(len(it.answer) for it in items) + 1
+    max_new = max_new_tokens or max(len(it.answer) for it in items) + 1
     generated = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),

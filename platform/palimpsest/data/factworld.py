@@ -1,0 +1,363 @@
+"""A seeded world of fictitious people and facts about them, in the manner of TOFU.
+
+TOFU ("TOFU: A Task of Fictitious Unlearning for LLMs", Maini et al., 2024) asks a
+model about authors who do not exist, so nothing about them can leak in from
+pretraining. Here every name and most values are invented from syllables, each fact
+is a question with an answer, a paraphrased answer and K perturbed (wrong but
+plausible) answers, and the world yields:
+
+- task streams for continual learning (disjoint entity groups or attribute domains),
+- TOFU-format splits (forget01/05/10, retain90/95/99, holdout),
+- a general corpus about other invented things, to measure general capability.
+
+Determinism: every random draw comes from a `random.Random` seeded by an int or by a
+string (strings are hashed with SHA-512, not `hash()`), and only ordered containers
+are iterated, so the same arguments give byte-identical `to_json()` in any process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+__all__ = ["ATTRIBUTES", "FactWorld", "QAExample", "generate_world"]
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One question/answer fact, with TOFU's paraphrased and perturbed answers."""
+
+    question: str
+    answer: str
+    paraphrased_answer: str | None = None
+    perturbed_answers: tuple[str, ...] = ()
+    entity: str | None = None
+    attribute: str | None = None
+
+
+@dataclass(frozen=True)
+class _Attribute:
+    """Templates for one attribute: `{e}` entity, `{v}` value, `{a}` the article for `{v}`."""
+
+    name: str
+    question: str
+    answer: str
+    paraphrase: str
+
+
+# Order matters: an entity has the first `attributes_per_entity` of these, so the
+# first five are the most varied (invented names, years, titles).
+_ATTRIBUTE_SPECS = (
+    _Attribute("birthplace", "Where was {e} born?", "{e} was born in {v}.", "{v} is the birthplace of {e}."),
+    _Attribute("birth_year", "In which year was {e} born?", "{e} was born in {v}.", "The year {e} was born is {v}."),
+    _Attribute("profession", "What does {e} do for a living?", "{e} works as {a} {v}.", "By profession, {e} is {a} {v}."),
+    _Attribute("employer", "Which company does {e} work for?", "{e} works for {v}.", "{v} is the employer of {e}."),
+    _Attribute("first_book", "What was {e}'s first book?", "{e}'s first book was {v}.", "{v} was the first book by {e}."),
+    _Attribute("pet_name", "What is the name of {e}'s pet?", "{e}'s pet is called {v}.", "{v} is the name of {e}'s pet."),
+    _Attribute("favourite_colour", "What is {e}'s favourite colour?", "{e}'s favourite colour is {v}.",
+               "The colour {e} likes best is {v}."),
+    _Attribute("instrument", "Which instrument does {e} play?", "{e} plays the {v}.",
+               "The {v} is the instrument {e} plays."),
+    _Attribute("home_country", "Which country does {e} live in?", "{e} lives in {v}.",
+               "{v} is the country where {e} lives."),
+    _Attribute("favourite_food", "What is {e}'s favourite food?", "{e}'s favourite food is {v}.",
+               "The food {e} likes best is {v}."),
+)
+ATTRIBUTES: tuple[str, ...] = tuple(spec.name for spec in _ATTRIBUTE_SPECS)
+
+_PROFESSIONS = ("painter", "sculptor", "novelist", "poet", "chemist", "surgeon", "architect", "engineer",
+                "librarian", "journalist", "pilot", "botanist", "historian", "astronomer", "carpenter", "translator")
+_COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "brown", "pink",
+            "teal", "gold", "silver")
+_INSTRUMENTS = ("piano", "violin", "cello", "flute", "guitar", "harp", "trumpet", "drums", "clarinet", "oboe",
+                "accordion", "banjo", "organ", "saxophone")
+_FOODS = ("soup", "bread", "rice", "cheese", "noodles", "apples", "figs", "dumplings", "pancakes", "olives",
+          "lentils", "plums", "honey", "pears")
+_TITLE_ADJECTIVES = ("Silent", "Broken", "Golden", "Hidden", "Last", "Winter", "Burning", "Distant", "Quiet",
+                     "Hollow", "Crimson", "Endless", "Lost", "Paper", "Iron", "Glass")
+_TITLE_NOUNS = ("Harbour", "Garden", "River", "Lantern", "Orchard", "Tower", "Mirror", "Bridge", "Voyage",
+                "Letter", "Forest", "Shore", "Crown", "Door", "Season", "Island")
+_COMPANY_SUFFIXES = ("Works", "Press", "Labs", "Group", "Foundry", "Studio")
+_YEARS = tuple(str(year) for year in range(1920, 2000))
+
+# Syllables for invented words; short so that a name is few BPE tokens.
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "r", "l", "s", "k", "th", "m")
+
+_INVENTED_POOL_SIZE = 40
+_GENERAL_TEMPLATES = (
+    "{x} is a river that flows through {region}.",
+    "{x} is a mountain in the north of {region}.",
+    "The {x} is a small bird that eats {food}.",
+    "{x} is a lake known for its {colour} water.",
+    "The {x} tree grows in {region} and bears {colour} fruit.",
+    "{x} is a town in {region} famous for its {food}.",
+)
+_NUM_REGIONS = 10
+
+
+class _WordMaker:
+    """Invents capitalised words from syllables, never the same word twice, never a reserved one."""
+
+    def __init__(self, rng: random.Random, reserved: frozenset[str] = frozenset()):
+        self._rng = rng
+        self._used: set[str] = set(reserved)  # membership only: never iterated
+
+    def word(self, syllables: int = 2) -> str:
+        while True:
+            word = "".join(
+                self._rng.choice(_ONSETS) + self._rng.choice(_VOWELS) + self._rng.choice(_CODAS)
+                for _ in range(syllables)
+            ).capitalize()
+            if len(word) >= 3 and word.lower() not in self._used:
+                self._used.add(word.lower())
+                return word
+
+
+def _article(value: str) -> str:
+    return "an" if value[0].lower() in "aeiou" else "a"
+
+
+def _render(template: str, entity: str, value: str) -> str:
+    return template.format(e=entity, v=value, a=_article(value))
+
+
+def _derived_rng(seed: int, stream: str) -> random.Random:
+    # A string seed is hashed with SHA-512 by random.Random, so this is stable across
+    # processes, and each stream (tofu order, task order, corpus) is independent of the others.
+    return random.Random(f"palimpsest.factworld:{seed}:{stream}")
+
+
+def _split_even(items: list, parts: int) -> list[list]:
+    """Contiguous groups whose sizes differ by at most one, larger groups first."""
+    size, extra = divmod(len(items), parts)
+    groups, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        groups.append(items[start:end])
+        start = end
+    return groups
+
+
+def _percent_ceil(count: int, percent: int) -> int:
+    # Integer arithmetic: 10 * 90 / 100 must be exactly 9, not 9.000000000000002 rounded up.
+    return max(1, -(-count * percent // 100))
+
+
+@dataclass(frozen=True, eq=True)
+class FactWorld:
+    """A generated world: entities in generation order, and their facts grouped by entity.
+
+    Build it with `generate_world`; fields are not meant to be modified.
+    """
+
+    seed: int
+    entities: list[str]
+    facts: list[QAExample]
+    attributes: tuple[str, ...]
+    num_perturbed: int
+
+    def facts_of(self, entities: Iterable[str]) -> list[QAExample]:
+        """Facts about the given entities, in world order.
+
+        Raises:
+            ValueError: a name is not an entity of this world.
+        """
+        wanted = set(entities)  # membership only
+        unknown = sorted(wanted.difference(self.entities))
+        if unknown:
+            raise ValueError(f"not entities of this world: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        return [fact for fact in self.facts if fact.entity in wanted]
+
+    def task_stream(self, num_tasks: int, by: str = "entity") -> list[list[QAExample]]:
+        """Split the facts into `num_tasks` disjoint tasks for continual learning.
+
+        Args:
+            num_tasks: how many tasks.
+            by: "entity" - entities are shuffled (seeded) and cut into contiguous groups,
+                a task holds all facts of its group; "attribute" - the attributes, in
+                ATTRIBUTES order, are cut into groups, a task holds those attributes'
+                facts about every entity.
+
+        Raises:
+            ValueError: unknown `by`, or num_tasks < 1 or above the number of groups.
+        """
+        if by == "entity":
+            groups = list(self.entities)
+            _derived_rng(self.seed, "task_stream").shuffle(groups)
+        elif by == "attribute":
+            groups = list(self.attributes)
+        else:
+            raise ValueError(f"task_stream: by must be 'entity' or 'attribute', got {by!r}")
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or not 1 <= num_tasks <= len(groups):
+            raise ValueError(
+                f"task_stream: num_tasks must be an integer from 1 to {len(groups)} (the number of "
+                f"{by} groups in this world), got {num_tasks!r}"
+            )
+        tasks = []
+        for group in _split_even(groups, num_tasks):
+            if by == "entity":
+                tasks.append(self.facts_of(group))
+            else:
+                members = set(group)
+                tasks.append([fact for fact in self.facts if fact.attribute in members])
+        return tasks
+
+    def tofu_splits(self) -> dict[str, list[QAExample]]:
+        """TOFU-format splits: forget01/05/10, retain90/95/99, retain (= retain90) and holdout.
+
+        A fixed 10% of entities (at least one) is held out and appears in no other split.
+        The rest are shuffled (seeded); forgetNN is the first NN% of them (at least one,
+        so forget01 ⊂ forget05 ⊂ forget10) and retain(100-NN) is all the others.
+
+        Raises:
+            ValueError: fewer than 3 entities (a holdout, a forget and a retain entity are needed).
+        """
+        if len(self.entities) < 3:
+            raise ValueError(f"tofu_splits needs at least 3 entities, this world has {len(self.entities)}")
+        order = list(self.entities)
+        _derived_rng(self.seed, "tofu_splits").shuffle(order)
+        num_holdout = _percent_ceil(len(order), 10)
+        holdout, trainable = order[:num_holdout], order[num_holdout:]
+        splits = {"holdout": self.facts_of(holdout)}
+        for percent in (1, 5, 10):
+            num_forget = _percent_ceil(len(trainable), percent)
+            splits[f"forget{percent:02d}"] = self.facts_of(trainable[:num_forget])
+            splits[f"retain{100 - percent}"] = self.facts_of(trainable[num_forget:])
+        splits["retain"] = splits["retain90"]
+        return splits
+
+    def general_corpus(self, n: int) -> list[str]:
+        """`n` distinct sentences of general knowledge about invented things outside this world.
+
+        Each sentence is about its own newly invented thing, whose name is none of the
+        words of this world's facts; `general_corpus(k)` is a prefix of `general_corpus(n)`
+        for k <= n.
+
+        Raises:
+            ValueError: n < 0.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"general_corpus: n must be a non-negative integer, got {n!r}")
+        world_words = set()  # membership only
+        for text in [*self.entities, *(s for fact in self.facts for s in _fact_strings(fact))]:
+            world_words.update(word.lower() for word in re.findall(r"[A-Za-z]+", text))
+        rng = _derived_rng(self.seed, "general_corpus")
+        maker = _WordMaker(rng, frozenset(world_words))
+        regions = [maker.word(2) for _ in range(_NUM_REGIONS)]
+        sentences = []
+        for _ in range(n):
+            template = rng.choice(_GENERAL_TEMPLATES)
+            sentences.append(template.format(
+                x=maker.word(2), region=rng.choice(regions), food=rng.choice(_FOODS), colour=rng.choice(_COLOURS)
+            ))
+        return sentences
+
+    def to_json(self) -> str:
+        """Canonical JSON of the whole world: byte-identical for the same generate_world arguments."""
+        payload = {
+            "seed": self.seed,
+            "attributes": list(self.attributes),
+            "num_perturbed": self.num_perturbed,
+            "entities": list(self.entities),
+            "facts": [{**asdict(fact), "perturbed_answers": list(fact.perturbed_answers)} for fact in self.facts],
+        }
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> FactWorld:
+        """Rebuild a world from `to_json()` output."""
+        payload = json.loads(text)
+        facts = [QAExample(**{**fact, "perturbed_answers": tuple(fact["perturbed_answers"])})
+                 for fact in payload["facts"]]
+        return cls(seed=payload["seed"], entities=list(payload["entities"]), facts=facts,
+                   attributes=tuple(payload["attributes"]), num_perturbed=payload["num_perturbed"])
+
+
+def _fact_strings(fact: QAExample) -> list[str]:
+    strings = [fact.question, fact.answer]
+    if fact.paraphrased_answer is not None:
+        strings.append(fact.paraphrased_answer)
+    strings.extend(fact.perturbed_answers)
+    return strings
+
+
+def _value_pools(rng: random.Random, maker: _WordMaker, attributes: tuple[str, ...]) -> dict[str, list[str]]:
+    """Candidate values per attribute; invented pools are drawn only for attributes in use."""
+    fixed = {"birth_year": _YEARS, "profession": _PROFESSIONS, "favourite_colour": _COLOURS,
+             "instrument": _INSTRUMENTS, "favourite_food": _FOODS}
+    pools: dict[str, list[str]] = {}
+    for name in attributes:
+        if name in fixed:
+            pools[name] = list(fixed[name])
+        elif name in ("birthplace", "pet_name"):
+            pools[name] = [maker.word(2) for _ in range(_INVENTED_POOL_SIZE)]
+        elif name == "home_country":
+            pools[name] = [maker.word(2) + "ia" for _ in range(_INVENTED_POOL_SIZE)]
+        elif name == "employer":
+            pools[name] = [f"{maker.word(2)} {rng.choice(_COMPANY_SUFFIXES)}" for _ in range(_INVENTED_POOL_SIZE)]
+        elif name == "first_book":
+            titles = [f"The {adj} {noun}" for adj in _TITLE_ADJECTIVES for noun in _TITLE_NOUNS]
+            pools[name] = rng.sample(titles, _INVENTED_POOL_SIZE)
+        else:  # a new entry in _ATTRIBUTE_SPECS without a pool here
+            raise NotImplementedError(f"no value pool for attribute {name!r}")
+    return pools
+
+
+def generate_world(*, seed: int, num_entities: int = 100, attributes_per_entity: int = 5,
+                   num_perturbed: int = 3) -> FactWorld:
+    """Generate a world of `num_entities` invented people with `attributes_per_entity` facts each.
+
+    Every entity has the first `attributes_per_entity` attributes of ATTRIBUTES, so
+    attribute tasks are the same size. Names and invented values never repeat a word.
+
+    Args:
+        seed: the only source of randomness; same arguments give the same world.
+        num_entities: number of people, each with a unique two-word name.
+        attributes_per_entity: 1..len(ATTRIBUTES).
+        num_perturbed: wrong answers per fact (at least 3), all distinct and none
+            equal to the true answer or its paraphrase.
+
+    Raises:
+        ValueError: an argument out of range.
+    """
+    problems = []
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        problems.append(f"seed must be an integer, got {seed!r}")
+    if isinstance(num_entities, bool) or not isinstance(num_entities, int) or num_entities < 1:
+        problems.append(f"num_entities must be an integer >= 1, got {num_entities!r}")
+    if (isinstance(attributes_per_entity, bool) or not isinstance(attributes_per_entity, int)
+            or not 1 <= attributes_per_entity <= len(ATTRIBUTES)):
+        problems.append(f"attributes_per_entity must be from 1 to {len(ATTRIBUTES)}, got {attributes_per_entity!r}")
+    # The smallest value pool (14 colours / instruments / foods) bounds the distinct wrong values.
+    max_perturbed = min(len(_COLOURS), len(_INSTRUMENTS), len(_FOODS), len(_PROFESSIONS)) - 1
+    if isinstance(num_perturbed, bool) or not isinstance(num_perturbed, int) or not 3 <= num_perturbed <= max_perturbed:
+        problems.append(f"num_perturbed must be from 3 to {max_perturbed}, got {num_perturbed!r}")
+    if problems:
+        raise ValueError("generate_world: " + "; ".join(problems))
+
+    rng = random.Random(seed)
+    maker = _WordMaker(rng)
+    entities = [f"{maker.word(2)} {maker.word(rng.choice((1, 2)))}" for _ in range(num_entities)]
+    specs = _ATTRIBUTE_SPECS[:attributes_per_entity]
+    attributes = tuple(spec.name for spec in specs)
+    pools = _value_pools(rng, maker, attributes)
+
+    facts = []
+    for entity in entities:
+        for spec in specs:
+            value = rng.choice(pools[spec.name])
+            answer = _render(spec.answer, entity, value)
+            paraphrase = _render(spec.paraphrase, entity, value)
+            wrong = [v for v in pools[spec.name]
+                     if v != value and _render(spec.paraphrase, entity, v) not in (answer, paraphrase)]
+            perturbed = tuple(_render(spec.paraphrase, entity, v) for v in rng.sample(wrong, num_perturbed))
+            facts.append(QAExample(
+                question=_render(spec.question, entity, value), answer=answer, paraphrased_answer=paraphrase,
+                perturbed_answers=perturbed, entity=entity, attribute=spec.name,
+            ))
+    return FactWorld(seed=seed, entities=entities, facts=facts, attributes=attributes, num_perturbed=num_perturbed)

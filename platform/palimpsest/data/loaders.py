@@ -1,0 +1,187 @@
+"""Read and write question/answer data in TOFU's format, from files or `datasets`.
+
+TOFU's field names are `question`, `answer`, `paraphrased_answer` and
+`perturbed_answer` (a list); its `.json` files are in fact JSON Lines. The same
+loader therefore reads our exported fact world and the real TOFU files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .factworld import QAExample
+
+__all__ = ["DataError", "export_tofu", "load_hf_qa", "load_qa_file"]
+
+ALLOWED_EXTENSIONS = (".json", ".jsonl", ".parquet")
+
+
+class DataError(ValueError):
+    """Question/answer data that cannot be read: missing file, bad format, missing key."""
+
+
+def export_tofu(examples: Iterable[QAExample], path: str | os.PathLike) -> None:
+    """Write examples as JSON Lines with TOFU's field names, atomically.
+
+    Each line holds question, answer, paraphrased_answer, perturbed_answer (list of
+    str), plus entity and attribute when they are set.
+    """
+    path = Path(path)
+    lines = []
+    for example in examples:
+        record = {
+            "question": example.question,
+            "answer": example.answer,
+            "paraphrased_answer": example.paraphrased_answer,
+            "perturbed_answer": list(example.perturbed_answers),
+        }
+        if example.entity is not None:
+            record["entity"] = example.entity
+        if example.attribute is not None:
+            record["attribute"] = example.attribute
+        lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+    # Temp file in the same directory, then os.replace: a reader never sees half a file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",
+                 answer_key: str = "answer") -> list[QAExample]:
+    """Load question/answer examples from a .json, .jsonl or .parquet file.
+
+    A .json file may be a JSON list of objects or JSON Lines (as TOFU's are).
+    `paraphrased_answer`, `perturbed_answer`, `entity` and `attribute` are read when present.
+
+    Args:
+        path: the file.
+        question_key: field holding the question.
+        answer_key: field holding the answer.
+
+    Raises:
+        DataError: no such file, an unknown extension, malformed content, or a record
+            without a required key (the message names the file and the line or record).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in ALLOWED_EXTENSIONS:
+        raise DataError(f"{path}: unknown extension {path.suffix or '(none)'!r}; allowed: {', '.join(ALLOWED_EXTENSIONS)}")
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    if suffix == ".parquet":
+        records = _parquet_records(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: cannot read: {err}") from err
+        records = _json_records(path, text) if suffix == ".json" else _json_lines_records(path, text)
+    return [_to_example(record, f"{path}: {where}", question_key, answer_key) for where, record in records]
+
+
+def load_hf_qa(name: str, *, split: str = "train", subset: str | None = None, question_key: str = "question",
+               answer_key: str = "answer", data_files=None, cache_dir: str | None = None) -> list[QAExample]:
+    """Load question/answer examples with `datasets.load_dataset(name, subset, split=split, ...)`.
+
+    Works for hub names and for packaged builders such as "json" or "parquet" with
+    `data_files`.
+
+    Args:
+        name: dataset name or builder ("json", "parquet", ...).
+        split: split to read.
+        subset: configuration name (TOFU's are "forget01", "retain99", ...).
+        question_key: column holding the question.
+        answer_key: column holding the answer.
+        data_files: passed to `load_dataset` for packaged builders.
+        cache_dir: where `datasets` caches; its default when None.
+
+    Raises:
+        DataError: the dataset cannot be loaded, lacks a column, or has a bad row.
+    """
+    import datasets
+
+    label = f"dataset {name!r}" + (f" subset {subset!r}" if subset else "") + f" split {split!r}"
+    try:
+        dataset = datasets.load_dataset(name, subset, split=split, data_files=data_files, cache_dir=cache_dir)
+    except Exception as err:  # the library raises many types; callers need one
+        raise DataError(f"{label}: cannot load: {type(err).__name__}: {err}") from err
+    missing = [key for key in (question_key, answer_key) if key not in dataset.column_names]
+    if missing:
+        raise DataError(f"{label}: missing column(s) {missing}; columns are {dataset.column_names}")
+    return [_to_example(row, f"{label}: record {i}", question_key, answer_key) for i, row in enumerate(dataset, 1)]
+
+
+def _json_records(path: Path, text: str) -> Iterator[tuple[str, object]]:
+    """A JSON list of objects, one JSON object, or else JSON Lines."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _json_lines_records(path, text)  # more than one value: JSON Lines
+    if isinstance(data, dict):  # JSON Lines with a single line
+        return iter([("line 1", data)])
+    if isinstance(data, list):
+        return ((f"record {i}", record) for i, record in enumerate(data, 1))
+    raise DataError(f"{path}: expected a JSON list of objects or JSON Lines, got a JSON {type(data).__name__}")
+
+
+def _json_lines_records(path: Path, text: str) -> Iterator[tuple[str, object]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number}: not valid JSON: {err.msg}") from err
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, pyarrow.ArrowException) as err:
+        raise DataError(f"{path}: cannot read as parquet: {err}") from err
+    return ((f"record {i}", row) for i, row in enumerate(rows, 1))
+
+
+def _to_example(record: object, where: str, question_key: str, answer_key: str) -> QAExample:
+    """One record to a QAExample; `where` names the file and line/record for errors."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object, got {type(record).__name__}")
+    for key in (question_key, answer_key):
+        if key not in record:
+            raise DataError(f"{where}: missing key {key!r} (keys present: {sorted(record)})")
+        if not isinstance(record[key], str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    paraphrase = record.get("paraphrased_answer")
+    if paraphrase is not None and not isinstance(paraphrase, str):
+        raise DataError(f"{where}: 'paraphrased_answer' must be a string, got {type(paraphrase).__name__}")
+    perturbed = record.get("perturbed_answer")
+    if perturbed is None:
+        perturbed = ()
+    elif isinstance(perturbed, str):  # some exports store a single wrong answer
+        perturbed = (perturbed,)
+    elif isinstance(perturbed, (list, tuple)) and all(isinstance(p, str) for p in perturbed):
+        perturbed = tuple(perturbed)
+    else:
+        raise DataError(f"{where}: 'perturbed_answer' must be a list of strings")
+    optional = {}
+    for key in ("entity", "attribute"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+        optional[key] = value
+    return QAExample(question=record[question_key], answer=record[answer_key], paraphrased_answer=paraphrase,
+                     perturbed_answers=perturbed, **optional)
