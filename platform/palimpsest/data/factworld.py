@@ -100,12 +100,25 @@ _GENERAL_TEMPLATES = (
 _NUM_REGIONS = 10
 
 
+def _words_of(texts: Iterable[str]) -> frozenset[str]:
+    return frozenset(word.lower() for text in texts for word in re.findall(r"[A-Za-z]+", text))
+
+
+# Invented words never equal a template or pool word: a person called "The Vost" or a
+# city called "Gold" would make answers ambiguous.
+_RESERVED_WORDS = _words_of([
+    *(text for spec in _ATTRIBUTE_SPECS for text in (spec.question, spec.answer, spec.paraphrase)),
+    *_GENERAL_TEMPLATES, *_PROFESSIONS, *_COLOURS, *_INSTRUMENTS, *_FOODS, *_TITLE_ADJECTIVES, *_TITLE_NOUNS,
+    *_COMPANY_SUFFIXES, "an", "a",
+])
+
+
 class _WordMaker:
     """Invents capitalised words from syllables, never the same word twice, never a reserved one."""
 
     def __init__(self, rng: random.Random, reserved: frozenset[str] = frozenset()):
         self._rng = rng
-        self._used: set[str] = set(reserved)  # membership only: never iterated
+        self._used: set[str] = set(_RESERVED_WORDS | reserved)  # membership only: never iterated
 
     def word(self, syllables: int = 2) -> str:
         while True:
@@ -243,11 +256,9 @@ class FactWorld:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"general_corpus: n must be a non-negative integer, got {n!r}")
-        world_words = set()  # membership only
-        for text in [*self.entities, *(s for fact in self.facts for s in _fact_strings(fact))]:
-            world_words.update(word.lower() for word in re.findall(r"[A-Za-z]+", text))
+        world_words = _words_of([*self.entities, *(s for fact in self.facts for s in _fact_strings(fact))])
         rng = _derived_rng(self.seed, "general_corpus")
-        maker = _WordMaker(rng, frozenset(world_words))
+        maker = _WordMaker(rng, world_words)
         regions = [maker.word(2) for _ in range(_NUM_REGIONS)]
         sentences = []
         for _ in range(n):

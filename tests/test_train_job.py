@@ -1,0 +1,141 @@
+"""`kind: train` end to end through the CLI: run folder contract, real-data paths, Ray Train workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from palimpsest.cli import app
+from palimpsest.data import export_tofu, generate_world
+
+RUN_FILES = ("spec.yaml", "env.json", "metrics.jsonl", "summary.json", "report.md")
+
+
+def write_job(tmp_path: Path, **fields) -> Path:
+    job = {"kind": "train", "name": "t", "seed": 1,
+           "data": {"source": "factworld", "num_entities": 8, "attributes_per_entity": 3, "split": "retain90"},
+           "training": {"steps": 20, "batch_size": 8, "log_every": 5, "checkpoint_every": 10},
+           "eval": {"eval_every": 10}}
+    for key, value in fields.items():
+        replaces = key == "data" and "source" in value  # another source: drop the fact-world fields
+        job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) and not replaces else value
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(app, ["run", *map(str, args)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def reload_and_evaluate(run_dir: Path, split_items):
+    """Load the exported checkpoint as a new user would and recompute the eval loss."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from palimpsest.train.batching import tokenize_qa
+    from palimpsest.train.evaluate import evaluate_qa
+
+    final = run_dir / "checkpoints" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    return evaluate_qa(model, tokenize_qa(tokenizer, split_items), pad_id=tokenizer.pad_token_id,
+                       eos_id=tokenizer.eos_token_id)
+
+
+def test_run_without_ray_writes_the_whole_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(write_job(tmp_path), "--no-ray", "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["kind"] == "train"
+    assert set(summary["final"]) == {"train", "holdout"}
+    assert summary["cost"]["train_tokens"] > 0 and summary["cost"]["train_flops"] > 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "task", "split", "metric", "value"} <= set(records[0])
+    assert {r["step"] for r in records if r["metric"] == "answer_accuracy"} == {10, 20}
+    assert (out / "plots" / "train_loss.png").is_file() and (out / "plots" / "answer_accuracy.png").is_file()
+    resolved = yaml.safe_load((out / "spec.yaml").read_text())
+    assert resolved["seed"] == 1 and resolved["model"]["preset"] == "tiny-llama"
+    env = json.loads((out / "env.json").read_text())
+    assert env["versions"]["torch"] and env["versions"]["ray"]
+    assert "results after 20 steps" in result.output
+    # `report` redraws from the folder alone
+    (out / "report.md").unlink()
+    assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
+    assert "| train |" in (out / "report.md").read_text()
+
+
+def test_tofu_format_file_trains_and_checkpoint_reproduces_eval_loss(tmp_path):
+    world = generate_world(seed=4, num_entities=6, attributes_per_entity=2)
+    train_file, eval_file = tmp_path / "train.json", tmp_path / "eval.jsonl"
+    export_tofu(world.facts[:8], train_file)
+    export_tofu(world.facts[8:], eval_file)
+    job = write_job(tmp_path, data={"source": "file", "path": str(train_file), "eval_path": str(eval_file)})
+    out = tmp_path / "run"
+    assert run_cli(job, "--no-ray", "--out", out).exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["final"]) == {"train", "eval"}
+    again = reload_and_evaluate(out, world.facts[8:])
+    assert again["loss"] == pytest.approx(summary["final"]["eval"]["loss"], rel=1e-5)
+
+
+def test_bad_data_file_exits_2_before_any_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q2"}\n')
+    result = run_cli(write_job(tmp_path, data={"source": "file", "path": str(broken)}), "--no-ray")
+    assert result.exit_code == 2
+    assert "broken.jsonl" in result.output and "answer" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_impossible_resources_exit_2_before_any_run_folder(tmp_path, ray_session):
+    result = run_cli(write_job(tmp_path, scaling={"num_workers": 8}), "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "need 8 CPUs" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_run_records_status_and_error(tmp_path, monkeypatch):
+    from palimpsest.runners import train
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train, "run", explode)
+    out = tmp_path / "run"
+    result = run_cli(write_job(tmp_path), "--no-ray", "--out", out)
+    assert result.exit_code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "disk on fire" in summary["error"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_ray_workers_memorise_facts_and_checkpoint_reproduces_loss(tmp_path, ray_session):
+    """Done-means 5: 2 Ray Train workers (DDP/gloo) reach ≥ 0.9 answer accuracy on the training facts."""
+    job = write_job(
+        tmp_path,
+        data={"num_entities": 20, "attributes_per_entity": 5, "split": "retain90"},
+        training={"steps": 400, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20, "log_every": 50,
+                  "checkpoint_every": 200},
+        eval={"eval_every": 200},
+        scaling={"num_workers": 2},
+    )
+    out = tmp_path / "run"
+    result = run_cli(job, "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["train"]["answer_accuracy"] >= 0.9, summary["final"]
+    world = generate_world(seed=1, num_entities=20, attributes_per_entity=5)
+    again = reload_and_evaluate(out, world.tofu_splits()["retain90"])
+    assert again["loss"] == pytest.approx(summary["final"]["train"]["loss"], rel=1e-4)
+    assert again["answer_accuracy"] == pytest.approx(summary["final"]["train"]["answer_accuracy"])
