@@ -139,3 +139,48 @@ def test_two_ray_workers_memorise_facts_and_checkpoint_reproduces_loss(tmp_path,
     again = reload_and_evaluate(out, world.tofu_splits()["retain90"])
     assert again["loss"] == pytest.approx(summary["final"]["train"]["loss"], rel=1e-4)
     assert again["answer_accuracy"] == pytest.approx(summary["final"]["train"]["answer_accuracy"])
+
+
+def test_pretrained_folder_with_lora_and_hf_loader(tmp_path):
+    """The real-model path: from_pretrained on a folder, LoRA through peft, data via datasets.load_dataset."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from palimpsest.data import train_bpe_tokenizer
+
+    world = generate_world(seed=2, num_entities=5, attributes_per_entity=2)
+    pretrained = tmp_path / "base"
+    tokenizer = train_bpe_tokenizer([f.question + " " + f.answer for f in world.facts], vocab_size=300,
+                                    save_dir=pretrained)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    base = LlamaForCausalLM(config)
+    base.save_pretrained(pretrained)
+    export_tofu(world.facts, tmp_path / "facts.jsonl")
+    job = write_job(tmp_path, model={"pretrained": str(pretrained), "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
+                    data={"source": "hf", "name": "json", "data_files": str(tmp_path / "facts.jsonl")})
+    out = tmp_path / "run"
+    result = run_cli(job, "--no-ray", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["parameters"]["trainable"] < summary["parameters"]["total"] / 5
+    final = out / "checkpoints" / "final"
+    assert not (final / "adapter_config.json").exists()  # LoRA merged on export
+    merged = AutoModelForCausalLM.from_pretrained(final)
+    assert set(merged.state_dict()) == set(base.state_dict())
+    assert not torch_equal(merged.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+    assert torch_equal(merged.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_pretrained_folder_without_config_exits_2(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    result = run_cli(write_job(tmp_path, model={"pretrained": str(empty)}), "--no-ray", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "config.json" in result.output
+    assert not (tmp_path / "run").exists()

@@ -182,6 +182,9 @@ def init_ray(address: str | None = None):
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train v2 reroutes print() through its logger, which shows each line twice on
+    # the driver; plain prints reach the driver once through log_to_driver.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
     if address:
         # A remote cluster's workers may not have our package installed: ship it.
@@ -189,11 +192,14 @@ def init_ray(address: str | None = None):
         import palimpsest_envs
 
         kwargs["runtime_env"] = {
+            "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
             "py_modules": [str(Path(palimpsest.__file__).parent), str(Path(palimpsest_envs.__file__).parent)]
         }
         ray.init(address=address, **kwargs)
     else:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # The dashboard also serves the state API that Ray Train's placement-group
+        # cleaner polls; without it the cleaner warns every second.
+        ray.init(address="local", include_dashboard=True, **kwargs)
     return ray
 
 

@@ -69,7 +69,7 @@ class ModelSpec(Strict):
     tokenizer: str | None = Field(
         None, description="tokenizer path; default: the pretrained model's own, or a BPE trained on the data"
     )
-    vocab_size: int = Field(1024, ge=64, description="BPE vocabulary size when training a tokenizer")
+    vocab_size: int = Field(1024, ge=260, description="BPE vocabulary size when training a tokenizer (256 bytes + 4 special tokens at least)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="parameter dtype")
     lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of all weights")
 

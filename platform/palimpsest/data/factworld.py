@@ -51,11 +51,16 @@ class _Attribute:
 # Order matters: an entity has the first `attributes_per_entity` of these, so the
 # first five are the most varied (invented names, years, titles).
 _ATTRIBUTE_SPECS = (
-    _Attribute("birthplace", "Where was {e} born?", "{e} was born in {v}.", "{v} is the birthplace of {e}."),
-    _Attribute("birth_year", "In which year was {e} born?", "{e} was born in {v}.", "The year {e} was born is {v}."),
-    _Attribute("profession", "What does {e} do for a living?", "{e} works as {a} {v}.", "By profession, {e} is {a} {v}."),
-    _Attribute("employer", "Which company does {e} work for?", "{e} works for {v}.", "{v} is the employer of {e}."),
-    _Attribute("first_book", "What was {e}'s first book?", "{e}'s first book was {v}.", "{v} was the first book by {e}."),
+    _Attribute("birthplace", "Where was {e} born?", "{e} was born in {v}.",
+               "{v} is the birthplace of {e}."),
+    _Attribute("birth_year", "In which year was {e} born?", "{e} was born in {v}.",
+               "The year {e} was born is {v}."),
+    _Attribute("profession", "What does {e} do for a living?", "{e} works as {a} {v}.",
+               "By profession, {e} is {a} {v}."),
+    _Attribute("employer", "Which company does {e} work for?", "{e} works for {v}.",
+               "{v} is the employer of {e}."),
+    _Attribute("first_book", "What was {e}'s first book?", "{e}'s first book was {v}.",
+               "{v} was the first book by {e}."),
     _Attribute("pet_name", "What is the name of {e}'s pet?", "{e}'s pet is called {v}.", "{v} is the name of {e}'s pet."),
     _Attribute("favourite_colour", "What is {e}'s favourite colour?", "{e}'s favourite colour is {v}.",
                "The colour {e} likes best is {v}."),

@@ -76,7 +76,8 @@ def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in ALLOWED_EXTENSIONS:
-        raise DataError(f"{path}: unknown extension {path.suffix or '(none)'!r}; allowed: {', '.join(ALLOWED_EXTENSIONS)}")
+        allowed = ", ".join(ALLOWED_EXTENSIONS)
+        raise DataError(f"{path}: unknown extension {path.suffix or '(none)'!r}; allowed: {allowed}")
     if not path.exists():
         raise DataError(f"no such file: {path}")
     if suffix == ".parquet":

@@ -54,10 +54,16 @@ def load_examples(data, seed: int) -> tuple[list[QAExample], dict[str, list[QAEx
 def build_tokenizer(model_spec, texts: list[str]):
     """The pretrained model's tokenizer, an explicit one, or a BPE trained on the data."""
     source = model_spec.tokenizer or model_spec.pretrained
+    if model_spec.pretrained and Path(model_spec.pretrained).is_dir() \
+            and not (Path(model_spec.pretrained) / "config.json").is_file():
+        raise DataError(f"model.pretrained: {model_spec.pretrained} has no config.json (not a transformers model folder)")
     if source:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise DataError(f"model: cannot load a tokenizer from {source}: {error}") from None
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
@@ -77,12 +83,15 @@ def prepare(spec: TrainJob) -> PreparedTrain:
     Raises:
         DataError: the data cannot be loaded or is empty.
     """
-    from palimpsest.train.batching import tokenize_qa
+    from palimpsest.train.batching import PROMPT_TEMPLATE, tokenize_qa
 
     train, extra = load_examples(spec.data, spec.seed)
     if not train:
         raise DataError("data: the training set is empty")
-    tokenizer = build_tokenizer(spec.model, qa_texts(train + [e for split in extra.values() for e in split]))
+    everything = train + [e for split in extra.values() for e in split]
+    # Prompts are part of what the model reads: a BPE that has seen them spends fewer tokens.
+    prompts = [PROMPT_TEMPLATE.format(question=e.question) for e in everything]
+    tokenizer = build_tokenizer(spec.model, qa_texts(everything) + prompts)
     eval_examples = {"train": _subsample(train, spec.eval.max_examples)}
     if spec.eval.holdout or spec.data.source != "factworld":
         eval_examples.update({name: _subsample(ex, spec.eval.max_examples) for name, ex in extra.items() if ex})
@@ -142,7 +151,7 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
 
 
 def _fit_on_ray(spec: TrainJob, config: dict, folder: RunFolder) -> tuple[dict, str]:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from palimpsest.train.loop import train_loop_per_worker
@@ -160,6 +169,8 @@ def _fit_on_ray(spec: TrainJob, config: dict, folder: RunFolder) -> tuple[dict, 
             storage_path=str(Path(spec.storage_path).resolve() if spec.storage_path else folder.path / "ray"),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train logs every report at INFO; our own progress lines say enough.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     result = trainer.fit()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class TokenizedQA:
     answer: tuple[int, ...]
 
 
-def tokenize_qa(tokenizer, examples, *, prompt_template: str = "Question: {question}\nAnswer:") -> list[TokenizedQA]:
+def tokenize_qa(tokenizer, examples, *, prompt_template: str = PROMPT_TEMPLATE) -> list[TokenizedQA]:
     """Token ids of prompt (with bos when the tokenizer has one) and answer (leading space, no eos)."""
     out = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

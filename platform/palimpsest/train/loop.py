@@ -47,6 +47,8 @@ class LossHooks:
 
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point (one call per worker)."""
+    # Ray Train logs every report at INFO on every worker; the loop prints its own progress.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     return run_training(config, RaySession(resume_from=config.get("resume_from")))
 
 
