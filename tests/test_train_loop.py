@@ -47,7 +47,7 @@ def loop_config(steps=40, **training):
                      "log_every": 10, "checkpoint_every": None, **training},
         "eval": {"eval_every": 20, "batch_size": 16},
         "threads": 1,
-        "train_items": [(it.prompt, it.answer) for it in items],
+        "tasks": [[(it.prompt, it.answer) for it in items]],
         "eval_sets": {"train": [(it.prompt, it.answer) for it in items]},
     }
 
@@ -105,13 +105,13 @@ def test_left_padded_batch_generation_matches_one_by_one():
 
 
 def test_loop_without_ray_learns_checkpoints_and_resumes_bit_identically(tmp_path):
-    config = loop_config(steps=300, checkpoint_every=150)
+    config = loop_config(steps=400, checkpoint_every=200)
     full = run_without_ray(config, tmp_path / "full")
     assert full["final"]["train"]["answer_accuracy"] >= 0.9
     losses = [r["value"] for r in full["records"] if r["metric"] == "train_loss"]
     assert losses[-1] < losses[0] / 3
     checkpoints = sorted((tmp_path / "full").glob("checkpoint_*"))
-    assert len(checkpoints) == 2  # step 150 and the final one
+    assert len(checkpoints) == 2  # step 200 and the final one
 
     # The final checkpoint is a transformers model that reproduces the reported loss.
     from transformers import AutoModelForCausalLM
@@ -122,7 +122,7 @@ def test_loop_without_ray_learns_checkpoints_and_resumes_bit_identically(tmp_pat
     assert again["loss"] == pytest.approx(full["final"]["train"]["loss"], rel=1e-5)
     assert again["answer_accuracy"] == full["final"]["train"]["answer_accuracy"]
 
-    # Resuming from the step-150 checkpoint replays steps 150..300 exactly.
+    # Resuming from the step-200 checkpoint replays steps 200..400 exactly.
     resumed = run_without_ray({**config, "resume_from": str(checkpoints[0])}, tmp_path / "resumed")
     assert resumed["final"]["train"]["loss"] == full["final"]["train"]["loss"]
     assert resumed["records"] == full["records"]

@@ -107,8 +107,9 @@ def prepare(spec: TrainJob) -> PreparedTrain:
         "training": spec.training.model_dump(),
         "eval": spec.eval.model_dump(),
         "threads": max(1, int(spec.scaling.cpus_per_worker)),
-        "train_items": as_items(train),
+        "tasks": [as_items(train)],
         "eval_sets": {name: as_items(ex) for name, ex in eval_examples.items()},
+        "periodic_eval": "all",
     }
     return PreparedTrain(tokenizer, train, eval_examples, config)
 

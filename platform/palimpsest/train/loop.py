@@ -2,12 +2,15 @@
 
 `train_loop_per_worker(config)` is handed to `TorchTrainer`; `run_without_ray(config,
 dir)` runs the same code at world size 1. Everything comes from `config` (plain,
-picklable data built by a runner): model config, tokenized items, eval sets,
-training settings. Per step s the global batch is a pure function of (seed, s), so a
-restart from the step-k checkpoint replays steps k.. exactly.
+picklable data built by a runner). A run is a sequence of tasks (a `train` job has
+one); per task a continual method (`palimpsest.continual`) may reshape batches, add a
+loss term, and act before and after the task. The global batch of every step is a
+pure function of (seed, task, step, method state), so a restart from a checkpoint
+replays the same steps exactly.
 
-Extension points for the capabilities that follow: `Backend` (DeepSpeed, Opacus),
-and `LossHooks.extra_loss` (continual-learning regularisers, unlearning losses).
+Checkpoints hold (task, step, model, optimizer, method state, results so far). Every
+task end is checkpointed with `task_end` in its metrics; its files are the model in
+transformers format plus `trainer_state.pt`.
 """
 
 from __future__ import annotations
@@ -17,32 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from palimpsest.continual import LoopState, make_method
 from palimpsest.models import build_model, count_parameters, export_pretrained, unwrap
 from palimpsest.train.backends import make_backend
-from palimpsest.train.batching import (
-    TokenizedQA,
-    collate_qa,
-    global_batch_indices,
-    normalised_loss,
-    shard_for_rank,
-    token_losses,
-)
+from palimpsest.train.batching import TokenizedQA, collate_qa, normalised_loss, token_losses
 from palimpsest.train.evaluate import evaluate_qa
 from palimpsest.train.session import LocalSession, RaySession, TrainSession
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
-
-
-class LossHooks:
-    """Extra loss terms on top of the task loss (none by default)."""
-
-    def extra_loss(self, model: torch.nn.Module, batch: dict, outputs) -> torch.Tensor | None:
-        return None
+EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -61,112 +51,177 @@ def _items(raw) -> list[TokenizedQA]:
     return [it if isinstance(it, TokenizedQA) else TokenizedQA(tuple(it[0]), tuple(it[1])) for it in raw]
 
 
-def run_training(config: dict, session: TrainSession, hooks: LossHooks | None = None) -> dict:
-    """Train and evaluate; returns metric records, final metrics and cost (rank 0's is kept)."""
-    hooks = hooks or LossHooks()
-    training, seed = config["training"], config["seed"]
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
-    rank, world = session.rank, session.world_size
-    model = build_model(config["model"])
-    state = _load_state(session.latest_checkpoint())
-    if state is not None:
-        unwrap(model).load_state_dict(state["model"])
-    backend = make_backend(training["backend"], model, training, world_size=world, device=session.device)
-    if state is not None:
-        backend.load_state_dict(state["backend"])
-    model = backend.model
-    model.train()
+class _Run:
+    """The mutable state of one run on one worker (what a checkpoint captures)."""
 
-    items = _items(config["train_items"])
-    eval_sets = {name: _items(raw) for name, raw in config["eval_sets"].items()}
-    pad_id, eos_id = config["model"]["pad_id"], config["model"]["eos_id"]
-    steps, batch_size, accum = training["steps"], training["batch_size"], training["grad_accum"]
-    start = state["step"] if state else 0
-    records: list[dict] = state["records"] if state else []
-    train_tokens = state["train_tokens"] if state else 0
-    window = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens since the last log record
-    t0 = time.perf_counter()
+    def __init__(self, config: dict, session: TrainSession):
+        self.config, self.session = config, session
+        self.training = config["training"]
+        self.steps = self.training["steps"]
+        self.tasks = [_items(t) for t in config["tasks"]]
+        self.eval_sets = {name: _items(raw) for name, raw in config["eval_sets"].items()}
+        self.task_eval_names = config.get("task_eval_names") or [None] * len(self.tasks)
+        self.pad_id, self.eos_id = config["model"]["pad_id"], config["model"]["eos_id"]
+        method = config.get("method") or {"name": "naive", "params": {}}
+        self.method = make_method(method["name"], **method.get("params", {}))
+        self.records: list[dict] = []
+        self.task_end: list[dict] = []
+        self.task_end_steps: list[int] = []
+        self.baseline: dict | None = None
+        self.train_tokens = 0
 
-    def evaluate(step: int) -> dict:
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model, names, *, step: int, task: int) -> dict:
         results = {}
-        for name, eval_items in eval_sets.items():
-            metrics = evaluate_qa(model, eval_items, pad_id=pad_id, eos_id=eos_id,
-                                  batch_size=config["eval"]["batch_size"], device=session.device,
-                                  rank=rank, world_size=world)
+        for name in names:
+            metrics = evaluate_qa(model, self.eval_sets[name], pad_id=self.pad_id, eos_id=self.eos_id,
+                                  batch_size=self.config["eval"]["batch_size"], device=self.session.device,
+                                  rank=self.session.rank, world_size=self.session.world_size)
             results[name] = metrics
-            for metric in ("answer_accuracy", "token_accuracy", "loss"):
-                records.append({"step": step, "task": config.get("task", 0), "split": name,
-                                "metric": metric, "value": metrics[metric]})
+            self.records += [{"step": step, "task": task, "split": name, "metric": m, "value": metrics[m]}
+                             for m in EVAL_METRICS]
         return results
 
-    for step in range(start, steps):
-        indices = global_batch_indices(step, num_examples=len(items), batch_size=batch_size, seed=seed)
-        global_tokens = sum(len(items[i].answer) + 1 for i in indices)
-        train_tokens += sum(len(items[i].prompt) + len(items[i].answer) + 1 for i in indices)
-        micro_batches = np.array_split(shard_for_rank(indices, rank=rank, world_size=world), accum)
-        for k, micro in enumerate(micro_batches):
-            batch = collate_qa([items[i] for i in micro], pad_id=pad_id, eos_id=eos_id)
-            batch = {key: value.to(session.device) for key, value in batch.items()}
-            with backend.accumulating(k == len(micro_batches) - 1):
-                outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                losses, mask = token_losses(outputs.logits, batch["labels"])
-                loss = normalised_loss(losses.sum(), global_tokens, world)
-                extra = hooks.extra_loss(model, batch, outputs)
-                if extra is not None:
-                    loss = loss + extra / accum
-                backend.backward(loss)
-            window += torch.tensor([losses.sum().item(), mask.sum().item()], dtype=torch.float64)
-        grad_norm = backend.step()
-        done = step + 1
-        if done % training["log_every"] == 0 or done == steps:
-            if world > 1:
-                dist.all_reduce(window)
-            train_loss = (window[0] / window[1].clamp(min=1)).item()
-            records.append({"step": done, "task": config.get("task", 0), "split": "train",
-                            "metric": "train_loss", "value": train_loss})
-            window.zero_()
-            if rank == 0:
-                print(f"[palimpsest] step {done}/{steps} train_loss {train_loss:.4f} "
-                      f"grad_norm {grad_norm:.3f} ({time.perf_counter() - t0:.1f}s)", flush=True)
-        if done == steps:
-            break
-        if config["eval"].get("eval_every") and done % config["eval"]["eval_every"] == 0:
-            evaluate(done)
-        if training.get("checkpoint_every") and done % training["checkpoint_every"] == 0:
-            _save_and_report(session, backend, done, records, train_tokens, {"step": done})
+    def periodic_eval_names(self, task: int) -> list[str]:
+        if self.config.get("periodic_eval", "all") == "all":
+            return list(self.eval_sets)
+        return [n for n in self.task_eval_names[: task + 1] if n]  # continual evaluation: seen tasks
 
-    final = evaluate(steps)
-    _save_and_report(session, backend, steps, records, train_tokens,
-                     {"step": steps, **{f"{s}/{m}": v for s, ms in final.items() for m, v in ms.items()}})
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, backend, *, task: int, step: int, metrics: dict) -> None:
+        """Every rank reports; rank 0 attaches an HF-format model plus the trainer state."""
+        if self.session.rank != 0:
+            self.session.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="palimpsest-ckpt-") as tmp:
+            export_pretrained(backend.model, tmp)
+            torch.save({
+                "task": task, "step": step,
+                "model": unwrap(backend.model).state_dict(),
+                "backend": backend.state_dict() if step > 0 else None,
+                "method": self.method.state_dict(),
+                "records": self.records, "task_end": self.task_end, "task_end_steps": self.task_end_steps,
+                "baseline": self.baseline, "train_tokens": self.train_tokens,
+            }, Path(tmp) / STATE_FILE)
+            self.session.report(metrics, checkpoint_dir=tmp)
+
+    def restore(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.records, self.task_end = state["records"], state["task_end"]
+        self.task_end_steps, self.baseline = state["task_end_steps"], state["baseline"]
+        self.train_tokens = state["train_tokens"]
+
+
+def _seed_for(seed: int, task: int) -> int:
+    return seed * 7919 + task
+
+
+def run_training(config: dict, session: TrainSession) -> dict:
+    """Train task after task and evaluate; returns records, per-task results and cost (rank 0's is kept)."""
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    run = _Run(config, session)
+    rank, world, steps, training = session.rank, session.world_size, run.steps, run.training
+    model = build_model(config["model"]).to(session.device)
+    state = _load_state(session.latest_checkpoint())
+    start_task, start_step = (state["task"], state["step"]) if state else (0, 0)
+    if state:
+        run.restore(state)
+    loop_state = LoopState(model=model, tasks=run.tasks, task=start_task, seed=config["seed"],
+                           batch_size=training["batch_size"], steps_per_task=steps, pad_id=run.pad_id,
+                           eos_id=run.eos_id, device=session.device, rank=rank, world_size=world)
+    if state is None and config.get("baseline_eval"):
+        run.baseline = {n: m for n, m in run.evaluate(model, list(run.eval_sets), step=0, task=0).items()}
+        run.records = []  # the baseline lives in its own field, not in the curves
+    t0 = time.perf_counter()
+    window = torch.zeros(2, dtype=torch.float64)  # answer-token loss sum and count since the last log
+
+    for task in range(start_task, len(run.tasks)):
+        loop_state.task = task
+        resuming_mid_task = state is not None and task == start_task and start_step > 0
+        if state is not None and task == start_task and not resuming_mid_task:
+            unwrap(loop_state.model).load_state_dict(state["model"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed_for(config["seed"], task))  # adapters etc. initialise identically on resume
+            run.method.before_task(loop_state)
+        if resuming_mid_task:
+            unwrap(loop_state.model).load_state_dict(state["model"])
+        backend = make_backend(training["backend"], loop_state.model, training, world_size=world,
+                               device=session.device)
+        if resuming_mid_task and state.get("backend"):
+            backend.load_state_dict(state["backend"])
+        wrapped = backend.model
+        wrapped.train()
+        first = start_step if task == start_task else 0
+        for step in range(first, steps):
+            _maybe_inject_failure(config.get("fail_at"), task, step, rank)
+            batch_items = run.method.global_batch(loop_state, step)
+            global_tokens = sum(len(it.answer) + 1 for it in batch_items)
+            run.train_tokens += sum(len(it.prompt) + len(it.answer) + 1 for it in batch_items)
+            per_rank = len(batch_items) // world
+            mine = batch_items[rank * per_rank : (rank + 1) * per_rank]
+            accum = training["grad_accum"]
+            micro = [mine[i::accum] for i in range(accum)]
+            for k, chunk in enumerate(micro):
+                batch = {key: v.to(session.device) for key, v in collate_qa(chunk, pad_id=run.pad_id,
+                                                                            eos_id=run.eos_id).items()}
+                with backend.accumulating(k == accum - 1):
+                    outputs = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    losses, mask = token_losses(outputs.logits, batch["labels"])
+                    loss = normalised_loss(losses.sum(), global_tokens, world)
+                    extra = run.method.extra_loss(loop_state, wrapped, batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra / accum
+                    backend.backward(loss)
+                window += torch.tensor([losses.sum().item(), mask.sum().item()], dtype=torch.float64)
+            grad_norm = backend.step()
+            run.method.after_step(loop_state, step + 1)
+            done, global_step = step + 1, task * steps + step + 1
+            if done % training["log_every"] == 0 or done == steps:
+                if world > 1:
+                    dist.all_reduce(window)
+                train_loss = (window[0] / window[1].clamp(min=1)).item()
+                run.records.append({"step": global_step, "task": task, "split": "train", "metric": "train_loss",
+                                    "value": train_loss})
+                window.zero_()
+                if rank == 0:
+                    print(f"[palimpsest] task {task + 1}/{len(run.tasks)} step {done}/{steps} "
+                          f"train_loss {train_loss:.4f} grad_norm {grad_norm:.3f} "
+                          f"({time.perf_counter() - t0:.1f}s)", flush=True)
+            if done == steps:
+                break
+            if config["eval"].get("eval_every") and done % config["eval"]["eval_every"] == 0:
+                run.evaluate(wrapped, run.periodic_eval_names(task), step=global_step, task=task)
+            if training.get("checkpoint_every") and done % training["checkpoint_every"] == 0:
+                run.save(backend, task=task, step=done, metrics={"task": task, "step": done})
+        run.method.after_task(loop_state)
+        global_step = (task + 1) * steps
+        run.task_end.append(run.evaluate(loop_state.model, list(run.eval_sets), step=global_step, task=task))
+        run.task_end_steps.append(global_step)
+        run.save(backend, task=task + 1, step=0, metrics={"task_end": task, "step": global_step})
+
     return {
-        "records": records,
-        "final": final,
-        "train_tokens": train_tokens,
-        "steps": steps,
-        "parameters": count_parameters(model),
+        "records": run.records,
+        "final": run.task_end[-1],
+        "task_end": run.task_end,
+        "task_end_steps": run.task_end_steps,
+        "baseline": run.baseline,
+        "train_tokens": run.train_tokens,
+        "steps": steps * len(run.tasks),
+        "parameters": count_parameters(loop_state.model),
         "train_wall_s": time.perf_counter() - t0,
     }
 
 
-def _save_and_report(session: TrainSession, backend, step: int, records, train_tokens, metrics: dict) -> None:
-    """Every rank reports; rank 0 attaches an HF-format checkpoint plus the trainer state."""
-    if session.rank != 0:
-        session.report(metrics)
+def _maybe_inject_failure(fail_at: dict | None, task: int, step: int, rank: int) -> None:
+    """Test hook: raise once at (task, step) on rank 0; a marker file makes the restart pass."""
+    if not fail_at or rank != 0 or (task, step) != (fail_at["task"], fail_at["step"]):
         return
-    with tempfile.TemporaryDirectory(prefix="palimpsest-ckpt-") as tmp:
-        export_pretrained(backend.model, tmp)
-        torch.save(
-            {
-                "step": step,
-                "model": unwrap(backend.model).state_dict(),
-                "backend": backend.state_dict(),
-                "records": list(records),
-                "train_tokens": train_tokens,
-            },
-            Path(tmp) / STATE_FILE,
-        )
-        session.report(metrics, checkpoint_dir=tmp)
+    marker = Path(fail_at["marker"])
+    if marker.exists():
+        return
+    marker.write_text("failed once\n")
+    raise RuntimeError(f"injected failure at task {task} step {step}")
 
 
 def _load_state(checkpoint_dir: str | None) -> dict | None:

@@ -1,0 +1,1 @@
+"""Pure metric functions: numbers in, numbers out (no ray, no spec, no files)."""
