@@ -20,6 +20,12 @@ METHOD_MODULES = {
     "joint": "joint",
     "replay": "replay",
     "ewc": "ewc",
+    "l2": "l2",
+    "lwf": "lwf",
+    "gere": "gere",
+    "lora": "lora",
+    "kappatune": "kappatune",
+    "fpf": "fpf",
 }
 
 

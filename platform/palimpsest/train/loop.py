@@ -88,16 +88,20 @@ class _Run:
         return [n for n in self.task_eval_names[: task + 1] if n]  # continual evaluation: seen tasks
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, backend, *, task: int, step: int, metrics: dict) -> None:
-        """Every rank reports; rank 0 attaches an HF-format model plus the trainer state."""
+    def save(self, model, backend, *, task: int, step: int, metrics: dict) -> None:
+        """Every rank reports; rank 0 attaches an HF-format model plus the trainer state.
+
+        `model` is the unwrapped model as the method left it (after a task, e.g. with
+        LoRA adapters already merged).
+        """
         if self.session.rank != 0:
             self.session.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="palimpsest-ckpt-") as tmp:
-            export_pretrained(backend.model, tmp)
+            export_pretrained(model, tmp)
             torch.save({
                 "task": task, "step": step,
-                "model": unwrap(backend.model).state_dict(),
+                "model": unwrap(model).state_dict(),
                 "backend": backend.state_dict() if step > 0 else None,
                 "method": self.method.state_dict(),
                 "records": self.records, "task_end": self.task_end, "task_end_steps": self.task_end_steps,
@@ -129,7 +133,8 @@ def run_training(config: dict, session: TrainSession) -> dict:
         run.restore(state)
     loop_state = LoopState(model=model, tasks=run.tasks, task=start_task, seed=config["seed"],
                            batch_size=training["batch_size"], steps_per_task=steps, pad_id=run.pad_id,
-                           eos_id=run.eos_id, device=session.device, rank=rank, world_size=world)
+                           eos_id=run.eos_id, device=session.device, rank=rank, world_size=world,
+                           general=_items(config.get("general_items", [])))
     if state is None and config.get("baseline_eval"):
         run.baseline = {n: m for n, m in run.evaluate(model, list(run.eval_sets), step=0, task=0).items()}
         run.records = []  # the baseline lives in its own field, not in the curves
@@ -193,12 +198,13 @@ def run_training(config: dict, session: TrainSession) -> dict:
             if config["eval"].get("eval_every") and done % config["eval"]["eval_every"] == 0:
                 run.evaluate(wrapped, run.periodic_eval_names(task), step=global_step, task=task)
             if training.get("checkpoint_every") and done % training["checkpoint_every"] == 0:
-                run.save(backend, task=task, step=done, metrics={"task": task, "step": done})
+                run.save(loop_state.model, backend, task=task, step=done, metrics={"task": task, "step": done})
         run.method.after_task(loop_state)
         global_step = (task + 1) * steps
         run.task_end.append(run.evaluate(loop_state.model, list(run.eval_sets), step=global_step, task=task))
         run.task_end_steps.append(global_step)
-        run.save(backend, task=task + 1, step=0, metrics={"task_end": task, "step": global_step})
+        run.save(loop_state.model, backend, task=task + 1, step=0,
+                 metrics={"task_end": task, "step": global_step})
 
     return {
         "records": run.records,
