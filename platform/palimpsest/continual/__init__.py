@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import importlib
 
+from palimpsest.catalog import CONTINUAL_METHODS
 from palimpsest.continual.base import ContinualMethod, LoopState
 
 METHODS: dict[str, type[ContinualMethod]] = {}
 
-# name -> module, so the spec can list the names without importing torch.
-METHOD_MODULES = {
-    "naive": "naive",
-    "joint": "joint",
-    "replay": "replay",
-    "ewc": "ewc",
-    "l2": "l2",
-    "lwf": "lwf",
-    "gere": "gere",
-    "lora": "lora",
-    "kappatune": "kappatune",
-    "fpf": "fpf",
-}
+# name -> module (kept in catalog.py so the spec can list names without importing torch)
+METHOD_MODULES = CONTINUAL_METHODS
 
 
 def register(name: str):

@@ -1,0 +1,188 @@
+"""Spec sections shared by the job kinds: model, data, training, scaling, evaluation.
+
+Relative file paths are resolved against the current working directory and stored
+absolute in the resolved spec, so a run folder's spec.yaml reruns from anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from palimpsest.presets import MODEL_PRESETS
+
+TOFU_SPLITS = ("forget01", "forget05", "forget10", "retain90", "retain95", "retain99", "retain", "holdout")
+
+
+class SpecError(ValueError):
+    """A job spec is invalid; `problems` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _suggest(word: str, allowed) -> str:
+    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} allowed: {', '.join(allowed)}"
+
+
+def _existing_path(value: str, what: str) -> str:
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{what} not found: {value}")
+    return str(path.resolve())
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class LoraSpec(Strict):
+    """LoRA adapters through peft (Hu et al., "LoRA", 2021)."""
+
+    r: int = Field(8, gt=0, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator (lora_alpha)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, description="module names to adapt"
+    )
+
+
+class ModelSpec(Strict):
+    """Which model to train: a preset built from a config, or a from_pretrained path."""
+
+    preset: str | None = Field(None, description=f"random-init preset: {', '.join(MODEL_PRESETS)}")
+    pretrained: str | None = Field(None, description="local path or hub name for from_pretrained")
+    tokenizer: str | None = Field(
+        None, description="tokenizer path; default: the pretrained model's own, or a BPE trained on the data"
+    )
+    vocab_size: int = Field(1024, ge=260, description="BPE vocabulary size when training a tokenizer (256 bytes + 4 special tokens at least)")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="parameter dtype")
+    lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of all weights")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value):
+        if value is not None and value not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset '{value}'" + _suggest(value, MODEL_PRESETS))
+        return value
+
+    @field_validator("pretrained", "tokenizer")
+    @classmethod
+    def _local_path_exists(cls, value):
+        # A hub name ("org/model") cannot be checked offline; a path that looks local can.
+        if value is not None and (value.startswith((".", "/", "~")) or Path(value).exists()):
+            return _existing_path(value, "model path")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.preset is not None and self.pretrained is not None:
+            raise ValueError("give either model.preset or model.pretrained, not both")
+        if self.preset is None and self.pretrained is None:
+            self.preset = "tiny-llama"
+        return self
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class FactWorldData(Strict):
+    """Facts about fictitious entities from the seeded fact-world generator."""
+
+    source: Literal["factworld"]
+    seed: int | None = Field(None, description="world seed; default: the job's seed")
+    num_entities: int = Field(20, ge=1, le=100_000, description="number of fictitious entities")
+    attributes_per_entity: int = Field(5, ge=1, le=8, description="facts per entity")
+    split: str = Field("all", description=f"'all' or a TOFU split: {', '.join(TOFU_SPLITS)}")
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, value):
+        allowed = ("all",) + TOFU_SPLITS
+        if value not in allowed:
+            raise ValueError(f"unknown split '{value}'" + _suggest(value, allowed))
+        return value
+
+
+class FileData(Strict):
+    """Question/answer records from a local JSON, JSON Lines or parquet file."""
+
+    source: Literal["file"]
+    path: str = Field(description="training file (.json, .jsonl or .parquet)")
+    eval_path: str | None = Field(None, description="optional held-out file evaluated beside the training set")
+    question_key: str = "question"
+    answer_key: str = "answer"
+
+    @field_validator("path", "eval_path")
+    @classmethod
+    def _file_exists(cls, value):
+        return None if value is None else _existing_path(value, "data file")
+
+
+class HFData(Strict):
+    """A dataset loaded with `datasets.load_dataset(name, subset, split=...)`."""
+
+    source: Literal["hf"]
+    name: str = Field(min_length=1, description="dataset name or builder ('json', 'parquet', ...)")
+    subset: str | None = None
+    split: str = "train"
+    eval_split: str | None = None
+    data_files: str | list[str] | None = None
+    question_key: str = "question"
+    answer_key: str = "answer"
+
+
+DataSpec = Annotated[Union[FactWorldData, FileData, HFData], Field(discriminator="source")]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class DeepSpeedSpec(Strict):
+    """DeepSpeed ZeRO settings (torch AdamW as the client optimizer: no compile step on CPU)."""
+
+    zero_stage: int = Field(2, ge=0, le=2, description="ZeRO stage 0, 1 or 2 (stage 3 is not supported yet)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class TrainingSpec(Strict):
+    """Optimisation settings of the shared training loop."""
+
+    steps: int = Field(300, gt=0, description="optimizer steps")
+    batch_size: int = Field(32, gt=0, description="global batch (all workers, all accumulation steps)")
+    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; null: no clipping")
+    backend: Literal["ddp", "deepspeed"] = Field("ddp", description="ddp (gloo on CPU, NCCL on GPU) or deepspeed")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="used when backend is deepspeed")
+    log_every: int = Field(10, gt=0, description="steps between train-loss records")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints; default: only the last")
+
+
+class ScalingSpec(Strict):
+    """How many Ray Train workers and what each holds."""
+
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class EvalSpec(Strict):
+    """Evaluation: greedy-answer exact match, teacher-forced token accuracy and loss."""
+
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations; default: only at the end")
+    batch_size: int = Field(64, gt=0)
+    max_examples: int | None = Field(None, gt=0, description="cap on examples per evaluated split")
+    holdout: bool = Field(True, description="also evaluate held-out facts (fact world: the holdout split)")

@@ -1,0 +1,174 @@
+"""Load a YAML job spec (with `--set` overrides) into a typed spec, or report every problem at once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from palimpsest.spec.common import SpecError, _suggest
+from palimpsest.spec.jobs import JOB_KINDS, JobSpec
+
+def apply_overrides(document: dict, overrides: list[str]) -> list[str]:
+    """Apply `a.b=v` overrides in place (v parsed as YAML); return problems found."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"--set {item}: expected KEY.PATH=VALUE")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = document
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return problems
+
+
+def parse_spec(document: Any, *, origin: str = "spec") -> JobSpec:
+    """Validate a parsed YAML document into a typed job spec.
+
+    Raises:
+        SpecError: every problem, one line each, as '<origin>: <field.path>: <message>'.
+    """
+    if not isinstance(document, dict):
+        raise SpecError([f"{origin}: expected a mapping of fields at the top level, got {type(document).__name__}"])
+    kind = document.get("kind")
+    if kind is None:
+        raise SpecError([f"{origin}: kind: required field missing; allowed: {', '.join(JOB_KINDS)}"])
+    if not isinstance(kind, str) or kind not in JOB_KINDS:
+        raise SpecError([f"{origin}: kind: unknown job kind '{kind}'" + _suggest(kind, JOB_KINDS)])
+    model_cls = JOB_KINDS[kind]
+    try:
+        return model_cls.model_validate(document)
+    except ValidationError as err:
+        raise SpecError([f"{origin}: {line}" for line in _describe(err, model_cls)]) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read, override and validate a YAML job spec.
+
+    Raises:
+        SpecError: the file is missing, not YAML, or not a valid spec.
+    """
+    path = Path(path)
+    origin = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError([f"{origin}: no such file"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise SpecError([f"{origin}: cannot read: {err.__class__.__name__}"]) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or "malformed document"
+        raise SpecError([f"{origin}: {where}invalid YAML: {problem}"]) from None
+    if document is None:
+        document = {}
+    if isinstance(document, dict):
+        problems = apply_overrides(document, list(overrides))
+        if problems:
+            raise SpecError([f"{origin}: {p}" for p in problems])
+    return parse_spec(document, origin=origin)
+
+
+def dump_spec(spec: BaseModel) -> str:
+    """The resolved spec (defaults filled in) as YAML, for the run folder."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional/Union/Annotated/list)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found += _models_in(arg)
+    return found
+
+
+def _walk(model_cls: type[BaseModel], loc: tuple) -> tuple[list[str], list[type[BaseModel]]]:
+    """Follow an error location through the spec classes.
+
+    Returns the display path (discriminator tags dropped) and the models that the
+    last segment's parent can be (to suggest field names for unknown keys).
+    """
+    shown: list[str] = []
+    current = [model_cls]
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            shown.append(f"[{part}]")
+            continue
+        tagged = [m for m in current if _tag_of(m) == part]
+        if tagged and i > 0:
+            current = tagged  # a discriminated-union tag, not a field
+            continue
+        shown.append(str(part))
+        if i == len(loc) - 1:
+            break
+        nxt = []
+        for m in current:
+            field = m.model_fields.get(part)
+            if field is not None:
+                nxt += _models_in(field.annotation)
+        current = nxt
+    return shown, current
+
+
+def _tag_of(model_cls: type[BaseModel]) -> str | None:
+    field = model_cls.model_fields.get("source")
+    if field is not None and get_origin(field.annotation) is Literal:
+        return get_args(field.annotation)[0]
+    return None
+
+
+def _describe(err: ValidationError, model_cls: type[BaseModel]) -> list[str]:
+    lines = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        shown, parents = _walk(model_cls, loc)
+        path = ".".join(shown).replace(".[", "[") or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            parent = loc[:-1]
+            _, owners = _walk(model_cls, parent + ("_",)) if parent else ([], [model_cls])
+            allowed = sorted({f for m in owners for f in m.model_fields})
+            message = "unknown key" + _suggest(loc[-1], allowed)
+        elif kind == "missing":
+            message = "required field missing"
+        elif kind == "union_tag_invalid":
+            ctx = item.get("ctx", {})
+            message = f"unknown source {ctx.get('tag')}; allowed: {ctx.get('expected_tags')}"
+        elif kind == "union_tag_not_found":
+            message = "missing 'source' (allowed: 'factworld', 'file', 'hf')"
+        else:
+            message = item["msg"]
+            if message.startswith("Value error, "):
+                message = message[len("Value error, "):]
+            given = item.get("input")
+            if kind not in ("value_error", "model_type", "dict_type") and not isinstance(given, (dict, list)):
+                message += f" (got {given!r})"
+        message = re.sub(r"\s+", " ", message)
+        # Cross-field checks raise "field.path: message" from a model validator.
+        named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message)
+        if named and kind == "value_error":
+            path = ".".join(p for p in (path if shown else "", named.group(1)) if p and p != "(top level)")
+            message = named.group(2)
+        lines.append(f"{path}: {message}")
+    return lines
