@@ -19,8 +19,9 @@ from palimpsest.spec import SpecError, dump_spec, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Palimpsest: memory in learning systems — continual fine-tuning, unlearning, memory RL, on Ray.")
-out = Console()
-err = Console(stderr=True)
+# Not a terminal (CI logs, pipes): rich would assume 80 columns and cut the results table.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class BadInput(Exception):

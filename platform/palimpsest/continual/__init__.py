@@ -32,11 +32,16 @@ def register(name: str):
     return wrap
 
 
-def make_method(name: str, **params) -> ContinualMethod:
+def method_class(name: str) -> type[ContinualMethod]:
+    """The class registered under `name` (imports its module on first use)."""
     if name not in METHOD_MODULES:
         raise KeyError(f"unknown continual method '{name}'; allowed: {', '.join(METHOD_MODULES)}")
     importlib.import_module(f"palimpsest.continual.{METHOD_MODULES[name]}")
-    return METHODS[name](**params)
+    return METHODS[name]
 
 
-__all__ = ["ContinualMethod", "LoopState", "METHODS", "METHOD_MODULES", "make_method", "register"]
+def make_method(name: str, **params) -> ContinualMethod:
+    return method_class(name)(**params)
+
+
+__all__ = ["ContinualMethod", "LoopState", "METHODS", "METHOD_MODULES", "make_method", "method_class", "register"]

@@ -1,5 +1,5 @@
 """One runner per job kind: `prepare(spec)` (may raise DataError) and `run(spec, prepared, folder)`."""
 
-from palimpsest.runners import train
+from palimpsest.runners import continual, train
 
-RUNNERS = {"train": train}
+RUNNERS = {"train": train, "continual": continual}

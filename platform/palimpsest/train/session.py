@@ -36,6 +36,7 @@ class LocalSession(TrainSession):
         self.resume_from = resume_from
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.reports: list[dict] = []
+        self.checkpoints: list[tuple[str, dict]] = []  # (directory, metrics), like Ray's Result
         self.last_checkpoint: str | None = None
 
     def latest_checkpoint(self) -> str | None:
@@ -47,6 +48,7 @@ class LocalSession(TrainSession):
             target = self.root / f"checkpoint_{len(self.reports):06d}"
             shutil.copytree(checkpoint_dir, target)
             self.last_checkpoint = str(target)
+            self.checkpoints.append((str(target), dict(metrics)))
 
 
 class RaySession(TrainSession):
