@@ -1,7 +1,7 @@
 """Training backends: how the model is wrapped, gradients synchronised and the optimizer stepped.
 
-`ddp` now; DeepSpeed ZeRO and Opacus DP-SGD slot in as further `Backend`s with the
-same five methods, so the loop never changes.
+`ddp` here, `deepspeed` in deepspeed_backend.py; Opacus DP-SGD slots in as one more
+`Backend` with the same methods, so the loop never changes.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class Backend:
 
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release hooks and buffers at the end of a task (a new backend wraps the next one)."""
 
 
 class DDPBackend(Backend):
@@ -83,8 +86,9 @@ class DDPBackend(Backend):
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-BACKENDS = {"ddp": DDPBackend}
-
-
 def make_backend(name: str, model: torch.nn.Module, training: dict, *, world_size: int, device) -> Backend:
-    return BACKENDS[name](model, training, world_size=world_size, device=device)
+    if name == "deepspeed":  # imported only when asked for: deepspeed is slow to import
+        from palimpsest.train.deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(model, training, world_size=world_size, device=device)
+    return DDPBackend(model, training, world_size=world_size, device=device)

@@ -205,6 +205,7 @@ def run_training(config: dict, session: TrainSession) -> dict:
         run.task_end_steps.append(global_step)
         run.save(loop_state.model, backend, task=task + 1, step=0,
                  metrics={"task_end": task, "step": global_step})
+        backend.close()
 
     return {
         "records": run.records,

@@ -1,0 +1,102 @@
+"""DeepSpeed ZeRO backend (stages 0-2) for the shared loop.
+
+What we verified on CPU (DESIGN.md): DeepSpeed reuses the process group Ray Train set
+up; a client `torch.optim.AdamW` avoids the 3-4 min JIT compile of its fused Adams;
+the `deepspeed_shm_comm` op would compile for ~67 s on first use, so we skip it (it
+only speeds up intra-node CPU collectives).
+
+Loss scaling: the loop already divides by the global answer-token count of the whole
+optimizer step, so `engine.backward(..., scale_wrt_gas=False)`; DeepSpeed averages
+gradients over data-parallel ranks exactly like DDP, so DDP and ZeRO give the same
+updates. DeepSpeed counts micro-batches itself: `engine.step()` after every backward,
+and it steps the optimizer (and the LR schedule) at the accumulation boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import get_scheduler
+
+from palimpsest.train.backends import Backend
+
+
+def _skip_shm_build() -> None:
+    import deepspeed.comm.torch  # noqa: F401  (binds the package; the module is in sys.modules)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+def _single_process_group() -> None:
+    """Without Ray (world size 1) DeepSpeed still wants a process group: make a gloo one."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def deepspeed_config(training: dict, world_size: int) -> dict:
+    settings = training["deepspeed"]
+    accum = training["grad_accum"]
+    return {
+        "train_batch_size": training["batch_size"],
+        "train_micro_batch_size_per_gpu": training["batch_size"] // (world_size * accum),
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": training["max_grad_norm"] or 0.0,
+        "zero_optimization": {"stage": settings["zero_stage"]},
+        "bf16": {"enabled": settings["precision"] == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedBackend(Backend):
+    """`deepspeed.initialize` around the model with a torch AdamW and the loop's LR schedule."""
+
+    def __init__(self, model: torch.nn.Module, training: dict, *, world_size: int, device: torch.device):
+        import deepspeed
+
+        _skip_shm_build()
+        _single_process_group()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=training["lr"], weight_decay=training["weight_decay"])
+        scheduler = get_scheduler(training["lr_schedule"], optimizer, num_warmup_steps=training["warmup_steps"],
+                                  num_training_steps=training["steps"])
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(training, world_size), dist_init_required=False,
+        )
+        self.model, self.optimizer, self.scheduler = engine, optimizer, scheduler
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss, scale_wrt_gas=False)
+        self.model.step()  # a no-op for the optimizer until the accumulation boundary
+
+    def step(self) -> float:
+        norm = self.model.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def state_dict(self) -> dict | None:
+        # ZeRO 1-2 shard the optimizer state over ranks; a rank-0 state_dict would be
+        # incomplete. A resume restores weights and position, with fresh optimizer moments.
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        pass
+
+    def close(self) -> None:
+        # ZeRO registers gradient hooks on the parameters; the next task's engine must
+        # not find the old ones still attached.
+        if hasattr(self.model, "destroy"):
+            self.model.destroy()
