@@ -6,6 +6,9 @@ eq. (3): L(θ) = L_t(θ) + Σ_i (λ/2) F_i (θ_i − θ*_i)². After each task t
 per-example gradients on up to `fisher_samples` of the task's examples; Fishers of
 successive tasks add up and θ* moves to the latest weights (the online form of Schwarz et
 al., "Progress & Compress", 2018, with γ = 1), so one penalty covers all earlier tasks.
+
+λ's default (1e5) is large because per-example squared gradients of a trained model are
+small; on the quickstart stream λ = 1e4 halves forgetting and λ = 1e5 nearly removes it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def diagonal_fisher(model: torch.nn.Module, items, *, pad_id: int, eos_id: int, 
 
 @register("ewc")
 class EWC(ContinualMethod):
-    def __init__(self, lam: float = 100.0, fisher_samples: int = 64):
+    def __init__(self, lam: float = 1e5, fisher_samples: int = 64):
         if lam < 0 or fisher_samples < 1:
             raise ValueError("ewc: lam ≥ 0 and fisher_samples ≥ 1")
         self.lam, self.fisher_samples = lam, fisher_samples
