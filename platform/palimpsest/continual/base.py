@@ -43,7 +43,12 @@ class ContinualMethod:
             raise TypeError(f"method '{self.name}' takes no parameters, got {sorted(params)}")
 
     def before_task(self, state: LoopState) -> None:
-        """Prepare the model for task `state.task` (may replace `state.model`)."""
+        """Prepare the model for task `state.task` (may replace `state.model`).
+
+        On a resume in the middle of a task the loop calls this BEFORE loading the saved
+        weights: never derive state from the model's current weights here; derive it in
+        `after_task` of the previous task and keep it in `state_dict()`.
+        """
 
     def global_batch(self, state: LoopState, step: int) -> list[TokenizedQA]:
         """The global batch for `step` of the current task (same on every rank)."""
