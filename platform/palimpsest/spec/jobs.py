@@ -98,6 +98,9 @@ class MethodSpec(Strict):
         return value
 
 
+WEIGHT_EDITING_METHODS = ("fpf",)
+
+
 def _method_entry(value):
     return {"name": value} if isinstance(value, str) else value
 
@@ -120,6 +123,13 @@ class ContinualJob(_Job):
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError("methods: each method may appear once")
+        if self.training.backend == "deepspeed":
+            # ZeRO keeps its own master weights and writes them back after each step:
+            # a method that edits the weights outside the optimizer would be overwritten.
+            edits_weights = [n for n in names if n in WEIGHT_EDITING_METHODS]
+            if edits_weights:
+                raise ValueError(f"methods: {', '.join(edits_weights)} update weights outside the optimizer and "
+                                 "need training.backend: ddp")
         return self
 
 

@@ -160,6 +160,8 @@ def run_training(config: dict, session: TrainSession) -> dict:
         first = start_step if task == start_task else 0
         for step in range(first, steps):
             _maybe_inject_failure(config.get("fail_at"), task, step, rank)
+            # Dropout and other randomness: a function of (seed, task, step), so a resume replays it.
+            torch.manual_seed(_seed_for(config["seed"], task) * 100_003 + step)
             batch_items = run.method.global_batch(loop_state, step)
             global_tokens = sum(len(it.answer) + 1 for it in batch_items)
             run.train_tokens += sum(len(it.prompt) + len(it.answer) + 1 for it in batch_items)
