@@ -109,3 +109,25 @@ def test_quickstart_replay_forgets_less_than_naive(tmp_path, ray_session):
     assert set(methods) == {"naive", "replay", "ewc"}
     assert methods["replay"]["bwt"] > methods["naive"]["bwt"], {m: b["bwt"] for m, b in methods.items()}
     assert "BWT" in result.output
+
+
+SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", SHIPPED)
+def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch):
+    """Every example runs end to end (without Ray, a few steps) — not just validates."""
+    monkeypatch.chdir(REPO)  # examples name files relative to the repository root
+    document = yaml.safe_load((REPO / job).read_text())
+    overrides = ["training.steps=3", "training.checkpoint_every=null", "eval.eval_every=null",
+                 "scaling.num_workers=1", "training.batch_size=4"]
+    if document.get("stream", {}).get("source") == "factworld":
+        overrides += ["stream.num_entities=6", "stream.general_samples=4"]
+    if document.get("data", {}).get("source") == "factworld":
+        overrides += ["data.num_entities=6"]
+    args = ["run", job, "--no-ray", "--out", str(tmp_path / "run")]
+    for item in overrides:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
