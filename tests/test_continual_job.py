@@ -50,8 +50,8 @@ def train_losses(out: Path) -> list[float]:
 
 @pytest.mark.integration
 def test_two_workers_ddp_zero2_and_a_worker_failure(tmp_path, ray_session):
-    """Done-means 3 and 4: a 2-task stream on 2 workers under DDP and ZeRO-2; with max_failures 1 a failure
-    injected mid task 2 ends with the same accuracy matrix as the run without it."""
+    """Done-means 3 and 4: a 2-task stream on 2 workers under DDP, ZeRO-2 and ZeRO-3 (same losses); with
+    max_failures 1 a failure injected mid task 2 ends with the same accuracy matrix as the run without it."""
     ddp = run_spec(stream_spec(), tmp_path / "ddp")
     assert np.array(ddp["accuracy_matrix"]).shape == (2, 2)
     for key in ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss"):
@@ -63,6 +63,14 @@ def test_two_workers_ddp_zero2_and_a_worker_failure(tmp_path, ray_session):
                      tmp_path / "zero2")
     np.testing.assert_allclose(train_losses(tmp_path / "zero2"), train_losses(tmp_path / "ddp"), rtol=1e-3)
     np.testing.assert_allclose(zero2["accuracy_matrix"], ddp["accuracy_matrix"], atol=0.1)
+
+    zero3 = run_spec(stream_spec(training={"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}),
+                     tmp_path / "zero3")
+    np.testing.assert_allclose(train_losses(tmp_path / "zero3"), train_losses(tmp_path / "ddp"), rtol=1e-3)
+    np.testing.assert_allclose(zero3["accuracy_matrix"], ddp["accuracy_matrix"], atol=0.1)
+    from transformers import AutoModelForCausalLM  # the gathered ZeRO-3 export is a whole model
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "checkpoints" / "naive" / "task-1")
 
     marker = tmp_path / "failed-once"
     faulty = run_spec(stream_spec(max_failures=1), tmp_path / "fault",
@@ -80,6 +88,21 @@ def test_bad_method_parameter_exits_2_before_any_run_folder(tmp_path):
     assert result.exit_code == 2
     assert "bufer_size" in result.output and "buffer_size" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("training, methods, words", [
+    ({"backend": "deepspeed"}, ["naive", "fpf"], ["fpf", "backend: ddp"]),
+    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, ["replay", "ewc"], ["ewc", "ZeRO-3"]),
+    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 4}}, ["naive"], ["zero_stage", "less than or equal to 3"]),
+])
+def test_backend_and_method_combinations_that_cannot_work_are_refused(training, methods, words):
+    from palimpsest.spec import SpecError
+
+    with pytest.raises(SpecError) as caught:
+        parse_spec(stream_spec(training=training, methods=methods))
+    (problem,) = caught.value.problems
+    for word in words:
+        assert word in problem
 
 
 def test_several_methods_without_ray_write_one_block_each(tmp_path):

@@ -150,7 +150,7 @@ DataSpec = Annotated[Union[FactWorldData, FileData, HFData], Field(discriminator
 class DeepSpeedSpec(Strict):
     """DeepSpeed ZeRO settings (torch AdamW as the client optimizer: no compile step on CPU)."""
 
-    zero_stage: int = Field(2, ge=0, le=2, description="ZeRO stage 0, 1 or 2 (stage 3 is not supported yet)")
+    zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3 (3 also partitions the weights)")
     precision: Literal["fp32", "bf16"] = "fp32"
 
 

@@ -99,6 +99,7 @@ class MethodSpec(Strict):
 
 
 WEIGHT_EDITING_METHODS = ("fpf",)
+ZERO3_METHODS = ("naive", "joint", "replay")  # they only choose batches
 
 
 def _method_entry(value):
@@ -130,6 +131,12 @@ class ContinualJob(_Job):
             if edits_weights:
                 raise ValueError(f"methods: {', '.join(edits_weights)} update weights outside the optimizer and "
                                  "need training.backend: ddp")
+            # Under ZeRO-3 a rank holds a shard of each weight: methods that read weights
+            # (penalties, teachers, Fishers, adapters) would see empty tensors.
+            reads_weights = [n for n in names if n not in ZERO3_METHODS]
+            if self.training.deepspeed.zero_stage == 3 and reads_weights:
+                raise ValueError(f"methods: {', '.join(reads_weights)} read the weights, which ZeRO-3 partitions; "
+                                 f"with zero_stage 3 use {', '.join(ZERO3_METHODS)} (or zero_stage ≤ 2)")
         return self
 
 

@@ -20,6 +20,13 @@ class Backend:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    # True when each rank holds only a shard of the weights (ZeRO-3): every rank must then
+    # run the same forward passes, and a full state dict needs a collective gather.
+    shards_parameters: bool = False
+
+    def full_state_dict(self) -> dict:
+        """The whole model's state dict (every rank must call: it may gather shards)."""
+        return unwrap(self.model).state_dict()
 
     def backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError

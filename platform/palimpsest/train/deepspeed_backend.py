@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO backend (stages 0-2) for the shared loop.
+"""DeepSpeed ZeRO backend (stages 0-3) for the shared loop.
 
 What we verified on CPU (DESIGN.md): DeepSpeed reuses the process group Ray Train set
 up; a client `torch.optim.AdamW` avoids the 3-4 min JIT compile of its fused Adams;
@@ -10,6 +10,11 @@ optimizer step, so `engine.backward(..., scale_wrt_gas=False)`; DeepSpeed averag
 gradients over data-parallel ranks exactly like DDP, so DDP and ZeRO give the same
 updates. DeepSpeed counts micro-batches itself: `engine.step()` after every backward,
 and it steps the optimizer (and the LR schedule) at the accumulation boundary.
+
+ZeRO-3 partitions the weights themselves: the loop then evaluates the same examples on
+every rank (forward passes must stay in lockstep), gathers the full state dict for
+checkpoints (transformers format, rebuilt on rank 0 — not DeepSpeed's sharded format, so
+a checkpoint loads anywhere), and rebuilds a plain model between tasks.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def deepspeed_config(training: dict, world_size: int) -> dict:
         "gradient_accumulation_steps": accum,
         "gradient_clipping": training["max_grad_norm"] or 0.0,
         "zero_optimization": {"stage": settings["zero_stage"]},
+        "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": settings["precision"] == "bf16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -78,6 +84,16 @@ class DeepSpeedBackend(Backend):
             config=deepspeed_config(training, world_size), dist_init_required=False,
         )
         self.model, self.optimizer, self.scheduler = engine, optimizer, scheduler
+        self.shards_parameters = training["deepspeed"]["zero_stage"] == 3
+
+    def full_state_dict(self) -> dict:
+        module = self.model.module
+        if not self.shards_parameters:
+            return module.state_dict()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
 
     def backward(self, loss: torch.Tensor) -> None:
         self.model.backward(loss, scale_wrt_gas=False)

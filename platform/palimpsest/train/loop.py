@@ -71,12 +71,14 @@ class _Run:
         self.train_tokens = 0
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model, names, *, step: int, task: int) -> dict:
+    def evaluate(self, model, names, *, step: int, task: int, replicated: bool = False) -> dict:
+        """Evaluate `names`; each rank takes a shard, or (replicated, for ZeRO-3) all of it."""
+        rank, world = (0, 1) if replicated else (self.session.rank, self.session.world_size)
         results = {}
         for name in names:
             metrics = evaluate_qa(model, self.eval_sets[name], pad_id=self.pad_id, eos_id=self.eos_id,
                                   batch_size=self.config["eval"]["batch_size"], device=self.session.device,
-                                  rank=self.session.rank, world_size=self.session.world_size)
+                                  rank=rank, world_size=world)
             results[name] = metrics
             self.records += [{"step": step, "task": task, "split": name, "metric": m, "value": metrics[m]}
                              for m in EVAL_METRICS]
@@ -88,26 +90,31 @@ class _Run:
         return [n for n in self.task_eval_names[: task + 1] if n]  # continual evaluation: seen tasks
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, model, backend, *, task: int, step: int, metrics: dict) -> None:
+    def save(self, model, backend, *, task: int, step: int, metrics: dict) -> dict:
         """Every rank reports; rank 0 attaches an HF-format model plus the trainer state.
 
         `model` is the unwrapped model as the method left it (after a task, e.g. with
-        LoRA adapters already merged).
+        LoRA adapters already merged). Returns the full state dict (gathered under ZeRO-3).
         """
+        full_state = backend.full_state_dict() if backend.shards_parameters else unwrap(model).state_dict()
         if self.session.rank != 0:
             self.session.report(metrics)
-            return
+            return full_state
         with tempfile.TemporaryDirectory(prefix="palimpsest-ckpt-") as tmp:
+            if backend.shards_parameters:
+                model = build_model(self.config["model"])
+                model.load_state_dict(full_state)
             export_pretrained(model, tmp)
             torch.save({
                 "task": task, "step": step,
-                "model": unwrap(model).state_dict(),
+                "model": full_state,
                 "backend": backend.state_dict() if step > 0 else None,
                 "method": self.method.state_dict(),
                 "records": self.records, "task_end": self.task_end, "task_end_steps": self.task_end_steps,
                 "baseline": self.baseline, "train_tokens": self.train_tokens,
             }, Path(tmp) / STATE_FILE)
             self.session.report(metrics, checkpoint_dir=tmp)
+        return full_state
 
     def restore(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
@@ -198,16 +205,21 @@ def run_training(config: dict, session: TrainSession) -> dict:
             if done == steps:
                 break
             if config["eval"].get("eval_every") and done % config["eval"]["eval_every"] == 0:
-                run.evaluate(wrapped, run.periodic_eval_names(task), step=global_step, task=task)
+                run.evaluate(wrapped, run.periodic_eval_names(task), step=global_step, task=task,
+                             replicated=backend.shards_parameters)
             if training.get("checkpoint_every") and done % training["checkpoint_every"] == 0:
                 run.save(loop_state.model, backend, task=task, step=done, metrics={"task": task, "step": done})
         run.method.after_task(loop_state)
         global_step = (task + 1) * steps
-        run.task_end.append(run.evaluate(loop_state.model, list(run.eval_sets), step=global_step, task=task))
+        run.task_end.append(run.evaluate(loop_state.model, list(run.eval_sets), step=global_step, task=task,
+                                         replicated=backend.shards_parameters))
         run.task_end_steps.append(global_step)
-        run.save(loop_state.model, backend, task=task + 1, step=0,
-                 metrics={"task_end": task, "step": global_step})
+        full_state = run.save(loop_state.model, backend, task=task + 1, step=0,
+                              metrics={"task_end": task, "step": global_step})
         backend.close()
+        if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
+            loop_state.model = build_model(config["model"]).to(session.device)
+            loop_state.model.load_state_dict(full_state)
 
     return {
         "records": run.records,
