@@ -21,13 +21,7 @@ from palimpsest.models import build_model, model_config
 from palimpsest.train.batching import IGNORE_INDEX, TokenizedQA, collate_qa, token_losses
 from palimpsest.train.loop import run_without_ray
 
-PAD, BOS, EOS, VOCAB = 0, 1, 2, 48
-
-
-def qa_items(n: int, seed: int) -> list[TokenizedQA]:
-    rng = np.random.default_rng(seed)
-    return [TokenizedQA((BOS, *rng.integers(3, VOCAB, size=rng.integers(3, 6)).tolist()),
-                        tuple(rng.integers(3, VOCAB, size=rng.integers(1, 4)).tolist())) for _ in range(n)]
+from synthetic import BOS, EOS, PAD, VOCAB, loop_config, qa_items, tiny_model
 
 
 def general_items(n: int = 12, seed: int = 9) -> list[TokenizedQA]:
@@ -36,34 +30,14 @@ def general_items(n: int = 12, seed: int = 9) -> list[TokenizedQA]:
     return [TokenizedQA((BOS,), tuple(rng.integers(3, VOCAB, size=rng.integers(4, 9)).tolist())) for _ in range(n)]
 
 
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    return build_model(model_config({"preset": "tiny-llama"}, vocab_size=VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS,
-                                    seed=seed))
-
-
 def loop_state(model, *, task: int = 0, general=(), batch_size: int = 8) -> LoopState:
     return LoopState(model=model, tasks=[qa_items(16, 0), qa_items(16, 1)], task=task, seed=3, batch_size=batch_size,
                      steps_per_task=10, pad_id=PAD, eos_id=EOS, general=list(general))
 
 
 def two_task_config(method: dict, *, steps: int = 40, checkpoint_every: int | None = None) -> dict:
-    tasks = [qa_items(16, 0), qa_items(16, 1)]
-    raw = [[(it.prompt, it.answer) for it in task] for task in tasks]
-    return {
-        "seed": 3,
-        "model": model_config({"preset": "tiny-llama"}, vocab_size=VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS, seed=0),
-        "training": {"steps": steps, "batch_size": 8, "grad_accum": 1, "lr": 1e-2, "weight_decay": 0.0,
-                     "warmup_steps": 0, "lr_schedule": "constant", "max_grad_norm": 1.0, "backend": "ddp",
-                     "log_every": 10, "checkpoint_every": checkpoint_every},
-        "eval": {"eval_every": 20, "batch_size": 16},
-        "threads": 1,
-        "tasks": raw,
-        "task_eval_names": ["task0", "task1"],
-        "eval_sets": {"task0": raw[0], "task1": raw[1]},
-        "periodic_eval": "seen",
-        "general_items": [(it.prompt, it.answer) for it in general_items()],
-        "method": method,
-    }
+    return loop_config([qa_items(16, 0), qa_items(16, 1)], steps=steps, method=method,
+                       general=general_items(), checkpoint_every=checkpoint_every)
 
 
 # ---------------------------------------------------------------------------------------------- l2

@@ -19,21 +19,7 @@ from palimpsest.models import build_model, model_config
 from palimpsest.train.batching import TokenizedQA, collate_qa, token_losses
 from palimpsest.train.loop import STATE_FILE, run_without_ray
 
-PAD, BOS, EOS, VOCAB = 0, 1, 2, 48
-
-
-def qa_items(n: int = 24, seed: int = 0) -> list[TokenizedQA]:
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n):
-        prompt = (BOS, *rng.integers(3, VOCAB, size=rng.integers(3, 7)).tolist())
-        answer = tuple(rng.integers(3, VOCAB, size=rng.integers(1, 4)).tolist())
-        items.append(TokenizedQA(prompt, answer))
-    return items
-
-
-def tiny_model_cfg(seed: int = 0) -> dict:
-    return model_config({"preset": "tiny-llama"}, vocab_size=VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS, seed=seed)
+from synthetic import BOS, EOS, PAD, VOCAB, loop_config, qa_items, tiny_model_cfg
 
 
 def loop_state(model, tasks, task=0) -> LoopState:
@@ -242,23 +228,8 @@ METHODS = {
 
 
 def two_task_config(method: str, steps: int = 40) -> dict:
-    tasks = [qa_items(seed=0), qa_items(seed=1)]
-    raw = [[(it.prompt, it.answer) for it in items] for items in tasks]
-    return {
-        "seed": 3,
-        "task": 0,
-        "model": tiny_model_cfg(),
-        "training": {"steps": steps, "batch_size": 8, "grad_accum": 1, "lr": 1e-2, "weight_decay": 0.0,
-                     "warmup_steps": 0, "lr_schedule": "constant", "max_grad_norm": 1.0, "backend": "ddp",
-                     "log_every": 10, "checkpoint_every": 20},
-        "eval": {"eval_every": 20, "batch_size": 16},
-        "threads": 1,
-        "tasks": raw,
-        "task_eval_names": ["task0", "task1"],
-        "eval_sets": {"task0": raw[0], "task1": raw[1]},
-        "periodic_eval": "seen",
-        "method": {"name": method, "params": METHODS[method]},
-    }
+    return loop_config([qa_items(seed=0), qa_items(seed=1)], steps=steps, checkpoint_every=20,
+                       method={"name": method, "params": METHODS[method]})
 
 
 def checkpoint_at(root: Path, task: int, step: int) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from palimpsest.models import build_model, model_config
+from palimpsest.models import build_model
 from palimpsest.train.batching import (
     IGNORE_INDEX,
     TokenizedQA,
@@ -19,37 +19,8 @@ from palimpsest.train.batching import (
 from palimpsest.train.evaluate import evaluate_qa, greedy_answers
 from palimpsest.train.loop import run_without_ray
 
-PAD, BOS, EOS, VOCAB = 0, 1, 2, 48
-
-
-def synthetic_items(n=24, seed=0) -> list[TokenizedQA]:
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n):
-        prompt = (BOS, *rng.integers(3, VOCAB, size=rng.integers(3, 7)).tolist())
-        answer = tuple(rng.integers(3, VOCAB, size=rng.integers(1, 4)).tolist())
-        items.append(TokenizedQA(prompt, answer))
-    return items
-
-
-def tiny_model_cfg(seed=0):
-    return model_config({"preset": "tiny-llama"}, vocab_size=VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS, seed=seed)
-
-
-def loop_config(steps=40, **training):
-    items = synthetic_items()
-    return {
-        "seed": 3,
-        "task": 0,
-        "model": tiny_model_cfg(),
-        "training": {"steps": steps, "batch_size": 8, "grad_accum": 1, "lr": 1e-2, "weight_decay": 0.0,
-                     "warmup_steps": 0, "lr_schedule": "constant", "max_grad_norm": 1.0, "backend": "ddp",
-                     "log_every": 10, "checkpoint_every": None, **training},
-        "eval": {"eval_every": 20, "batch_size": 16},
-        "threads": 1,
-        "tasks": [[(it.prompt, it.answer) for it in items]],
-        "eval_sets": {"train": [(it.prompt, it.answer) for it in items]},
-    }
+from synthetic import BOS, EOS, PAD, loop_config, tiny_model_cfg
+from synthetic import qa_items as synthetic_items
 
 
 def test_each_epoch_visits_every_example_once_and_batches_are_replayable():

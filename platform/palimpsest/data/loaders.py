@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from palimpsest.runtime import atomic_write_text
 
 from .factworld import QAExample
 
@@ -44,17 +45,7 @@ def export_tofu(examples: Iterable[QAExample], path: str | os.PathLike) -> None:
         if example.attribute is not None:
             record["attribute"] = example.attribute
         lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-    # Temp file in the same directory, then os.replace: a reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(lines))
 
 
 def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",
