@@ -26,7 +26,7 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the results table: one row per split (train) or per method (continual)."""
     if summary.get("kind") == "continual":
         header = ["method", *(label for _, label in CL_COLUMNS), "wall s"]
-        rows = [[name, *(_fmt(block.get(key)) for key, _ in CL_COLUMNS), _fmt(block["cost"]["wall_s"])]
+        rows = [[name, *(_fmt(block.get(key)) for key, _ in CL_COLUMNS), f"{block['cost']['wall_s']:.1f}"]
                 for name, block in (summary.get("methods") or {}).items()]
         return header, rows
     header = ["split", "examples", *EVAL_METRICS]

@@ -129,7 +129,7 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     started = time.perf_counter()
     methods, records = {}, []
-    total_tokens = 0
+    total_tokens = total_flops = 0
     for method in spec.methods:
         t0 = time.perf_counter()
         config = {**prepared.worker_config, "method": {"name": method.name, "params": method.params}}
@@ -144,6 +144,7 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
         block["cost"] = {"wall_s": round(time.perf_counter() - t0, 3), "train_tokens": output["train_tokens"],
                          "train_flops": 6 * params * output["train_tokens"]}
         total_tokens += output["train_tokens"]
+        total_flops += block["cost"]["train_flops"]
         methods[method.name] = block
     folder.write_metrics(records)
     summary = {
@@ -154,7 +155,8 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
         "tasks": prepared.task_names,
         "steps": spec.training.steps * len(prepared.task_names),
         "methods": methods,
-        "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_tokens": total_tokens},
+        "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_tokens": total_tokens,
+                 "train_flops": total_flops},
     }
     if len(methods) == 1:  # the DESIGN.md keys at the top level when there is one method
         (only,) = methods.values()
