@@ -115,6 +115,8 @@ def test_several_methods_without_ray_write_one_block_each(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"naive", "joint"}
     assert "accuracy_matrix" not in summary  # several methods: one block each, no top-level matrix
+    assert [row["method"] for row in summary["table"]] == ["naive", "joint"]
+    assert summary["table"][1]["bwt"] == summary["methods"]["joint"]["bwt"]
     for name in ("accuracy_matrix_naive.png", "continual_eval_joint.png", "methods.png"):
         assert (out / "plots" / name).is_file(), name
     assert "| naive |" in (out / "report.md").read_text() and "ACC" in result.output

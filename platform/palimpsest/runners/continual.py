@@ -23,6 +23,7 @@ from palimpsest.runtime import RunFolder
 from palimpsest.spec import ContinualJob
 
 METRIC = "answer_accuracy"
+TABLE_KEYS = ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss")
 
 
 @dataclass
@@ -158,6 +159,8 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
         "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_tokens": total_tokens,
                  "train_flops": total_flops},
     }
+    summary["table"] = [{"method": name, **{k: block[k] for k in TABLE_KEYS}, "wall_s": block["cost"]["wall_s"]}
+                        for name, block in methods.items()]
     if len(methods) == 1:  # the DESIGN.md keys at the top level when there is one method
         (only,) = methods.values()
         summary.update({k: v for k, v in only.items() if k != "cost"})
