@@ -90,6 +90,45 @@ def test_bad_method_parameter_exits_2_before_any_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_failed_run_resumes_from_its_folder_to_the_same_result(tmp_path):
+    """`palimpsest run --resume DIR` finishes an interrupted run from its last checkpoint."""
+    from palimpsest.spec import dump_spec
+
+    document = stream_spec(methods=["naive", "replay"], scaling={"num_workers": 1})
+    spec = parse_spec(document)
+    clean = tmp_path / "clean"
+    assert CliRunner().invoke(app, ["run", str(write_yaml(tmp_path, document)), "--no-ray", "--out",
+                                    str(clean)]).exit_code == 0
+
+    # The same job dies in the middle of replay's second task (what Ctrl-C or a crash leaves).
+    broken = RunFolder.create(spec.name, tmp_path / "broken")
+    broken.write_spec(dump_spec(spec))
+    broken.write_summary({"status": "failed", "kind": "continual", "name": spec.name, "seed": spec.seed})
+    prepared = continual.prepare(spec)
+    prepared.worker_config["fail_at"] = {"task": 1, "step": 15, "marker": str(tmp_path / "marker")}
+    with pytest.raises(RuntimeError, match="injected failure"):
+        continual.run(spec, prepared, broken, use_ray=False)
+    assert (tmp_path / "marker").exists()
+
+    result = CliRunner().invoke(app, ["run", "--resume", str(broken.path), "--no-ray"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads((broken.path / "summary.json").read_text())
+    expected = json.loads((clean / "summary.json").read_text())
+    assert resumed["status"] == "ok" and resumed["resumed"] is True
+    for method in ("naive", "replay"):
+        assert resumed["methods"][method]["accuracy_matrix"] == expected["methods"][method]["accuracy_matrix"]
+        assert (broken.path / "checkpoints" / method / "task-1" / "model.safetensors").is_file()
+    assert train_losses(broken.path) == train_losses(clean)
+    again = CliRunner().invoke(app, ["run", "--resume", str(broken.path), "--no-ray"])
+    assert again.exit_code == 2 and "already finished" in again.output
+
+
+def write_yaml(tmp_path: Path, document: dict) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 @pytest.mark.parametrize("training, methods, words", [
     ({"backend": "deepspeed"}, ["naive", "fpf"], ["fpf", "backend: ddp"]),
     ({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, ["replay", "ewc"], ["ewc", "ZeRO-3"]),

@@ -51,34 +51,48 @@ def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"))
 
 @app.command()
 def run(
-    job: Path = typer.Argument(..., help="job spec YAML"),
+    job: Optional[Path] = typer.Argument(None, help="job spec YAML (omit with --resume)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field: --set training.lr=1e-3"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<name>-<UTC time>)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)"),
     no_ray: bool = typer.Option(False, "--no-ray", help="run the training loop in this process (1 worker), without Ray"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish an interrupted or failed run folder from its last checkpoint"),
 ) -> None:
-    """Run one job and write its run folder."""
+    """Run one job and write its run folder (or finish one with --resume)."""
+    from palimpsest.runtime import RunFolder
+
+    if resume is not None:
+        if job is not None or set_ or out_dir:
+            _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB, --set or --out)"])
+        if not (resume / "spec.yaml").is_file() or not (resume / "summary.json").is_file():
+            _fail_input([f"{resume}: not a run folder (needs spec.yaml and summary.json)"])
+        if RunFolder(resume).read_summary().get("status") == "ok":
+            _fail_input([f"{resume}: this run already finished (status ok)"])
+        job = resume / "spec.yaml"
+    elif job is None:
+        _fail_input(["give a job spec (palimpsest run JOB.yaml) or --resume RUN_DIR"])
     try:
         spec = load_spec(job, set_ or [])
     except SpecError as error:
         _fail_input(error.problems)
     from palimpsest.data import DataError
     from palimpsest.runners import RUNNERS
-    from palimpsest.runtime import RunFolder
 
     runner = RUNNERS[spec.kind]
     try:
         if no_ray and spec.scaling.num_workers != 1:
             raise BadInput("scaling.num_workers: --no-ray runs one worker; set scaling.num_workers=1")
-        prepared = runner.prepare(spec)
+        prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume else None)
         if not no_ray:
             _start_ray(spec, address)
-        folder = RunFolder.create(spec.name, out_dir)
+        folder = RunFolder(resume.resolve()) if resume else RunFolder.create(spec.name, out_dir)
     except (DataError, BadInput, FileExistsError) as error:
         _fail_input([f"{job}: {error}"])
-    folder.write_spec(dump_spec(spec))
-    folder.write_env()
-    folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed})
+    if not resume:
+        folder.write_spec(dump_spec(spec))
+        folder.write_env()
+    folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
+                          "resumed": resume is not None})
     out.print(f"run folder: {folder.path}", highlight=False)
     try:
         summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
@@ -91,6 +105,7 @@ def run(
         err.print(traceback.format_exc(), highlight=False, markup=False)
         err.print(f"[red]run failed:[/red] {type(error).__name__}: {error}\nsee {folder.path / 'summary.json'}")
         raise typer.Exit(1)
+    summary["resumed"] = resume is not None
     folder.write_summary(summary)
     from palimpsest.report import write_report
 

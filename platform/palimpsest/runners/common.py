@@ -11,13 +11,15 @@ from palimpsest.runtime import RunFolder
 from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
 
 
-def build_tokenizer(model_spec, examples, extra_texts=()):
+def build_tokenizer(model_spec, examples, extra_texts=(), *, saved: str | Path | None = None):
     """The pretrained model's tokenizer, an explicit one, or a BPE trained on the data.
+
+    `saved`: a run folder's own tokenizer (resuming a run reuses exactly its token ids).
 
     Raises:
         DataError: the model folder or tokenizer cannot be loaded.
     """
-    source = model_spec.tokenizer or model_spec.pretrained
+    source = str(saved) if saved else (model_spec.tokenizer or model_spec.pretrained)
     if model_spec.pretrained and Path(model_spec.pretrained).is_dir() \
             and not (Path(model_spec.pretrained) / "config.json").is_file():
         raise DataError(f"model.pretrained: {model_spec.pretrained} has no config.json (not a transformers model folder)")
@@ -83,7 +85,9 @@ def fit(spec, config: dict, folder: RunFolder, run_name: str, *, use_ray: bool) 
         from palimpsest.train.loop import run_training
         from palimpsest.train.session import LocalSession
 
-        session = LocalSession(storage / run_name, resume_from=config.get("resume_from"))
+        # A rerun of an interrupted folder picks up its last checkpoint (Ray does the same
+        # by itself when a run name and storage path are reused).
+        session = LocalSession(storage / run_name, resume_from=config.get("resume_from") or latest_checkpoint(storage / run_name))
         output = run_training(config, session)
         return output, session.checkpoints
 
@@ -111,9 +115,15 @@ def fit(spec, config: dict, folder: RunFolder, run_name: str, *, use_ray: bool) 
     return result.return_value, checkpoints
 
 
+def latest_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint directory of a run (names sort in time order), if any."""
+    found = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())
+    return str(found[-1]) if found else None
+
+
 def export_checkpoint(checkpoint_dir: str, target: Path, tokenizer) -> None:
     """Copy a reported checkpoint's transformers files (not the trainer state) and add the tokenizer."""
-    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns("trainer_state.pt", "reported_metrics.json"), dirs_exist_ok=True)
     tokenizer.save_pretrained(str(target))
 
 

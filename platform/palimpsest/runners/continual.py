@@ -69,7 +69,7 @@ def check_method_params(spec: ContinualJob) -> None:
         raise DataError("; ".join(problems))
 
 
-def prepare(spec: ContinualJob) -> PreparedContinual:
+def prepare(spec: ContinualJob, *, saved_tokenizer=None) -> PreparedContinual:
     """Load the stream, build tokenizer and worker config; check method parameters.
 
     Raises:
@@ -80,7 +80,7 @@ def prepare(spec: ContinualJob) -> PreparedContinual:
     for i, task in enumerate(tasks):
         if not task:
             raise DataError(f"stream: task {i} has no examples")
-    tokenizer = build_tokenizer(spec.model, [e for task in tasks for e in task], extra_texts=general)
+    tokenizer = build_tokenizer(spec.model, [e for task in tasks for e in task], extra_texts=general, saved=saved_tokenizer)
     names = [f"task{i}" for i in range(len(tasks))]
     eval_sets = {name: as_items(tokenizer, subsample(task, spec.eval.max_examples)) for name, task in zip(names, tasks)}
     general_items = text_items(tokenizer, general)

@@ -44,7 +44,7 @@ def load_examples(data, seed: int) -> tuple[list[QAExample], dict[str, list[QAEx
     return train, extra
 
 
-def prepare(spec: TrainJob) -> PreparedTrain:
+def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
     """Load data, build the tokenizer and the worker config.
 
     Raises:
@@ -53,7 +53,7 @@ def prepare(spec: TrainJob) -> PreparedTrain:
     train, extra = load_examples(spec.data, spec.seed)
     if not train:
         raise DataError("data: the training set is empty")
-    tokenizer = build_tokenizer(spec.model, train + [e for split in extra.values() for e in split])
+    tokenizer = build_tokenizer(spec.model, train + [e for split in extra.values() for e in split], saved=saved_tokenizer)
     eval_examples = {"train": subsample(train, spec.eval.max_examples)}
     if spec.eval.holdout or spec.data.source != "factworld":
         eval_examples.update({name: subsample(ex, spec.eval.max_examples) for name, ex in extra.items() if ex})

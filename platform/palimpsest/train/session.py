@@ -6,10 +6,13 @@ The loop only talks to a `TrainSession`; that is what lets the same code run und
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import torch
+
+REPORTED_METRICS = "reported_metrics.json"  # beside a local checkpoint: what was reported with it
 
 
 class TrainSession:
@@ -36,7 +39,11 @@ class LocalSession(TrainSession):
         self.resume_from = resume_from
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.reports: list[dict] = []
-        self.checkpoints: list[tuple[str, dict]] = []  # (directory, metrics), like Ray's Result
+        # (directory, metrics), like Ray's Result; an interrupted attempt's are picked up again
+        self.checkpoints: list[tuple[str, dict]] = [
+            (str(meta.parent), json.loads(meta.read_text()))
+            for meta in sorted(self.root.glob(f"checkpoint_*/{REPORTED_METRICS}"))
+        ]
         self.last_checkpoint: str | None = None
 
     def latest_checkpoint(self) -> str | None:
@@ -45,8 +52,11 @@ class LocalSession(TrainSession):
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
-            target = self.root / f"checkpoint_{len(self.reports):06d}"
+            # continue the numbering of an earlier, interrupted attempt in the same folder
+            index = len(list(self.root.glob("checkpoint_*"))) + 1 if self.root.exists() else 1
+            target = self.root / f"checkpoint_{index:06d}"
             shutil.copytree(checkpoint_dir, target)
+            (target / REPORTED_METRICS).write_text(json.dumps(metrics))
             self.last_checkpoint = str(target)
             self.checkpoints.append((str(target), dict(metrics)))
 
