@@ -17,7 +17,6 @@ from palimpsest.continual import LoopState, make_method
 from palimpsest.continual.gere import activation_states, activation_thresholds, threshold_margin_loss
 from palimpsest.continual.l2 import l2_sp_penalty
 from palimpsest.continual.lwf import distillation_loss
-from palimpsest.models import build_model, model_config
 from palimpsest.train.batching import IGNORE_INDEX, TokenizedQA, collate_qa, token_losses
 from palimpsest.train.loop import run_without_ray
 

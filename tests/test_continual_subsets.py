@@ -15,11 +15,11 @@ from palimpsest.continual import LoopState, make_method
 from palimpsest.continual.fpf import module_sensitivity, reservoir_add, select_top_fraction
 from palimpsest.continual.kappatune import condition_number, condition_numbers, select_by_condition
 from palimpsest.continual.lora import adapter_parameter_names
-from palimpsest.models import build_model, model_config
-from palimpsest.train.batching import TokenizedQA, collate_qa, token_losses
+from palimpsest.models import build_model
+from palimpsest.train.batching import collate_qa, token_losses
 from palimpsest.train.loop import STATE_FILE, run_without_ray
 
-from synthetic import BOS, EOS, PAD, VOCAB, loop_config, qa_items, tiny_model_cfg
+from synthetic import EOS, PAD, loop_config, qa_items, tiny_model_cfg
 
 
 def loop_state(model, tasks, task=0) -> LoopState:
