@@ -131,14 +131,22 @@ def write_yaml(tmp_path: Path, document: dict) -> Path:
 
 @pytest.mark.parametrize("training, methods, words", [
     ({"backend": "deepspeed"}, ["naive", "fpf"], ["fpf", "backend: ddp"]),
-    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, ["replay", "ewc"], ["ewc", "ZeRO-3"]),
+    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, ["replay", "lwf"], ["lwf", "ZeRO-3"]),
+    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 2}}, ["ewc"], ["ewc", "zero_stage ≤ 1"]),
+    ({"backend": "ddp"}, [{"name": "lora"}], None),
+    ({}, ["gere"], ["gere", "general"]),
     ({"backend": "deepspeed", "deepspeed": {"zero_stage": 4}}, ["naive"], ["zero_stage", "less than or equal to 3"]),
 ])
 def test_backend_and_method_combinations_that_cannot_work_are_refused(training, methods, words):
     from palimpsest.spec import SpecError
 
+    document = stream_spec(training=training, methods=methods)
+    if words is None:  # the lora method with the model's own LoRA
+        document["model"], words = {"lora": {"r": 4}}, ["lora", "remove model.lora"]
+    if methods == ["gere"]:
+        document["stream"]["general_samples"] = 0
     with pytest.raises(SpecError) as caught:
-        parse_spec(stream_spec(training=training, methods=methods))
+        parse_spec(document)
     (problem,) = caught.value.problems
     for word in words:
         assert word in problem

@@ -103,3 +103,12 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     one = run_without_ray(loop_config(steps=5), tmp_path / "one")
     accumulated = run_without_ray(loop_config(steps=5, grad_accum=4), tmp_path / "acc")
     assert accumulated["final"]["train"]["loss"] == pytest.approx(one["final"]["train"]["loss"], rel=1e-4)
+
+
+def test_resume_between_two_log_steps_reports_the_same_train_loss(tmp_path):
+    """The running train-loss window is part of the checkpoint (checkpoint_every 15, log_every 10)."""
+    config = loop_config(steps=30, checkpoint_every=15)
+    full = run_without_ray(config, tmp_path / "full")
+    mid = sorted((tmp_path / "full").glob("checkpoint_*"))[0]
+    resumed = run_without_ray({**config, "resume_from": str(mid)}, tmp_path / "resumed")
+    assert resumed["records"] == full["records"]

@@ -116,7 +116,10 @@ def run(
 def _start_ray(spec, address: str | None) -> None:
     from palimpsest.runtime import init_ray, ray_cluster_cpus
 
-    init_ray(address)
+    try:
+        init_ray(address)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise BadInput(f"--address: cannot start or reach Ray ({address or 'local'}): {error}") from None
     needed = spec.scaling.num_workers * spec.scaling.cpus_per_worker
     have = ray_cluster_cpus()
     if needed > have:

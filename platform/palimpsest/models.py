@@ -57,7 +57,9 @@ def build_model(cfg: dict) -> torch.nn.Module:
     model.generation_config.pad_token_id = cfg["pad_id"]
     model.generation_config.eos_token_id = cfg["eos_id"]
     if cfg.get("lora"):
-        model = add_lora(model, cfg["lora"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg["seed"] + 1)  # adapters initialise the same on every rank and restart
+            model = add_lora(model, cfg["lora"])
     return model
 
 

@@ -36,7 +36,10 @@ def _suggest(word: str, allowed) -> str:
 
 
 def _existing_path(value: str, what: str) -> str:
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~user/..." for a user that does not exist
+        raise ValueError(f"{what} not found: {value}") from None
     if not path.exists():
         raise ValueError(f"{what} not found: {value}")
     return str(path.resolve())
@@ -60,9 +63,9 @@ class ModelSpec(Strict):
     """Which model to train: a preset built from a config, or a from_pretrained path."""
 
     preset: str | None = Field(None, description=f"random-init preset: {', '.join(MODEL_PRESETS)}")
-    pretrained: str | None = Field(None, description="local path or hub name for from_pretrained")
+    pretrained: str | None = Field(None, min_length=1, description="local path or hub name for from_pretrained")
     tokenizer: str | None = Field(
-        None, description="tokenizer path; default: the pretrained model's own, or a BPE trained on the data"
+        None, min_length=1, description="tokenizer path; default: the pretrained model's own, or a BPE trained on the data"
     )
     vocab_size: int = Field(1024, ge=260, description="BPE vocabulary size when training a tokenizer (256 bytes + 4 special tokens at least)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="parameter dtype")
@@ -139,6 +142,17 @@ class HFData(Strict):
     data_files: str | list[str] | None = None
     question_key: str = "question"
     answer_key: str = "answer"
+
+    @field_validator("data_files")
+    @classmethod
+    def _absolute_local_files(cls, value):
+        # Stored absolute (like every path in a resolved spec) so the run folder reruns anywhere.
+        def resolve(item: str) -> str:
+            return str(Path(item).resolve()) if Path(item).exists() else item
+
+        if value is None:
+            return None
+        return resolve(value) if isinstance(value, str) else [resolve(v) for v in value]
 
 
 DataSpec = Annotated[Union[FactWorldData, FileData, HFData], Field(discriminator="source")]

@@ -100,6 +100,7 @@ class MethodSpec(Strict):
 
 WEIGHT_EDITING_METHODS = ("fpf",)
 ZERO3_METHODS = ("naive", "joint", "replay")  # they only choose batches
+OWN_BACKWARD_METHODS = ("ewc",)
 
 
 def _method_entry(value):
@@ -124,6 +125,13 @@ class ContinualJob(_Job):
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError("methods: each method may appear once")
+        if "lora" in names and self.model.lora is not None:
+            raise ValueError("methods: the lora method adds its own adapters per task; remove model.lora")
+        no_general = (self.stream.source == "datasets" and not self.stream.general_path) or (
+            self.stream.source == "factworld" and self.stream.general_samples == 0)
+        if "gere" in names and no_general:
+            raise ValueError("methods: gere replays general samples; give stream.general_path "
+                             "(datasets) or stream.general_samples > 0 (factworld)")
         if self.training.backend == "deepspeed":
             # ZeRO keeps its own master weights and writes them back after each step:
             # a method that edits the weights outside the optimizer would be overwritten.
@@ -133,6 +141,12 @@ class ContinualJob(_Job):
                                  "need training.backend: ddp")
             # Under ZeRO-3 a rank holds a shard of each weight: methods that read weights
             # (penalties, teachers, Fishers, adapters) would see empty tensors.
+            # EWC's Fisher comes from backward passes outside the training step; from stage 2
+            # on, ZeRO's gradient hooks take those gradients (and issue collectives) instead.
+            outside_backward = [n for n in names if n in OWN_BACKWARD_METHODS]
+            if self.training.deepspeed.zero_stage >= 2 and outside_backward:
+                raise ValueError(f"methods: {', '.join(outside_backward)} run their own backward passes, which "
+                                 "ZeRO-2/3 gradient hooks intercept; use zero_stage ≤ 1 or backend ddp")
             reads_weights = [n for n in names if n not in ZERO3_METHODS]
             if self.training.deepspeed.zero_stage == 3 and reads_weights:
                 raise ValueError(f"methods: {', '.join(reads_weights)} read the weights, which ZeRO-3 partitions; "

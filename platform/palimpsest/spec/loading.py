@@ -165,10 +165,9 @@ def _describe(err: ValidationError, model_cls: type[BaseModel]) -> list[str]:
             if kind not in ("value_error", "model_type", "dict_type") and not isinstance(given, (dict, list)):
                 message += f" (got {given!r})"
         message = re.sub(r"\s+", " ", message)
-        # Cross-field checks raise "field.path: message" from a model validator.
-        named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message)
-        if named and kind == "value_error":
-            path = ".".join(p for p in (path if shown else "", named.group(1)) if p and p != "(top level)")
-            message = named.group(2)
+        # Cross-field checks (model validators of a whole job) raise "field.path: message".
+        named = re.match(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", message)
+        if named and kind == "value_error" and path == "(top level)":
+            path, message = named.group(1), named.group(2)
         lines.append(f"{path}: {message}")
     return lines

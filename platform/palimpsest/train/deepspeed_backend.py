@@ -48,7 +48,7 @@ def _single_process_group() -> None:
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
 
 
 def deepspeed_config(training: dict, world_size: int) -> dict:
@@ -103,13 +103,15 @@ class DeepSpeedBackend(Backend):
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def state_dict(self) -> dict | None:
-        # ZeRO 1-2 shard the optimizer state over ranks; a rank-0 state_dict would be
-        # incomplete. A resume restores weights and position, with fresh optimizer moments.
-        return None
+    def state_dict(self) -> dict:
+        # ZeRO shards the optimizer state over ranks, so a rank-0 copy would be incomplete:
+        # a resume restores weights, position and the LR schedule (the same on every rank),
+        # with fresh Adam moments. DDP restores the moments too.
+        return {"scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict | None) -> None:
-        pass
+        if state and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def close(self) -> None:
         # ZeRO registers gradient hooks on the parameters; the next task's engine must

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from transformers import GenerationConfig
 
 from palimpsest.models import unwrap
 from palimpsest.train.batching import TokenizedQA, collate_qa, token_losses
@@ -49,7 +50,9 @@ def evaluate_qa(
         sums[4] += losses.sum().double().item()
         sums[0] += greedy_exact_matches(model, chunk, pad_id=pad_id, eos_id=eos_id, device=device)
     if world_size > 1 and dist.is_available() and dist.is_initialized():
+        sums = sums.to(device)  # NCCL reduces device tensors only
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        sums = sums.cpu()
     if was_training:
         model.train()
     exact, questions, token_correct, tokens, loss_sum = sums.tolist()
@@ -77,13 +80,12 @@ def greedy_answers(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int,
         input_ids[row, width - len(it.prompt) :] = torch.tensor(it.prompt)
         attention[row, width - len(it.prompt) :] = 1
     max_new = max_new_tokens or max(len(it.answer) for it in items) + 1
+    # An explicit config: a pretrained model's own (repetition penalty, n-gram bans, sampling)
+    # would otherwise make this something other than argmax decoding.
+    greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new, pad_token_id=pad_id,
+                              eos_token_id=eos_id)
     generated = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
-        max_new_tokens=max_new,
-        do_sample=False,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
+        input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=greedy,
     )[:, width:].tolist()
     answers = []
     for tokens in generated:

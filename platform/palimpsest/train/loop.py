@@ -90,7 +90,7 @@ class _Run:
         return [n for n in self.task_eval_names[: task + 1] if n]  # continual evaluation: seen tasks
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, model, backend, *, task: int, step: int, metrics: dict) -> dict:
+    def save(self, model, backend, *, task: int, step: int, metrics: dict, window=(0.0, 0.0)) -> dict:
         """Every rank reports; rank 0 attaches an HF-format model plus the trainer state.
 
         `model` is the unwrapped model as the method left it (after a task, e.g. with
@@ -111,7 +111,7 @@ class _Run:
                 "backend": backend.state_dict() if step > 0 else None,
                 "method": self.method.state_dict(),
                 "records": self.records, "task_end": self.task_end, "task_end_steps": self.task_end_steps,
-                "baseline": self.baseline, "train_tokens": self.train_tokens,
+                "baseline": self.baseline, "train_tokens": self.train_tokens, "window": list(window),
             }, Path(tmp) / STATE_FILE)
             self.session.report(metrics, checkpoint_dir=tmp)
         return full_state
@@ -146,7 +146,10 @@ def run_training(config: dict, session: TrainSession) -> dict:
         run.baseline = {n: m for n, m in run.evaluate(model, list(run.eval_sets), step=0, task=0).items()}
         run.records = []  # the baseline lives in its own field, not in the curves
     t0 = time.perf_counter()
-    window = torch.zeros(2, dtype=torch.float64)  # answer-token loss sum and count since the last log
+    # Answer-token loss sum and count since the last log record (checkpointed, so a resume
+    # between two log steps reports the same average). On the device: NCCL reduces only there.
+    window = torch.tensor(state["window"] if state and "window" in state else [0.0, 0.0], dtype=torch.float64,
+                          device=session.device)
 
     for task in range(start_task, len(run.tasks)):
         loop_state.task = task
@@ -187,7 +190,8 @@ def run_training(config: dict, session: TrainSession) -> dict:
                     if extra is not None:
                         loss = loss + extra / accum
                     backend.backward(loss)
-                window += torch.tensor([losses.sum().item(), mask.sum().item()], dtype=torch.float64)
+                window += torch.tensor([losses.sum().item(), mask.sum().item()], dtype=torch.float64,
+                                       device=window.device)
             grad_norm = backend.step()
             run.method.after_step(loop_state, step + 1)
             done, global_step = step + 1, task * steps + step + 1
@@ -208,7 +212,8 @@ def run_training(config: dict, session: TrainSession) -> dict:
                 run.evaluate(wrapped, run.periodic_eval_names(task), step=global_step, task=task,
                              replicated=backend.shards_parameters)
             if training.get("checkpoint_every") and done % training["checkpoint_every"] == 0:
-                run.save(loop_state.model, backend, task=task, step=done, metrics={"task": task, "step": done})
+                run.save(loop_state.model, backend, task=task, step=done, metrics={"task": task, "step": done},
+                         window=window.tolist())
         run.method.after_task(loop_state)
         global_step = (task + 1) * steps
         run.task_end.append(run.evaluate(loop_state.model, list(run.eval_sets), step=global_step, task=task,

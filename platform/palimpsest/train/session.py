@@ -55,8 +55,13 @@ class LocalSession(TrainSession):
             # continue the numbering of an earlier, interrupted attempt in the same folder
             index = len(list(self.root.glob("checkpoint_*"))) + 1 if self.root.exists() else 1
             target = self.root / f"checkpoint_{index:06d}"
-            shutil.copytree(checkpoint_dir, target)
-            (target / REPORTED_METRICS).write_text(json.dumps(metrics))
+            # Copy under a temporary name, then rename: a crash never leaves a partial
+            # checkpoint that a resume would pick up.
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, partial)
+            (partial / REPORTED_METRICS).write_text(json.dumps(metrics))
+            partial.rename(target)
             self.last_checkpoint = str(target)
             self.checkpoints.append((str(target), dict(metrics)))
 
