@@ -84,10 +84,19 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def export_pretrained(model: torch.nn.Module, out_dir: str | Path) -> None:
     """Save in transformers' format; LoRA adapters are merged into a copy first."""
+    from transformers.utils import logging as hf_logging
+
     model = unwrap(model)
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # No "Writing model shards" bar per checkpoint in the run's progress lines.
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def count_parameters(model: torch.nn.Module) -> dict:

@@ -38,7 +38,14 @@ EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point (one call per worker)."""
     # Ray Train logs every report at INFO on every worker; the loop prints its own progress.
+    # (Its execution context logs under its file path, not under "ray.train".)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray layout: the lines stay, nothing breaks
+        pass
     return run_training(config, RaySession(resume_from=config.get("resume_from")))
 
 
