@@ -20,8 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -155,17 +153,6 @@ def _git_commit() -> str | None:
         return None
     dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True)
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- ray

@@ -8,7 +8,7 @@ from pathlib import Path
 from palimpsest.data import DataError, load_hf_qa, load_qa_file, qa_texts, train_bpe_tokenizer
 from palimpsest.models import model_config
 from palimpsest.runtime import RunFolder
-from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
+from palimpsest.train.batching import PROMPT_TEMPLATE, tokenize_qa
 
 
 def build_tokenizer(model_spec, examples, extra_texts=(), *, saved: str | Path | None = None):
@@ -125,7 +125,3 @@ def export_checkpoint(checkpoint_dir: str, target: Path, tokenizer) -> None:
     """Copy a reported checkpoint's transformers files (not the trainer state) and add the tokenizer."""
     shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns("trainer_state.pt", "reported_metrics.json"), dirs_exist_ok=True)
     tokenizer.save_pretrained(str(target))
-
-
-def items_to_tokenized(raw) -> list[TokenizedQA]:
-    return [TokenizedQA(tuple(p), tuple(a)) for p, a in raw]

@@ -30,7 +30,6 @@ from palimpsest.train.batching import TokenizedQA, collate_qa, normalised_loss, 
 from palimpsest.train.evaluate import evaluate_qa
 from palimpsest.train.session import LocalSession, RaySession, TrainSession
 
-log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
 EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
 
