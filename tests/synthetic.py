@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from palimpsest.catalog import methods_of
 from palimpsest.models import build_model, model_config
 from palimpsest.train.batching import TokenizedQA
+from palimpsest.train.config import Evaluation, LoopConfig, MethodRun, Optimisation
 
 PAD, BOS, EOS, VOCAB = 0, 1, 2, 48
 
@@ -29,29 +31,33 @@ def tiny_model(seed: int = 0):
     return build_model(tiny_model_cfg(seed))
 
 
-def raw(items) -> list[tuple]:
-    return [(it.prompt, it.answer) for it in items]
+def method_run(name: str, **params) -> MethodRun:
+    """A registered continual method with `params` over its declared defaults."""
+    info = methods_of("continual")[name]
+    problems = info.check_params(params)
+    assert not problems, problems
+    return MethodRun(info.name, info.module, info.implementation, info.resolve(params))
+
+
+def make_method(name: str, **params):
+    return method_run(name, **params).build()
 
 
 def loop_config(tasks: list[list[TokenizedQA]] | None = None, *, steps: int = 40, method: dict | None = None,
-                general=(), eval_every: int | None = 20, **training) -> dict:
-    """A worker config for `run_without_ray`: one task (a plain train job) or a stream of tasks."""
+                methods: list[MethodRun] | None = None, general=(), eval_every: int | None = 20,
+                **training) -> LoopConfig:
+    """A LoopConfig for `run_without_ray`: one task (a plain train job) or a stream of tasks."""
     tasks = tasks if tasks is not None else [qa_items()]
-    stream = len(tasks) > 1 or method is not None
-    config = {
-        "seed": 3,
-        "model": tiny_model_cfg(),
-        "training": {"steps": steps, "batch_size": 8, "grad_accum": 1, "lr": 1e-2, "weight_decay": 0.0,
-                     "warmup_steps": 0, "lr_schedule": "constant", "max_grad_norm": 1.0, "backend": "ddp",
-                     "log_every": 10, "checkpoint_every": None, **training},
-        "eval": {"eval_every": eval_every, "batch_size": 16},
-        "threads": 1,
-        "tasks": [raw(task) for task in tasks],
-    }
+    stream = len(tasks) > 1 or method is not None or methods is not None
+    if method is not None:
+        methods = [method_run(method["name"], **method.get("params", {}))]
+    settings = {"steps": steps, "batch_size": 8, "lr": 1e-2, "lr_schedule": "constant", **training}
+    common = dict(seed=3, model=tiny_model_cfg(), optimisation=Optimisation(**settings), threads=1)
     if stream:
         names = [f"task{i}" for i in range(len(tasks))]
-        config.update({"task_eval_names": names, "eval_sets": {n: raw(t) for n, t in zip(names, tasks)},
-                       "periodic_eval": "seen", "general_items": raw(general), "method": method})
-    else:
-        config.update({"eval_sets": {"train": raw(tasks[0])}, "periodic_eval": "all"})
-    return config
+        return LoopConfig(**common, evaluation=Evaluation(every=eval_every, batch_size=16, periodic="seen",
+                                                          baseline="initial"),
+                          tasks=tasks, eval_sets=dict(zip(names, tasks)), task_eval_names=names,
+                          general=list(general), **({"methods": methods} if methods else {}))
+    return LoopConfig(**common, evaluation=Evaluation(every=eval_every, batch_size=16, periodic="all"),
+                      tasks=tasks, eval_sets={"train": tasks[0]})

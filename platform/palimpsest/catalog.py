@@ -1,19 +1,14 @@
-"""Names the job specs accept, kept apart from the heavy modules that implement them.
+"""Where each family of training methods lives. Reading it imports no torch.
 
-The spec validates against these without importing torch; each registry imports
-its implementation lazily by the module named here.
+A method declares itself in its own file (`METHOD = MethodInfo(...)`); the spec and the
+runners find the declarations here, statically (`palimpsest.train.methods.discover`).
 """
 
-# continual method name -> module under palimpsest.continual
-CONTINUAL_METHODS: dict[str, str] = {
-    "naive": "naive",
-    "joint": "joint",
-    "replay": "replay",
-    "gere": "gere",
-    "ewc": "ewc",
-    "l2": "l2",
-    "lwf": "lwf",
-    "lora": "lora",
-    "kappatune": "kappatune",
-    "fpf": "fpf",
-}
+from palimpsest.train.methods import MethodInfo, discover
+
+FAMILY_PACKAGES = {"continual": "palimpsest.continual"}
+
+
+def methods_of(family: str) -> dict[str, MethodInfo]:
+    """Every declared method of `family`, by name."""
+    return discover(FAMILY_PACKAGES[family])

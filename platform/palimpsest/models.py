@@ -33,10 +33,22 @@ def model_config(model_spec: dict, *, vocab_size: int, pad_id: int, bos_id: int 
     }
 
 
-def build_model(cfg: dict) -> torch.nn.Module:
-    """Build the causal LM described by `cfg` (see `model_config`)."""
+def build_model(cfg: dict, *, random_init: bool = False) -> torch.nn.Module:
+    """Build the causal LM described by `cfg` (see `model_config`).
+
+    `random_init`: a pretrained model's architecture with fresh random weights (seeded),
+    the reference GEM's forward transfer is measured against. Presets are random-init anyway.
+    """
     dtype = _DTYPES[cfg.get("dtype", "float32")]
-    if cfg.get("pretrained"):
+    if cfg.get("pretrained") and random_init:
+        from transformers import AutoConfig
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg["seed"])
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg["pretrained"]), dtype=dtype)
+        if model.get_input_embeddings().num_embeddings < cfg["vocab_size"]:
+            model.resize_token_embeddings(cfg["vocab_size"])
+    elif cfg.get("pretrained"):
         model = AutoModelForCausalLM.from_pretrained(cfg["pretrained"], dtype=dtype)
         if model.get_input_embeddings().num_embeddings < cfg["vocab_size"]:
             model.resize_token_embeddings(cfg["vocab_size"])

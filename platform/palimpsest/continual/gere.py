@@ -36,9 +36,31 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from palimpsest.continual import register
-from palimpsest.continual.base import ContinualMethod, LoopState, hash_seed
-from palimpsest.train.batching import TokenizedQA, collate_qa, global_batch_indices
+from palimpsest.train.batching import TokenizedQA, collate_qa
+from palimpsest.train.hooks import LoopContext, StepBatch, TrainingMethod
+from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.sampling import rng_for
+
+METHOD = MethodInfo(
+    name="gere", family="continual", implementation="GeRe",
+    summary="general-sample replay + threshold-margin loss keeping hidden activations on their side of thresholds "
+            "recorded from the initial model", paper="Zhang et al., 2025 (GeRe)",
+    params=(
+        Param("replay_ratio", "float", 0.5, "share of every batch drawn from the general samples", low=0, high=1,
+              low_open=True, high_open=True),
+        Param("lam", "float", 1.0, "weight λ of the TM loss (the authors use 100 on pretrained LLMs)", low=0),
+        Param("margin", "float", 0.0, "hinge margin m of the TM loss", low=0),
+        Param("std_scale", "float", 1.0, "k in τ± = μ ± k·σ", low=0, low_open=True),
+        Param("num_general", "int", 64, "general samples kept (the first of the run's replay pool)", low=1),
+        Param("layers", "int_list", [-1], "hidden_states indices to constrain (null: every decoder layer)",
+              nullable=True),
+    ),
+    backends=("ddp", "zero0", "zero1", "zero2"),
+    backend_reason="it reads hidden states through the unwrapped model, whose weights ZeRO-3 partitions",
+    needs_general=True,
+)
+
+GENERAL_PART = "general"
 
 
 def activation_thresholds(activations: torch.Tensor, std_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +111,7 @@ def threshold_margin_loss(hidden: torch.Tensor, states: torch.Tensor, pos_thresh
     return loss.sum() / (loss != 0).sum().clamp(min=1)
 
 
-@register("gere")
-class GeRe(ContinualMethod):
+class GeRe(TrainingMethod):
     """Replay a fixed general set in every batch and keep its activation states (TM loss).
 
     Args:
@@ -103,21 +124,8 @@ class GeRe(ContinualMethod):
             default: the last one (as the authors); None constrains every decoder layer's output.
     """
 
-    def __init__(self, replay_ratio: float = 0.5, lam: float = 1.0, margin: float = 0.0, std_scale: float = 1.0,
-                 num_general: int = 64, layers: list[int] | None = (-1,)):
-        problems = []
-        if not 0 < replay_ratio < 1:
-            problems.append(f"replay_ratio must be in (0, 1), got {replay_ratio}")
-        if lam < 0:
-            problems.append(f"lam must be ≥ 0, got {lam}")
-        if margin < 0:
-            problems.append(f"margin must be ≥ 0, got {margin}")
-        if std_scale <= 0:
-            problems.append(f"std_scale must be > 0, got {std_scale}")
-        if num_general < 1:
-            problems.append(f"num_general must be ≥ 1, got {num_general}")
-        if problems:
-            raise ValueError("gere: " + "; ".join(problems))
+    def __init__(self, replay_ratio: float, lam: float, margin: float, std_scale: float, num_general: int,
+                 layers: list[int] | None):
         self.replay_ratio, self.lam, self.margin, self.std_scale = replay_ratio, lam, margin, std_scale
         self.num_general, self.layers = num_general, None if layers is None else list(layers)
         # Recorded once from the initial model (checkpointed): τ± (L, H) and states (N, T_max, L, H).
@@ -130,29 +138,29 @@ class GeRe(ContinualMethod):
     def general_count(self, batch_size: int) -> int:
         return int(round(self.replay_ratio * batch_size))
 
-    def before_task(self, state: LoopState) -> None:
-        n_general = self.general_count(state.batch_size)
-        if not 1 <= n_general < state.batch_size:
+    def before_task(self, ctx: LoopContext) -> None:
+        n_general = self.general_count(ctx.batch_size)
+        if not 1 <= n_general < ctx.batch_size:
             raise ValueError(f"gere: replay_ratio {self.replay_ratio} gives {n_general} general samples in a "
-                             f"batch of {state.batch_size}; need at least 1 and fewer than the batch")
+                             f"batch of {ctx.batch_size}; need at least 1 and fewer than the batch")
         if self.states is None:  # first task of a fresh run: the model is still the initial one
-            if not state.general:
-                raise ValueError("gere: the run has no general samples (config 'general_items' is empty)")
-            self.record(state)
-        self.pos_threshold = self.pos_threshold.to(state.device)
-        self.neg_threshold = self.neg_threshold.to(state.device)
+            if not ctx.general:
+                raise ValueError("gere: the run has no general samples to replay (stream general replay pool is empty)")
+            self.record(ctx)
+        self.pos_threshold = self.pos_threshold.to(ctx.device)
+        self.neg_threshold = self.neg_threshold.to(ctx.device)
 
     @torch.no_grad()
-    def record(self, state: LoopState) -> None:
+    def record(self, ctx: LoopContext) -> None:
         """Thresholds and activation states of the current (initial) model on the kept general samples."""
-        items = state.general[: self.num_general]
-        model = state.model
+        items = ctx.general[: self.num_general]
+        model = ctx.model
         was_training = model.training
         model.eval()
         per_sample = []
-        for start in range(0, len(items), state.batch_size):
-            chunk = items[start : start + state.batch_size]
-            hidden, _ = self.hidden_states(model, chunk, state)
+        for start in range(0, len(items), ctx.batch_size):
+            chunk = items[start : start + ctx.batch_size]
+            hidden, _ = self.hidden_states(model, chunk, ctx)
             per_sample += [hidden[row, : len(it.prompt) + len(it.answer) + 1].float().cpu()
                            for row, it in enumerate(chunk)]
         model.train(was_training)
@@ -161,17 +169,17 @@ class GeRe(ContinualMethod):
                                   dtype=torch.int8)
         for row, hidden in enumerate(per_sample):
             self.states[row, : len(hidden)] = activation_states(hidden, self.pos_threshold, self.neg_threshold)
-        if state.world_size > 1 and dist.is_initialized():
+        if ctx.world_size > 1 and dist.is_initialized():
             # Ranks can differ in the last bit of a forward pass; rank 0's record is the one all use.
             for name in ("pos_threshold", "neg_threshold", "states"):
-                tensor = getattr(self, name).to(state.device)
+                tensor = getattr(self, name).to(ctx.device)
                 dist.broadcast(tensor, src=0)
                 setattr(self, name, tensor.cpu())
 
-    def hidden_states(self, model, items: list[TokenizedQA], state: LoopState) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden_states(self, model, items: list[TokenizedQA], ctx: LoopContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, L, H) hidden states of the constrained layers and the (B, T) real-token mask."""
-        batch = collate_qa(items, pad_id=state.pad_id, eos_id=state.eos_id)
-        input_ids, attention = batch["input_ids"].to(state.device), batch["attention_mask"].to(state.device)
+        batch = collate_qa(items, pad_id=ctx.pad_id, eos_id=ctx.eos_id)
+        input_ids, attention = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
         outputs = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
         if not self.layer_indices:
             count = len(outputs.hidden_states)
@@ -182,29 +190,25 @@ class GeRe(ContinualMethod):
         hidden = torch.stack([outputs.hidden_states[i] for i in self.layer_indices], dim=2)
         return hidden.float(), attention.bool()
 
-    def global_batch(self, state: LoopState, step: int) -> list[TokenizedQA]:
-        items = state.tasks[state.task]
-        n_general = self.general_count(state.batch_size)
-        current = global_batch_indices(step, num_examples=len(items), batch_size=state.batch_size - n_general,
-                                       seed=hash_seed(state.seed, state.task))
+    def batch(self, ctx: LoopContext, step: int) -> StepBatch:
+        n_general = self.general_count(ctx.batch_size)
         kept = len(self.states)
-        rng = np.random.default_rng([state.seed, state.task, step])
+        rng = rng_for(ctx.seed, "gere-draw", ctx.task, step)
         self.replayed = rng.choice(kept, size=n_general, replace=kept < n_general)
-        batch = [items[i] for i in current] + [state.general[i] for i in self.replayed]
-        # interleave so every rank's shard mixes task and general samples
-        return [batch[i] for i in rng.permutation(len(batch))]
+        return StepBatch({"task": ctx.task_batch(step, ctx.batch_size - n_general),
+                          GENERAL_PART: [ctx.general[i] for i in self.replayed]})
 
-    def extra_loss(self, state: LoopState, model, batch, outputs):
+    def loss(self, ctx: LoopContext, model, micro, outputs):
         if not len(self.replayed):
-            return None
+            return micro.nll()
         # The TM batch is every general sample of the global batch, so each rank (and each
         # micro-batch) computes the same full term. The unwrapped module shares the parameters,
         # so these gradients still reach DDP's reducer, without re-arming it by a second
         # forward through the wrapper before one backward.
-        hidden, mask = self.hidden_states(state.model, [state.general[i] for i in self.replayed], state)
+        hidden, mask = self.hidden_states(ctx.model, [ctx.general[i] for i in self.replayed], ctx)
         states = self.states[torch.from_numpy(self.replayed), : hidden.shape[1]].to(hidden.device)
-        return self.lam * threshold_margin_loss(hidden, states, self.pos_threshold, self.neg_threshold, mask,
-                                                self.margin)
+        term = threshold_margin_loss(hidden, states, self.pos_threshold, self.neg_threshold, mask, self.margin)
+        return micro.nll() + micro.once_per_step(self.lam * term)
 
     def state_dict(self) -> dict:
         return {"pos_threshold": None if self.pos_threshold is None else self.pos_threshold.cpu(),

@@ -17,11 +17,22 @@ import math
 
 import torch
 
-from palimpsest.continual import register
-from palimpsest.continual.base import ContinualMethod, LoopState
+from palimpsest.train.hooks import LoopContext, TrainingMethod
+from palimpsest.train.methods import MethodInfo, Param
 
-ORDERS = ("lowest", "highest")
-
+METHOD = MethodInfo(
+    name="kappatune", family="continual", implementation="KappaTune",
+    summary="train only the weight tensors chosen by condition number κ = σmax/σmin (lowest κ, as the paper)",
+    paper="Ludwig, 2025 (KappaTune)",
+    params=(
+        Param("fraction", "float", 0.25, "share of the ≥ 2-D tensors to train", low=0, high=1, low_open=True),
+        Param("top_k", "int", None, "train exactly this many tensors instead", low=1, nullable=True),
+        Param("max_dim", "int", None, "skip tensors with a dimension above this (embeddings)", low=1, nullable=True),
+        Param("order", "str", "lowest", "lowest κ (the paper) or highest", choices=("lowest", "highest")),
+    ),
+    backends=("ddp", "zero0", "zero1", "zero2"),
+    backend_reason="it reads whole weights (singular values), which ZeRO-3 partitions",
+)
 
 def condition_number(weight: torch.Tensor) -> float:
     """κ = σ_max / σ_min of a matrix (inf when it is rank-deficient); >2-D tensors are flattened to (rows, ·)."""
@@ -43,8 +54,7 @@ def select_by_condition(kappas: dict[str, float], count: int, *, order: str = "l
     return ranked[:count]
 
 
-@register("kappatune")
-class KappaTune(ContinualMethod):
+class KappaTune(TrainingMethod):
     """Selective fine-tuning of the best-conditioned weight matrices; all other tensors frozen.
 
     Args:
@@ -54,19 +64,7 @@ class KappaTune(ContinualMethod):
         order: "lowest" κ, as in the paper; "highest" trains the most anisotropic tensors instead.
     """
 
-    def __init__(self, fraction: float = 0.25, top_k: int | None = None, max_dim: int | None = None,
-                 order: str = "lowest"):
-        problems = []
-        if not 0 < fraction <= 1:
-            problems.append("0 < fraction ≤ 1")
-        if top_k is not None and top_k < 1:
-            problems.append("top_k ≥ 1")
-        if max_dim is not None and max_dim < 1:
-            problems.append("max_dim ≥ 1")
-        if order not in ORDERS:
-            problems.append(f"order in {ORDERS}")
-        if problems:
-            raise ValueError("kappatune: needs " + ", ".join(problems))
+    def __init__(self, fraction: float, top_k: int | None, max_dim: int | None, order: str):
         self.fraction, self.top_k, self.max_dim, self.order = fraction, top_k, max_dim, order
         self.kappas: dict[str, float] = {}
         self.selected: list[str] = []
@@ -76,18 +74,18 @@ class KappaTune(ContinualMethod):
         wanted = self.top_k if self.top_k is not None else max(1, round(self.fraction * candidates))
         return min(wanted, candidates)
 
-    def before_task(self, state: LoopState) -> None:
+    def before_task(self, ctx: LoopContext) -> None:
         if not self.selected:
             # Chosen once from the starting weights (task 0; a resume reloads it from state_dict).
-            self.kappas = condition_numbers(state.model, max_dim=self.max_dim)
+            self.kappas = condition_numbers(ctx.model, max_dim=self.max_dim)
             if not self.kappas:
                 raise ValueError("kappatune: the model has no ≥ 2-D weight tensors to choose from")
             self.selected = select_by_condition(self.kappas, self.count(len(self.kappas)), order=self.order)
         chosen = set(self.selected)
-        names = {n for n, _ in state.model.named_parameters()}
+        names = {n for n, _ in ctx.model.named_parameters()}
         if not chosen <= names:
             raise ValueError(f"kappatune: selected tensors missing from the model: {sorted(chosen - names)[:3]}")
-        for name, param in state.model.named_parameters():
+        for name, param in ctx.model.named_parameters():
             # The backend builds its optimizer after this hook from requires_grad params only,
             # so frozen tensors get neither updates nor weight decay.
             param.requires_grad_(name in chosen)

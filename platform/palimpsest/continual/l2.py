@@ -12,8 +12,16 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.continual import register
-from palimpsest.continual.base import ContinualMethod, LoopState
+from palimpsest.train.hooks import LoopContext, TrainingMethod
+from palimpsest.train.methods import MethodInfo, Param
+
+METHOD = MethodInfo(
+    name="l2", family="continual", implementation="L2SP",
+    summary="L2-SP: (α/2)‖θ−θ_prev‖² to the previous task's weights", paper="Li, Grandvalet & Davoine, 2018",
+    params=(Param("alpha", "float", 1.0, "penalty strength α", low=0),),
+    backends=("ddp", "zero0", "zero1", "zero2"),
+    backend_reason="it reads whole weights, which ZeRO-3 partitions",
+)
 
 
 def l2_sp_penalty(model: torch.nn.Module, anchor: dict[str, torch.Tensor], alpha: float) -> torch.Tensor:
@@ -37,32 +45,29 @@ def l2_sp_penalty(model: torch.nn.Module, anchor: dict[str, torch.Tensor], alpha
     return 0.5 * alpha * total
 
 
-@register("l2")
-class L2SP(ContinualMethod):
+class L2SP(TrainingMethod):
     """Fine-tune each task with (α/2)‖θ − θ_prev‖² added to the loss.
 
     Args:
         alpha: penalty strength α (≥ 0).
     """
 
-    def __init__(self, alpha: float = 1.0):
-        if alpha < 0:
-            raise ValueError(f"l2: alpha must be ≥ 0, got {alpha}")
+    def __init__(self, alpha: float):
         self.alpha = alpha
         self.anchor: dict[str, torch.Tensor] = {}
 
-    def before_task(self, state: LoopState) -> None:
+    def before_task(self, ctx: LoopContext) -> None:
         # Keep θ_prev next to the parameters: a host-to-device copy every step would dominate on GPU.
-        self.anchor = {n: a.to(state.device) for n, a in self.anchor.items()}
+        self.anchor = {n: a.to(ctx.device) for n, a in self.anchor.items()}
 
-    def extra_loss(self, state: LoopState, model, batch, outputs):
+    def loss(self, ctx: LoopContext, model, micro, outputs):
         if not self.anchor:
-            return None
-        # Same weights on every rank, so every rank returns the same full term (DDP averages it to itself).
-        return l2_sp_penalty(state.model, self.anchor, self.alpha)
+            return micro.nll()
+        # Same weights on every rank, so every rank adds the same full term (DDP averages it to itself).
+        return micro.nll() + micro.once_per_step(l2_sp_penalty(ctx.model, self.anchor, self.alpha))
 
-    def after_task(self, state: LoopState) -> None:
-        self.anchor = {n: p.detach().clone() for n, p in state.model.named_parameters() if p.requires_grad}
+    def after_task(self, ctx: LoopContext) -> None:
+        self.anchor = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if p.requires_grad}
 
     def state_dict(self) -> dict:
         return {"anchor": {n: a.cpu() for n, a in self.anchor.items()}}

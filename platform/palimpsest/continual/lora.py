@@ -14,8 +14,22 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.continual import register
-from palimpsest.continual.base import ContinualMethod, LoopState
+from palimpsest.train.hooks import LoopContext, TrainingMethod
+from palimpsest.train.methods import MethodInfo, Param
+
+METHOD = MethodInfo(
+    name="lora", family="continual", implementation="LoRA",
+    summary="a fresh LoRA adapter per task (peft), merged at the task's end; base weights frozen during a task",
+    paper="Hu et al., 2021",
+    params=(
+        Param("r", "int", 8, "adapter rank", low=1),
+        Param("alpha", "float", 16.0, "scaling numerator: the update is (alpha / r)·BA", low=0, low_open=True),
+        Param("dropout", "float", 0.0, "dropout on the adapter input", low=0, high=1, high_open=True),
+        Param("target_modules", "str_list", ["q_proj", "v_proj"], "module names (peft matching) with an adapter"),
+    ),
+    backends=("ddp", "zero0", "zero1", "zero2"),
+    backend_reason="its adapters wrap whole weights, which ZeRO-3 partitions",
+)
 
 
 def lora_config(*, r: int, alpha: float, dropout: float, target_modules: list[str]):
@@ -26,8 +40,7 @@ def lora_config(*, r: int, alpha: float, dropout: float, target_modules: list[st
                       target_modules=list(target_modules))
 
 
-@register("lora")
-class LoRA(ContinualMethod):
+class LoRA(TrainingMethod):
     """Sequential LoRA: one adapter per task, merged into the base model when the task ends.
 
     Args:
@@ -38,42 +51,30 @@ class LoRA(ContinualMethod):
         target_modules: module names (peft matching) that get an adapter.
     """
 
-    def __init__(self, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 target_modules: tuple[str, ...] | list[str] = ("q_proj", "v_proj")):
-        problems = []
-        if r < 1:
-            problems.append("r ≥ 1")
-        if alpha <= 0:
-            problems.append("alpha > 0")
-        if not 0 <= dropout < 1:
-            problems.append("0 ≤ dropout < 1")
-        if not target_modules:
-            problems.append("at least one target module")
-        if problems:
-            raise ValueError("lora: needs " + ", ".join(problems))
+    def __init__(self, r: int, alpha: float, dropout: float, target_modules: list[str]):
         self.r, self.alpha, self.dropout = r, alpha, dropout
         self.target_modules = list(target_modules)
         self._requires_grad: dict[str, bool] = {}
 
-    def before_task(self, state: LoopState) -> None:
+    def before_task(self, ctx: LoopContext) -> None:
         from peft import get_peft_model
 
-        if hasattr(state.model, "peft_config"):
+        if hasattr(ctx.model, "peft_config"):
             raise ValueError("lora: the model already carries peft adapters; drop `model.lora` from the spec "
                              "(the method adds its own adapter per task)")
         # peft freezes every base parameter; remember the flags so the merged model is handed back as it came.
-        self._requires_grad = {n: p.requires_grad for n, p in state.model.named_parameters()}
+        self._requires_grad = {n: p.requires_grad for n, p in ctx.model.named_parameters()}
         # B = 0 at init (peft's default), so the wrapped model computes exactly the merged base model.
-        state.model = get_peft_model(state.model, lora_config(r=self.r, alpha=self.alpha, dropout=self.dropout,
+        ctx.model = get_peft_model(ctx.model, lora_config(r=self.r, alpha=self.alpha, dropout=self.dropout,
                                                               target_modules=self.target_modules))
 
-    def after_task(self, state: LoopState) -> None:
-        if not hasattr(state.model, "merge_and_unload"):
+    def after_task(self, ctx: LoopContext) -> None:
+        if not hasattr(ctx.model, "merge_and_unload"):
             return
-        merged = state.model.merge_and_unload()
+        merged = ctx.model.merge_and_unload()
         for name, param in merged.named_parameters():
             param.requires_grad_(self._requires_grad.get(name, True))
-        state.model = merged
+        ctx.model = merged
 
     # Nothing to checkpoint: the adapter lives in the model's state_dict, and its structure
     # is a pure function of the constructor arguments.

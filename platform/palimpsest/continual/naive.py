@@ -1,9 +1,13 @@
 """`naive`: plain sequential fine-tuning, task after task — the lower bound every method must beat."""
 
-from palimpsest.continual import register
-from palimpsest.continual.base import ContinualMethod
+from palimpsest.train.hooks import TrainingMethod
+from palimpsest.train.methods import MethodInfo
+
+METHOD = MethodInfo(
+    name="naive", family="continual", implementation="Naive",
+    summary="fine-tune on each task in turn (lower bound)", paper="—",
+)
 
 
-@register("naive")
-class Naive(ContinualMethod):
+class Naive(TrainingMethod):
     """Fine-tune on each task in turn with nothing to protect earlier tasks."""

@@ -8,11 +8,15 @@ from pathlib import Path
 from palimpsest.data import DataError, load_hf_qa, load_qa_file, qa_texts, train_bpe_tokenizer
 from palimpsest.models import model_config
 from palimpsest.runtime import RunFolder
-from palimpsest.train.batching import PROMPT_TEMPLATE, tokenize_qa
+from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
+from palimpsest.train.config import NAIVE, Evaluation, LoopConfig, Optimisation
 
 
 def build_tokenizer(model_spec, examples, extra_texts=(), *, saved: str | Path | None = None):
-    """The pretrained model's tokenizer, an explicit one, or a BPE trained on the data.
+    """The pretrained model's tokenizer, an explicit one, or a BPE trained on the training data.
+
+    `examples` and `extra_texts` must be training data only: a tokenizer fitted to the
+    evaluation sets would change the trained model (and leak their text into it).
 
     `saved`: a run folder's own tokenizer (resuming a run reuses exactly its token ids).
 
@@ -46,14 +50,10 @@ def load_dataset_spec(data) -> list:
                       question_key=data.question_key, answer_key=data.answer_key)
 
 
-def as_items(tokenizer, examples) -> list[tuple]:
-    return [(it.prompt, it.answer) for it in tokenize_qa(tokenizer, examples)]
-
-
-def text_items(tokenizer, texts) -> list[tuple]:
+def text_items(tokenizer, texts) -> list[TokenizedQA]:
     """Plain sentences as items whose 'answer' is the whole sentence: their loss is the LM loss."""
     bos = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
-    return [(bos, tuple(tokenizer.encode(" " + t, add_special_tokens=False))) for t in texts]
+    return [TokenizedQA(bos, tuple(tokenizer.encode(" " + t, add_special_tokens=False))) for t in texts]
 
 
 def subsample(examples: list, cap: int | None) -> list:
@@ -64,18 +64,32 @@ def subsample(examples: list, cap: int | None) -> list:
     return [examples[int(i * step)] for i in range(cap)]
 
 
-def base_worker_config(spec, tokenizer) -> dict:
-    return {
-        "seed": spec.seed,
-        "model": model_config(spec.model.model_dump(), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
-                              bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=spec.seed),
-        "training": spec.training.model_dump(),
-        "eval": spec.eval.model_dump(),
-        "threads": max(1, int(spec.scaling.cpus_per_worker)),
-    }
+def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, general=(), methods=(NAIVE,),
+                periodic: str = "all", baseline: str | None = None) -> LoopConfig:
+    """The runner → loop contract for `spec` (the one place a LoopConfig is built from a spec)."""
+    training = spec.training
+    return LoopConfig(
+        seed=spec.seed,
+        model=model_config(spec.model.model_dump(), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
+                           bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=spec.seed),
+        optimisation=Optimisation(
+            steps=training.steps, batch_size=training.batch_size, grad_accum=training.grad_accum, lr=training.lr,
+            weight_decay=training.weight_decay, warmup_steps=training.warmup_steps,
+            lr_schedule=training.lr_schedule, max_grad_norm=training.max_grad_norm, backend=training.backend,
+            zero_stage=training.deepspeed.zero_stage, precision=training.deepspeed.precision,
+            log_every=training.log_every, checkpoint_every=training.checkpoint_every),
+        evaluation=Evaluation(every=spec.eval.eval_every, batch_size=spec.eval.batch_size, periodic=periodic,
+                              baseline=baseline),
+        tasks=[tokenize_qa(tokenizer, task) for task in tasks],
+        eval_sets=eval_sets,
+        task_eval_names=task_eval_names,
+        general=list(general),
+        methods=list(methods),
+        threads=max(1, int(spec.scaling.cpus_per_worker)),
+    )
 
 
-def fit(spec, config: dict, folder: RunFolder, run_name: str, *, use_ray: bool) -> tuple[dict, list[tuple[str, dict]]]:
+def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool) -> tuple[dict, list[tuple[str, dict]]]:
     """Run the shared loop once: N Ray Train workers, or this process.
 
     Returns rank 0's output and the reported checkpoints as (directory, metrics).
@@ -87,7 +101,7 @@ def fit(spec, config: dict, folder: RunFolder, run_name: str, *, use_ray: bool) 
 
         # A rerun of an interrupted folder picks up its last checkpoint (Ray does the same
         # by itself when a run name and storage path are reused).
-        session = LocalSession(storage / run_name, resume_from=config.get("resume_from") or latest_checkpoint(storage / run_name))
+        session = LocalSession(storage / run_name, resume_from=config.resume_from or latest_checkpoint(storage / run_name))
         output = run_training(config, session)
         return output, session.checkpoints
 
@@ -115,6 +129,10 @@ def fit(spec, config: dict, folder: RunFolder, run_name: str, *, use_ray: bool) 
     return result.return_value, checkpoints
 
 
+# Files a checkpoint holds for the trainer, not for users of the exported model.
+TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest.json")
+
+
 def latest_checkpoint(run_dir: Path) -> str | None:
     """The newest checkpoint directory of a run (names sort in time order), if any."""
     found = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())
@@ -123,5 +141,5 @@ def latest_checkpoint(run_dir: Path) -> str | None:
 
 def export_checkpoint(checkpoint_dir: str, target: Path, tokenizer) -> None:
     """Copy a reported checkpoint's transformers files (not the trainer state) and add the tokenizer."""
-    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns("trainer_state.pt", "reported_metrics.json"), dirs_exist_ok=True)
+    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns(*TRAINER_ONLY_FILES), dirs_exist_ok=True)
     tokenizer.save_pretrained(str(target))

@@ -1,152 +1,213 @@
 """`kind: continual` — fine-tune on a stream of tasks with each listed method; measure forgetting.
 
-One `fit()` per method (the worker loops over the tasks), all methods on the same
-stream, tokenizer, model init and seed. After each task every task is evaluated,
-which gives the accuracy matrix; between task ends, seen tasks are evaluated every
-`eval.eval_every` steps (continual evaluation), which gives min-ACC and WC-ACC.
+One `fit()` runs every method (the workers loop over methods, then tasks), all on the
+same stream, tokenizer, model init and seed. After each task every task's eval set is
+evaluated, which gives the accuracy matrix; between task ends, the seen tasks are
+evaluated every `eval.eval_every` steps (continual evaluation), which gives min-ACC and
+WC-ACC.
+
+What R is measured on, per task (recorded in summary.json as `eval_sets`):
+- fact world: the task's own facts — a memorisation stream, so R is retention of trained
+  facts by design;
+- `file` / `hf` tasks: their `eval_path` / `eval_split` (GEM's R is test accuracy), or the
+  training examples when the stream says `eval_on_train: true`.
+General sentences are split in two disjoint pools: one methods may train on (GeRe's
+replay), one the general loss is measured on.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 
+from palimpsest.catalog import methods_of
 from palimpsest.data import DataError, QAExample, generate_world
 from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
 )
 from palimpsest.runners.common import (
-    as_items, base_worker_config, build_tokenizer, export_checkpoint, fit, load_dataset_spec, subsample, text_items,
+    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items,
 )
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import ContinualJob
+from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.config import LoopConfig, MethodRun
+from palimpsest.train.sampling import rng_for
 
 METRIC = "answer_accuracy"
 TABLE_KEYS = ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss")
+GENERAL_EVAL = "general"
+
+
+@dataclass
+class Stream:
+    """A continual stream as examples: per task its training set and the set R is measured on."""
+
+    train: list[list[QAExample]]
+    evaluation: list[list[QAExample]]
+    measured_on: list[str]  # per task, in words
+    general_replay: list[str]  # general sentences methods may train on
+    general_eval: list[str]  # general sentences the general loss is measured on (never trained on)
 
 
 @dataclass
 class PreparedContinual:
     tokenizer: object
-    worker_config: dict
+    worker_config: LoopConfig
     task_names: list[str]
+    measured_on: dict[str, str]
 
 
-def load_stream(spec: ContinualJob) -> tuple[list[list[QAExample]], list[str]]:
-    """The tasks' examples and the general sentences."""
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def _split_general(sentences: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """A seeded half/half split of one general file: (replay pool, evaluation pool), disjoint."""
+    unique = list(dict.fromkeys(sentences))
+    order = rng_for(seed, "general-split").permutation(len(unique))
+    half = len(unique) // 2
+    return [unique[i] for i in order[half:]], [unique[i] for i in order[:half]]
+
+
+def load_stream(spec: ContinualJob) -> Stream:
+    """The tasks' training and evaluation examples and the two general pools."""
     stream = spec.stream
     if stream.source == "factworld":
         world = generate_world(seed=stream.seed if stream.seed is not None else spec.seed,
                                num_entities=stream.num_entities, attributes_per_entity=stream.attributes_per_entity)
-        return world.task_stream(stream.num_tasks, by=stream.by), world.general_corpus(stream.general_samples)
-    tasks = [load_dataset_spec(task) for task in stream.tasks]
-    general = []
-    if stream.general_path:
-        with open(stream.general_path) as handle:
-            general = [line.strip() for line in handle if line.strip()]
-    return tasks, general
+        tasks = world.task_stream(stream.num_tasks, by=stream.by)
+        # general_corpus(n) gives n distinct sentences: the first ones are scored, the rest replayable.
+        general = world.general_corpus(stream.general_samples + stream.general_replay_samples)
+        return Stream(train=tasks, evaluation=tasks,
+                      measured_on=["its own trained facts (fact world: retention of memorised facts)"] * len(tasks),
+                      general_replay=general[stream.general_samples:], general_eval=general[: stream.general_samples])
+    train, evaluation, measured_on = [], [], []
+    for task in stream.tasks:
+        examples = load_dataset_spec(task)
+        train.append(examples)
+        if task.source == "file" and task.eval_path:
+            evaluation.append(load_dataset_spec(task.model_copy(update={"path": task.eval_path})))
+            measured_on.append(f"eval_path {task.eval_path}")
+        elif task.source == "hf" and task.eval_split:
+            evaluation.append(load_dataset_spec(task.model_copy(update={"split": task.eval_split})))
+            measured_on.append(f"eval_split {task.eval_split} of {task.name}")
+        else:
+            evaluation.append(examples)
+            measured_on.append("its training examples (stream.eval_on_train)")
+    replay, scored = [], []
+    if stream.general_path and stream.general_eval_path:
+        replay, scored = _read_lines(stream.general_path), _read_lines(stream.general_eval_path)
+        overlap = set(replay) & set(scored)
+        replay = [s for s in replay if s not in overlap]  # never train on a sentence the general loss scores
+    elif stream.general_path:
+        replay, scored = _split_general(_read_lines(stream.general_path), spec.seed)
+    elif stream.general_eval_path:
+        scored = _read_lines(stream.general_eval_path)
+    return Stream(train=train, evaluation=evaluation, measured_on=measured_on, general_replay=replay,
+                  general_eval=scored)
 
 
-def check_method_params(spec: ContinualJob) -> None:
-    """Match each method's params against its constructor, before any run folder exists."""
-    from palimpsest.continual import make_method, method_class
+def method_runs(spec: ContinualJob) -> list[MethodRun]:
+    """The methods with their parameters checked and defaults filled in.
 
-    problems = []
+    Raises:
+        DataError: a parameter is unknown or out of range (`validate` reports the same).
+    """
+    known = methods_of("continual")
+    runs, problems = [], []
     for i, method in enumerate(spec.methods):
-        allowed = [p for p in inspect.signature(method_class(method.name).__init__).parameters
-                   if p not in ("self", "params")]
-        unknown = sorted(set(method.params) - set(allowed))
-        if unknown:
-            problems.append(f"methods[{i}].params: unknown parameter(s) {', '.join(unknown)} for {method.name}; "
-                            f"allowed: {', '.join(allowed) or 'none'}")
-            continue
-        try:
-            make_method(method.name, **method.params)
-        except (TypeError, ValueError) as error:
-            problems.append(f"methods[{i}].params: {error}")
+        info = known[method.name]
+        problems += [f"methods[{i}].params.{name}: {message}" for name, message in info.check_params(method.params)]
+        runs.append(MethodRun(info.name, info.module, info.implementation, info.resolve(method.params)))
     if problems:
-        raise DataError("; ".join(problems))
+        raise DataError("\n".join(problems))
+    return runs
 
 
 def prepare(spec: ContinualJob, *, saved_tokenizer=None) -> PreparedContinual:
-    """Load the stream, build tokenizer and worker config; check method parameters.
+    """Load the stream, build tokenizer and loop config; check method parameters.
 
     Raises:
         DataError: unreadable data, an empty task, or bad method parameters.
     """
-    check_method_params(spec)
-    tasks, general = load_stream(spec)
-    for i, task in enumerate(tasks):
-        if not task:
-            raise DataError(f"stream: task {i} has no examples")
-    tokenizer = build_tokenizer(spec.model, [e for task in tasks for e in task], extra_texts=general, saved=saved_tokenizer)
-    names = [f"task{i}" for i in range(len(tasks))]
-    eval_sets = {name: as_items(tokenizer, subsample(task, spec.eval.max_examples)) for name, task in zip(names, tasks)}
-    general_items = text_items(tokenizer, general)
-    if general_items:
-        eval_sets["general"] = general_items
-    config = {
-        **base_worker_config(spec, tokenizer),
-        "tasks": [as_items(tokenizer, task) for task in tasks],
-        "task_eval_names": names,
-        "eval_sets": eval_sets,
-        "general_items": general_items,
-        "periodic_eval": "seen",
-        "baseline_eval": True,
-    }
-    return PreparedContinual(tokenizer, config, names)
+    methods = method_runs(spec)
+    stream = load_stream(spec)
+    for i, (train, evaluation) in enumerate(zip(stream.train, stream.evaluation)):
+        if not train:
+            raise DataError(f"stream.tasks[{i}]: no training examples")
+        if not evaluation:
+            raise DataError(f"stream.tasks[{i}]: the eval set has no examples")
+    # Training data only (tasks and the replayable general pool): never the eval sets.
+    tokenizer = build_tokenizer(spec.model, [e for task in stream.train for e in task],
+                                extra_texts=stream.general_replay, saved=saved_tokenizer)
+    names = [f"task{i}" for i in range(len(stream.train))]
+    eval_sets = {name: tokenize_qa(tokenizer, subsample(task, spec.eval.max_examples))
+                 for name, task in zip(names, stream.evaluation)}
+    if stream.general_eval:
+        eval_sets[GENERAL_EVAL] = text_items(tokenizer, stream.general_eval)
+    config = loop_config(spec, tokenizer, tasks=stream.train, eval_sets=eval_sets, task_eval_names=names,
+                         general=text_items(tokenizer, stream.general_replay), methods=methods, periodic="seen",
+                         baseline=spec.eval.fwt_baseline)
+    return PreparedContinual(tokenizer, config, names, dict(zip(names, stream.measured_on)))
 
 
-def summarise_method(output: dict, task_names: list[str]) -> dict:
+MIN_ACC_OFF = ("not measured: eval.eval_every is null, so tasks are evaluated only at task ends, where the "
+               "stability gap (a dip right after a task switch) cannot be seen")
+
+
+def summarise_method(result: dict, baseline: dict, task_names: list[str], *, periodic: bool) -> dict:
     """Accuracy matrix and the CL metrics of one method's run."""
     T = len(task_names)
-    matrix = [[row[name][METRIC] for name in task_names] for row in output["task_end"]]
-    token_matrix = [[row[name]["token_accuracy"] for name in task_names] for row in output["task_end"]]
-    baseline = [output["baseline"][name][METRIC] for name in task_names]
-    curves = {k: [(r["step"], r["value"]) for r in output["records"] if r["split"] == name and r["metric"] == METRIC]
-              for k, name in enumerate(task_names)}
-    mins = min_accuracy(curves, output["task_end_steps"])
+    matrix = [[row[name][METRIC] for name in task_names] for row in result["task_end"]]
+    token_matrix = [[row[name]["token_accuracy"] for name in task_names] for row in result["task_end"]]
+    b = [baseline[name][METRIC] for name in task_names]
     block = {
         "accuracy_matrix": matrix,
         "token_accuracy_matrix": token_matrix,
-        "baseline_accuracy": baseline,
+        "baseline_accuracy": b,
         "acc": average_accuracy(matrix),
         "bwt": backward_transfer(matrix),
-        "fwt": forward_transfer(matrix, baseline),
+        "fwt": forward_transfer(matrix, b),
         "forgetting": forgetting(matrix),
-        "min_acc": (sum(mins.values()) / len(mins)) if mins else None,
-        "min_acc_per_task": {task_names[k]: v for k, v in mins.items()},
-        "wc_acc": worst_case_accuracy(matrix[-1][T - 1], list(mins.values()), T),
-        "general_loss": output["final"]["general"]["loss"] if "general" in output["final"] else None,
-        "task_end_steps": output["task_end_steps"],
-        "parameters": output["parameters"],
+        "min_acc": None,
+        "min_acc_per_task": {},
+        "wc_acc": None,
+        "general_loss": result["task_end"][-1][GENERAL_EVAL]["loss"] if GENERAL_EVAL in result["task_end"][-1] else None,
+        "task_end_steps": result["task_end_steps"],
+        "parameters": result["parameters"],
     }
+    if periodic:
+        curves = {k: [(r["step"], r["value"]) for r in result["records"] if r["split"] == name and r["metric"] == METRIC]
+                  for k, name in enumerate(task_names)}
+        mins = min_accuracy(curves, result["task_end_steps"])
+        block["min_acc"] = (sum(mins.values()) / len(mins)) if mins else None
+        block["min_acc_per_task"] = {task_names[k]: v for k, v in mins.items()}
+        block["wc_acc"] = worst_case_accuracy(matrix[-1][T - 1], list(mins.values()), T)
+    else:
+        block["min_acc_note"] = MIN_ACC_OFF
     return block
 
 
 def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, use_ray: bool = True) -> dict:
-    """Run every method on the stream; write checkpoints/<method>/task-<t>, metrics and the summary."""
+    """Run every method on the stream in one fit; write checkpoints/<method>/task-<t>, metrics and the summary."""
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     started = time.perf_counter()
+    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray)
+    for directory, metrics in checkpoints:
+        if "task_end" in metrics:
+            export_checkpoint(directory, folder.checkpoints / metrics["method"] / f"task-{metrics['task_end']}",
+                              prepared.tokenizer)
     methods, records = {}, []
-    total_tokens = total_flops = 0
-    for method in spec.methods:
-        t0 = time.perf_counter()
-        config = {**prepared.worker_config, "method": {"name": method.name, "params": method.params}}
-        output, checkpoints = fit(spec, config, folder, f"{folder.path.name}-{method.name}", use_ray=use_ray)
-        for directory, metrics in checkpoints:
-            if "task_end" in metrics:
-                export_checkpoint(directory, folder.checkpoints / method.name / f"task-{metrics['task_end']}",
-                                  prepared.tokenizer)
-        records += [{**r, "method": method.name} for r in output["records"]]
-        block = summarise_method(output, prepared.task_names)
-        params = output["parameters"]["total"]
-        block["cost"] = {"wall_s": round(time.perf_counter() - t0, 3), "train_tokens": output["train_tokens"],
-                         "train_flops": 6 * params * output["train_tokens"]}
-        total_tokens += output["train_tokens"]
-        total_flops += block["cost"]["train_flops"]
-        methods[method.name] = block
+    periodic = spec.eval.eval_every is not None
+    for result in output["methods"]:
+        records += [{**r, "method": result["name"]} for r in result["records"]]
+        block = summarise_method(result, output["baseline"], prepared.task_names, periodic=periodic)
+        params = result["parameters"]["total"]
+        block["cost"] = {"wall_s": round(result["wall_s"], 3), "train_tokens": result["train_tokens"],
+                         "train_flops": 6 * params * result["train_tokens"]}
+        methods[result["name"]] = block
     folder.write_metrics(records)
     summary = {
         "status": "ok",
@@ -154,10 +215,13 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
         "name": spec.name,
         "seed": spec.seed,
         "tasks": prepared.task_names,
+        "eval_sets": prepared.measured_on,
+        "fwt_baseline": spec.eval.fwt_baseline,
         "steps": spec.training.steps * len(prepared.task_names),
         "methods": methods,
-        "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_tokens": total_tokens,
-                 "train_flops": total_flops},
+        "cost": {"wall_s": round(time.perf_counter() - started, 3),
+                 "train_tokens": sum(b["cost"]["train_tokens"] for b in methods.values()),
+                 "train_flops": sum(b["cost"]["train_flops"] for b in methods.values())},
     }
     summary["table"] = [{"method": name, **{k: block[k] for k in TABLE_KEYS}, "wall_s": block["cost"]["wall_s"]}
                         for name, block in methods.items()]

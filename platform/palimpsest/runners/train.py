@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from palimpsest.data import DataError, QAExample, generate_world
 from palimpsest.runners.common import (
-    as_items, base_worker_config, build_tokenizer, export_checkpoint, fit, load_dataset_spec, subsample,
+    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample,
 )
+from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.config import LoopConfig
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import TrainJob
 
@@ -21,7 +23,7 @@ from palimpsest.spec import TrainJob
 @dataclass
 class PreparedTrain:
     tokenizer: object
-    worker_config: dict
+    worker_config: LoopConfig
 
 
 def load_examples(data, seed: int) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
@@ -53,16 +55,13 @@ def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
     train, extra = load_examples(spec.data, spec.seed)
     if not train:
         raise DataError("data: the training set is empty")
-    tokenizer = build_tokenizer(spec.model, train + [e for split in extra.values() for e in split], saved=saved_tokenizer)
+    # Training data only: a tokenizer fitted to the eval sets would change the trained model.
+    tokenizer = build_tokenizer(spec.model, train, saved=saved_tokenizer)
     eval_examples = {"train": subsample(train, spec.eval.max_examples)}
     if spec.eval.holdout or spec.data.source != "factworld":
         eval_examples.update({name: subsample(ex, spec.eval.max_examples) for name, ex in extra.items() if ex})
-    config = {
-        **base_worker_config(spec, tokenizer),
-        "tasks": [as_items(tokenizer, train)],
-        "eval_sets": {name: as_items(tokenizer, ex) for name, ex in eval_examples.items()},
-        "periodic_eval": "all",
-    }
+    config = loop_config(spec, tokenizer, tasks=[train],
+                         eval_sets={name: tokenize_qa(tokenizer, ex) for name, ex in eval_examples.items()})
     return PreparedTrain(tokenizer, config)
 
 
@@ -72,22 +71,23 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
     started = time.perf_counter()
     output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray)
     export_checkpoint(checkpoints[-1][0], folder.checkpoints / "final", prepared.tokenizer)
-    folder.write_metrics(output["records"])
-    params = output["parameters"]["total"]
+    (result,) = output["methods"]
+    folder.write_metrics(result["records"])
+    params = result["parameters"]["total"]
     return {
         "status": "ok",
         "kind": "train",
         "name": spec.name,
         "seed": spec.seed,
         "steps": output["steps"],
-        "final": output["final"],
-        "parameters": output["parameters"],
+        "final": result["task_end"][-1],
+        "parameters": result["parameters"],
         "checkpoint": "checkpoints/final",
         "cost": {
             "wall_s": round(time.perf_counter() - started, 3),
-            "train_wall_s": round(output["train_wall_s"], 3),
-            "train_tokens": output["train_tokens"],
+            "train_wall_s": round(result["wall_s"], 3),
+            "train_tokens": result["train_tokens"],
             # 6·N·D: forward + backward FLOPs of a dense transformer (Kaplan et al., 2020).
-            "train_flops": 6 * params * output["train_tokens"],
+            "train_flops": 6 * params * result["train_tokens"],
         },
     }

@@ -1,12 +1,18 @@
-"""Job specs, one model per kind; `JOB_KINDS` is the union, grown one kind per capability."""
+"""Job specs, one model per kind; `JOB_KINDS` is the union, grown one kind per capability.
+
+Field-level rules live on the models. Rules that tie sections together (batch
+divisibility, a method's parameters and the backends it runs on, what a method needs
+from the stream) live in `cross_problems`, which checks every section that is valid on
+its own — so `validate` reports them all at once, next to any field error.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from palimpsest.catalog import CONTINUAL_METHODS
+from palimpsest.catalog import methods_of
 from palimpsest.spec.common import (
     DataSpec, EvalSpec, FileData, HFData, ModelSpec, ScalingSpec, Strict, TrainingSpec, _existing_path, _suggest,
 )
@@ -23,18 +29,6 @@ class _Job(Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
     storage_path: str | None = Field(None, description="Ray storage for training checkpoints; default: inside the run folder")
-
-    @model_validator(mode="after")
-    def _batch_divides(self):
-        per_step = self.scaling.num_workers * self.training.grad_accum
-        if self.training.batch_size % per_step:
-            raise ValueError(
-                f"training.batch_size: {self.training.batch_size} must be a multiple of "
-                f"scaling.num_workers × training.grad_accum ({per_step})"
-            )
-        if self.model.lora is not None and self.training.backend == "deepspeed":
-            raise ValueError("training.backend: LoRA (model.lora) runs on the ddp backend only")
-        return self
 
 
 class TrainJob(_Job):
@@ -57,7 +51,8 @@ class FactWorldStream(Strict):
     attributes_per_entity: int = Field(5, ge=1, le=10)
     num_tasks: int = Field(3, ge=1, le=100)
     by: Literal["entity", "attribute"] = "entity"
-    general_samples: int = Field(64, ge=0, description="general-corpus sentences: general loss and GeRe replay")
+    general_samples: int = Field(64, ge=0, description="general sentences never trained on: the general loss")
+    general_replay_samples: int = Field(64, ge=0, description="other general sentences methods may train on (GeRe)")
 
     @model_validator(mode="after")
     def _enough_groups(self):
@@ -69,16 +64,29 @@ class FactWorldStream(Strict):
 
 
 class DatasetsStream(Strict):
-    """One dataset per task: local files or `datasets.load_dataset` names."""
+    """One dataset per task: local files or `datasets.load_dataset` names, each with its own eval set."""
 
     source: Literal["datasets"]
     tasks: list[Annotated[Union[FileData, HFData], Field(discriminator="source")]] = Field(min_length=1)
-    general_path: str | None = Field(None, description="text file, one general sentence per line")
+    eval_on_train: bool = Field(False, description="measure R on a task's training examples when it has no "
+                                                   "eval_path / eval_split (GEM's R is test accuracy)")
+    general_path: str | None = Field(None, description="text file, one general sentence per line; split into "
+                                                       "replay and evaluation halves unless general_eval_path is given")
+    general_eval_path: str | None = Field(None, description="general sentences for the general loss only")
 
-    @field_validator("general_path")
+    @field_validator("general_path", "general_eval_path")
     @classmethod
     def _exists(cls, value):
         return None if value is None else _existing_path(value, "general text file")
+
+    @model_validator(mode="after")
+    def _eval_sets(self):
+        missing = [i for i, task in enumerate(self.tasks)
+                   if not (task.eval_path if task.source == "file" else task.eval_split)]
+        if missing and not self.eval_on_train:
+            raise ValueError(f"stream.tasks: task(s) {missing} have no eval set; give eval_path (file) or eval_split "
+                             "(hf), or set stream.eval_on_train: true to measure them on their training examples")
+        return self
 
 
 StreamSpec = Annotated[Union[FactWorldStream, DatasetsStream], Field(discriminator="source")]
@@ -88,23 +96,37 @@ class MethodSpec(Strict):
     """A continual-learning method by registered name, with its parameters."""
 
     name: str
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the method")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's parameters (see README)")
 
     @field_validator("name")
     @classmethod
     def _known(cls, value):
-        if value not in CONTINUAL_METHODS:
-            raise ValueError(f"unknown continual method '{value}'" + _suggest(value, CONTINUAL_METHODS))
+        known = methods_of("continual")
+        if value not in known:
+            raise ValueError(f"unknown continual method '{value}'" + _suggest(value, list(known)))
         return value
-
-
-WEIGHT_EDITING_METHODS = ("fpf",)
-ZERO3_METHODS = ("naive", "joint", "replay")  # they only choose batches
-OWN_BACKWARD_METHODS = ("ewc",)
 
 
 def _method_entry(value):
     return {"name": value} if isinstance(value, str) else value
+
+
+class ContinualEvalSpec(EvalSpec):
+    """Continual evaluation: seen tasks every `eval_every` steps (min-ACC, WC-ACC), every task at task ends."""
+
+    eval_every: int | Literal["auto"] | None = Field(
+        "auto", description="steps between evaluations of the seen tasks; auto: a tenth of a task; null: task ends "
+                            "only (min-ACC and WC-ACC are then not measured)")
+    fwt_baseline: Literal["random_init", "initial"] = Field(
+        "random_init", description="FWT's b: a random init of the architecture (GEM) or the model the run starts "
+                                   "from (differs for pretrained models)")
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, int) and (isinstance(value, bool) or value < 1):
+            raise ValueError("must be a positive integer, 'auto' or null")
+        return value
 
 
 class ContinualJob(_Job):
@@ -114,6 +136,7 @@ class ContinualJob(_Job):
     name: str = Field("continual", pattern=NAME_PATTERN, description="run name (folder prefix)")
     stream: StreamSpec
     methods: list[MethodSpec] = Field(min_length=1, description="compared on the same stream and seed")
+    eval: ContinualEvalSpec = Field(default_factory=ContinualEvalSpec)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -121,38 +144,90 @@ class ContinualJob(_Job):
         return [_method_entry(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
-    def _unique_methods(self):
-        names = [m.name for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ValueError("methods: each method may appear once")
-        if "lora" in names and self.model.lora is not None:
-            raise ValueError("methods: the lora method adds its own adapters per task; remove model.lora")
-        no_general = (self.stream.source == "datasets" and not self.stream.general_path) or (
-            self.stream.source == "factworld" and self.stream.general_samples == 0)
-        if "gere" in names and no_general:
-            raise ValueError("methods: gere replays general samples; give stream.general_path "
-                             "(datasets) or stream.general_samples > 0 (factworld)")
-        if self.training.backend == "deepspeed":
-            # ZeRO keeps its own master weights and writes them back after each step:
-            # a method that edits the weights outside the optimizer would be overwritten.
-            edits_weights = [n for n in names if n in WEIGHT_EDITING_METHODS]
-            if edits_weights:
-                raise ValueError(f"methods: {', '.join(edits_weights)} update weights outside the optimizer and "
-                                 "need training.backend: ddp")
-            # Under ZeRO-3 a rank holds a shard of each weight: methods that read weights
-            # (penalties, teachers, Fishers, adapters) would see empty tensors.
-            # EWC's Fisher comes from backward passes outside the training step; from stage 2
-            # on, ZeRO's gradient hooks take those gradients (and issue collectives) instead.
-            outside_backward = [n for n in names if n in OWN_BACKWARD_METHODS]
-            if self.training.deepspeed.zero_stage >= 2 and outside_backward:
-                raise ValueError(f"methods: {', '.join(outside_backward)} run their own backward passes, which "
-                                 "ZeRO-2/3 gradient hooks intercept; use zero_stage ≤ 1 or backend ddp")
-            reads_weights = [n for n in names if n not in ZERO3_METHODS]
-            if self.training.deepspeed.zero_stage == 3 and reads_weights:
-                raise ValueError(f"methods: {', '.join(reads_weights)} read the weights, which ZeRO-3 partitions; "
-                                 f"with zero_stage 3 use {', '.join(ZERO3_METHODS)} (or zero_stage ≤ 2)")
+    def _resolve_auto(self):
+        if self.eval.eval_every == "auto":  # the resolved spec shows the number
+            self.eval.eval_every = max(1, self.training.steps // 10)
         return self
 
 
 JOB_KINDS: dict[str, type[Strict]] = {"train": TrainJob, "continual": ContinualJob}
 JobSpec = Union[TrainJob, ContinualJob]
+
+
+# ----------------------------------------------------------------------------- cross-section rules
+
+
+def _section(model_cls: type[BaseModel], document: dict, key: str):
+    """The section validated on its own (its defaults when absent), or None if it has errors."""
+    try:
+        return model_cls.model_validate(document.get(key) or {})
+    except ValidationError:
+        return None
+
+
+def cross_problems(kind: str, document: dict) -> list[str]:
+    """Problems that involve more than one section, as 'field.path: message' lines.
+
+    Each rule runs when the sections it reads are valid on their own, whatever else is wrong.
+    """
+    training = _section(TrainingSpec, document, "training")
+    scaling = _section(ScalingSpec, document, "scaling")
+    model = _section(ModelSpec, document, "model")
+    problems = []
+    if training and scaling:
+        per_step = scaling.num_workers * training.grad_accum
+        if training.batch_size % per_step:
+            problems.append(f"training.batch_size: {training.batch_size} must be a multiple of "
+                            f"scaling.num_workers × training.grad_accum ({per_step})")
+    if model and training and model.lora is not None and training.backend == "deepspeed":
+        problems.append("training.backend: LoRA (model.lora) runs on the ddp backend only")
+    if kind == "continual":
+        problems += _method_problems(document, training, scaling, model)
+    return problems
+
+
+def _method_problems(document: dict, training, scaling, model) -> list[str]:
+    entries = document.get("methods")
+    if not isinstance(entries, list):
+        return []
+    known = methods_of("continual")
+    problems, names = [], []
+    stream = document.get("stream") if isinstance(document.get("stream"), dict) else {}
+    for i, raw in enumerate(entries):
+        entry = _method_entry(raw)
+        if not isinstance(entry, dict) or entry.get("name") not in known:
+            continue  # the field validation reports it
+        info = known[entry["name"]]
+        names.append(info.name)
+        params = entry.get("params") or {}
+        if not isinstance(params, dict):
+            continue
+        for name, message in info.check_params(params):
+            problems.append(f"methods[{i}].params.{name}: {message}")
+        resolved = info.resolve({k: v for k, v in params.items() if k in {p.name for p in info.params}})
+        if training and not info.supports(training.backend, training.deepspeed.zero_stage):
+            where = "ddp" if training.backend == "ddp" else f"deepspeed zero_stage {training.deepspeed.zero_stage}"
+            allowed = ", ".join(info.backends).replace("zero", "zero_stage ")
+            problems.append(f"methods[{i}]: {info.name} cannot run on {where}: {info.backend_reason}; "
+                            f"it runs on: {allowed}")
+        if info.needs_general and not _has_general_replay(stream):
+            problems.append(f"methods[{i}]: {info.name} replays general samples; give stream.general_path "
+                            "(datasets) or stream.general_replay_samples > 0 (factworld)")
+        if info.name == "replay" and training and scaling and resolved.get("form") == "er":
+            extra = resolved.get("memory_batch_size")
+            per_step = scaling.num_workers * training.grad_accum
+            if isinstance(extra, int) and not isinstance(extra, bool) and extra % per_step:
+                problems.append(f"methods[{i}].params.memory_batch_size: {extra} must be a multiple of "
+                                f"scaling.num_workers × training.grad_accum ({per_step})")
+        if info.name == "lora" and model and model.lora is not None:
+            problems.append(f"methods[{i}]: the lora method adds its own adapters per task; remove model.lora")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"methods: each method may appear once ({', '.join(duplicates)} repeated)")
+    return problems
+
+
+def _has_general_replay(stream: dict) -> bool:
+    if stream.get("source") == "datasets":
+        return bool(stream.get("general_path"))
+    return stream.get("general_replay_samples", 64) not in (0, None)

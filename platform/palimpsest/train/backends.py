@@ -1,7 +1,11 @@
 """Training backends: how the model is wrapped, gradients synchronised and the optimizer stepped.
 
 `ddp` here, `deepspeed` in deepspeed_backend.py; Opacus DP-SGD slots in as one more
-`Backend` with the same methods, so the loop never changes.
+`Backend` with the same methods, so the loop never changes. Two extension points exist
+for it: `choose_batch` (DP-SGD draws Poisson-sampled batches instead of the method's) and
+`carry_over` (state that lasts the whole run, such as a privacy accountant: a new backend
+wraps each task's model, and the loop hands it the previous backend's carried state and
+keeps that state in every checkpoint).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import get_scheduler
 
 from palimpsest.models import unwrap
+from palimpsest.train.config import Optimisation
 
 
 class Backend:
@@ -23,6 +28,14 @@ class Backend:
     # True when each rank holds only a shard of the weights (ZeRO-3): every rank must then
     # run the same forward passes, and a full state dict needs a collective gather.
     shards_parameters: bool = False
+
+    def choose_batch(self, method, ctx, step: int):
+        """The global batch of `step`: the method's, unless the backend must sample its own."""
+        return method.batch(ctx, step)
+
+    def carry_over(self) -> dict:
+        """State that outlives this task's backend (handed to the next one, checkpointed)."""
+        return {}
 
     def full_state_dict(self) -> dict:
         """The whole model's state dict (every rank must call: it may gather shards)."""
@@ -35,8 +48,8 @@ class Backend:
         """Context for one micro-batch: skip gradient sync except on the last."""
         return contextlib.nullcontext()
 
-    def step(self) -> float:
-        """Clip, step, schedule, zero grads; returns the pre-clip global grad norm."""
+    def step(self) -> torch.Tensor | float:
+        """Clip, step, schedule, zero grads; returns the pre-clip global grad norm (a tensor: no host sync)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -52,21 +65,18 @@ class Backend:
 class DDPBackend(Backend):
     """torch DistributedDataParallel (gloo on CPU, NCCL on GPU); plain module at world size 1."""
 
-    def __init__(self, model: torch.nn.Module, training: dict, *, world_size: int, device: torch.device):
+    def __init__(self, model: torch.nn.Module, training: Optimisation, *, world_size: int, device: torch.device,
+                 carried: dict | None = None):
         model = model.to(device)
         if world_size > 1:
             device_ids = [device.index] if device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
-        self.max_grad_norm = training.get("max_grad_norm")
+        self.max_grad_norm = training.max_grad_norm
         params = [p for p in unwrap(model).parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=training["lr"], weight_decay=training["weight_decay"])
-        self.scheduler = get_scheduler(
-            training["lr_schedule"],
-            self.optimizer,
-            num_warmup_steps=training["warmup_steps"],
-            num_training_steps=training["steps"],
-        )
+        self.optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+        self.scheduler = get_scheduler(training.lr_schedule, self.optimizer, num_warmup_steps=training.warmup_steps,
+                                       num_training_steps=training.steps)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -76,14 +86,14 @@ class DDPBackend(Backend):
             return self.model.no_sync()
         return contextlib.nullcontext()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -93,9 +103,11 @@ class DDPBackend(Backend):
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def make_backend(name: str, model: torch.nn.Module, training: dict, *, world_size: int, device) -> Backend:
-    if name == "deepspeed":  # imported only when asked for: deepspeed is slow to import
+def make_backend(model: torch.nn.Module, training: Optimisation, *, world_size: int, device,
+                 carried: dict | None = None) -> Backend:
+    """The backend `training.backend` names, wrapping `model` for one task."""
+    if training.backend == "deepspeed":  # imported only when asked for: deepspeed is slow to import
         from palimpsest.train.deepspeed_backend import DeepSpeedBackend
 
         return DeepSpeedBackend(model, training, world_size=world_size, device=device)
-    return DDPBackend(model, training, world_size=world_size, device=device)
+    return DDPBackend(model, training, world_size=world_size, device=device, carried=carried)

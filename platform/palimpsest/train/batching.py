@@ -1,18 +1,17 @@
 """Batches for causal-LM fine-tuning on question/answer pairs, and the loss normalisation.
 
 Correctness-critical and shared by every job kind, so it lives here once:
-- which examples form the global batch of step s (a pure function of seed and step,
-  so a restart from a checkpoint replays exactly the same batches);
-- how the global batch is split over workers;
 - the token-level loss normalised by the GLOBAL answer-token count, so N workers
-  under DDP (which averages gradients) give the same gradient as one worker.
+  under DDP (which averages gradients) give the same gradient as one worker;
+- the per-example answer log-likelihood (NPO, TOFU's truth ratio and membership
+  inference all read it).
+Which examples form a batch, and how it is sharded, is in `sampling.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,26 +36,6 @@ def tokenize_qa(tokenizer, examples, *, prompt_template: str = PROMPT_TEMPLATE) 
         answer = tokenizer.encode(" " + ex.answer, add_special_tokens=False)
         out.append(TokenizedQA(tuple(prompt), tuple(answer)))
     return out
-
-
-def global_batch_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
-    """Example indices of the global batch for optimizer step `step` (0-based).
-
-    Epochs are consecutive seeded permutations; a batch may straddle two epochs.
-    """
-    start = step * batch_size
-    first_epoch, last_epoch = start // num_examples, (start + batch_size - 1) // num_examples
-    order = np.concatenate(
-        [np.random.default_rng([seed, epoch]).permutation(num_examples) for epoch in range(first_epoch, last_epoch + 1)]
-    )
-    offset = start - first_epoch * num_examples
-    return order[offset : offset + batch_size]
-
-
-def shard_for_rank(indices: np.ndarray, *, rank: int, world_size: int) -> np.ndarray:
-    """Contiguous slice of the global batch for one worker (batch divisible by world size)."""
-    per_rank = len(indices) // world_size
-    return indices[rank * per_rank : (rank + 1) * per_rank]
 
 
 def collate_qa(items: list[TokenizedQA], *, pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
@@ -93,3 +72,17 @@ def normalised_loss(token_loss_sum: torch.Tensor, global_tokens: int, world_size
     sum by world_size / (answer tokens in the whole global batch).
     """
     return token_loss_sum * (world_size / max(global_tokens, 1))
+
+
+def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example, the summed log-probability of its labelled tokens and how many there are.
+
+    log p(answer | question) = Σ_t log p(y_t | y_<t, question) over the answer tokens and
+    the closing eos (the positions `collate_qa` labels). Divide by the count for the
+    per-token average that TOFU's metrics call "avg loss" (negated).
+
+    Returns:
+        (B,) float log-likelihoods (carrying gradients) and (B,) token counts.
+    """
+    losses, mask = token_losses(logits, labels)
+    return -losses.sum(dim=1), mask.sum(dim=1)

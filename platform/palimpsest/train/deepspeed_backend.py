@@ -28,6 +28,7 @@ import torch.distributed as dist
 from transformers import get_scheduler
 
 from palimpsest.train.backends import Backend
+from palimpsest.train.config import Optimisation
 
 
 def _skip_shm_build() -> None:
@@ -51,17 +52,16 @@ def _single_process_group() -> None:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
 
 
-def deepspeed_config(training: dict, world_size: int) -> dict:
-    settings = training["deepspeed"]
-    accum = training["grad_accum"]
+def deepspeed_config(training: Optimisation, world_size: int) -> dict:
+    accum = training.grad_accum
     return {
-        "train_batch_size": training["batch_size"],
-        "train_micro_batch_size_per_gpu": training["batch_size"] // (world_size * accum),
+        "train_batch_size": training.batch_size,
+        "train_micro_batch_size_per_gpu": training.batch_size // (world_size * accum),
         "gradient_accumulation_steps": accum,
-        "gradient_clipping": training["max_grad_norm"] or 0.0,
-        "zero_optimization": {"stage": settings["zero_stage"]},
+        "gradient_clipping": training.max_grad_norm or 0.0,
+        "zero_optimization": {"stage": training.zero_stage},
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": settings["precision"] == "bf16"},
+        "bf16": {"enabled": training.precision == "bf16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -70,21 +70,21 @@ def deepspeed_config(training: dict, world_size: int) -> dict:
 class DeepSpeedBackend(Backend):
     """`deepspeed.initialize` around the model with a torch AdamW and the loop's LR schedule."""
 
-    def __init__(self, model: torch.nn.Module, training: dict, *, world_size: int, device: torch.device):
+    def __init__(self, model: torch.nn.Module, training: Optimisation, *, world_size: int, device: torch.device):
         import deepspeed
 
         _skip_shm_build()
         _single_process_group()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=training["lr"], weight_decay=training["weight_decay"])
-        scheduler = get_scheduler(training["lr_schedule"], optimizer, num_warmup_steps=training["warmup_steps"],
-                                  num_training_steps=training["steps"])
+        optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+        scheduler = get_scheduler(training.lr_schedule, optimizer, num_warmup_steps=training.warmup_steps,
+                                  num_training_steps=training.steps)
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(training, world_size), dist_init_required=False,
         )
         self.model, self.optimizer, self.scheduler = engine, optimizer, scheduler
-        self.shards_parameters = training["deepspeed"]["zero_stage"] == 3
+        self.shards_parameters = training.zero_stage == 3
 
     def full_state_dict(self) -> dict:
         module = self.model.module

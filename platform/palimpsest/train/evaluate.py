@@ -11,7 +11,7 @@ import torch.distributed as dist
 from transformers import GenerationConfig
 
 from palimpsest.models import unwrap
-from palimpsest.train.batching import TokenizedQA, collate_qa, token_losses
+from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_likelihood, token_losses
 
 
 @torch.no_grad()
@@ -96,3 +96,37 @@ def greedy_answers(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int,
 def greedy_exact_matches(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int, device="cpu") -> int:
     answers = greedy_answers(model, items, pad_id=pad_id, eos_id=eos_id, device=device)
     return sum(list(it.answer) == got for it, got in zip(items, answers))
+
+
+EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
+
+
+def evaluate_sets(model, eval_sets: dict[str, list[TokenizedQA]], names, *, pad_id: int, eos_id: int,
+                  batch_size: int, device, rank: int = 0, world_size: int = 1) -> dict[str, dict[str, float]]:
+    """`evaluate_qa` on each named set (ranks share the work; every rank gets every result)."""
+    return {name: evaluate_qa(model, eval_sets[name], pad_id=pad_id, eos_id=eos_id, batch_size=batch_size,
+                              device=device, rank=rank, world_size=world_size) for name in names}
+
+
+def metric_records(results: dict[str, dict[str, float]], *, step: int, task: int) -> list[dict]:
+    """metrics.jsonl rows (step, task, split, metric, value) for `evaluate_sets` results."""
+    return [{"step": step, "task": task, "split": name, "metric": metric, "value": values[metric]}
+            for name, values in results.items() for metric in EVAL_METRICS]
+
+
+@torch.no_grad()
+def answer_log_likelihoods(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int, batch_size: int = 64,
+                           device="cpu") -> list[tuple[float, int]]:
+    """Per example, (log p(answer + eos | prompt), number of those tokens), teacher-forced."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, int]] = []
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in collate_qa(items[start : start + batch_size], pad_id=pad_id,
+                                                         eos_id=eos_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        log_likelihood, counts = sequence_log_likelihood(logits, batch["labels"])
+        out += list(zip(log_likelihood.double().tolist(), counts.tolist()))
+    model.train(was_training)
+    return out

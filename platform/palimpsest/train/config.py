@@ -1,0 +1,101 @@
+"""The runner → loop contract: one typed, picklable structure, built in one place per job kind.
+
+Ray hands it to every worker unchanged; `run_without_ray` takes the same object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from palimpsest.train.batching import TokenizedQA
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """How each task is trained (the spec's `training` section)."""
+
+    steps: int  # optimizer steps per task
+    batch_size: int  # global: all workers and accumulation steps (a method's parts may add to it)
+    grad_accum: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    max_grad_norm: float | None = 1.0
+    backend: str = "ddp"
+    zero_stage: int = 2
+    precision: str = "fp32"
+    log_every: int = 10
+    checkpoint_every: int | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What is evaluated, when."""
+
+    every: int | None = None  # steps between periodic evaluations; None: task ends only
+    batch_size: int = 64
+    periodic: Literal["all", "seen"] = "all"  # all eval sets, or the seen tasks' (continual evaluation)
+    # Evaluate a model before any training (FWT's b): the model the run starts from, or a
+    # random init of the same architecture (GEM's definition; differs for pretrained models).
+    baseline: Literal["initial", "random_init"] | None = None
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """A method to run: where its code is and its resolved parameters."""
+
+    name: str
+    module: str
+    implementation: str
+    params: dict = field(default_factory=dict)
+
+    def build(self):
+        module = importlib.import_module(self.module)
+        return getattr(module, self.implementation)(**self.params)
+
+
+NAIVE = MethodRun("naive", "palimpsest.train.hooks", "TrainingMethod")
+
+
+@dataclass(frozen=True)
+class FailAt:
+    """Test hook: raise once at (method, task, step) on rank 0; `marker` makes the restart pass."""
+
+    task: int
+    step: int
+    marker: str
+    method: int = 0
+
+
+@dataclass
+class LoopConfig:
+    """Everything a worker needs: model, data as token ids, optimisation, evaluation, methods."""
+
+    seed: int
+    model: dict  # `palimpsest.models.model_config(...)`
+    optimisation: Optimisation
+    evaluation: Evaluation
+    tasks: list[list[TokenizedQA]]
+    eval_sets: dict[str, list[TokenizedQA]]
+    # Per task, the eval set that measures it (continual evaluation and the accuracy matrix).
+    task_eval_names: list[str] | None = None
+    general: list[TokenizedQA] = field(default_factory=list)  # trainable general samples (GeRe)
+    methods: list[MethodRun] = field(default_factory=lambda: [NAIVE])
+    threads: int = 1
+    resume_from: str | None = None
+    fail_at: FailAt | None = None
+
+    def __post_init__(self):
+        if self.task_eval_names is not None and len(self.task_eval_names) != len(self.tasks):
+            raise ValueError("task_eval_names: one name per task")
+        missing = [n for n in (self.task_eval_names or []) if n not in self.eval_sets]
+        if missing:
+            raise ValueError(f"task_eval_names: no eval set named {missing}")
+        if not self.methods:
+            raise ValueError("methods: at least one")
+
+    def with_(self, **changes) -> "LoopConfig":
+        return replace(self, **changes)

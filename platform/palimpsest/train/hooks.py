@@ -1,0 +1,167 @@
+"""The hook interface every training method implements on the shared loop.
+
+The loop owns this interface and imports no method package; a method is one file that
+declares itself (`palimpsest.train.methods.MethodInfo`) and subclasses `TrainingMethod`.
+Per task the loop calls:
+
+    before_task(ctx)                                   prepare (may replace ctx.model)
+    for each optimizer step:
+        batch(ctx, step) -> StepBatch                  the global batch, as named parts
+        for each micro-batch of this rank's shard:
+            loss(ctx, model, micro, outputs)           this rank's loss (default: answer NLL)
+        after_backward(ctx)                            gradients synced, before clipping/step
+        (clip, optimizer step)
+        after_step(ctx, step, batch)
+    after_task(ctx)
+    state_dict() / load_state_dict()                   everything needed to resume exactly
+
+A backend may take over the batch source and the loss reduction (DP-SGD samples its own
+batches and reduces per-sample losses its own way): see `train/backends.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from palimpsest.train.batching import TokenizedQA, normalised_loss
+from palimpsest.train.sampling import derive_seed, global_batch_indices
+
+TASK_PART = "task"  # the name of the current task's part of a batch
+
+
+@dataclass
+class LoopContext:
+    """What a method sees of the loop. `model` is the unwrapped model (no DDP/DeepSpeed wrapper)."""
+
+    model: torch.nn.Module
+    tasks: list[list[TokenizedQA]]
+    task: int
+    seed: int
+    batch_size: int
+    steps_per_task: int
+    pad_id: int
+    eos_id: int
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+    # General (non-task) samples a method may train on; never the general evaluation set.
+    general: list[TokenizedQA] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_task * len(self.tasks)
+
+    def stream_step(self, step: int) -> int:
+        """Optimizer steps taken over the whole stream once `step` steps of the current task are done."""
+        return self.task * self.steps_per_task + step
+
+    def task_batch_indices(self, step: int, size: int | None = None) -> list[int]:
+        """Indices into the current task of `step`'s examples: seeded epochs, `size` (default batch_size)."""
+        return global_batch_indices(step, num_examples=len(self.tasks[self.task]), batch_size=size or self.batch_size,
+                                    seed=derive_seed(self.seed, "task-order", self.task)).tolist()
+
+    def task_batch(self, step: int, size: int | None = None) -> list[TokenizedQA]:
+        """The current task's examples for `step` (see `task_batch_indices`)."""
+        items = self.tasks[self.task]
+        return [items[i] for i in self.task_batch_indices(step, size)]
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """The global batch of one optimizer step, as named parts ("task", "memory", "forget", ...).
+
+    Every rank builds the same StepBatch; the loop shards the parts, in order, over ranks.
+    """
+
+    parts: dict[str, list[TokenizedQA]]
+
+    @classmethod
+    def of_task(cls, items: list[TokenizedQA]) -> "StepBatch":
+        return cls({TASK_PART: list(items)})
+
+    def flat(self) -> list[tuple[str, TokenizedQA]]:
+        return [(name, item) for name, items in self.parts.items() for item in items]
+
+    def answer_tokens(self, part: str | None = None) -> int:
+        """Labelled tokens (answer + eos) of one part, or of all parts, over the whole global batch."""
+        chosen = self.parts.values() if part is None else [self.parts.get(part, [])]
+        return sum(len(item.answer) + 1 for items in chosen for item in items)
+
+    def __len__(self) -> int:
+        return sum(len(items) for items in self.parts.values())
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of this rank's shard, with the token losses the loop already computed."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, labels (on the device)
+    part_of_row: list[str]
+    token_losses: torch.Tensor  # (B, T-1), zero where unlabelled
+    token_mask: torch.Tensor  # (B, T-1) bool
+    step_batch: StepBatch  # the global batch this micro-batch belongs to
+    world_size: int
+    accumulation: int
+
+    def rows(self, part: str) -> torch.Tensor:
+        """(B,) bool: the rows of this micro-batch that belong to `part`."""
+        return torch.tensor([p == part for p in self.part_of_row], device=self.token_losses.device)
+
+    def nll(self, part: str | None = None) -> torch.Tensor:
+        """Answer-token NLL of `part` (or all parts) as a share of the global token mean.
+
+        Summed over micro-batches and averaged over ranks (what DDP does), this gives the
+        mean NLL over every answer token of that part in the whole global batch.
+        """
+        losses = self.token_losses if part is None else self.token_losses[self.rows(part)]
+        return normalised_loss(losses.sum(), self.step_batch.answer_tokens(part), self.world_size)
+
+    def once_per_step(self, term: torch.Tensor) -> torch.Tensor:
+        """A term every micro-batch adds in full (a penalty on the weights) counted once per step."""
+        return term / self.accumulation
+
+
+class TrainingMethod:
+    """Plain fine-tuning on the current task; subclasses override the hooks they need.
+
+    A method decides things once (which tensors to train, which samples to keep) and keeps
+    those decisions in `state_dict()`, so a restart mid-task rebuilds the same setup.
+    """
+
+    name = "naive"
+
+    def before_task(self, ctx: LoopContext) -> None:
+        """Prepare the model for task `ctx.task` (may replace `ctx.model`).
+
+        On a resume in the middle of a task the loop calls this BEFORE loading the saved
+        weights: never derive state from the model's current weights here; derive it in
+        `after_task` of the previous task and keep it in `state_dict()`.
+        """
+
+    def batch(self, ctx: LoopContext, step: int) -> StepBatch:
+        """The global batch for `step` (0-based within the task), the same on every rank."""
+        return StepBatch.of_task(ctx.task_batch(step))
+
+    def loss(self, ctx: LoopContext, model: torch.nn.Module, micro: MicroBatch, outputs) -> torch.Tensor:
+        """This rank's loss for one micro-batch (`model` is the wrapped model that produced `outputs`).
+
+        Default: the answer-token NLL of every part together.
+        """
+        return micro.nll()
+
+    def after_backward(self, ctx: LoopContext) -> None:
+        """Gradients of the whole step are in `.grad` (synced over ranks), before clipping and the step."""
+
+    def after_step(self, ctx: LoopContext, step: int, batch: StepBatch) -> None:
+        """Called after each optimizer step (`step` is 1-based within the task)."""
+
+    def after_task(self, ctx: LoopContext) -> None:
+        """Called once the task's last step is done, before the task-end evaluation."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
