@@ -14,6 +14,7 @@ from palimpsest.cli import app
 from palimpsest.runners import continual
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import parse_spec
+from palimpsest.train.config import FailAt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def run_spec(document: dict, out: Path, *, fail_at: dict | None = None) -> dict:
     spec = parse_spec(document)
     prepared = continual.prepare(spec)
     if fail_at:
-        prepared.worker_config["fail_at"] = fail_at
+        prepared.worker_config = prepared.worker_config.with_(fail_at=FailAt(**fail_at))
     folder = RunFolder.create(spec.name, out)
     summary = continual.run(spec, prepared, folder)
     folder.write_summary(summary)
@@ -105,7 +106,8 @@ def test_a_failed_run_resumes_from_its_folder_to_the_same_result(tmp_path):
     broken.write_spec(dump_spec(spec))
     broken.write_summary({"status": "failed", "kind": "continual", "name": spec.name, "seed": spec.seed})
     prepared = continual.prepare(spec)
-    prepared.worker_config["fail_at"] = {"task": 1, "step": 15, "marker": str(tmp_path / "marker")}
+    prepared.worker_config = prepared.worker_config.with_(
+        fail_at=FailAt(method=1, task=1, step=15, marker=str(tmp_path / "marker")))
     with pytest.raises(RuntimeError, match="injected failure"):
         continual.run(spec, prepared, broken, use_ray=False)
     assert (tmp_path / "marker").exists()
@@ -130,9 +132,9 @@ def write_yaml(tmp_path: Path, document: dict) -> Path:
 
 
 @pytest.mark.parametrize("training, methods, words", [
-    ({"backend": "deepspeed"}, ["naive", "fpf"], ["fpf", "backend: ddp"]),
-    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, ["replay", "lwf"], ["lwf", "ZeRO-3"]),
-    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 2}}, ["ewc"], ["ewc", "zero_stage ≤ 1"]),
+    ({"backend": "deepspeed"}, ["naive", "fpf"], ["methods[1]", "fpf", "outside the optimizer", "runs on: ddp"]),
+    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, ["replay", "lwf"], ["lwf", "zero_stage 3"]),
+    ({"backend": "deepspeed", "deepspeed": {"zero_stage": 2}}, ["ewc"], ["ewc", "zero_stage 2", "zero_stage 1"]),
     ({"backend": "ddp"}, [{"name": "lora"}], None),
     ({}, ["gere"], ["gere", "general"]),
     ({"backend": "deepspeed", "deepspeed": {"zero_stage": 4}}, ["naive"], ["zero_stage", "less than or equal to 3"]),
@@ -144,12 +146,45 @@ def test_backend_and_method_combinations_that_cannot_work_are_refused(training, 
     if words is None:  # the lora method with the model's own LoRA
         document["model"], words = {"lora": {"r": 4}}, ["lora", "remove model.lora"]
     if methods == ["gere"]:
-        document["stream"]["general_samples"] = 0
+        document["stream"]["general_replay_samples"] = 0
     with pytest.raises(SpecError) as caught:
         parse_spec(document)
     (problem,) = caught.value.problems
     for word in words:
         assert word in problem
+
+
+def test_every_method_backend_conflict_and_parameter_problem_is_reported_at_once():
+    from palimpsest.spec import SpecError
+
+    document = stream_spec(training={"backend": "deepspeed", "deepspeed": {"zero_stage": 3}, "batch_size": 15},
+                           methods=["lwf", "ewc", {"name": "replay", "params": {"bufer_size": 3, "form": "err"}},
+                                    {"name": "kappatune", "params": {"fraction": 2}},
+                                    {"name": "lora", "params": {"r": 0}}])
+    document["seed"] = -1  # a field error too: the cross-section problems are still all listed
+    with pytest.raises(SpecError) as caught:
+        parse_spec(document)
+    text = "\n".join(caught.value.problems)
+    for expected in ("seed:", "training.batch_size: 15 must be a multiple", "methods[0]: lwf cannot run",
+                     "methods[1]: ewc cannot run", "methods[2].params.bufer_size: unknown parameter",
+                     "did you mean 'buffer_size'", "methods[2].params.form: must be one of er, ratio",
+                     "methods[3].params.fraction: must be", "methods[4].params.r: must be int ≥ 1"):
+        assert expected in text, (expected, text)
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"lamda": 3}, ["methods[0].params.lamda", "did you mean 'lam'"]),
+    ({"lam": "lots"}, ["methods[0].params.lam", "must be float ≥ 0", "'lots'"]),
+    ({"fisher_samples": 0}, ["methods[0].params.fisher_samples", "int ≥ 1"]),
+    ({"fisher_samples": True}, ["methods[0].params.fisher_samples"]),
+    ({"gamma": 1.5}, ["methods[0].params.gamma", "≤ 1"]),
+])
+def test_validate_refuses_bad_method_parameters_naming_the_field(params, words, tmp_path):
+    job = write_yaml(tmp_path, stream_spec(methods=[{"name": "ewc", "params": params}]))
+    result = CliRunner().invoke(app, ["validate", str(job)])
+    assert result.exit_code == 2
+    for word in words:
+        assert word in result.output, result.output
 
 
 def test_several_methods_without_ray_write_one_block_each(tmp_path):

@@ -163,7 +163,13 @@ def write_report(folder: RunFolder) -> Path:
     if continual:
         lines += ["ACC, BWT, FWT from the accuracy matrix R (row: after task i, column: task j; GEM definitions); "
                   "forgetting: mean drop from each task's best earlier accuracy; min-ACC / WC-ACC: worst accuracy "
-                  "on earlier tasks during later training (De Lange et al., 2023)."]
+                  "on earlier tasks during later training (De Lange et al., 2023). FWT's b: "
+                  f"{summary.get('fwt_baseline', 'random_init')} model."]
+        if summary.get("eval_sets"):
+            lines += ["", "What R is measured on, per task:", ""]
+            lines += [f"- {task}: {where}" for task, where in summary["eval_sets"].items()]
+        notes = {block.get("min_acc_note") for block in (summary.get("methods") or {}).values()} - {None}
+        lines += [f"\nmin-ACC and WC-ACC: {note}." for note in sorted(notes)]
         for method, block in (summary.get("methods") or {}).items():
             lines += ["", f"### {method}: accuracy matrix", "", "| after \\ on | " + " | ".join(summary["tasks"]) + " |",
                       "|---|" + "---|" * len(summary["tasks"])]

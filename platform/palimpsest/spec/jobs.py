@@ -58,7 +58,7 @@ class FactWorldStream(Strict):
     def _enough_groups(self):
         groups = self.num_entities if self.by == "entity" else self.attributes_per_entity
         if self.num_tasks > groups:
-            raise ValueError(f"stream.num_tasks: {self.num_tasks} tasks need at least as many {self.by} groups "
+            raise ValueError(f"num_tasks: {self.num_tasks} tasks need at least as many {self.by} groups "
                              f"(have {groups})")
         return self
 
@@ -84,8 +84,8 @@ class DatasetsStream(Strict):
         missing = [i for i, task in enumerate(self.tasks)
                    if not (task.eval_path if task.source == "file" else task.eval_split)]
         if missing and not self.eval_on_train:
-            raise ValueError(f"stream.tasks: task(s) {missing} have no eval set; give eval_path (file) or eval_split "
-                             "(hf), or set stream.eval_on_train: true to measure them on their training examples")
+            raise ValueError(f"tasks {missing} have no eval set; give each an eval_path (file) or eval_split (hf), or "
+                             "set stream.eval_on_train: true to measure them on their training examples")
         return self
 
 
@@ -213,6 +213,11 @@ def _method_problems(document: dict, training, scaling, model) -> list[str]:
         if info.needs_general and not _has_general_replay(stream):
             problems.append(f"methods[{i}]: {info.name} replays general samples; give stream.general_path "
                             "(datasets) or stream.general_replay_samples > 0 (factworld)")
+        if info.name == "replay":
+            ignored = {"er": "replay_ratio", "ratio": "memory_batch_size"}.get(resolved.get("form"))
+            if ignored in params:
+                problems.append(f"methods[{i}].params.{ignored}: not used by form {resolved['form']} "
+                                "(replay_ratio: ratio form; memory_batch_size: er form)")
         if info.name == "replay" and training and scaling and resolved.get("form") == "er":
             extra = resolved.get("memory_batch_size")
             per_step = scaling.num_workers * training.grad_accum
