@@ -47,6 +47,9 @@ def test_a_stream_is_evaluated_on_its_eval_files_and_the_summary_says_so(tmp_pat
                                      "task1": f"eval_path {DATA / 'stream_task1_eval.jsonl'}"}
     assert on_train["eval_sets"]["task0"] == "its training examples (stream.eval_on_train)"
     assert "R is measured on" in (tmp_path / "held_out" / "report.md").read_text()
+    # Every exported checkpoint says which prompt format it answers.
+    prompt = json.loads((tmp_path / "held_out" / "checkpoints" / "naive" / "task-1" / "palimpsest_prompt.json").read_text())
+    assert prompt["prompt_template"] == "Question: {question}\nAnswer:" and prompt["answer_ends_with_eos"]
 
 
 def test_a_task_without_an_eval_set_is_refused_unless_the_user_opts_in():

@@ -93,3 +93,12 @@ def test_several_methods_in_one_run_resume_from_a_checkpoint_of_the_second(tmp_p
         assert (a["name"], a["records"], a["task_end"]) == (b["name"], b["records"], b["task_end"])
     # Methods start from the same initial model: the first evaluation of task 0 before training is shared.
     assert full["baseline"] is not None
+
+
+def test_readme_parameter_table_is_the_declarations():
+    from palimpsest.catalog import parameter_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- parameter-table:continual -->") + len("<!-- parameter-table:continual -->\n")
+    end = readme.index("<!-- /parameter-table -->")
+    assert readme[start:end].strip() == parameter_table("continual"), "regenerate README's table"

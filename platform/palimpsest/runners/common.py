@@ -130,7 +130,7 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
 
 
 # Files a checkpoint holds for the trainer, not for users of the exported model.
-TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest.json")
+TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest*.json")
 
 
 def latest_checkpoint(run_dir: Path) -> str | None:

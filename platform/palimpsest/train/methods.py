@@ -58,7 +58,7 @@ class Param:
     def describe(self) -> str:
         """The allowed values in words, for error messages and the README."""
         if self.choices:
-            allowed = " | ".join(map(str, self.choices))
+            allowed = "one of " + ", ".join(map(str, self.choices))
         else:
             parts = []
             if self.low is not None:
