@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from palimpsest.continual import LoopState, make_method
 from palimpsest.continual.ewc import ewc_penalty
 from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
 )
-from palimpsest.train.batching import TokenizedQA
+from palimpsest.train.batching import TokenizedQA, collate_qa, token_losses
+from palimpsest.train.hooks import LoopContext, MicroBatch, StepBatch
+
+from synthetic import make_method
 
 # --------------------------------------------------------------------------- metrics
 
@@ -56,9 +58,20 @@ def items(task: int, n: int) -> list[TokenizedQA]:
     return [TokenizedQA((1, 10 + task), (20 + task, 100 + i)) for i in range(n)]
 
 
-def state_for(tasks, task=0, batch_size=8) -> LoopState:
-    return LoopState(model=torch.nn.Linear(2, 1), tasks=tasks, task=task, seed=0, batch_size=batch_size,
-                     steps_per_task=10, pad_id=0, eos_id=2)
+def state_for(tasks, task=0, batch_size=8) -> LoopContext:
+    return LoopContext(model=torch.nn.Linear(2, 1), tasks=tasks, task=task, seed=0, batch_size=batch_size,
+                       steps_per_task=10, pad_id=0, eos_id=2)
+
+
+def micro_batch(model, batch: StepBatch, *, pad_id=0, eos_id=2) -> tuple[MicroBatch, object]:
+    """The whole of `batch` as one micro-batch at world size 1, built as train/step.py builds it."""
+    flat = batch.flat()
+    inputs = collate_qa([item for _, item in flat], pad_id=pad_id, eos_id=eos_id)
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    losses, mask = token_losses(outputs.logits, inputs["labels"])
+    micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in flat], token_losses=losses, token_mask=mask,
+                       step_batch=batch, world_size=1, accumulation=1)
+    return micro, outputs
 
 
 def task_of(item: TokenizedQA) -> int:
@@ -67,38 +80,44 @@ def task_of(item: TokenizedQA) -> int:
 
 def test_naive_batches_hold_only_the_current_task():
     state = state_for([items(0, 10), items(1, 10)], task=1)
-    batches = [make_method("naive").global_batch(state, s) for s in range(5)]
-    assert {task_of(it) for b in batches for it in b} == {1}
+    batches = [make_method("naive").batch(state, s) for s in range(5)]
+    assert all(list(b.parts) == ["task"] and len(b) == 8 for b in batches)
+    assert {task_of(it) for b in batches for _, it in b.flat()} == {1}
 
 
 def test_joint_sees_every_seen_tasks_data():
     tasks = [items(0, 6), items(1, 6), items(2, 6)]
     joint = make_method("joint")
-    seen = Counter(task_of(it) for s in range(9) for it in joint.global_batch(state_for(tasks, task=2), s))
+    seen = Counter(task_of(it) for s in range(9) for _, it in joint.batch(state_for(tasks, task=2), s).flat())
     assert set(seen) == {0, 1, 2} and sum(seen.values()) == 72
     # before the last task, the last task's data is not used
-    assert {task_of(it) for s in range(9) for it in joint.global_batch(state_for(tasks, task=1), s)} == {0, 1}
+    assert {task_of(it) for s in range(9) for _, it in joint.batch(state_for(tasks, task=1), s).flat()} == {0, 1}
 
 
-def test_replay_batches_carry_old_samples_at_the_configured_ratio():
+def test_replay_ratio_form_batches_carry_old_samples_at_the_configured_ratio():
     tasks = [items(0, 40), items(1, 40)]
-    replay = make_method("replay", buffer_size=16, replay_ratio=0.25)
+    replay = make_method("replay", form="ratio", buffer_size=16, replay_ratio=0.25)
     state = state_for(tasks, task=0, batch_size=16)
-    assert all(task_of(it) == 0 for it in replay.global_batch(state, 0))  # empty buffer: all current
+    first = replay.batch(state, 0)
+    assert list(first.parts) == ["task"] and len(first) == 16  # empty buffer: all current
+    assert all(task_of(it) == 0 for _, it in first.flat())
+    replay.after_step(state, 1, first)  # the ratio form fills its buffer at task ends only
+    assert replay.buffer == []
     replay.after_task(state)
     assert len(replay.buffer) == 16 and all(t == 0 for t, _ in replay.buffer)
     state.task = 1
     for step in range(5):
-        batch = replay.global_batch(state, step)
-        assert len(batch) == 16
-        assert sum(task_of(it) == 0 for it in batch) == 4  # round(0.25 · 16) old samples
-        assert all(it in tasks[0] for it in batch if task_of(it) == 0)
+        batch = replay.batch(state, step)
+        assert len(batch) == 16  # memory examples replace current ones: the batch size is unchanged
+        assert len(batch.parts["memory"]) == 4  # round(0.25 · 16) old samples
+        assert all(it in tasks[0] for it in batch.parts["memory"])
+        assert len(batch.parts["task"]) == 12 and all(task_of(it) == 1 for it in batch.parts["task"])
 
 
 def test_replay_reservoir_keeps_each_seen_example_with_equal_chance():
     counts = np.zeros(60)
     for seed in range(300):
-        replay = make_method("replay", buffer_size=10)
+        replay = make_method("replay", form="ratio", buffer_size=10)  # whole tasks enter at their ends
         tasks = [items(0, 20), items(1, 20), items(2, 20)]
         state = state_for(tasks)
         state.seed = seed
@@ -113,13 +132,18 @@ def test_replay_reservoir_keeps_each_seen_example_with_equal_chance():
     assert counts.min() > 20 and counts.max() < 85
 
 
-def test_replay_state_round_trips():
-    replay = make_method("replay", buffer_size=4)
+@pytest.mark.parametrize("form", ["er", "ratio"])
+def test_replay_state_round_trips(form):
+    replay = make_method("replay", form=form, buffer_size=4)
     state = state_for([items(0, 10)])
-    replay.after_task(state)
-    other = make_method("replay", buffer_size=4)
+    for step in range(1, 4):  # er: the buffer fills after every step
+        replay.after_step(state, step, replay.batch(state, step - 1))
+    replay.after_task(state)  # ratio: the buffer fills at the task's end
+    assert len(replay.buffer) == 4 and replay.seen > 4
+    other = make_method("replay", form=form, buffer_size=4)
     other.load_state_dict(replay.state_dict())
     assert other.buffer == replay.buffer and other.seen == replay.seen
+    assert other.batch(state, 5) == replay.batch(state, 5)  # the same memory draws
 
 
 def test_ewc_penalty_equals_half_lambda_fisher_weighted_squared_distance():
@@ -157,12 +181,20 @@ def test_ewc_penalises_only_after_the_first_task_and_anchors_at_its_end():
     ewc = make_method("ewc", lam=10.0, fisher_samples=4)
     state = state_for([items(0, 6), items(1, 6)])
     state.model = model
-    assert ewc.extra_loss(state, model, {}, None) is None
+
+    def penalty() -> torch.Tensor:
+        micro, outputs = micro_batch(model, ewc.batch(state, 0))
+        return ewc.loss(state, model, micro, outputs) - micro.nll()
+
+    assert ewc.penalties == [] and penalty().item() == 0.0  # task 0: the loss is the NLL alone
     ewc.after_task(state)
-    assert ewc.extra_loss(state, model, {}, None).item() == 0.0  # at the anchor
+    (fisher, anchor), = ewc.penalties
+    assert all(torch.equal(anchor[n], p) for n, p in model.named_parameters())
+    assert penalty().item() == 0.0  # at the anchor
     with torch.no_grad():
         model.lm_head.weight.add_(0.1)
-    assert ewc.extra_loss(state, model, {}, None).item() > 0.0
+    assert penalty().item() > 0.0
+    assert penalty().item() == pytest.approx(ewc_penalty(model, fisher, anchor, lam=10.0).item(), rel=1e-4)
 
 
 # --------------------------------------------------------------------------- backends
@@ -174,10 +206,10 @@ def test_zero1_gives_the_same_loss_curve_as_ddp(tmp_path):
 
     from palimpsest.train.loop import run_without_ray
 
-    ddp = run_without_ray(loop_config(steps=12, log_every=1), tmp_path / "ddp")
-    config = loop_config(steps=12, log_every=1, backend="deepspeed",
-                         deepspeed={"zero_stage": 1, "precision": "fp32"})
-    zero = run_without_ray(config, tmp_path / "zero")
+    ddp = run_without_ray(loop_config(steps=12, log_every=1), tmp_path / "ddp")["methods"][0]
+    config = loop_config(steps=12, log_every=1, backend="deepspeed", zero_stage=1, precision="fp32")
+    zero = run_without_ray(config, tmp_path / "zero")["methods"][0]
     curve = [r["value"] for r in ddp["records"] if r["metric"] == "train_loss"]
     zero_curve = [r["value"] for r in zero["records"] if r["metric"] == "train_loss"]
+    assert len(curve) == 12
     np.testing.assert_allclose(zero_curve, curve, rtol=1e-4)

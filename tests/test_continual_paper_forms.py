@@ -152,3 +152,15 @@ def test_the_method_loss_hook_adds_a_penalty_once_per_optimizer_step(tmp_path):
     # StepBatch parts are counted separately: the memory part's tokens are its own.
     batch = StepBatch({"task": qa_items(2, 0), "memory": qa_items(3, 1)})
     assert batch.answer_tokens() == batch.answer_tokens("task") + batch.answer_tokens("memory")
+
+
+@pytest.mark.parametrize("method", [{"name": "replay", "params": {"form": "ratio", "replay_ratio": 0.99}},
+                                    {"name": "replay", "params": {"form": "ratio", "replay_ratio": 0.01}},
+                                    {"name": "gere", "params": {"replay_ratio": 0.99}}])
+def test_a_replay_share_that_rounds_to_none_or_all_of_the_batch_is_refused(method):
+    from palimpsest.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"kind": "continual", "stream": {"source": "factworld"}, "methods": [method],
+                    "training": {"batch_size": 16}})
+    assert "methods[0].params.replay_ratio" in caught.value.problems[0]

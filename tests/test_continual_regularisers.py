@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from palimpsest.continual import LoopState, make_method
 from palimpsest.continual.gere import activation_states, activation_thresholds, threshold_margin_loss
 from palimpsest.continual.l2 import l2_sp_penalty
 from palimpsest.continual.lwf import distillation_loss
 from palimpsest.train.batching import IGNORE_INDEX, TokenizedQA, collate_qa, token_losses
+from palimpsest.train.checkpoint import STATE_FILE
+from palimpsest.train.config import LoopConfig
+from palimpsest.train.hooks import LoopContext, MicroBatch, StepBatch
 from palimpsest.train.loop import run_without_ray
 
-from synthetic import BOS, EOS, PAD, VOCAB, loop_config, qa_items, tiny_model
+from synthetic import BOS, EOS, PAD, VOCAB, loop_config, make_method, qa_items, tiny_model
 
 
 def general_items(n: int = 12, seed: int = 9) -> list[TokenizedQA]:
@@ -29,12 +31,36 @@ def general_items(n: int = 12, seed: int = 9) -> list[TokenizedQA]:
     return [TokenizedQA((BOS,), tuple(rng.integers(3, VOCAB, size=rng.integers(4, 9)).tolist())) for _ in range(n)]
 
 
-def loop_state(model, *, task: int = 0, general=(), batch_size: int = 8) -> LoopState:
-    return LoopState(model=model, tasks=[qa_items(16, 0), qa_items(16, 1)], task=task, seed=3, batch_size=batch_size,
-                     steps_per_task=10, pad_id=PAD, eos_id=EOS, general=list(general))
+def loop_state(model, *, task: int = 0, general=(), batch_size: int = 8) -> LoopContext:
+    return LoopContext(model=model, tasks=[qa_items(16, 0), qa_items(16, 1)], task=task, seed=3,
+                       batch_size=batch_size, steps_per_task=10, pad_id=PAD, eos_id=EOS, general=list(general))
 
 
-def two_task_config(method: dict, *, steps: int = 40, checkpoint_every: int | None = None) -> dict:
+def micro_batch(model, batch: StepBatch, *, accumulation: int = 1) -> tuple[MicroBatch, object]:
+    """The whole of `batch` as one micro-batch at world size 1, built as train/step.py builds it."""
+    flat = batch.flat()
+    inputs = collate_qa([item for _, item in flat], pad_id=PAD, eos_id=EOS)
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    losses, mask = token_losses(outputs.logits, inputs["labels"])
+    micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in flat], token_losses=losses, token_mask=mask,
+                       step_batch=batch, world_size=1, accumulation=accumulation)
+    return micro, outputs
+
+
+def toy_micro(accumulation: int = 1) -> MicroBatch:
+    """A one-row micro-batch with made-up token losses, for methods whose penalty ignores the outputs."""
+    batch = StepBatch.of_task([TokenizedQA((BOS, 5), (6,))])
+    return MicroBatch(inputs={}, part_of_row=["task"], token_losses=torch.tensor([[0.0, 0.7]]),
+                      token_mask=torch.tensor([[False, True]]), step_batch=batch, world_size=1,
+                      accumulation=accumulation)
+
+
+def penalty(method, ctx: LoopContext, model, micro: MicroBatch, outputs=None) -> torch.Tensor:
+    """What the method's loss adds to the answer NLL."""
+    return method.loss(ctx, model, micro, outputs) - micro.nll()
+
+
+def two_task_config(method: dict, *, steps: int = 40, checkpoint_every: int | None = None) -> LoopConfig:
     return loop_config([qa_items(16, 0), qa_items(16, 1)], steps=steps, method=method,
                        general=general_items(), checkpoint_every=checkpoint_every)
 
@@ -60,12 +86,15 @@ def test_l2_adds_nothing_in_task_0_and_anchors_at_the_end_of_the_previous_task()
     state = loop_state(layer)
     method = make_method("l2", alpha=2.0)
     method.before_task(state)
-    assert method.extra_loss(state, layer, {}, None) is None
+    micro = toy_micro()
+    assert torch.equal(method.loss(state, layer, micro, None), micro.nll())  # task 0: the NLL alone
     method.after_task(state)
-    assert method.extra_loss(state, layer, {}, None).item() == 0.0  # still at θ_prev
+    assert penalty(method, state, layer, micro).item() == 0.0  # still at θ_prev
     with torch.no_grad():
         layer.weight += torch.tensor([[0.5, -1.0]])
-    assert method.extra_loss(state, layer, {}, None).item() == pytest.approx(0.5 * 2.0 * (0.25 + 1.0))
+    assert penalty(method, state, layer, micro).item() == pytest.approx(0.5 * 2.0 * (0.25 + 1.0))
+    # A weight penalty counts once per optimizer step: each of 2 accumulated micro-batches adds half.
+    assert penalty(method, state, layer, toy_micro(accumulation=2)).item() == pytest.approx(0.5 * 2.0 * 1.25 / 2)
 
 
 # --------------------------------------------------------------------------------------------- lwf
@@ -88,8 +117,10 @@ def test_distillation_matches_a_hand_computed_kl_on_answer_positions_only():
     student = torch.tensor([[[-9.0, 9.0], [0.0, 0.0], [1.0, 1.0], [5.0, -5.0]]])
     # T = 2: position 1 has teacher p = (1/4, 3/4), student q = (1/2, 1/2); position 2 is identical.
     kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    expected = 2.0**2 * (kl + 0.0) / 2
+    expected = (kl + 0.0) / 2  # the LwF paper's term: no T² factor
     assert distillation_loss(student, teacher, labels, temperature=2.0).item() == pytest.approx(expected, rel=1e-6)
+    assert distillation_loss(student, teacher, labels, temperature=2.0,
+                             t_squared=True).item() == pytest.approx(2.0**2 * expected, rel=1e-6)
 
 
 def test_lwf_teacher_is_the_previous_task_model_frozen_and_unchanged_by_training():
@@ -97,9 +128,10 @@ def test_lwf_teacher_is_the_previous_task_model_frozen_and_unchanged_by_training
     state = loop_state(model)
     method = make_method("lwf", lam=1.0, temperature=2.0)
     method.before_task(state)
-    batch = collate_qa(qa_items(4, 3), pad_id=PAD, eos_id=EOS)
-    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    assert method.extra_loss(state, model, batch, outputs) is None  # task 0: no teacher yet
+    batch = StepBatch.of_task(qa_items(4, 3))
+    micro, outputs = micro_batch(model, batch)
+    assert method.teacher is None  # task 0: no teacher yet
+    assert torch.equal(method.loss(state, model, micro, outputs), micro.nll())
 
     method.after_task(state)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
@@ -110,19 +142,18 @@ def test_lwf_teacher_is_the_previous_task_model_frozen_and_unchanged_by_training
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(3):
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        extra = method.extra_loss(state, model, batch, outputs)
+        micro, outputs = micro_batch(model, batch)
+        loss = method.loss(state, model, micro, outputs)
         if step == 0:
-            assert extra.item() == 0.0  # the student starts as the teacher
-        losses, mask = token_losses(outputs.logits, batch["labels"])
-        (losses.sum() / mask.sum() + extra).backward()
+            assert (loss - micro.nll()).item() == 0.0  # the student starts as the teacher
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     assert all(p.grad is None for p in teacher.parameters())
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, snapshot[name]), name
     assert not torch.equal(model.state_dict()["lm_head.weight"], snapshot["lm_head.weight"])
-    assert method.extra_loss(state, model, batch, model(input_ids=batch["input_ids"])).item() > 0
+    assert penalty(method, state, model, *micro_batch(model, batch)).item() > 0
 
 
 # -------------------------------------------------------------------------------------------- gere
@@ -163,12 +194,13 @@ def test_gere_mixes_general_samples_into_every_global_batch_at_the_configured_ra
     method.before_task(state)
     kept = set(state.general[:5])
     for step in range(6):
-        batch = method.global_batch(state, step)
-        assert len(batch) == 8
-        assert sum(item in kept for item in batch) == 2  # round(0.25 · 8)
-        assert sum(item in set(state.tasks[0]) for item in batch) == 6
-        assert not any(item in set(state.general[5:]) for item in batch)  # only the kept ones
-        assert method.global_batch(state, step) == batch  # a pure function of (seed, task, step)
+        batch = method.batch(state, step)
+        assert len(batch) == 8 and list(batch.parts) == ["task", "general"]
+        assert len(batch.parts["general"]) == 2  # round(0.25 · 8)
+        assert all(item in kept for item in batch.parts["general"])
+        assert len(batch.parts["task"]) == 6 and all(item in set(state.tasks[0]) for item in batch.parts["task"])
+        assert not any(item in set(state.general[5:]) for _, item in batch.flat())  # only the kept ones
+        assert method.batch(state, step) == batch  # a pure function of (seed, task, step)
 
 
 def test_gere_thresholds_come_from_the_initial_model_and_survive_a_state_dict_round_trip(tmp_path):
@@ -188,8 +220,8 @@ def test_gere_thresholds_come_from_the_initial_model_and_survive_a_state_dict_ro
     torch.testing.assert_close(method.neg_threshold, tokens.mean(0) - tokens.std(0, correction=0))
 
     # The initial model violates nothing: the TM loss of the first step is zero.
-    method.global_batch(state, 0)
-    assert method.extra_loss(state, model, None, None).item() == 0.0
+    first = method.batch(state, 0)
+    assert penalty(method, state, model, *micro_batch(model, first)).item() == 0.0
 
     # Training changes the model but not the record; a restored method keeps the same record.
     with torch.no_grad():
@@ -203,8 +235,8 @@ def test_gere_thresholds_come_from_the_initial_model_and_survive_a_state_dict_ro
     restored.before_task(state)  # must not re-record from the trained model
     for key in ("pos_threshold", "neg_threshold", "states"):
         assert torch.equal(getattr(restored, key), getattr(method, key)), key
-    restored.global_batch(state, 0)
-    assert restored.extra_loss(state, model, None, None).item() > 0  # the trained model has drifted
+    again = restored.batch(state, 0)
+    assert penalty(restored, state, model, *micro_batch(model, again)).item() > 0  # the trained model has drifted
 
 
 # ------------------------------------------------------------------------------- two tasks + resume
@@ -218,8 +250,8 @@ METHODS = [
 
 def _checkpoint_at(root: Path, task: int, step: int) -> Path:
     for checkpoint in sorted(root.glob("checkpoint_*")):
-        state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
-        if (state["task"], state["step"]) == (task, step):
+        position = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)["position"]
+        if (position["method"], position["task"], position["step"]) == (0, task, step):
             return checkpoint
     raise AssertionError(f"no checkpoint at task {task} step {step} under {root}")
 
@@ -227,14 +259,14 @@ def _checkpoint_at(root: Path, task: int, step: int) -> Path:
 @pytest.mark.parametrize("method", METHODS, ids=[m["name"] for m in METHODS])
 def test_two_task_run_finishes_and_resumes_bit_identically_mid_task_1_and_at_its_start(method, tmp_path):
     config = two_task_config(method, steps=40, checkpoint_every=20)
-    full = run_without_ray(config, tmp_path / "full")
+    full = run_without_ray(config, tmp_path / "full")["methods"][0]
     assert len(full["task_end"]) == 2
     assert all(math.isfinite(r["value"]) for r in full["records"])
 
     # Mid-task 1: before_task runs before the mid-task weights are loaded. Task boundary: the
     # model is already trained when before_task runs, so anything re-derived from it would differ.
     for task, step in [(1, 20), (1, 0)]:
-        resumed = run_without_ray({**config, "resume_from": str(_checkpoint_at(tmp_path / "full", task, step))},
-                                  tmp_path / f"resumed_{task}_{step}")
+        resumed = run_without_ray(config.with_(resume_from=str(_checkpoint_at(tmp_path / "full", task, step))),
+                                  tmp_path / f"resumed_{task}_{step}")["methods"][0]
         assert resumed["records"] == full["records"], (task, step)
         assert resumed["task_end"] == full["task_end"], (task, step)

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import io
 import math
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from palimpsest.continual import LoopState, make_method
-from palimpsest.continual.fpf import module_sensitivity, reservoir_add, select_top_fraction
+from palimpsest.continual.fpf import module_sensitivity, phase_steps, select_top_fraction
 from palimpsest.continual.kappatune import condition_number, condition_numbers, select_by_condition
 from palimpsest.continual.lora import adapter_parameter_names
 from palimpsest.models import build_model
 from palimpsest.train.batching import collate_qa, token_losses
-from palimpsest.train.loop import STATE_FILE, run_without_ray
+from palimpsest.train.checkpoint import STATE_FILE
+from palimpsest.train.config import LoopConfig
+from palimpsest.train.hooks import LoopContext
+from palimpsest.train.loop import run_without_ray
+from palimpsest.train.sampling import reservoir_update
 
-from synthetic import EOS, PAD, loop_config, qa_items, tiny_model_cfg
+from synthetic import EOS, PAD, loop_config, make_method, qa_items, tiny_model_cfg
 
 
-def loop_state(model, tasks, task=0) -> LoopState:
-    return LoopState(model=model, tasks=tasks, task=task, seed=3, batch_size=8, steps_per_task=40, pad_id=PAD,
-                     eos_id=EOS)
+def loop_state(model, tasks, task=0) -> LoopContext:
+    return LoopContext(model=model, tasks=tasks, task=task, seed=3, batch_size=8, steps_per_task=40, pad_id=PAD,
+                       eos_id=EOS)
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -175,41 +177,53 @@ def test_fpf_reservoir_keeps_every_seen_example_with_equal_chance():
     hits = np.zeros(20)
     for trial in range(2000):
         buffer: list[int] = []
-        seen = reservoir_add(buffer, 0, range(12), capacity=5, rng=random.Random(trial))
-        seen = reservoir_add(buffer, seen, range(12, 20), capacity=5, rng=random.Random(10_000 + trial))
+        seen = reservoir_update(buffer, 0, range(12), capacity=5, rng=np.random.default_rng(trial))
+        seen = reservoir_update(buffer, seen, range(12, 20), capacity=5, rng=np.random.default_rng(10_000 + trial))
         assert seen == 20 and len(buffer) == 5 == len(set(buffer))
         hits[buffer] += 1
     np.testing.assert_allclose(hits / 2000, 5 / 20, atol=0.04)
 
 
-def test_fpf_buffer_holds_only_finished_tasks_samples():
-    tasks = [qa_items(seed=0), qa_items(seed=1)]
+def run_steps(method, state, steps) -> None:
+    """The loop's calls for `steps` (1-based) of the current task: the batch, then after_step."""
+    for step in steps:
+        method.after_step(state, step, method.batch(state, step - 1))
+
+
+def test_fpf_buffer_holds_the_current_tasks_samples_as_they_are_seen():
+    tasks = [qa_items(seed=0), qa_items(seed=1)]  # 24 examples each; 2 tasks × 40 steps of 8
     state = loop_state(build_model(tiny_model_cfg()), tasks)
-    method = make_method("fpf", buffer_size=10, fpf_steps=1)
-    method.after_step(state, 10)  # task 0 under way: nothing buffered, so no FPF phase
-    assert method.buffer == [] and method.fpf_modules == []
-    method.after_task(state)
-    assert len(method.buffer) == 10 and {t for t, _ in method.buffer} == {0}
-    assert len({i for _, i in method.buffer}) == 10
+    method = make_method("fpf", k=2, buffer_size=10, fpf_steps=1)
+    run_steps(method, state, [1])  # task 0 under way: its first batch is buffered right after the step
+    assert method.buffer == [(0, i) for i in state.task_batch_indices(0)] and method.seen == 8
+    run_steps(method, state, [2])
+    first_two = {(0, i) for step in (0, 1) for i in state.task_batch_indices(step)}
+    assert len(method.buffer) == 10 == len(set(method.buffer)) and set(method.buffer) <= first_two
+    assert method.seen == 16 and method.phases_run == []
+    run_steps(method, state, range(3, 41))
+    # so the first phase (k = 2: after stream steps 40 and 80) runs in task 0, on task 0's samples
+    assert method.phases_run == [40] and method.fpf_modules
+    assert method.seen == 320 and {t for t, _ in method.buffer} == {0}
     state.task = 1
-    method.after_step(state, 10)
-    assert {t for t, _ in method.buffer} == {0}  # task 1 enters only when it ends
-    method.after_task(state)
-    assert method.seen == 48 and len(method.buffer) == 10 and {t for t, _ in method.buffer} == {0, 1}
+    run_steps(method, state, range(1, 41))  # task 1 enters as it is seen, not at its end
+    assert method.phases_run == [40, 80] and method.seen == 640
+    assert len(method.buffer) == 10 and {t for t, _ in method.buffer} == {0, 1}
 
 
 def test_fpf_phase_changes_only_the_forgetting_prone_modules():
     tasks = [qa_items(seed=0), qa_items(seed=1)]
     state = loop_state(build_model(tiny_model_cfg()), tasks)
-    method = make_method("fpf", buffer_size=16, every_k=10, fpf_steps=3, lr=0.5, fraction=0.2)
-    method.after_task(state)  # fills the buffer with task 0 and runs the task-end phase
+    method = make_method("fpf", k=8, buffer_size=16, fpf_steps=3, lr=0.5, fraction=0.2)
+    assert phase_steps(state.total_steps, 8) == [10, 20, 30, 40, 50, 60, 70, 80]
+    run_steps(method, state, range(1, 4))  # task 0, stream steps 1-3: buffered, no phase
     state.task = 1
     before = snapshot(state.model)
-    method.after_step(state, 7)  # not a multiple of every_k: no phase
+    run_steps(method, state, range(1, 10))  # stream steps 41-49: no phase
+    assert method.phases_run == [] and method.fpf_modules == []
     assert all(torch.equal(before[n], p) for n, p in state.model.named_parameters())
-    method.after_step(state, 10)
+    run_steps(method, state, [10])  # stream step 50: a phase, modules scored on the buffer now
     chosen = set(method.fpf_modules)
-    assert method.scored_task == 1 and 0 < len(chosen) < len({n.rsplit(".", 1)[0] for n in before})
+    assert method.phases_run == [50] and 0 < len(chosen) < len({n.rsplit(".", 1)[0] for n in before})
     for name, param in state.model.named_parameters():
         if name.rsplit(".", 1)[0] in chosen:
             assert not torch.equal(before[name], param), name
@@ -223,19 +237,20 @@ def test_fpf_phase_changes_only_the_forgetting_prone_modules():
 METHODS = {
     "lora": LORA,
     "kappatune": {"fraction": 0.25},
-    "fpf": {"buffer_size": 16, "every_k": 10, "fpf_steps": 2, "lr": 0.05, "fraction": 0.2},
+    # k = 8 over 2 × 40 steps: a phase every 10 stream steps, as every_k = 10 (plus task ends) used to give
+    "fpf": {"buffer_size": 16, "k": 8, "fpf_steps": 2, "lr": 0.05, "fraction": 0.2},
 }
 
 
-def two_task_config(method: str, steps: int = 40) -> dict:
+def two_task_config(method: str, steps: int = 40) -> LoopConfig:
     return loop_config([qa_items(seed=0), qa_items(seed=1)], steps=steps, checkpoint_every=20,
                        method={"name": method, "params": METHODS[method]})
 
 
 def checkpoint_at(root: Path, task: int, step: int) -> Path:
     for path in sorted(root.glob("checkpoint_*")):
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-        if (state["task"], state["step"]) == (task, step):
+        position = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)["position"]
+        if (position["method"], position["task"], position["step"]) == (0, task, step):
             return path
     raise AssertionError(f"no checkpoint at task {task} step {step} under {root}")
 
@@ -247,9 +262,9 @@ def two_task_runs(tmp_path_factory):
     for method in METHODS:
         root = tmp_path_factory.mktemp(method)
         config = two_task_config(method)
-        full = run_without_ray(config, root / "full")
+        full = run_without_ray(config, root / "full")["methods"][0]
         middle = checkpoint_at(root / "full", task=1, step=20)
-        resumed = run_without_ray({**config, "resume_from": str(middle)}, root / "resumed")
+        resumed = run_without_ray(config.with_(resume_from=str(middle)), root / "resumed")["methods"][0]
         runs[method] = {"config": config, "root": root, "full": full, "resumed": resumed}
     return runs
 
@@ -291,7 +306,7 @@ def test_lora_run_exports_plain_transformers_checkpoints_mid_task_and_at_task_en
 
 def test_kappatune_run_trains_selected_tensors_and_leaves_the_rest_bit_identical(two_task_runs):
     run = two_task_runs["kappatune"]
-    initial = build_model(run["config"]["model"]).state_dict()
+    initial = build_model(run["config"].model).state_dict()
     final = torch.load(checkpoint_at(run["root"] / "full", 2, 0) / STATE_FILE, weights_only=False)
     selected = set(final["method"]["selected"])
     assert len(selected) == round(0.25 * len(final["method"]["kappas"]))

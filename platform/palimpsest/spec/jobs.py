@@ -218,6 +218,14 @@ def _method_problems(document: dict, training, scaling, model) -> list[str]:
             if ignored in params:
                 problems.append(f"methods[{i}].params.{ignored}: not used by form {resolved['form']} "
                                 "(replay_ratio: ratio form; memory_batch_size: er form)")
+        ratio_of = {"replay": "replay_ratio", "gere": "replay_ratio"}.get(info.name)
+        if ratio_of and training and (info.name == "gere" or resolved.get("form") == "ratio"):
+            share = resolved.get(ratio_of)
+            if isinstance(share, float) and 0 < share < 1:
+                count = int(round(share * training.batch_size))
+                if not 1 <= count < training.batch_size:
+                    problems.append(f"methods[{i}].params.{ratio_of}: {share} of a batch of {training.batch_size} "
+                                    f"is {count} examples; it must give at least 1 and fewer than the batch")
         if info.name == "replay" and training and scaling and resolved.get("form") == "er":
             extra = resolved.get("memory_batch_size")
             per_step = scaling.num_workers * training.grad_accum

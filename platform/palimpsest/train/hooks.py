@@ -59,7 +59,7 @@ class LoopContext:
 
     def task_batch_indices(self, step: int, size: int | None = None) -> list[int]:
         """Indices into the current task of `step`'s examples: seeded epochs, `size` (default batch_size)."""
-        return global_batch_indices(step, num_examples=len(self.tasks[self.task]), batch_size=size or self.batch_size,
+        return global_batch_indices(step, num_examples=len(self.tasks[self.task]), batch_size=self.batch_size if size is None else size,
                                     seed=derive_seed(self.seed, "task-order", self.task)).tolist()
 
     def task_batch(self, step: int, size: int | None = None) -> list[TokenizedQA]:
