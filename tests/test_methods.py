@@ -102,3 +102,31 @@ def test_readme_parameter_table_is_the_declarations():
     start = readme.index("<!-- parameter-table:continual -->") + len("<!-- parameter-table:continual -->\n")
     end = readme.index("<!-- /parameter-table -->")
     assert readme[start:end].strip() == parameter_table("continual"), "regenerate README's table"
+
+
+def test_a_backend_can_take_over_the_loss_reduction_of_every_method():
+    """The DP-SGD extension point: the step reduces answer-token losses the backend's way."""
+    from palimpsest.train.backends import DDPBackend
+    from palimpsest.train.config import Optimisation
+    from palimpsest.train.hooks import LoopContext, StepBatch
+    from palimpsest.train.step import train_step
+    from synthetic import EOS, PAD, make_method, tiny_model
+
+    class FrozenReduction(DDPBackend):
+        calls = 0
+
+        @staticmethod
+        def loss_reduction(token_loss_sum, global_tokens, world_size):
+            FrozenReduction.calls += 1
+            return token_loss_sum * 0.0  # no gradient reaches the weights
+
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    backend = FrozenReduction(model, Optimisation(steps=1, batch_size=4, weight_decay=0.0), world_size=1,
+                              device=torch.device("cpu"))
+    ctx = LoopContext(model=model, tasks=[qa_items(8, 0)], task=0, seed=0, batch_size=4, steps_per_task=1,
+                      pad_id=PAD, eos_id=EOS)
+    window = torch.zeros(2, dtype=torch.float64)
+    train_step(ctx, make_method("naive"), backend, StepBatch.of_task(qa_items(4, 0)), accumulation=2, window=window)
+    assert FrozenReduction.calls == 2 and window[1] > 0
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())

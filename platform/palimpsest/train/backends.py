@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import get_scheduler
 
 from palimpsest.models import unwrap
+from palimpsest.train.batching import normalised_loss
 from palimpsest.train.config import Optimisation
 
 
@@ -28,6 +29,11 @@ class Backend:
     # True when each rank holds only a shard of the weights (ZeRO-3): every rank must then
     # run the same forward passes, and a full state dict needs a collective gather.
     shards_parameters: bool = False
+
+    @staticmethod
+    def loss_reduction(token_loss_sum: torch.Tensor, global_tokens: int, world_size: int) -> torch.Tensor:
+        """How a micro-batch's answer-token loss sum becomes this rank's loss (see `normalised_loss`)."""
+        return normalised_loss(token_loss_sum, global_tokens, world_size)
 
     def choose_batch(self, method, ctx, step: int):
         """The global batch of `step`: the method's, unless the backend must sample its own."""

@@ -22,6 +22,7 @@ batches and reduces per-sample losses its own way): see `train/backends.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -104,6 +105,9 @@ class MicroBatch:
     step_batch: StepBatch  # the global batch this micro-batch belongs to
     world_size: int
     accumulation: int
+    # (token-loss sum, global answer tokens, world size) -> this rank's share; a backend may
+    # replace it (DP-SGD reduces per-sample losses its own way).
+    reduction: Callable[[torch.Tensor, int, int], torch.Tensor] = normalised_loss
 
     def rows(self, part: str) -> torch.Tensor:
         """(B,) bool: the rows of this micro-batch that belong to `part`."""
@@ -116,7 +120,7 @@ class MicroBatch:
         mean NLL over every answer token of that part in the whole global batch.
         """
         losses = self.token_losses if part is None else self.token_losses[self.rows(part)]
-        return normalised_loss(losses.sum(), self.step_batch.answer_tokens(part), self.world_size)
+        return self.reduction(losses.sum(), self.step_batch.answer_tokens(part), self.world_size)
 
     def once_per_step(self, term: torch.Tensor) -> torch.Tensor:
         """A term every micro-batch adds in full (a penalty on the weights) counted once per step."""

@@ -38,7 +38,7 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
             losses, mask = token_losses(outputs.logits, inputs["labels"])
             micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in chunk], token_losses=losses,
                                token_mask=mask, step_batch=batch, world_size=ctx.world_size,
-                               accumulation=accumulation)
+                               accumulation=accumulation, reduction=backend.loss_reduction)
             backend.backward(method.loss(ctx, model, micro, outputs))
         window += torch.stack([losses.detach().sum().double(), mask.sum().double()]).to(window.device)
     method.after_backward(ctx)
