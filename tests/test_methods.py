@@ -130,3 +130,22 @@ def test_a_backend_can_take_over_the_loss_reduction_of_every_method():
     train_step(ctx, make_method("naive"), backend, StepBatch.of_task(qa_items(4, 0)), accumulation=2, window=window)
     assert FrozenReduction.calls == 2 and window[1] > 0
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_a_micro_batch_gives_per_sequence_log_likelihoods_of_one_part():
+    from palimpsest.train.batching import collate_qa, sequence_log_likelihood, token_losses
+    from palimpsest.train.hooks import MicroBatch, StepBatch
+    from synthetic import EOS, PAD, tiny_model
+
+    batch = StepBatch({"forget": qa_items(3, 0), "retain": qa_items(2, 1)})
+    inputs = collate_qa([item for _, item in batch.flat()], pad_id=PAD, eos_id=EOS)
+    logits = tiny_model()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    losses, mask = token_losses(logits, inputs["labels"])
+    micro = MicroBatch(inputs=inputs, part_of_row=[p for p, _ in batch.flat()], token_losses=losses, token_mask=mask,
+                       step_batch=batch, world_size=1, accumulation=1)
+    expected, counts = sequence_log_likelihood(logits, inputs["labels"])
+    got, got_counts = micro.sequence_log_likelihood("retain")
+    torch.testing.assert_close(got, expected[3:])
+    assert got_counts.tolist() == counts[3:].tolist() == [len(it.answer) + 1 for it in qa_items(2, 1)]
+    # nll("forget") is the forget part's token mean over the whole global batch
+    torch.testing.assert_close(micro.nll("forget"), -expected[:3].sum() / counts[:3].sum())

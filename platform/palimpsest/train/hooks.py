@@ -122,6 +122,15 @@ class MicroBatch:
         losses = self.token_losses if part is None else self.token_losses[self.rows(part)]
         return self.reduction(losses.sum(), self.step_batch.answer_tokens(part), self.world_size)
 
+    def sequence_log_likelihood(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row of `part` in this micro-batch: log p(answer + eos | prompt) and its token count.
+
+        The same quantity as `batching.sequence_log_likelihood`, from the losses the loop
+        already computed (NPO's and GradDiff's per-sequence terms read it).
+        """
+        rows = self.rows(part)
+        return -self.token_losses[rows].sum(dim=1), self.token_mask[rows].sum(dim=1)
+
     def once_per_step(self, term: torch.Tensor) -> torch.Tensor:
         """A term every micro-batch adds in full (a penalty on the weights) counted once per step."""
         return term / self.accumulation
