@@ -1,24 +1,34 @@
 """The `palimpsest` command. The only module that prints for the user and picks exit codes.
 
 Exit codes: 0 success, 2 bad input (one readable line per problem, no traceback,
-no run folder), 1 a run that failed (its folder says why), 130 interrupted.
+no run folder), 1 a run that failed (its folder says why), 130 interrupted by Ctrl-C
+(143 by SIGTERM): summary.json says `interrupted` and `run --resume` finishes the run.
 """
 
 from __future__ import annotations
 
+import _thread
+import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from palimpsest.spec import SpecError, dump_spec, load_spec
+from palimpsest.spec import JOB_KINDS, SpecError, dump_spec, load_spec
 
+KINDS = ", ".join(JOB_KINDS)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Palimpsest: memory in learning systems — continual fine-tuning, unlearning, memory RL, on Ray.")
+                  help=f"Palimpsest: fine-tune language models on Ray and measure what they keep and forget. "
+                       f"Job kinds: {KINDS}. Exit codes: 0 done, 1 the run failed, 2 bad input, "
+                       f"130 interrupted (resumable with run --resume).")
 # Not a terminal (CI logs, pipes): rich would assume 80 columns and cut the results table.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -28,15 +38,19 @@ class BadInput(Exception):
     """Bad input found after the spec parsed (data, resources): exit 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or `kill`) during a run: recorded like Ctrl-C, exit 143."""
+
+
 def _fail_input(lines: list[str]) -> None:
     for line in lines:
-        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(line))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(2)
 
 
-@app.command()
+@app.command(help=f"Check job specs (kinds: {KINDS}) without running anything; exit 0 if all are valid, "
+                  "2 otherwise (every problem listed, one line each).")
 def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files")) -> None:
-    """Check job specs; exit 0 if all are valid, 2 otherwise (every problem listed)."""
     problems = []
     for job in jobs:
         try:
@@ -49,17 +63,30 @@ def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"))
         _fail_input(problems)
 
 
-@app.command()
+@app.command(help="Run one job and write its run folder, or finish an interrupted or failed one with --resume. "
+                  "Exit codes: 0 done; 1 the run failed (its summary.json says why); 2 bad input (no run folder); "
+                  "130 interrupted by Ctrl-C (status interrupted; resume with --resume).")
 def run(
-    job: Optional[Path] = typer.Argument(None, help="job spec YAML (omit with --resume)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field: --set training.lr=1e-3"),
+    job: Optional[Path] = typer.Argument(None, help=f"job spec YAML of kind {' or '.join(JOB_KINDS)} (omit with --resume)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field, value parsed as YAML: --set training.lr=1e-3"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<name>-<UTC time>)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: HOST:PORT (its GCS), ray://HOST:PORT "
+                                          "or auto (default: $RAY_ADDRESS, else a local Ray started for this run)"),
     no_ray: bool = typer.Option(False, "--no-ray", help="run the training loop in this process (1 worker), without Ray"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="finish an interrupted or failed run folder from its last checkpoint"),
 ) -> None:
-    """Run one job and write its run folder (or finish one with --resume)."""
-    from palimpsest.runtime import RunFolder
+    with _Interrupts() as interrupts:
+        try:
+            _run(job, set_, out_dir, address, no_ray, resume, interrupts)
+        except KeyboardInterrupt as stop:  # before the run started: loading data, starting Ray
+            interrupts.caught()
+            err.print("interrupted before the run started" + ("" if resume else "; no run folder was created"),
+                      highlight=False, markup=False)
+            raise typer.Exit(143 if isinstance(stop, Terminated) else 130)
+
+
+def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts") -> None:
+    from palimpsest.runtime import RayUnavailable, RunFolder, check_ray_address, ray_address
 
     if resume is not None:
         if job is not None or set_ or out_dir:
@@ -71,10 +98,21 @@ def run(
         job = resume / "spec.yaml"
     elif job is None:
         _fail_input(["give a job spec (palimpsest run JOB.yaml) or --resume RUN_DIR"])
+    if no_ray and address:
+        _fail_input(["--address: --no-ray runs without Ray; give one or the other"])
     try:
         spec = load_spec(job, set_ or [])
     except SpecError as error:
         _fail_input(error.problems)
+    if not no_ray:
+        # A dead address fails here, in seconds, before data loading and before ray.init
+        # (which would retry for minutes).
+        target, origin = ray_address(address)
+        if target and target != "local":
+            try:
+                check_ray_address(target, origin)
+            except RayUnavailable as error:
+                _fail_input([str(error)])
     from palimpsest.data import DataError
     from palimpsest.runners import RUNNERS
 
@@ -83,27 +121,47 @@ def run(
         if no_ray and spec.scaling.num_workers != 1:
             raise BadInput("scaling.num_workers: --no-ray runs one worker; set scaling.num_workers=1")
         prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume else None)
+        interrupts.check()
         if not no_ray:
             _start_ray(spec, address)
-        folder = RunFolder(resume.resolve()) if resume else RunFolder.create(spec.name, out_dir)
+            interrupts.reassert()
+            interrupts.check()
+    except RayUnavailable as error:
+        _fail_input([str(error)])
     except (DataError, BadInput, FileExistsError) as error:
         _fail_input([f"{job}: {error}"])
-    if not resume:
-        folder.write_spec(dump_spec(spec))
-        folder.write_env()
-    folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
-                          "resumed": resume is not None})
-    out.print(f"run folder: {folder.path}", highlight=False)
     try:
+        folder = RunFolder(resume.resolve()) if resume else RunFolder.create(spec.name, out_dir)
+    except FileExistsError as error:
+        _fail_input([f"{job}: {error}"])
+    resume_hint = f"palimpsest run --resume {folder.path}" + (" --no-ray" if no_ray else "") + (
+        f" --address {address}" if address else "")
+    try:
+        if not resume:
+            folder.write_spec(dump_spec(spec))
+            folder.write_env()
+        folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
+                              "resumed": resume is not None})
+        out.print(f"run folder: {folder.path}", highlight=False)
+        interrupts.check()
         summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
-    except KeyboardInterrupt:
-        _finish_failed(folder, spec, "interrupted", "KeyboardInterrupt")
-        err.print(f"interrupted; partial run in {folder.path}")
-        raise typer.Exit(130)
-    except Exception as error:  # the run failed: record why, then exit 1
-        _finish_failed(folder, spec, "failed", f"{type(error).__name__}: {error}")
+        interrupts.caught()  # the run is done: a late Ctrl-C must not cut its folder short
+    except (KeyboardInterrupt, Exception, SystemExit) as error:
+        interrupts.caught()  # from here a second Ctrl-C cannot cut the folder's last words short
+        if isinstance(error, KeyboardInterrupt) or interrupts.requested:
+            # (an interrupt can also surface as another error: Ray Train's actors torn down by it)
+            sigterm = isinstance(error, Terminated) or interrupts.requested == signal.SIGTERM
+            what = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
+            _finish_failed(folder, spec, "interrupted", f"interrupted by {what}; resume with: {resume_hint}",
+                           stop_ray=not no_ray)
+            err.print(f"interrupted; resume with: {resume_hint}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(143 if sigterm else 130)
+        # the run failed: record why, then exit 1
+        name = type(error).__name__ + (f"({error.code})" if isinstance(error, SystemExit) else "")
+        _finish_failed(folder, spec, "failed", f"{name}: {error}")
         err.print(traceback.format_exc(), highlight=False, markup=False)
-        err.print(f"[red]run failed:[/red] {type(error).__name__}: {error}\nsee {folder.path / 'summary.json'}")
+        err.print(f"[red]run failed:[/red] {escape(f'{name}: {error}')}\nsee {folder.path / 'summary.json'}; "
+                  f"finish it with: {escape(resume_hint)}")
         raise typer.Exit(1)
     summary["resumed"] = resume is not None
     folder.write_summary(summary)
@@ -113,13 +171,153 @@ def run(
     _print_results(summary, folder.path)
 
 
+_REAL_SIGNAL = signal.signal
+
+
+class _Interrupts:
+    """While active, Ctrl-C (and SIGTERM) end up as a KeyboardInterrupt (`Terminated`) or a
+    failed Ray Train run that the CLI records as `interrupted`, whatever handler a library
+    installs meanwhile.
+
+    Ray Train's `fit()` installs its own SIGINT handler (ray/train/v2/api/data_parallel_trainer.py,
+    `_register_sigint_handler`): it aborts the run and calls sys.exit(0) inside the handler,
+    and the process ends with status 1 before the CLI can mark the folder. So while this
+    block runs `signal.signal` keeps our handlers (Ray's DeferSigint patches it the same way)
+    and remembers the library's SIGINT handler.
+
+    A KeyboardInterrupt raised inside Ray's own code can be dropped by its C++ `ray.get`, or
+    leave the core worker half set up (a segfault at exit). So when the main thread is inside
+    Ray, the first signal stops the Ray Train run from a helper thread (`_stop_library_run`:
+    `fit()` then raises, and the CLI records `interrupted`), and the interrupt itself is raised
+    only once the main thread is back in our code (`check()` at the safe points, a retry every
+    RETRY_S) — or at once on a second Ctrl-C, or after FORCE_AFTER_S.
+    """
+
+    RETRY_S = 1.0
+    FORCE_AFTER_S = 15.0
+
+    def __init__(self):
+        self.requested: int | None = None  # the signal received, if any
+        self._since = 0.0
+        self._nudged = False
+        self._aborting = False
+        self._caught = threading.Event()
+        self._previous: dict = {}
+        self._library_sigint = None
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = _REAL_SIGNAL(signum, self._handle)
+
+        def guarded(signum, handler):
+            if signum in self._previous:
+                if signum == signal.SIGINT and callable(handler) and handler is not self._handle:
+                    self._library_sigint = handler
+                return self._handle  # keep ours; the caller sees what it would have replaced
+            return _REAL_SIGNAL(signum, handler)
+
+        signal.signal = guarded
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._caught.set()
+        if self._previous:
+            signal.signal = _REAL_SIGNAL
+            for signum, handler in self._previous.items():
+                _REAL_SIGNAL(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def check(self) -> None:
+        """At a safe point: raise the interrupt received while the main thread was inside Ray."""
+        if self.requested is not None and not self._caught.is_set():
+            raise Terminated if self.requested == signal.SIGTERM else KeyboardInterrupt
+
+    def reassert(self) -> None:
+        """Put our handlers back at the OS level: Ray's core worker installs a C++ handler for
+        SIGTERM (a stack dump, then abort) under Python's feet when it connects."""
+        for signum in self._previous:
+            _REAL_SIGNAL(signum, self._handle)
+
+    def caught(self) -> None:
+        """The CLI has the interrupt (or the run ended): ignore further ones while it writes the folder."""
+        self._caught.set()
+        for signum in self._previous:
+            _REAL_SIGNAL(signum, signal.SIG_IGN)
+
+    def _handle(self, signum, frame) -> None:
+        if self._caught.is_set():
+            return
+        nudge, self._nudged = self._nudged, False
+        first = self.requested is None
+        if first:
+            self.requested, self._since = signum, time.monotonic()
+            threading.Thread(target=self._insist, name="palimpsest-interrupt", daemon=True).start()
+        forced = (not first and not nudge) or time.monotonic() - self._since > self.FORCE_AFTER_S
+        if forced or not _inside_ray(frame):
+            raise Terminated if self.requested == signal.SIGTERM else KeyboardInterrupt
+        if first:
+            sys.stderr.write("\nstopping (Ctrl-C again to stop at once)\n")
+        if self._library_sigint is not None and not self._aborting:  # Ray Train's abort, off the main thread
+            self._aborting = True
+            threading.Thread(target=_stop_library_run, args=(self._library_sigint,),
+                             name="palimpsest-abort", daemon=True).start()
+
+    def _insist(self) -> None:
+        while not self._caught.wait(self.RETRY_S):
+            self._nudged = True
+            _thread.interrupt_main(self.requested)
+
+
+def _stop_library_run(handler) -> None:
+    """Stop what a library's SIGINT handler would stop, from a helper thread.
+
+    Ray Train's handler closes over the run's controller actor: killing it takes the worker
+    group with it and `fit()` raises at once (the handler's own graceful abort can take 15 s
+    here). Without an actor handle in reach, call the handler itself.
+    """
+    try:
+        import ray
+        from ray.actor import ActorHandle
+
+        for cell in getattr(handler, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(value, ActorHandle):
+                ray.kill(value, no_restart=True)
+                return
+    except Exception:  # noqa: BLE001 - fall back to the handler
+        pass
+    try:
+        handler(signal.SIGINT, None)
+    except BaseException:  # noqa: BLE001 - Ray's handler ends with sys.exit(0); the CLI records the rest
+        pass
+
+
+def _inside_ray(frame) -> bool:
+    """Whether the main thread, stopped at `frame`, is running Ray's code."""
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "__file__", None):
+        return False
+    root = os.path.dirname(ray.__file__) + os.sep
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(root):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _start_ray(spec, address: str | None) -> None:
-    from palimpsest.runtime import init_ray, ray_cluster_cpus
+    from palimpsest.runtime import RayUnavailable, init_ray, ray_cluster_cpus
 
     try:
         init_ray(address)
+    except RayUnavailable:
+        raise
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise BadInput(f"--address: cannot start or reach Ray ({address or 'local'}): {error}") from None
+        raise BadInput(f"cannot start Ray here: {error}") from None
     needed = spec.scaling.num_workers * spec.scaling.cpus_per_worker
     have = ray_cluster_cpus()
     if needed > have:
@@ -133,8 +331,15 @@ def _start_ray(spec, address: str | None) -> None:
             raise BadInput(f"scaling.use_gpu: {spec.scaling.num_workers} workers need as many GPUs; the cluster has {gpus:g}")
 
 
-def _finish_failed(folder, spec, status: str, message: str) -> None:
+def _finish_failed(folder, spec, status: str, message: str, *, stop_ray: bool = False) -> None:
     folder.write_summary({"status": status, "kind": spec.kind, "name": spec.name, "seed": spec.seed, "error": message})
+    if stop_ray:  # end the run's actors now: no more progress lines or checkpoints after "interrupted"
+        try:
+            import ray
+
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - exiting ends them too
+            pass
     try:
         from palimpsest.report import write_report
 

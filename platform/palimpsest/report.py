@@ -46,10 +46,14 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    _plt().close(fig)
-    tmp.replace(path)
+    """Write a figure atomically (temp file + rename) with the permissions the umask gives."""
+    from palimpsest.runtime import atomic_open
+
+    try:
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -7,18 +7,20 @@ summary.json, checkpoints/, plots/, report.md. Every file is written atomically
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
 import logging
 import os
 import platform
+import re
+import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,20 +29,47 @@ def utc_stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file and rename (never half-written)."""
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new temp file beside `path`, created with mode 0o666 like any open(): the kernel
+    applies the umask (and a directory's default ACL) to it. mkstemp would make it 0600,
+    and the rename would carry that mode onto the result."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name beside {path}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Write `path` through a temp file in the same folder, renamed over it on success.
+
+    The file gets the permissions the umask gives (0644 under umask 022); on an error
+    the temp file is removed and `path` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes only ('w' or 'wb'), not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file and rename (never half-written)."""
+    with atomic_open(path) as handle:
+        handle.write(text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -158,22 +187,217 @@ def _git_commit() -> str | None:
 # ----------------------------------------------------------------------------- ray
 
 
+PROBE_TIMEOUT_S = 3.0
+GCS_DEFAULT_PORT = 6379
+RAY_CLIENT_DEFAULT_PORT = 10001
+
+
+class RayUnavailable(ConnectionError):
+    """No usable Ray cluster where the user pointed; the message is one line saying where and why."""
+
+
+def ray_address(address: str | None = None) -> tuple[str | None, str]:
+    """The cluster to join and where that came from: ('HOST:PORT', '--address'), (…, '$RAY_ADDRESS'),
+    or (None, '') for a Ray started here."""
+    if address:
+        return address, "--address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
+    return None, ""
+
+
+def check_ray_address(address: str, origin: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Make sure a Ray cluster answers at `address` before ray.init, which would retry for minutes.
+
+    `address` is what the user gave (HOST:PORT, ray://HOST[:PORT] or auto), `origin` where
+    it came from (--address or $RAY_ADDRESS); both are named in the error.
+
+    Raises:
+        RayUnavailable: nothing answers, something that is not a Ray GCS answers, the
+            cluster wants an auth token this machine does not have, or the address is malformed.
+    """
+    where = f"{address} (from {origin})"
+    scheme, sep, rest = address.partition("://")
+    if sep:
+        if scheme == "ray":  # Ray Client: a gRPC server on the head node
+            host, port = _host_port(rest, RAY_CLIENT_DEFAULT_PORT, where)
+            problem = _grpc_unreachable(_join(host, port), timeout)
+            if problem:
+                raise RayUnavailable(f"cannot reach the Ray Client server at {where}: {problem}")
+            return
+        if scheme in ("http", "https"):
+            raise RayUnavailable(f"{where} is a dashboard / job-submission URL; `palimpsest run` joins a cluster at "
+                                 f"its GCS address HOST:{GCS_DEFAULT_PORT} (or ray://HOST:{RAY_CLIENT_DEFAULT_PORT})")
+        raise RayUnavailable(f"{where}: unknown scheme {scheme}://; give HOST:PORT, ray://HOST:PORT or auto")
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS") and os.environ["RAY_ADDRESS"] != "auto":
+            # ray.init(address="auto") takes $RAY_ADDRESS first; so do we.
+            check_ray_address(os.environ["RAY_ADDRESS"], f"$RAY_ADDRESS, for {origin} auto", timeout)
+            return
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:  # the latest `ray start` on this machine, else any running GCS process
+            found = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError):
+            raise RayUnavailable(f"no running Ray cluster found on this machine for auto (from {origin}); start one "
+                                 "with `ray start --head`, give its HOST:PORT, or leave out --address for a local Ray")
+        if not found:
+            raise RayUnavailable(f"no running Ray cluster found on this machine for auto (from {origin})")
+        _check_gcs(found, f"{where}, found {found}", timeout, auto=True)
+        return
+    host, port = _host_port(address, None, where)
+    _check_gcs(_join(host, port), where, timeout, auto=False)
+
+
+def _host_port(text: str, default_port: int | None, where: str) -> tuple[str, int]:
+    from ray._private.services import parse_address
+
+    parsed = parse_address(text) if ":" in text else ((text, str(default_port)) if default_port and text else None)
+    if not parsed or not parsed[0] or not parsed[1].isdigit() or not 0 < int(parsed[1]) < 65536:
+        raise RayUnavailable(f"{where}: expected HOST:PORT (the head node's GCS port, {GCS_DEFAULT_PORT} by default), "
+                             f"ray://HOST:PORT or auto")
+    return parsed[0], int(parsed[1])
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_gcs(target: str, where: str, timeout: float, *, auto: bool) -> None:
+    from ray._private.services import parse_address, resolve_ip_for_localhost
+
+    host, port = parse_address(target)
+    connects_to = _join(resolve_ip_for_localhost(host), int(port))  # what ray.init will dial
+    shown = where if connects_to in where else f"{where}, which Ray dials as {connects_to}"
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # no gRPC stubs: a plain TCP connect still catches a dead address
+        problem = _tcp_unreachable(connects_to, timeout)
+        if problem:
+            raise RayUnavailable(f"cannot reach Ray at {shown}: {problem}") from None
+        return
+
+    def ask(metadata=()):
+        channel = grpc.insecure_channel(connects_to)
+        try:
+            stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
+            return None
+        except grpc.RpcError as error:
+            return error
+        finally:
+            channel.close()
+
+    error = ask()
+    if error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        # Token authentication (on by default since Ray 2.52): send our token only where
+        # ray.init would (RAY_AUTH_MODE=token, or a local cluster found by auto).
+        headers = _auth_headers(auto)
+        if headers is None:
+            raise RayUnavailable(f"Ray at {shown} requires token authentication: set RAY_AUTH_MODE=token and give "
+                                 "the cluster's token ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+        error = ask(tuple(headers.items()))
+        if error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise RayUnavailable(f"Ray at {shown} refused this machine's auth token (RAY_AUTH_TOKEN, "
+                                 "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+    if error is not None:
+        raise RayUnavailable(f"cannot reach Ray at {shown}: {_describe_rpc_error(error, timeout)}")
+
+
+def _auth_headers(auto: bool) -> dict | None:
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:
+        return None
+    mode = os.environ.get("RAY_AUTH_MODE")
+    loader = AuthenticationTokenLoader.instance()
+    if (mode or "").lower() == "token" or (auto and mode is None):
+        if loader.has_token(ignore_auth_mode=True):
+            return dict(loader.get_token_for_http_header())
+    return None
+
+
+def _describe_rpc_error(error, timeout: float) -> str:
+    import grpc
+
+    details = str(error.details() or "")
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {timeout:g} s"
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        if "refused" in details.lower():
+            return "connection refused (nothing listens on that port)"
+        if any(word in details.lower() for word in ("dns", "resolv", "lookup")):
+            return "cannot resolve the host name"
+        if "http/2" in details.lower() or "socket closed" in details.lower():
+            return "something answers on that port, but not a Ray GCS"
+        return details.split(";")[-1].strip() or "unavailable"
+    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return (f"something answers on that port, but not a Ray GCS ({details}); the GCS port is "
+                f"{GCS_DEFAULT_PORT} unless `ray start --port` chose another, and Ray Client takes ray://HOST:PORT")
+    return f"{error.code().name}: {details}"
+
+
+def _grpc_unreachable(target: str, timeout: float) -> str | None:
+    """None if an HTTP/2 (gRPC) connection to `target` comes up within `timeout`, else why not."""
+    import grpc
+
+    problem = _tcp_unreachable(target, timeout)  # a refusal is known at once
+    if problem:
+        return problem
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return None
+    except grpc.FutureTimeoutError:
+        return f"no gRPC server answers within {timeout:g} s"
+    finally:
+        channel.close()
+
+
+def _tcp_unreachable(target: str, timeout: float) -> str | None:
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except socket.timeout:
+        return f"no answer within {timeout:g} s"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens on that port)"
+    except socket.gaierror:
+        return "cannot resolve the host name"
+    except OSError as error:
+        return error.strerror or str(error)
+
+
 def init_ray(address: str | None = None):
     """Start an embedded local Ray, or connect to `address` / $RAY_ADDRESS.
 
     Reuses a session that is already up (the test suite shares one).
+
+    Raises:
+        RayUnavailable: the cluster named by `address` or $RAY_ADDRESS cannot be joined
+            (found out within seconds, before ray.init would retry for minutes).
     """
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    target, origin = ray_address(address)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray Train v2 reroutes print() through its logger, which shows each line twice on
     # the driver; plain prints reach the driver once through log_to_driver.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not sys.stdout.isatty():  # no colour codes around "(RayTrainWorker pid=…)" in logs and pipes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    # Ray 2.60 turns token authentication on for a new local cluster (and for one found by
+    # auto) and says so at every start, a warning that asks nothing of the user. Setting
+    # RAY_AUTH_MODE here would not do: Ray reads it when imported. Authentication stays as
+    # Ray chooses; errors from that module still show.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
-    if address:
+    if target and target != "local":
+        check_ray_address(target, origin)
         # A remote cluster's workers may not have our package installed: ship it.
         import palimpsest
         import palimpsest_envs
@@ -182,12 +406,86 @@ def init_ray(address: str | None = None):
             "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
             "py_modules": [str(Path(palimpsest.__file__).parent), str(Path(palimpsest_envs.__file__).parent)]
         }
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=target, **kwargs)
+        except Exception as error:  # version mismatch, auth, a cluster going away meanwhile
+            ray.shutdown()
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RayUnavailable(f"cannot join Ray at {target} (from {origin}): {first}") from None
     else:
-        # The dashboard also serves the state API that Ray Train's placement-group
-        # cleaner polls; without it the cleaner warns every second.
-        ray.init(address="local", include_dashboard=True, **kwargs)
+        _start_local_ray(ray, kwargs)
+    _drop_ray_noise()
     return ray
+
+
+def _start_local_ray(ray, kwargs: dict) -> None:
+    # Train's preemption watcher polls for node drains; one local node is never drained,
+    # and the watcher's actor logs a core-worker warning at every fit.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # The dashboard also serves the state API that Ray Train's placement-group cleaner
+    # polls; without it the cleaner warns every second.
+    kwargs = dict(kwargs, address="local", include_dashboard=True)
+    # That cleaner finds its cluster through $RAY_ADDRESS, else by looking for GCS
+    # processes on the machine, and dies with a traceback when it finds several (another
+    # run, a test session). Give the workers our GCS address: choose the GCS port here.
+    port = os.environ.get("RAY_GCS_SERVER_PORT") or str(_free_port())
+    try:
+        from ray._private.services import get_node_ip_address
+
+        gcs_address = _join(get_node_ip_address(), int(port))
+    except Exception:  # noqa: BLE001 - an optional nicety; Ray starts without it
+        gcs_address = None
+    if gcs_address:
+        saved = os.environ.get("RAY_GCS_SERVER_PORT")
+        os.environ["RAY_GCS_SERVER_PORT"] = port
+        try:
+            ray.init(runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}}, **kwargs)
+            return
+        except Exception:  # the port was taken meanwhile: start as Ray chooses
+            ray.shutdown()
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = saved
+    ray.init(**kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+# Lines Ray's own processes print that say nothing a user can act on; dropped from the
+# worker output Ray forwards to this terminal (log_to_driver). Our "[palimpsest]" lines,
+# tracebacks and every other warning pass.
+_RAY_NOISE = (
+    # Train's preemption watcher on a cluster: a core-worker note about its own restart policy.
+    re.compile(r"core_worker\.cc:\d+: Actor with class name: '\w+' and ID: '\w+' has constructor arguments in the "
+               r"object store and max_restarts > 0"),
+)
+
+
+def _drop_ray_noise() -> None:
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    with dispatcher._lock:
+        handlers = list(dispatcher.handlers)
+    for name, handler in handlers:
+        if name != "ray_print_logs" or getattr(handler, "_palimpsest_filtered", False):
+            continue
+
+        def filtered(data, _handler=handler):
+            lines = [line for line in data.get("lines", []) if not any(p.search(line) for p in _RAY_NOISE)]
+            if lines:
+                _handler({**data, "lines": lines})
+
+        filtered._palimpsest_filtered = True
+        dispatcher.remove_handler(name)
+        dispatcher.add_handler(name, filtered)
 
 
 def ray_cluster_cpus() -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from palimpsest.data import DataError, load_hf_qa, load_qa_file, qa_texts, train
 from palimpsest.models import model_config
 from palimpsest.runtime import RunFolder
 from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
+from palimpsest.train.checkpoint import POSITION_FILE
 from palimpsest.train.config import NAIVE, Evaluation, LoopConfig, Optimisation
 
 
@@ -103,13 +105,17 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
         # by itself when a run name and storage path are reused).
         session = LocalSession(storage / run_name, resume_from=config.resume_from or latest_checkpoint(storage / run_name))
         output = run_training(config, session)
-        return output, session.checkpoints
+        return output, reported_checkpoints(storage / run_name)
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from palimpsest.train.loop import train_loop_per_worker
 
+    # Ray resumes by itself from the checkpoints its controller registered; one reported in
+    # the last seconds before an interrupt may not be registered yet, so name the newest.
+    if not config.resume_from:
+        config = config.with_(resume_from=latest_checkpoint(storage / run_name))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -125,17 +131,40 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
         ),
     )
     result = trainer.fit()
-    checkpoints = [(ckpt.path, metrics) for ckpt, metrics in (result.best_checkpoints or [])]
-    return result.return_value, checkpoints
+    return result.return_value, reported_checkpoints(storage / run_name)
 
 
 # Files a checkpoint holds for the trainer, not for users of the exported model.
-TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest*.json")
+TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest*.json", POSITION_FILE)
+
+
+def reported_checkpoints(run_dir: Path) -> list[tuple[str, dict]]:
+    """Every complete checkpoint of a run, oldest first, with what it was reported with.
+
+    Read from the storage itself rather than from Ray's registry, so a checkpoint of an
+    earlier, interrupted attempt counts too.
+    """
+    found = []
+    for directory in sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir()):
+        position = directory / POSITION_FILE
+        if position.is_file() and _complete(directory):
+            found.append((str(directory), json.loads(position.read_text())))
+    return found
+
+
+def _complete(directory: Path) -> bool:
+    from palimpsest.train.session import CheckpointCorruptError, verify_checkpoint
+
+    try:
+        verify_checkpoint(directory)
+        return True
+    except (CheckpointCorruptError, FileNotFoundError):  # a copy cut short by a crash: never resume from it
+        return False
 
 
 def latest_checkpoint(run_dir: Path) -> str | None:
-    """The newest checkpoint directory of a run (names sort in time order), if any."""
-    found = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())
+    """The newest complete checkpoint directory of a run (names sort in time order), if any."""
+    found = [p for p in sorted(Path(run_dir).glob("checkpoint_*")) if p.is_dir() and _complete(p)]
     return str(found[-1]) if found else None
 
 

@@ -26,13 +26,25 @@ class SpecError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no silent coercion — `steps: yes` is an error, not 1 (YAML reads yes/no/on/off
+    # as booleans). An int is still a valid float, and YAML 1.2 numbers such as 1e-3 load as
+    # floats (spec/loading.py), so only values of the wrong kind are refused.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 def _suggest(word: str, allowed) -> str:
     close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"{hint} allowed: {', '.join(allowed)}"
+
+
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".bz2", ".xz", ".zst",
+                      ".zip")
+
+
+def _looks_local(value: str) -> bool:
+    """A path on this machine rather than a name for `datasets` to look up: ./x, /x, ~/x or x.jsonl."""
+    return value.startswith((".", "/", "~")) or Path(value).suffix.lower() in DATA_FILE_SUFFIXES
 
 
 def _existing_path(value: str, what: str) -> str:
@@ -147,8 +159,13 @@ class HFData(Strict):
     @classmethod
     def _absolute_local_files(cls, value):
         # Stored absolute (like every path in a resolved spec) so the run folder reruns anywhere.
+        # A name that looks like a local file must exist; globs and URLs are left to `datasets`.
         def resolve(item: str) -> str:
-            return str(Path(item).resolve()) if Path(item).exists() else item
+            if any(c in item for c in "*?[") or "://" in item:
+                return item
+            if _looks_local(item) or Path(item).exists():
+                return _existing_path(item, "data file")
+            return item
 
         if value is None:
             return None

@@ -10,7 +10,24 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from palimpsest.spec.common import SpecError, _suggest
-from palimpsest.spec.jobs import JOB_KINDS, JobSpec
+from palimpsest.spec.jobs import JOB_KINDS, JobSpec, cross_problems
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as PyYAML's safe loader reads it, but with YAML 1.2 floats: `1e-3` is a number,
+    not the string '1e-3' (YAML 1.1 wants a dot: 1.0e-3). Specs validate strictly."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse a spec document or a `--set` value."""
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 def apply_overrides(document: dict, overrides: list[str]) -> list[str]:
     """Apply `a.b=v` overrides in place (v parsed as YAML); return problems found."""
@@ -21,7 +38,7 @@ def apply_overrides(document: dict, overrides: list[str]) -> list[str]:
             problems.append(f"--set {item}: expected KEY.PATH=VALUE")
             continue
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         node = document
@@ -48,10 +65,14 @@ def parse_spec(document: Any, *, origin: str = "spec") -> JobSpec:
     if not isinstance(kind, str) or kind not in JOB_KINDS:
         raise SpecError([f"{origin}: kind: unknown job kind '{kind}'" + _suggest(kind, JOB_KINDS)])
     model_cls = JOB_KINDS[kind]
+    problems = cross_problems(kind, document)  # every cross-section rule, whatever else is wrong
     try:
-        return model_cls.model_validate(document)
+        spec = model_cls.model_validate(document)
     except ValidationError as err:
-        raise SpecError([f"{origin}: {line}" for line in _describe(err, model_cls)]) from None
+        problems = _describe(err, model_cls) + problems
+    if problems:
+        raise SpecError([f"{origin}: {line}" for line in dict.fromkeys(problems)])
+    return spec
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
@@ -69,7 +90,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise SpecError([f"{origin}: cannot read: {err.__class__.__name__}"]) from None
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -21,6 +21,7 @@ from palimpsest.train.batching import PROMPT_TEMPLATE
 
 STATE_FILE = "trainer_state.pt"
 PROMPT_FILE = "palimpsest_prompt.json"  # how to ask the model: the format it was trained on
+POSITION_FILE = "checkpoint_position.json"  # what the checkpoint was reported with (method, task, step)
 
 
 @dataclass
@@ -74,6 +75,8 @@ def save_checkpoint(session, model_config: dict, model, backend, *, position: Po
             model.load_state_dict(full_state)
         export_pretrained(model, tmp)
         (Path(tmp) / PROMPT_FILE).write_text(json.dumps(prompt_format(model_config.get("eos_id")), indent=2) + "\n")
+        # Readable without loading the weights: runners find task-end checkpoints by it.
+        (Path(tmp) / POSITION_FILE).write_text(json.dumps(metrics) + "\n")
         torch.save({
             "position": asdict(position),
             "model": full_state,
