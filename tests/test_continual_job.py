@@ -104,7 +104,8 @@ def test_a_failed_run_resumes_from_its_folder_to_the_same_result(tmp_path):
     # The same job dies in the middle of replay's second task (what Ctrl-C or a crash leaves).
     broken = RunFolder.create(spec.name, tmp_path / "broken")
     broken.write_spec(dump_spec(spec))
-    broken.write_summary({"status": "failed", "kind": "continual", "name": spec.name, "seed": spec.seed})
+    broken.write_summary({"status": "failed", "kind": "continual", "name": spec.name, "seed": spec.seed,
+                          "attempts_wall_s": [1000.0]})
     prepared = continual.prepare(spec)
     prepared.worker_config = prepared.worker_config.with_(
         fail_at=FailAt(method=1, task=1, step=15, marker=str(tmp_path / "marker")))
@@ -121,6 +122,9 @@ def test_a_failed_run_resumes_from_its_folder_to_the_same_result(tmp_path):
         assert resumed["methods"][method]["accuracy_matrix"] == expected["methods"][method]["accuracy_matrix"]
         assert (broken.path / "checkpoints" / method / "task-1" / "model.safetensors").is_file()
     assert train_losses(broken.path) == train_losses(clean)
+    # The cost of a resumed run counts every attempt, not only the last one.
+    assert resumed["attempts_wall_s"][0] == 1000.0 and len(resumed["attempts_wall_s"]) == 2
+    assert 1000.0 < resumed["cost"]["wall_s"] < 1000.0 + resumed["attempts_wall_s"][1] + 1
     again = CliRunner().invoke(app, ["run", "--resume", str(broken.path), "--no-ray"])
     assert again.exit_code == 2 and "already finished" in again.output
 

@@ -93,11 +93,15 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
             _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB, --set or --out)"])
         if not (resume / "spec.yaml").is_file() or not (resume / "summary.json").is_file():
             _fail_input([f"{resume}: not a run folder (needs spec.yaml and summary.json)"])
-        if RunFolder(resume).read_summary().get("status") == "ok":
+        previous = RunFolder(resume).read_summary()
+        if previous.get("status") == "ok":
             _fail_input([f"{resume}: this run already finished (status ok)"])
+        earlier_attempts = list(previous.get("attempts_wall_s") or [])
         job = resume / "spec.yaml"
     elif job is None:
         _fail_input(["give a job spec (palimpsest run JOB.yaml) or --resume RUN_DIR"])
+    else:
+        earlier_attempts = []
     if no_ray and address:
         _fail_input(["--address: --no-ray runs without Ray; give one or the other"])
     try:
@@ -136,13 +140,15 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
         _fail_input([f"{job}: {error}"])
     resume_hint = f"palimpsest run --resume {folder.path}" + (" --no-ray" if no_ray else "") + (
         f" --address {address}" if address else "")
+    started = None
     try:
         if not resume:
             folder.write_spec(dump_spec(spec))
             folder.write_env()
         folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
-                              "resumed": resume is not None})
+                              "resumed": resume is not None, "attempts_wall_s": earlier_attempts})
         out.print(f"run folder: {folder.path}", highlight=False)
+        started = time.perf_counter()
         interrupts.check()
         summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
         interrupts.caught()  # the run is done: a late Ctrl-C must not cut its folder short
@@ -153,17 +159,20 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
             sigterm = isinstance(error, Terminated) or interrupts.requested == signal.SIGTERM
             what = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
             _finish_failed(folder, spec, "interrupted", f"interrupted by {what}; resume with: {resume_hint}",
-                           stop_ray=not no_ray)
+                           attempts=earlier_attempts + [_since(started)], stop_ray=not no_ray)
             err.print(f"interrupted; resume with: {resume_hint}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(143 if sigterm else 130)
         # the run failed: record why, then exit 1
         name = type(error).__name__ + (f"({error.code})" if isinstance(error, SystemExit) else "")
-        _finish_failed(folder, spec, "failed", f"{name}: {error}")
+        _finish_failed(folder, spec, "failed", f"{name}: {error}", attempts=earlier_attempts + [_since(started)])
         err.print(traceback.format_exc(), highlight=False, markup=False)
         err.print(f"[red]run failed:[/red] {escape(f'{name}: {error}')}\nsee {folder.path / 'summary.json'}; "
                   f"finish it with: {escape(resume_hint)}")
         raise typer.Exit(1)
     summary["resumed"] = resume is not None
+    if earlier_attempts:  # the run's cost includes the attempts it finishes
+        summary["cost"]["wall_s"] = round(summary["cost"]["wall_s"] + sum(earlier_attempts), 3)
+    summary["attempts_wall_s"] = earlier_attempts + [_since(started)]
     folder.write_summary(summary)
     from palimpsest.report import write_report
 
@@ -331,8 +340,13 @@ def _start_ray(spec, address: str | None) -> None:
             raise BadInput(f"scaling.use_gpu: {spec.scaling.num_workers} workers need as many GPUs; the cluster has {gpus:g}")
 
 
-def _finish_failed(folder, spec, status: str, message: str, *, stop_ray: bool = False) -> None:
-    folder.write_summary({"status": status, "kind": spec.kind, "name": spec.name, "seed": spec.seed, "error": message})
+def _since(started) -> float:
+    return round(time.perf_counter() - started, 3) if started is not None else 0.0
+
+
+def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[float], stop_ray: bool = False) -> None:
+    folder.write_summary({"status": status, "kind": spec.kind, "name": spec.name, "seed": spec.seed, "error": message,
+                          "attempts_wall_s": attempts})
     if stop_ray:  # end the run's actors now: no more progress lines or checkpoints after "interrupted"
         try:
             import ray
