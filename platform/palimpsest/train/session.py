@@ -2,19 +2,122 @@
 
 The loop only talks to a `TrainSession`; that is what lets the same code run under
 `TorchTrainer` with N workers and on a single machine with no Ray at all.
+
+Every checkpoint directory a session persists carries a manifest (`MANIFEST`: name,
+size and sha256 of each file), written before the directory is handed over, and a
+session only resumes from a directory whose files match it: a restart never reads a
+partial checkpoint. Under Ray every rank reads the checkpoint where it lies (or from a
+private download): ranks never share a download directory (see `checkpoint_directory`).
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
+import logging
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 REPORTED_METRICS = "reported_metrics.json"  # beside a local checkpoint: what was reported with it
+MANIFEST = "checkpoint_manifest.json"  # in every reported checkpoint: what a complete copy holds
+# A rank other than 0 that reports a directory (sharded checkpoints, merged by Ray into one)
+# writes its own `checkpoint_manifest.rank<N>.json`; this pattern matches every manifest.
+MANIFEST_GLOB = "checkpoint_manifest*.json"
+
+logger = logging.getLogger(__name__)
 
 
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint directory does not hold what its manifest says (partial copy, damaged file)."""
+
+    def __init__(self, directory: str | Path, problems: list[str]):
+        self.directory, self.problems = str(directory), list(problems)
+        super().__init__(f"checkpoint {directory} is incomplete or corrupt, refusing to resume from it: "
+                         + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------- manifests
+def _manifest_name(rank: int) -> str:
+    return MANIFEST if rank == 0 else f"checkpoint_manifest.rank{rank}.json"
+
+
+def _is_manifest(relative: str) -> bool:
+    return re.fullmatch(r"checkpoint_manifest(\.rank\d+)?\.json", relative) is not None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path, rank: int = 0) -> Path:
+    """Record every file under `directory` (recursively, manifests excepted) in its manifest."""
+    directory = Path(directory)
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory).as_posix()
+        if not _is_manifest(relative):
+            files[relative] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    target = directory / _manifest_name(rank)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps({"format": 1, "rank": rank, "files": files}, indent=1))
+    partial.replace(target)  # the manifest itself is never seen half-written in the source
+    return target
+
+
+def verify_checkpoint(directory: str | Path) -> bool:
+    """Check `directory` against its manifest(s).
+
+    Returns True when verified, False when the directory has no manifest (a checkpoint
+    written before manifests existed: nothing to check it against).
+
+    Raises:
+        CheckpointCorruptError: a manifest is unreadable, or a file it lists is missing
+            or differs in size or content.
+        FileNotFoundError: `directory` is not a directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {directory} does not exist (or is not a directory)")
+    manifests = sorted(directory.glob(MANIFEST_GLOB))
+    if not manifests:
+        return False
+    problems = []
+    for manifest in manifests:
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problems.append(f"{manifest.name} is unreadable ({type(error).__name__}: {error})")
+            continue
+        for relative, expected in files.items():
+            path = directory / relative
+            if not path.is_file():
+                problems.append(f"{relative} is missing")
+            elif (size := path.stat().st_size) != expected["size"]:
+                problems.append(f"{relative} has {size} bytes, {manifest.name} says {expected['size']}")
+            elif _sha256(path) != expected["sha256"]:
+                problems.append(f"{relative} does not match the sha256 in {manifest.name}")
+    if problems:
+        raise CheckpointCorruptError(directory, problems)
+    return True
+
+
+def _verified(directory: str) -> str:
+    if not verify_checkpoint(directory):
+        logger.warning("checkpoint %s has no %s (written by an older version): resuming without "
+                       "checking that it is complete", directory, MANIFEST)
+    return directory
+
+
+# ---------------------------------------------------------------------------- sessions
 class TrainSession:
     """What the loop needs from its runtime."""
 
@@ -23,12 +126,15 @@ class TrainSession:
     device: torch.device = torch.device("cpu")
 
     def latest_checkpoint(self) -> str | None:
-        """Directory of the checkpoint to resume from, if any."""
+        """Directory of the checkpoint to resume from, if any (verified against its manifest)."""
         raise NotImplementedError
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         """Record metrics; on rank 0 also persist `checkpoint_dir` (every rank must call)."""
         raise NotImplementedError
+
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
 
 class LocalSession(TrainSession):
@@ -47,23 +153,92 @@ class LocalSession(TrainSession):
         self.last_checkpoint: str | None = None
 
     def latest_checkpoint(self) -> str | None:
-        return self.last_checkpoint or self.resume_from
+        """The newest checkpoint, verified. If it is damaged and it is one of this folder's
+        checkpoints, the newest complete earlier one is used instead (the loop replays the
+        steps in between exactly); the damaged ones are renamed `.checkpoint_*.corrupt`."""
+        target = self.last_checkpoint or self.resume_from
+        if target is None:
+            return None
+        try:
+            return _verified(target)
+        except CheckpointCorruptError as error:
+            fallback = self._fall_back(target, error)
+            if fallback is None:
+                raise
+            return fallback
+
+    def _fall_back(self, damaged: str, error: CheckpointCorruptError) -> str | None:
+        own = [Path(d).resolve() for d, _ in self.checkpoints]
+        if Path(damaged).resolve() not in own:
+            return None  # not ours (an explicit resume_from): nothing to fall back to
+        index = own.index(Path(damaged).resolve())
+        bad = [index]
+        for earlier in range(index - 1, -1, -1):
+            try:
+                good = _verified(self.checkpoints[earlier][0])
+            except CheckpointCorruptError:
+                bad.append(earlier)
+                continue
+            logger.warning("%s; resuming from the previous complete checkpoint %s", error, good)
+            for i in bad:
+                path = Path(self.checkpoints[i][0])
+                aside, n = path.with_name(f".{path.name}.corrupt"), 1
+                while aside.exists():  # an earlier fallback's, under the same number
+                    aside, n = path.with_name(f".{path.name}.corrupt{n}"), n + 1
+                path.rename(aside)
+            self.checkpoints = [c for i, c in enumerate(self.checkpoints) if i not in bad]
+            self.last_checkpoint = good
+            return good
+        return None
+
+    def _next_index(self) -> int:
+        """One past the highest existing number (a count would collide after a gap)."""
+        numbers = [int(m.group(1)) for p in self.root.glob("checkpoint_*")
+                   if (m := _CHECKPOINT_NAME.fullmatch(p.name))] if self.root.exists() else []
+        return max(numbers, default=0) + 1
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
             # continue the numbering of an earlier, interrupted attempt in the same folder
-            index = len(list(self.root.glob("checkpoint_*"))) + 1 if self.root.exists() else 1
-            target = self.root / f"checkpoint_{index:06d}"
+            target = self.root / f"checkpoint_{self._next_index():06d}"
             # Copy under a temporary name, then rename: a crash never leaves a partial
-            # checkpoint that a resume would pick up.
+            # checkpoint that a resume would pick up. The manifest (of the copy) lets a
+            # resume also refuse a checkpoint damaged after the rename.
             partial = target.with_name(f".{target.name}.partial")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(checkpoint_dir, partial)
             (partial / REPORTED_METRICS).write_text(json.dumps(metrics))
+            write_manifest(partial)
             partial.rename(target)
             self.last_checkpoint = str(target)
             self.checkpoints.append((str(target), dict(metrics)))
+
+
+def checkpoint_directory(checkpoint, rank: int) -> str:
+    """A local directory holding `checkpoint` (a `ray.train.Checkpoint`) that no other rank writes.
+
+    Why not `checkpoint.to_directory()`: with no path it downloads into
+    /tmp/checkpoint_tmp_<uuid>, and the uuid travels with the pickled Checkpoint, so all
+    ranks on a node share that directory. Its file lock only serialises the downloads: a
+    rank that arrives after another finished downloads again, truncating and rewriting
+    each file under the rank already reading it (torch.load: "PytorchStreamReader failed
+    reading file data/N: file read failed").
+
+    On a local (or shared, mounted) filesystem the persisted checkpoint is read in place:
+    Ray never writes to it again. Otherwise it is downloaded into a directory of this
+    process's own, removed at exit.
+    """
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        if not Path(checkpoint.path).is_dir():
+            raise FileNotFoundError(f"checkpoint {checkpoint.path} is not on this node's filesystem: with "
+                                    "several nodes, storage_path must be shared storage")
+        return checkpoint.path
+    target = tempfile.mkdtemp(prefix=f"palimpsest-restore-rank{rank}-")
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    return checkpoint.to_directory(target)
 
 
 class RaySession(TrainSession):
@@ -80,16 +255,31 @@ class RaySession(TrainSession):
         self._resume_from = resume_from
 
     def latest_checkpoint(self) -> str | None:
+        """Ray's latest checkpoint (after a restart) or `resume_from`, verified.
+
+        A damaged Ray checkpoint raises `CheckpointCorruptError` instead of falling back:
+        Ray registers a checkpoint only after its copy completed, so a mismatch means the
+        storage changed it, and every rank would have to agree on the same older one.
+        """
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            # Ray hands back a directory it keeps for this attempt (local storage here).
-            return checkpoint.to_directory()
-        return self._resume_from
+        # `resume_from` names the newest complete checkpoint on storage when the run started;
+        # Ray's may be older (one reported just before an interrupt is not registered yet).
+        # Checkpoint folder names sort in time order.
+        newer_on_storage = checkpoint is not None and self._resume_from is not None and \
+            Path(self._resume_from).name > Path(checkpoint.path).name
+        if checkpoint is not None and not newer_on_storage:
+            return _verified(checkpoint_directory(checkpoint, self.rank))
+        return _verified(self._resume_from) if self._resume_from else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        checkpoint = None
+        if checkpoint_dir:
+            # Before Ray copies it: the manifest travels with the files it describes.
+            write_manifest(checkpoint_dir, self.rank)
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
         ray.train.report(metrics, checkpoint=checkpoint)
+
