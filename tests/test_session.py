@@ -70,6 +70,8 @@ def test_manifest_refuses_changed_missing_files_and_a_torn_manifest(tmp_path):
 def test_a_checkpoint_without_manifest_is_accepted_unverified(tmp_path):
     ckpt = make_checkpoint_dir(tmp_path / "old")  # written before manifests existed
     assert verify_checkpoint(ckpt) is False
+    with pytest.raises(CheckpointCorruptError, match=f"{MANIFEST} is missing"):
+        verify_checkpoint(ckpt, require_manifest=True)  # what a storage scan should demand
     session = LocalSession(tmp_path / "root", resume_from=str(ckpt))
     assert session.latest_checkpoint() == str(ckpt)
     with pytest.raises(FileNotFoundError):

@@ -156,8 +156,8 @@ def _complete(directory: Path) -> bool:
     from palimpsest.train.session import CheckpointCorruptError, verify_checkpoint
 
     try:
-        verify_checkpoint(directory)
-        return True
+        # A copy a crash cut short may lack its manifest too: demand one.
+        return verify_checkpoint(directory, require_manifest=True)
     except (CheckpointCorruptError, FileNotFoundError):  # a copy cut short by a crash: never resume from it
         return False
 

@@ -73,15 +73,19 @@ def write_manifest(directory: str | Path, rank: int = 0) -> Path:
     return target
 
 
-def verify_checkpoint(directory: str | Path) -> bool:
+def verify_checkpoint(directory: str | Path, *, require_manifest: bool = False) -> bool:
     """Check `directory` against its manifest(s).
 
     Returns True when verified, False when the directory has no manifest (a checkpoint
     written before manifests existed: nothing to check it against).
 
+    `require_manifest`: treat a missing manifest as incomplete. Use it when scanning
+    storage for checkpoints yourself: a copy that a crash cut short may lack the manifest
+    (Ray copies the files in no fixed order) and would otherwise pass as an old checkpoint.
+
     Raises:
-        CheckpointCorruptError: a manifest is unreadable, or a file it lists is missing
-            or differs in size or content.
+        CheckpointCorruptError: a manifest is unreadable or (with `require_manifest`)
+            missing, or a file it lists is missing or differs in size or content.
         FileNotFoundError: `directory` is not a directory.
     """
     directory = Path(directory)
@@ -89,6 +93,8 @@ def verify_checkpoint(directory: str | Path) -> bool:
         raise FileNotFoundError(f"checkpoint {directory} does not exist (or is not a directory)")
     manifests = sorted(directory.glob(MANIFEST_GLOB))
     if not manifests:
+        if require_manifest:
+            raise CheckpointCorruptError(directory, [f"{MANIFEST} is missing"])
         return False
     problems = []
     for manifest in manifests:
