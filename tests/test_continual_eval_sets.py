@@ -109,3 +109,20 @@ def test_continual_jobs_evaluate_periodically_by_default():
     spec = parse_spec({"kind": "continual", "stream": {"source": "factworld"}, "methods": ["naive"],
                        "training": {"steps": 50}})
     assert spec.eval.eval_every == 5
+
+
+def test_fwt_baseline_of_a_pretrained_model_is_a_random_init_of_its_architecture(tmp_path):
+    """GEM's b is the accuracy at random initialisation, not of the pretrained weights."""
+    import torch
+
+    from palimpsest.models import build_model
+    from synthetic import tiny_model, tiny_model_cfg
+
+    tiny_model(seed=5).save_pretrained(tmp_path / "pretrained")
+    cfg = {**tiny_model_cfg(seed=1), "preset": None, "pretrained": str(tmp_path / "pretrained")}
+    pretrained, random_a, random_b = build_model(cfg), build_model(cfg, random_init=True), build_model(cfg, random_init=True)
+    weights = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(pretrained.state_dict()[weights], random_a.state_dict()[weights])
+    assert torch.equal(random_a.state_dict()[weights], random_b.state_dict()[weights])  # seeded
+    spec = parse_spec({"kind": "continual", "stream": {"source": "factworld"}, "methods": ["naive"]})
+    assert spec.eval.fwt_baseline == "random_init"
