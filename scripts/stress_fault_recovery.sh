@@ -58,7 +58,10 @@ stop_burners() {
     burner_pids=()
 }
 trap stop_burners EXIT
-trap 'exit 130' INT TERM
+passed=0
+round=0
+# bash runs this once the foreground pytest has returned (it got the signal too)
+trap 'echo "interrupted by a signal in round $round/$N: $passed/$N passed" >&2; exit 130' INT TERM
 
 for _ in $(seq "$BURNERS"); do
     nice -n "$BURN_NICE" "$PYTHON" -c 'while True: pass' &
@@ -67,7 +70,6 @@ done
 echo "logs: $LOGS"
 echo "$BURNERS CPU burners at nice $BURN_NICE running (pids ${burner_pids[*]}) on $(nproc) CPUs"
 
-passed=0
 for round in $(seq "$N"); do
     start=$SECONDS
     log="$LOGS/round-$round.log"
