@@ -90,8 +90,13 @@ def add_lora(model: torch.nn.Module, lora: dict) -> torch.nn.Module:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's model inside a DDP (or similar) wrapper."""
-    return getattr(model, "module", model)
+    """The user's model inside its wrappers: DDP, DeepSpeed, Opacus's GradSampleModule and DPDDP."""
+    while True:
+        # GradSampleModule keeps the model as `_module` (and forwards unknown attributes to it).
+        inner = model._modules.get("_module") or getattr(model, "module", None)
+        if inner is None:
+            return model
+        model = inner
 
 
 def export_pretrained(model: torch.nn.Module, out_dir: str | Path) -> None:

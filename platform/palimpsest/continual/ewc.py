@@ -44,6 +44,7 @@ METHOD = MethodInfo(
     # gradient hooks take those gradients (and issue collectives), and ZeRO-3 partitions the weights.
     backends=("ddp", "zero0", "zero1"),
     backend_reason="it runs its own backward passes for the Fisher, which ZeRO-2/3 gradient hooks intercept",
+    private_reason="its Fisher information reads the training data through unclipped gradients",
 )
 
 

@@ -50,6 +50,7 @@ METHOD = MethodInfo(
     ),
     backends=("ddp",),
     backend_reason="it updates weights outside the optimizer",
+    private_reason="its buffer keeps raw training examples and its phase trains on them without DP-SGD",
 )
 
 

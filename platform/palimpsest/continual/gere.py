@@ -58,6 +58,7 @@ METHOD = MethodInfo(
     backends=("ddp", "zero0", "zero1", "zero2"),
     backend_reason="it reads hidden states through the unwrapped model, whose weights ZeRO-3 partitions",
     needs_general=True,
+    private_reason="its batches mix in general samples outside the Poisson sampler",
 )
 
 GENERAL_PART = "general"

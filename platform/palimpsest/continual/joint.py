@@ -11,6 +11,7 @@ from palimpsest.train.sampling import derive_seed, global_batch_indices
 METHOD = MethodInfo(
     name="joint", family="continual", implementation="Joint",
     summary="at task t train on tasks 0..t together (upper bound)", paper="Lopez-Paz & Ranzato, 2017 (multi-task)",
+    private_reason="it resamples earlier tasks' examples outside the Poisson sampler",
 )
 
 

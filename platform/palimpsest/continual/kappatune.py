@@ -32,6 +32,7 @@ METHOD = MethodInfo(
     ),
     backends=("ddp", "zero0", "zero1", "zero2"),
     backend_reason="it reads whole weights (singular values), which ZeRO-3 partitions",
+    private=True,
 )
 
 def condition_number(weight: torch.Tensor) -> float:

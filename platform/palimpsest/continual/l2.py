@@ -21,6 +21,7 @@ METHOD = MethodInfo(
     params=(Param("alpha", "float", 1.0, "penalty strength α", low=0),),
     backends=("ddp", "zero0", "zero1", "zero2"),
     backend_reason="it reads whole weights, which ZeRO-3 partitions",
+    private_reason="its penalty gradient bypasses Opacus's per-example gradients (the DP optimizer would drop it)",
 )
 
 

@@ -29,6 +29,7 @@ METHOD = MethodInfo(
     ),
     backends=("ddp", "zero0", "zero1", "zero2"),
     backend_reason="its adapters wrap whole weights, which ZeRO-3 partitions",
+    private=True,
 )
 
 

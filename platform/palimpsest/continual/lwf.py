@@ -37,6 +37,7 @@ METHOD = MethodInfo(
     ),
     backends=("ddp", "zero0", "zero1", "zero2"),
     backend_reason="its teacher is a copy of the whole weights, which ZeRO-3 partitions",
+    private_reason="its teacher's outputs on the training data enter the loss unclipped",
 )
 
 

@@ -6,6 +6,7 @@ from palimpsest.train.methods import MethodInfo
 METHOD = MethodInfo(
     name="naive", family="continual", implementation="Naive",
     summary="fine-tune on each task in turn (lower bound)", paper="—",
+    private=True,
 )
 
 

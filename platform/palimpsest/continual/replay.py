@@ -33,6 +33,7 @@ METHOD = MethodInfo(
         Param("replay_ratio", "float", 0.5, "share of the batch drawn from memory (ratio form)", low=0, high=1,
               low_open=True, high_open=True),
     ),
+    private_reason="its buffer keeps raw training examples and replays them outside the Poisson sampler",
 )
 
 MEMORY_PART = "memory"

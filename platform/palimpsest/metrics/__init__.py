@@ -1,1 +1,1 @@
-"""Pure metric functions: numbers in, numbers out (no ray, no spec, no files)."""
+"""Metric functions: CL matrix metrics (pure), membership inference (runs the model over examples, draws a histogram)."""

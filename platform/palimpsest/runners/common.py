@@ -70,6 +70,16 @@ def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, gene
                 periodic: str = "all", baseline: str | None = None) -> LoopConfig:
     """The runner → loop contract for `spec` (the one place a LoopConfig is built from a spec)."""
     training = spec.training
+    privacy = getattr(spec, "privacy", None)
+    plan = None
+    if privacy is not None:
+        from palimpsest.privacy import BudgetError, make_plan
+
+        try:
+            plan = make_plan(privacy, task_sizes=[len(task) for task in tasks], batch_size=training.batch_size,
+                             steps_per_task=training.steps)
+        except BudgetError as error:
+            raise DataError(str(error)) from None
     return LoopConfig(
         seed=spec.seed,
         model=model_config(spec.model.model_dump(), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
@@ -87,8 +97,21 @@ def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, gene
         task_eval_names=task_eval_names,
         general=list(general),
         methods=list(methods),
+        privacy=plan,
         threads=max(1, int(spec.scaling.cpus_per_worker)),
     )
+
+
+def training_cost(result: dict, steps: int) -> dict:
+    """A method's cost: wall time, tokens, 6·N·D FLOPs (Kaplan et al., 2020), and seconds per step.
+
+    The FLOPs are the non-private estimate, so a private run's lower FLOP/s is its DP
+    overhead (per-example gradients, clipping, noise).
+    """
+    flops = 6 * result["parameters"]["total"] * result["train_tokens"]
+    wall = result["wall_s"]
+    return {"wall_s": round(wall, 3), "train_tokens": result["train_tokens"], "train_flops": flops,
+            "step_s": round(wall / max(steps, 1), 4), "flop_per_s": round(flops / wall, 1) if wall > 0 else None}
 
 
 def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool) -> tuple[dict, list[tuple[str, dict]]]:

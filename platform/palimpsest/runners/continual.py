@@ -26,6 +26,7 @@ from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
 )
 from palimpsest.runners.common import (
+    training_cost,
     build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items,
 )
 from palimpsest.runtime import RunFolder
@@ -177,6 +178,7 @@ def summarise_method(result: dict, baseline: dict, task_names: list[str], *, per
         "general_loss": result["task_end"][-1][GENERAL_EVAL]["loss"] if GENERAL_EVAL in result["task_end"][-1] else None,
         "task_end_steps": result["task_end_steps"],
         "parameters": result["parameters"],
+        "privacy": result.get("privacy"),
     }
     if periodic:
         curves = {k: [(r["step"], r["value"]) for r in result["records"] if r["split"] == name and r["metric"] == METRIC]
@@ -205,8 +207,7 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
         records += [{**r, "method": result["name"]} for r in result["records"]]
         block = summarise_method(result, output["baseline"], prepared.task_names, periodic=periodic)
         params = result["parameters"]["total"]
-        block["cost"] = {"wall_s": round(result["wall_s"], 3), "train_tokens": result["train_tokens"],
-                         "train_flops": 6 * params * result["train_tokens"]}
+        block["cost"] = training_cost(result, spec.training.steps * len(prepared.task_names))
         methods[result["name"]] = block
     folder.write_metrics(records)
     summary = {

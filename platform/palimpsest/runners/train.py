@@ -8,11 +8,11 @@ run(...)       -> one `fit()` on Ray Train (or the same loop without Ray) -> run
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from palimpsest.data import DataError, QAExample, generate_world
 from palimpsest.runners.common import (
-    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample,
+    build_tokenizer, export_checkpoint, training_cost, fit, load_dataset_spec, loop_config, subsample,
 )
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import LoopConfig
@@ -24,6 +24,10 @@ from palimpsest.spec import TrainJob
 class PreparedTrain:
     tokenizer: object
     worker_config: LoopConfig
+    # Membership inference: training examples (members) and examples never trained on.
+    members: list[QAExample] = field(default_factory=list)
+    non_members: list[QAExample] = field(default_factory=list)
+    non_member_set: str | None = None
 
 
 def load_examples(data, seed: int) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
@@ -56,13 +60,21 @@ def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
     if not train:
         raise DataError("data: the training set is empty")
     # Training data only: a tokenizer fitted to the eval sets would change the trained model.
-    tokenizer = build_tokenizer(spec.model, train, saved=saved_tokenizer)
+    # The fact world is the exception: its vocabulary is the generator's, public and fixed, and
+    # a BPE that had seen only the members' names would tell members apart by their token
+    # counts alone (membership inference would measure the tokenizer, not memorisation).
+    world_texts = [e for examples in extra.values() for e in examples] if spec.data.source == "factworld" else []
+    tokenizer = build_tokenizer(spec.model, train + world_texts, saved=saved_tokenizer)
     eval_examples = {"train": subsample(train, spec.eval.max_examples)}
     if spec.eval.holdout or spec.data.source != "factworld":
         eval_examples.update({name: subsample(ex, spec.eval.max_examples) for name, ex in extra.items() if ex})
     config = loop_config(spec, tokenizer, tasks=[train],
                          eval_sets={name: tokenize_qa(tokenizer, ex) for name, ex in eval_examples.items()})
-    return PreparedTrain(tokenizer, config)
+    # Non-members: the fact world's holdout, else the job's eval set (never trained on either).
+    non_member_set = next((name for name in ("holdout", "eval") if extra.get(name)), None)
+    non_members = subsample(extra[non_member_set], spec.eval.max_examples) if non_member_set else []
+    members = subsample(train, min(len(train), max(len(non_members), spec.eval.max_examples or len(train))))
+    return PreparedTrain(tokenizer, config, members, non_members, non_member_set)
 
 
 def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: bool = True) -> dict:
@@ -73,7 +85,7 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
     export_checkpoint(checkpoints[-1][0], folder.checkpoints / "final", prepared.tokenizer)
     (result,) = output["methods"]
     folder.write_metrics(result["records"])
-    params = result["parameters"]["total"]
+    mia = membership(prepared, folder)
     return {
         "status": "ok",
         "kind": "train",
@@ -82,12 +94,35 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
         "steps": output["steps"],
         "final": result["task_end"][-1],
         "parameters": result["parameters"],
+        "privacy": result["privacy"],
+        "mia": mia,
         "checkpoint": "checkpoints/final",
-        "cost": {
-            "wall_s": round(time.perf_counter() - started, 3),
-            "train_wall_s": round(result["wall_s"], 3),
-            "train_tokens": result["train_tokens"],
-            # 6·N·D: forward + backward FLOPs of a dense transformer (Kaplan et al., 2020).
-            "train_flops": 6 * params * result["train_tokens"],
-        },
+        "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_wall_s": round(result["wall_s"], 3),
+                 **{k: v for k, v in training_cost(result, output["steps"]).items() if k != "wall_s"}},
     }
+
+
+def membership(prepared: PreparedTrain, folder: RunFolder) -> dict:
+    """Membership inference on the final model: training examples against never-seen ones.
+
+    Writes plots/mia.png (member and non-member score histograms per attack).
+    """
+    if not prepared.non_members:
+        return {"skipped": "no examples outside the training set: give data.eval_path (file) or data.eval_split (hf)"}
+    from transformers import AutoModelForCausalLM
+
+    from palimpsest.metrics.mia import membership_inference, plot_mia, token_log_probs
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder.checkpoints / "final"))
+    ids = {"pad_id": prepared.tokenizer.pad_token_id, "eos_id": prepared.tokenizer.eos_token_id}
+    sides = [(tokenize_qa(prepared.tokenizer, side), [e.answer for e in side])
+             for side in (prepared.members, prepared.non_members)]
+    (member_items, member_texts), (other_items, other_texts) = sides
+    result, scores = membership_inference(token_log_probs(model, member_items, **ids), member_texts,
+                                          token_log_probs(model, other_items, **ids), other_texts,
+                                          return_scores=True)
+    result["non_member_set"] = prepared.non_member_set
+    folder.plots.mkdir(exist_ok=True)
+    plot_mia(scores, folder.plots / "mia.png", title="membership inference: training vs "
+             f"{prepared.non_member_set} examples", result=result)
+    return result

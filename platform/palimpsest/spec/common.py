@@ -202,6 +202,21 @@ class TrainingSpec(Strict):
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints; default: only the last")
 
 
+class PrivacySpec(Strict):
+    """(ε, δ)-DP training with DP-SGD through Opacus: per-example clipping, Gaussian noise, Poisson batches."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    epsilon: float = Field(gt=0, description="the privacy budget ε over the whole run (never exceeded)")
+    delta: float | None = Field(None, gt=0, lt=1, description="δ; default 1/(10·N) for N training examples; "
+                                                              "must be below 1/N")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm C")
+    accountant: Literal["prv", "rdp"] = Field("prv", description="Opacus accountant: prv (tighter) or rdp")
+    grad_sample_mode: Literal["hooks", "ghost", "functorch", "ghost_fsdp"] = Field(
+        "hooks", description="per-example gradients: hooks, functorch, ghost clipping (no per-example gradients "
+                             "stored), or ghost_fsdp (ghost clipping on FSDP2-sharded weights, 2+ workers)")
+
+
 class ScalingSpec(Strict):
     """How many Ray Train workers and what each holds."""
 

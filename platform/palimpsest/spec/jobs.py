@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from palimpsest.catalog import methods_of
 from palimpsest.spec.common import (
-    DataSpec, EvalSpec, FileData, HFData, ModelSpec, ScalingSpec, Strict, TrainingSpec, _existing_path, _suggest,
+    DataSpec, EvalSpec, FileData, HFData, ModelSpec, PrivacySpec, ScalingSpec, Strict, TrainingSpec, _existing_path,
+    _suggest,
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -37,6 +38,7 @@ class TrainJob(_Job):
     kind: Literal["train"]
     name: str = Field("train", pattern=NAME_PATTERN, description="run name (folder prefix)")
     data: DataSpec
+    privacy: PrivacySpec | None = Field(None, description="train with (ε, δ)-DP (DP-SGD); default: not private")
 
 
 # ----------------------------------------------------------------------------- continual
@@ -137,6 +139,8 @@ class ContinualJob(_Job):
     stream: StreamSpec
     methods: list[MethodSpec] = Field(min_length=1, description="compared on the same stream and seed")
     eval: ContinualEvalSpec = Field(default_factory=ContinualEvalSpec)
+    privacy: PrivacySpec | None = Field(None, description="(ε, δ)-DP over the whole stream (DP-SGD); default: "
+                                                          "not private")
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -174,7 +178,11 @@ def cross_problems(kind: str, document: dict) -> list[str]:
     scaling = _section(ScalingSpec, document, "scaling")
     model = _section(ModelSpec, document, "model")
     problems = []
-    if training and scaling:
+    private = document.get("privacy") is not None
+    if private:  # the rules that do not read privacy's own fields run even when they are wrong
+        problems += _privacy_problems(kind, document, _section(PrivacySpec, document, "privacy"), training, scaling,
+                                      model)
+    if training and scaling and not private:  # a private batch is a Poisson draw: its size varies anyway
         per_step = scaling.num_workers * training.grad_accum
         if training.batch_size % per_step:
             problems.append(f"training.batch_size: {training.batch_size} must be a multiple of "
@@ -183,6 +191,34 @@ def cross_problems(kind: str, document: dict) -> list[str]:
         problems.append("training.backend: LoRA (model.lora) runs on the ddp backend only")
     if kind == "continual":
         problems += _method_problems(document, training, scaling, model)
+    return problems
+
+
+def _privacy_problems(kind: str, document: dict, privacy, training, scaling, model) -> list[str]:
+    problems = []
+    if training and training.backend == "deepspeed":
+        problems.append("training.backend: privacy needs per-example gradients, which DeepSpeed ZeRO flattens away; "
+                        "use backend ddp (DPDDP), or privacy.grad_sample_mode ghost_fsdp to shard the weights")
+    raw_training = document.get("training") if isinstance(document.get("training"), dict) else {}
+    if "max_grad_norm" in raw_training:
+        problems.append("training.max_grad_norm: with privacy every example's gradient is clipped to "
+                        "privacy.max_grad_norm instead; remove training.max_grad_norm")
+    if privacy and privacy.grad_sample_mode == "ghost_fsdp":
+        if scaling and scaling.num_workers < 2:
+            problems.append("privacy.grad_sample_mode: ghost_fsdp shards the weights over workers; it needs "
+                            "scaling.num_workers ≥ 2 (use ghost on one worker)")
+        if model and model.lora is not None:
+            problems.append("privacy.grad_sample_mode: ghost_fsdp with model.lora is not supported; use hooks, "
+                            "functorch or ghost for DP-LoRA")
+    if kind == "continual" and isinstance(document.get("methods"), list):
+        known = methods_of("continual")
+        for i, raw in enumerate(document["methods"]):
+            entry = _method_entry(raw)
+            info = known.get(entry.get("name")) if isinstance(entry, dict) else None
+            if info is not None and not info.private:
+                allowed = ", ".join(n for n, m in known.items() if m.private)
+                problems.append(f"methods[{i}]: {info.name} cannot train privately: {info.private_reason}; "
+                                f"with privacy use: {allowed}")
     return problems
 
 

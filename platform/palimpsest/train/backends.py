@@ -17,8 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import get_scheduler
 
 from palimpsest.models import unwrap
-from palimpsest.train.batching import normalised_loss
 from palimpsest.train.config import Optimisation
+from palimpsest.train.hooks import token_mean_share
 
 
 class Backend:
@@ -30,10 +30,11 @@ class Backend:
     # run the same forward passes, and a full state dict needs a collective gather.
     shards_parameters: bool = False
 
-    @staticmethod
-    def loss_reduction(token_loss_sum: torch.Tensor, global_tokens: int, world_size: int) -> torch.Tensor:
-        """How a micro-batch's answer-token loss sum becomes this rank's loss (see `normalised_loss`)."""
-        return normalised_loss(token_loss_sum, global_tokens, world_size)
+    # How a micro-batch's token losses become this rank's loss (see `MicroBatch.reduction`).
+    loss_reduction = staticmethod(token_mean_share)
+    # False: the global batch is cut into equal shards (its size must divide); True: shards
+    # may differ by one example and be empty (Poisson-sampled batches).
+    uneven_batches: bool = False
 
     def choose_batch(self, method, ctx, step: int):
         """The global batch of `step`: the method's, unless the backend must sample its own."""
@@ -41,6 +42,10 @@ class Backend:
 
     def carry_over(self) -> dict:
         """State that outlives this task's backend (handed to the next one, checkpointed)."""
+        return {}
+
+    def progress(self) -> dict[str, float]:
+        """Figures logged beside the training loss on rank 0 (DP-SGD: ε spent so far)."""
         return {}
 
     def full_state_dict(self) -> dict:
@@ -110,8 +115,12 @@ class DDPBackend(Backend):
 
 
 def make_backend(model: torch.nn.Module, training: Optimisation, *, world_size: int, device,
-                 carried: dict | None = None) -> Backend:
-    """The backend `training.backend` names, wrapping `model` for one task."""
+                 carried: dict | None = None, privacy=None) -> Backend:
+    """The backend `training.backend` names (DP-SGD when `privacy` is a plan), wrapping `model` for one task."""
+    if privacy is not None:  # imported only when asked for: opacus is slow to import
+        from palimpsest.train.private_backend import PrivateBackend
+
+        return PrivateBackend(model, training, privacy, world_size=world_size, device=device, carried=carried)
     if training.backend == "deepspeed":  # imported only when asked for: deepspeed is slow to import
         from palimpsest.train.deepspeed_backend import DeepSpeedBackend
 

@@ -35,6 +35,7 @@ class MethodResult:
     train_tokens: int = 0
     wall_s: float = 0.0  # training and evaluation, summed over attempts (a resume adds to it)
     parameters: dict | None = None
+    privacy: dict | None = None  # a private run: ε spent, δ, σ, sample rate, steps (see privacy.PrivacyPlan)
 
 
 @dataclass

@@ -84,6 +84,7 @@ class LoopConfig:
     task_eval_names: list[str] | None = None
     general: list[TokenizedQA] = field(default_factory=list)  # trainable general samples (GeRe)
     methods: list[MethodRun] = field(default_factory=lambda: [NAIVE])
+    privacy: object | None = None  # a `palimpsest.privacy.PrivacyPlan`: train with DP-SGD
     threads: int = 1
     resume_from: str | None = None
     fail_at: FailAt | None = None

@@ -105,9 +105,19 @@ class MicroBatch:
     step_batch: StepBatch  # the global batch this micro-batch belongs to
     world_size: int
     accumulation: int
-    # (token-loss sum, global answer tokens, world size) -> this rank's share; a backend may
-    # replace it (DP-SGD reduces per-sample losses its own way).
-    reduction: Callable[[torch.Tensor, int, int], torch.Tensor] = normalised_loss
+    # How token losses become this rank's loss: (token_losses, token_mask, row_weights, global
+    # answer tokens, world size) -> loss. The default is the share of the global token mean;
+    # a backend may replace it (DP-SGD: one loss per example, see `per_example_loss`).
+    reduction: Callable[..., torch.Tensor] = None
+    # (B,) 1.0 for real rows, 0.0 for a placeholder row (a rank with no examples in a
+    # Poisson-sampled step still runs the forward and backward passes its collectives need).
+    row_weights: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.reduction is None:
+            self.reduction = token_mean_share
+        if self.row_weights is None:
+            self.row_weights = torch.ones(self.token_losses.shape[0], device=self.token_losses.device)
 
     def rows(self, part: str) -> torch.Tensor:
         """(B,) bool: the rows of this micro-batch that belong to `part`."""
@@ -119,8 +129,9 @@ class MicroBatch:
         Summed over micro-batches and averaged over ranks (what DDP does), this gives the
         mean NLL over every answer token of that part in the whole global batch.
         """
-        losses = self.token_losses if part is None else self.token_losses[self.rows(part)]
-        return self.reduction(losses.sum(), self.step_batch.answer_tokens(part), self.world_size)
+        rows = slice(None) if part is None else self.rows(part)
+        return self.reduction(self.token_losses[rows], self.token_mask[rows], self.row_weights[rows],
+                              self.step_batch.answer_tokens(part), self.world_size)
 
     def sequence_log_likelihood(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row of `part` in this micro-batch: log p(answer + eos | prompt) and its token count.
@@ -134,6 +145,16 @@ class MicroBatch:
     def once_per_step(self, term: torch.Tensor) -> torch.Tensor:
         """A term every micro-batch adds in full (a penalty on the weights) counted once per step."""
         return term / self.accumulation
+
+
+def token_mean_share(token_losses, token_mask, row_weights, global_tokens: int, world_size: int) -> torch.Tensor:
+    """This rank's share of the mean NLL over every answer token of the global batch (see `normalised_loss`)."""
+    return normalised_loss(token_losses.sum(), global_tokens, world_size)
+
+
+def per_example_loss(token_losses, token_mask, row_weights, global_tokens: int, world_size: int) -> torch.Tensor:
+    """(B,) each example's mean answer-token NLL, zero for placeholder rows: what DP-SGD clips per example."""
+    return token_losses.sum(dim=1) / token_mask.sum(dim=1).clamp(min=1) * row_weights
 
 
 class TrainingMethod:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from palimpsest.models import build_model, count_parameters, unwrap
+from palimpsest.privacy import epsilon_spent
 from palimpsest.train.backends import make_backend
 from palimpsest.train.checkpoint import MethodResult, Position, SavedState, load_checkpoint, save_checkpoint
 from palimpsest.train.config import LoopConfig
@@ -80,7 +81,8 @@ class _Run:
             return list(self.config.eval_sets)
         return self.config.task_eval_names[: task + 1]  # continual evaluation: the seen tasks
 
-    def log_train_loss(self, result: MethodResult, *, task: int, done: int, stream_step: int, grad_norm) -> None:
+    def log_train_loss(self, result: MethodResult, *, task: int, done: int, stream_step: int, grad_norm,
+                       backend) -> None:
         if self.session.world_size > 1:
             dist.all_reduce(self.window)
         train_loss = (self.window[0] / self.window[1].clamp(min=1)).item()
@@ -89,10 +91,14 @@ class _Run:
                                "value": train_loss})
         if self.session.rank == 0:
             cfg = self.config
+            extra = backend.progress()  # e.g. ε spent so far
+            result.records += [{"step": stream_step, "task": task, "split": "train", "metric": name, "value": value}
+                               for name, value in extra.items()]
             label = f"{result.name} · " if len(cfg.methods) > 1 or cfg.task_eval_names else ""
             print(f"[palimpsest] {label}task {task + 1}/{len(cfg.tasks)} step {done}/{cfg.optimisation.steps} "
                   f"train_loss {train_loss:.4f} grad_norm {float(grad_norm):.3f} "
-                  f"({result.wall_s + time.perf_counter() - self.clock:.1f}s)", flush=True)
+                  + "".join(f"{name} {value:.4g} " for name, value in extra.items())
+                  + f"({result.wall_s + time.perf_counter() - self.clock:.1f}s)", flush=True)
 
 
 def run_training(config: LoopConfig, session: TrainSession) -> dict:
@@ -147,7 +153,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             method.before_task(ctx)
         if mid_task:
             unwrap(ctx.model).load_state_dict(saved.model)
-        backend = make_backend(ctx.model, opt, world_size=session.world_size, device=session.device, carried=carried)
+        backend = make_backend(ctx.model, opt, world_size=session.world_size, device=session.device, carried=carried,
+                               privacy=config.privacy)
         if mid_task and saved.backend:
             backend.load_state_dict(saved.backend)
         backend.model.train()
@@ -170,7 +177,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             method.after_step(ctx, step + 1, batch)
             done, stream_step = step + 1, ctx.stream_step(step + 1)
             if done % opt.log_every == 0 or done == opt.steps:
-                run.log_train_loss(result, task=task, done=done, stream_step=stream_step, grad_norm=grad_norm)
+                run.log_train_loss(result, task=task, done=done, stream_step=stream_step, grad_norm=grad_norm,
+                                   backend=backend)
             if done == opt.steps:
                 break
             if config.evaluation.every and done % config.evaluation.every == 0:
@@ -187,12 +195,22 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         result.task_end_steps.append(end_step)
         if task == len(config.tasks) - 1:
             result.parameters = count_parameters(ctx.model)
+            if config.privacy is not None:
+                result.privacy = _privacy_spent(config.privacy, backend.carry_over()["privacy_history"])
         full_state = checkpoint(Position(index, task + 1, 0), {"task_end": task, "step": end_step})
         carried = backend.carry_over()
         backend.close()
         if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
             ctx.model = build_model(config.model).to(session.device)
             ctx.model.load_state_dict(full_state)
+
+
+def _privacy_spent(plan, history: list) -> dict:
+    """The summary block of a private method's run; refuses to report a run that overspent."""
+    spent = epsilon_spent(history, plan.delta, plan.accountant)
+    if spent > plan.epsilon:  # calibration makes this impossible; never report such a run as private
+        raise RuntimeError(f"privacy: ε spent {spent:.4f} exceeds the target {plan.epsilon}")
+    return plan.summary(history, spent)
 
 
 def _maybe_inject_failure(fail_at, method: int, task: int, step: int, rank: int) -> None:

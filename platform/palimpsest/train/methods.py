@@ -108,6 +108,10 @@ class MethodInfo:
     backends: tuple[str, ...] = ALL_BACKENDS
     backend_reason: str = ""  # why the other backends are refused
     needs_general: bool = False  # needs general (non-task) samples in the run
+    # Safe under DP-SGD (`privacy:`): every read of the private data goes through the
+    # clipped, noised per-example gradients and the Poisson sampler. Otherwise, why not.
+    private: bool = False
+    private_reason: str = "it does not state a private form"
     module: str = field(default="", compare=False)  # filled in by `discover`
 
     def defaults(self) -> dict[str, Any]:

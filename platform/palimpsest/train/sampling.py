@@ -46,9 +46,14 @@ def global_batch_indices(step: int, *, num_examples: int, batch_size: int, seed:
 
 
 def shard_for_rank(items: Sequence, *, rank: int, world_size: int) -> Sequence:
-    """Contiguous slice of a global batch for one worker (length divisible by world size)."""
-    per_rank = len(items) // world_size
-    return items[rank * per_rank : (rank + 1) * per_rank]
+    """Contiguous slice of a global batch for one worker.
+
+    Equal slices when the length divides by the world size; otherwise the first
+    `len % world_size` ranks hold one example more (a slice may be empty).
+    """
+    per_rank, extra = divmod(len(items), world_size)
+    start = rank * per_rank + min(rank, extra)
+    return items[start : start + per_rank + (1 if rank < extra else 0)]
 
 
 def reservoir_update(buffer: list, seen: int, new_items: Iterable, *, capacity: int,

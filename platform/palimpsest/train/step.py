@@ -1,7 +1,8 @@
 """One optimizer step of the shared loop: shard the global batch, accumulate, sync, step.
 
 The global batch (a `StepBatch` of named parts, the same on every rank) is flattened
-part by part and cut into one contiguous slice per rank; each slice is cut into
+part by part and cut into one contiguous slice per rank (equal slices, except under a
+backend that samples uneven batches: DP-SGD's Poisson draws); each slice is cut into
 `grad_accum` strided micro-batches. The method turns each micro-batch's outputs into a
 loss; the backend syncs gradients on the last micro-batch; the method sees the synced
 gradients (`after_backward`) before the backend clips and steps.
@@ -13,7 +14,7 @@ import torch
 
 from palimpsest.train.backends import Backend
 from palimpsest.train.batching import collate_qa, token_losses
-from palimpsest.train.hooks import LoopContext, MicroBatch, StepBatch, TrainingMethod
+from palimpsest.train.hooks import TASK_PART, LoopContext, MicroBatch, StepBatch, TrainingMethod
 from palimpsest.train.sampling import shard_for_rank
 
 
@@ -24,22 +25,28 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
     Returns the pre-clip global gradient norm as a tensor (no host sync in the step).
     """
     flat = batch.flat()
-    if len(flat) % (ctx.world_size * accumulation):
+    if not backend.uneven_batches and len(flat) % (ctx.world_size * accumulation):
         raise ValueError(f"a global batch of {len(flat)} examples does not split over {ctx.world_size} workers × "
                          f"{accumulation} accumulation steps")
     mine = shard_for_rank(flat, rank=ctx.rank, world_size=ctx.world_size)
     model = backend.model
     for k in range(accumulation):
-        chunk = mine[k::accumulation]
+        chunk = list(mine[k::accumulation])
+        weights = [1.0] * len(chunk)
+        if not chunk:  # a Poisson draw left this micro-batch empty: one zero-weight row keeps collectives in step
+            chunk, weights = [(TASK_PART, ctx.tasks[ctx.task][0])], [0.0]
         inputs = {key: value.to(ctx.device) for key, value in
                   collate_qa([item for _, item in chunk], pad_id=ctx.pad_id, eos_id=ctx.eos_id).items()}
+        row_weights = torch.tensor(weights, device=ctx.device)
         with backend.accumulating(k == accumulation - 1):
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             losses, mask = token_losses(outputs.logits, inputs["labels"])
             micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in chunk], token_losses=losses,
                                token_mask=mask, step_batch=batch, world_size=ctx.world_size,
-                               accumulation=accumulation, reduction=backend.loss_reduction)
+                               accumulation=accumulation, reduction=backend.loss_reduction, row_weights=row_weights)
             backend.backward(method.loss(ctx, model, micro, outputs))
-        window += torch.stack([losses.detach().sum().double(), mask.sum().double()]).to(window.device)
+        counted = torch.stack([(losses.detach().sum(dim=1) * row_weights).sum().double(),
+                               (mask.sum(dim=1) * row_weights).sum().double()])
+        window += counted.to(window.device)
     method.after_backward(ctx)
     return backend.step()
