@@ -113,6 +113,9 @@ def membership(prepared: PreparedTrain, folder: RunFolder) -> dict:
 
     from palimpsest.metrics.mia import membership_inference, plot_mia, token_log_probs
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar under the run's own output
     model = AutoModelForCausalLM.from_pretrained(str(folder.checkpoints / "final"))
     ids = {"pad_id": prepared.tokenizer.pad_token_id, "eos_id": prepared.tokenizer.eos_token_id}
     sides = [(tokenize_qa(prepared.tokenizer, side), [e.answer for e in side])

@@ -20,6 +20,7 @@ is clipped as it comes; noise is added once per logical batch.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 from transformers import get_scheduler
@@ -43,6 +44,10 @@ class PrivateBackend(Backend):
         from opacus.optimizers import get_optimizer_class
 
         self.plan, self.mode, self.world_size = plan, plan.grad_sample_mode, world_size
+        # Opacus's hooks sit on modules whose inputs (token ids) need no gradient, and the
+        # FSDP2-wrapped model returns views; both are expected here, neither is a fault.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         model = model.to(device)
         model.train()  # Opacus computes per-example gradients in training mode only
         if self.mode == "ghost_fsdp":
@@ -107,11 +112,20 @@ class PrivateBackend(Backend):
         self.optimizer.step()  # clip, add noise, divide by the expected batch, AdamW
         self.scheduler.step()
         self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.sample_rate)
-        norm = torch.linalg.vector_norm(torch.stack([
-            torch.linalg.vector_norm(p.grad.detach().to_local() if hasattr(p.grad, "to_local") else p.grad.detach())
-            for p in self.optimizer.params if p.grad is not None])) if self.optimizer.params else torch.zeros(())
+        norm = self._grad_norm()
         self.optimizer.zero_grad(set_to_none=True)
         return norm  # the noised, averaged gradient's norm (per-example norms are clipped inside)
+
+    def _grad_norm(self) -> torch.Tensor:
+        """Norm of the noised, averaged gradient the optimizer stepped with (per-example norms are clipped)."""
+        squares = torch.zeros((), dtype=torch.float64, device=self.generator.device)
+        for p in self.optimizer.params:
+            if p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP2: this rank's shard
+                squares += grad.detach().double().pow(2).sum()
+        if self.shards_parameters:
+            torch.distributed.all_reduce(squares)
+        return squares.sqrt()
 
     def carry_over(self) -> dict:
         return {"privacy_history": [list(h) for h in self.accountant.history]}
