@@ -57,8 +57,19 @@ def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"))
             spec = load_spec(job)
         except SpecError as error:
             problems += error.problems
-        else:
-            out.print(f"ok: {job} (kind: {spec.kind})", highlight=False)
+            continue
+        if getattr(spec, "privacy", None) is not None:
+            # δ < 1/N, a batch no larger than a task and a reachable ε depend on the data: load
+            # it and calibrate σ as `run` would (it refuses the same specs).
+            from palimpsest.data import DataError
+            from palimpsest.runners import RUNNERS
+
+            try:
+                RUNNERS[spec.kind].prepare(spec)
+            except DataError as error:
+                problems.append(f"{job}: {error}")
+                continue
+        out.print(f"ok: {job} (kind: {spec.kind})", highlight=False)
     if problems:
         _fail_input(problems)
 

@@ -1,0 +1,192 @@
+"""DP-SGD: σ calibration never overspends, Poisson batches, per-example clipping and noise as the paper says.
+
+Abadi et al., "Deep Learning with Differential Privacy", 2016, Algorithm 1: a lot drawn with
+probability q per example; each example's gradient clipped to norm C; the sum plus
+N(0, σ²C²I), divided by the expected lot size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from palimpsest.privacy import BudgetError, PrivacyPlan, calibrate, default_delta, epsilon_spent, make_plan
+from palimpsest.spec.common import PrivacySpec
+from palimpsest.train.batching import collate_qa, token_losses
+from palimpsest.train.config import Optimisation
+from palimpsest.train.hooks import LoopContext, StepBatch
+from palimpsest.train.private_backend import PrivateBackend
+from palimpsest.train.step import train_step
+
+from synthetic import EOS, PAD, make_method, qa_items, tiny_model
+
+# --------------------------------------------------------------------------- calibration
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(20, 200_000), min_size=1, max_size=3), batch=st.integers(1, 1024),
+       steps=st.integers(1, 3000), epsilon=st.floats(0.2, 30), accountant=st.sampled_from(["rdp", "rdp", "prv"]))
+def test_calibrated_noise_never_spends_more_than_the_target(sizes, batch, steps, epsilon, accountant):
+    """Done-means 1: over data sizes, batches, steps, ε, tasks of different sizes and both accountants."""
+    assume(batch <= min(sizes))
+    if accountant == "prv":
+        steps = min(steps, 400)  # PRV's discretisation grows with steps; the property is the same
+    delta = default_delta(sum(sizes))
+    rates = [batch / size for size in sizes]
+    try:
+        sigma = calibrate(epsilon=epsilon, delta=delta, sample_rates=rates, steps_per_task=steps, accountant=accountant)
+    except BudgetError:
+        return  # refused up front: never trains over budget either
+    spent = epsilon_spent([(sigma, rate, steps) for rate in rates], delta, accountant)
+    assert spent <= epsilon
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_the_93_batch_case_stays_under_the_target(accountant):
+    """DESIGN.md: make_private_with_epsilon spent ε 8.031 for a target of 8 with 93 batches per epoch."""
+    rate = 1 / 93
+    sigma = calibrate(epsilon=8.0, delta=1e-5, sample_rates=[rate], steps_per_task=93 * 5, accountant=accountant)
+    assert epsilon_spent([(sigma, rate, 93 * 5)], 1e-5, accountant) <= 8.0
+
+
+def test_a_plan_refuses_what_cannot_be_private_and_defaults_delta_to_a_tenth_of_one_over_n():
+    spec = PrivacySpec(epsilon=8.0, accountant="rdp")
+    plan = make_plan(spec, task_sizes=[60, 40], batch_size=10, steps_per_task=20)
+    assert plan.delta == pytest.approx(1 / (10 * 100))
+    assert plan.sample_rates == (10 / 60, 10 / 40) and plan.planned_steps == 40
+    assert plan.history(25) == [(plan.noise_multiplier, 10 / 60, 20), (plan.noise_multiplier, 10 / 40, 5)]
+    with pytest.raises(BudgetError, match="privacy.delta"):
+        make_plan(PrivacySpec(epsilon=8.0, delta=0.01), task_sizes=[100], batch_size=10, steps_per_task=5)
+    with pytest.raises(BudgetError, match="training.batch_size"):
+        make_plan(spec, task_sizes=[60, 8], batch_size=10, steps_per_task=5)
+    with pytest.raises(BudgetError, match="privacy.epsilon"):
+        make_plan(PrivacySpec(epsilon=1e-6), task_sizes=[100], batch_size=90, steps_per_task=5000)
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+def plan_for(*, sigma=0.0, clip=1.0, batch=4, n=8, mode="hooks") -> PrivacyPlan:
+    return PrivacyPlan(epsilon=1.0, delta=1e-5, noise_multiplier=sigma, max_grad_norm=clip, accountant="rdp",
+                       grad_sample_mode=mode, sample_rates=(batch / n,), expected_batch_size=batch, steps_per_task=5,
+                       dataset_size=n)
+
+
+class Captured(PrivateBackend):
+    """The real backend, except that the step stops after clipping and noise: the gradient it would apply."""
+
+    def step(self):
+        assert self.optimizer.pre_step()
+        self.applied = {n: p.grad.detach().clone() for n, p in unwrap_named(self.model)}
+        self.optimizer.zero_grad(set_to_none=True)
+        return torch.zeros(())
+
+
+def unwrap_named(model):
+    from palimpsest.models import unwrap
+
+    return [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+
+
+def context(model, task, batch=4) -> LoopContext:
+    return LoopContext(model=model, tasks=[task], task=0, seed=0, batch_size=batch, steps_per_task=5, pad_id=PAD,
+                       eos_id=EOS)
+
+
+def expected_gradient(items, *, clip: float, batch: int) -> dict[str, torch.Tensor]:
+    """Σ_i clip(∇ mean-token-NLL of example i alone) / expected batch, one example at a time."""
+    model = tiny_model()
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for item in items:
+        model.zero_grad()
+        inputs = collate_qa([item], pad_id=PAD, eos_id=EOS)
+        losses, mask = token_losses(model(input_ids=inputs["input_ids"]).logits, inputs["labels"])
+        (losses.sum() / mask.sum()).backward()
+        norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
+        factor = min(1.0, clip / (norm.item() + 1e-6))
+        for n, p in model.named_parameters():
+            total[n] += p.grad * factor
+    return {n: g / batch for n, g in total.items()}
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ghost"])
+@pytest.mark.parametrize("clip", [0.05, 1e6])  # every example clipped / none clipped
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_the_step_applies_clipped_per_example_gradients_over_the_expected_batch(mode, clip, accumulation):
+    """3 examples drawn where 4 are expected: the divisor is the expected lot (Abadi et al.), not the draw;
+    each example is clipped alone, its loss is its own mean token NLL; micro-batches change nothing."""
+    items = qa_items(3, seed=5)
+    backend = Captured(tiny_model(), Optimisation(steps=5, batch_size=4), plan_for(clip=clip, mode=mode),
+                       world_size=1, device=torch.device("cpu"))
+    ctx = context(backend.model, items)
+    train_step(ctx, make_method("naive"), backend, StepBatch.of_task(items), accumulation=accumulation,
+               window=torch.zeros(2, dtype=torch.float64))
+    expected = expected_gradient(items, clip=clip, batch=4)
+    for name, grad in backend.applied.items():
+        torch.testing.assert_close(grad, expected[name], rtol=2e-4, atol=1e-6, msg=name)
+
+
+def test_an_empty_micro_batch_adds_nothing_and_noise_has_std_sigma_c_over_the_expected_batch():
+    items = qa_items(1, seed=6)
+    quiet = Captured(tiny_model(), Optimisation(steps=5, batch_size=4), plan_for(clip=1e6), world_size=1,
+                     device=torch.device("cpu"))
+    train_step(context(quiet.model, items), make_method("naive"), quiet, StepBatch.of_task(items), accumulation=2,
+               window=torch.zeros(2, dtype=torch.float64))  # the second micro-batch is empty
+    expected = expected_gradient(items, clip=1e6, batch=4)
+    for name, grad in quiet.applied.items():
+        torch.testing.assert_close(grad, expected[name], rtol=2e-4, atol=1e-6, msg=name)
+
+    sigma, clip, batch = 2.0, 0.5, 4
+    noisy = Captured(tiny_model(), Optimisation(steps=5, batch_size=batch), plan_for(sigma=sigma, clip=clip),
+                     world_size=1, device=torch.device("cpu"))
+    ctx = context(noisy.model, qa_items(8))
+    draws = []
+    for _ in range(2):
+        noisy.choose_batch(make_method("naive"), ctx, 0)  # seeds step 0's noise
+        train_step(ctx, make_method("naive"), noisy, StepBatch.of_task([]), accumulation=1,
+                   window=torch.zeros(2, dtype=torch.float64))  # nothing drawn: the gradient is the noise alone
+        draws.append(torch.cat([g.flatten() for g in noisy.applied.values()]))
+    assert torch.equal(draws[0], draws[1])  # the same (seed, task, step): the same noise, so a restart replays it
+    assert draws[0].std().item() == pytest.approx(sigma * clip / batch, rel=0.02)
+    assert abs(draws[0].mean().item()) < 0.01 * sigma * clip / batch
+
+
+def test_poisson_batches_include_each_example_independently_with_the_sample_rate():
+    n, batch = 50, 10
+    backend = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=batch), plan_for(batch=batch, n=n),
+                             world_size=1, device=torch.device("cpu"))
+    task = qa_items(n)
+    ctx = context(backend.model, task, batch)
+    index = {item: i for i, item in enumerate(task)}
+    draws = [[index[it] for _, it in backend.choose_batch(make_method("naive"), ctx, step).flat()]
+             for step in range(600)]
+    sizes = np.array([len(d) for d in draws])
+    # Binomial(50, 0.2): mean 10, std 2.83; a fixed-size sampler would have std 0.
+    assert abs(sizes.mean() - batch) < 4 * 2.83 / np.sqrt(len(sizes)) and 2.2 < sizes.std() < 3.5
+    assert all(len(set(d)) == len(d) for d in draws)  # no example twice in one lot
+    counts = np.bincount(np.concatenate(draws), minlength=n)
+    assert counts.min() > 0.2 * 600 - 4 * np.sqrt(600 * 0.16) and counts.max() < 0.2 * 600 + 4 * np.sqrt(600 * 0.16)
+    again = [index[it] for _, it in backend.choose_batch(make_method("naive"), ctx, 7).flat()]
+    assert again == draws[7]  # seeded by (seed, task, step): a restart draws the same lot
+
+
+def test_the_accountant_continues_from_the_carried_history():
+    plan = plan_for(sigma=1.0)
+    first = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=4), plan, world_size=1,
+                           device=torch.device("cpu"))
+    items = qa_items(8)
+    ctx = context(first.model, items)
+    for step in range(3):
+        batch = first.choose_batch(make_method("naive"), ctx, step)
+        train_step(ctx, make_method("naive"), first, batch, accumulation=1, window=torch.zeros(2, dtype=torch.float64))
+    carried = first.carry_over()
+    assert carried == {"privacy_history": [[1.0, 0.5, 3]]}
+    second = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=4), plan, world_size=1,
+                            device=torch.device("cpu"), carried=carried)
+    batch = second.choose_batch(make_method("naive"), ctx, 3)
+    train_step(ctx, make_method("naive"), second, batch, accumulation=1, window=torch.zeros(2, dtype=torch.float64))
+    assert second.carry_over() == {"privacy_history": [[1.0, 0.5, 4]]}
+    assert second.progress()["epsilon"] == pytest.approx(epsilon_spent([(1.0, 0.5, 4)], 1e-5, "rdp"))
