@@ -1,0 +1,166 @@
+"""Private jobs end to end: DPDDP and FSDP2 on 2 Ray Train workers, a restart mid-run, continual, MIA, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from palimpsest.cli import app
+from palimpsest.runners import RUNNERS
+from palimpsest.runtime import RunFolder
+from palimpsest.spec import parse_spec
+from palimpsest.train.config import FailAt
+
+
+def private_spec(**overrides) -> dict:
+    spec = {"kind": "train", "name": "dp", "seed": 1,
+            "data": {"source": "factworld", "num_entities": 20, "attributes_per_entity": 4, "split": "retain90"},
+            "training": {"steps": 20, "batch_size": 16, "lr": 3e-3, "log_every": 5, "checkpoint_every": 5},
+            "privacy": {"epsilon": 8.0, "accountant": "rdp"},
+            "eval": {"max_examples": 24},
+            "scaling": {"num_workers": 2}}
+    for key, value in overrides.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    return spec
+
+
+def run_spec(document: dict, out: Path, *, use_ray: bool = True, fail_at: FailAt | None = None) -> dict:
+    spec = parse_spec(document)
+    runner = RUNNERS[spec.kind]
+    prepared = runner.prepare(spec)
+    if fail_at:
+        prepared.worker_config = prepared.worker_config.with_(fail_at=fail_at)
+    folder = RunFolder.create(spec.name, out)
+    summary = runner.run(spec, prepared, folder, use_ray=use_ray)
+    folder.write_summary(summary)
+    return summary
+
+
+def records(out: Path, metric: str) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["value"]) for r in rows if r["metric"] == metric]
+
+
+def assert_private(summary: dict, out: Path) -> None:
+    """The summary's ε and every logged ε stay within the target; ε grows with the steps."""
+    privacy = summary["privacy"]
+    assert 0 < privacy["epsilon"] <= privacy["epsilon_target"]
+    assert privacy["steps"] == summary["steps"] and privacy["noise_multiplier"] > 0
+    logged = [value for _, value in records(out, "epsilon")]
+    assert logged == sorted(logged) and logged[-1] == pytest.approx(privacy["epsilon"])
+
+
+@pytest.mark.integration
+def test_dpddp_and_fsdp2_on_two_workers_match_one_worker_and_a_restart_keeps_the_same_epsilon(tmp_path, ray_session):
+    """Done-means 2 and 3."""
+    one = run_spec(private_spec(scaling={"num_workers": 1}), tmp_path / "one", use_ray=False)
+    ddp = run_spec(private_spec(), tmp_path / "ddp")
+    fsdp = run_spec(private_spec(privacy={"epsilon": 8.0, "accountant": "rdp", "grad_sample_mode": "ghost_fsdp"}),
+                    tmp_path / "fsdp")
+    for summary, name in ((one, "one"), (ddp, "ddp"), (fsdp, "fsdp")):
+        assert_private(summary, tmp_path / name)
+    assert ddp["privacy"]["epsilon"] == one["privacy"]["epsilon"] == fsdp["privacy"]["epsilon"]
+    assert ddp["privacy"]["noise_multiplier"] == one["privacy"]["noise_multiplier"]
+    curve = [v for _, v in records(tmp_path / "ddp", "train_loss")]
+    assert curve[-1] < curve[0]  # it learns
+    np.testing.assert_allclose([v for _, v in records(tmp_path / "fsdp", "train_loss")], curve, rtol=1e-3)
+    np.testing.assert_allclose([v for _, v in records(tmp_path / "one", "train_loss")], curve, rtol=1e-3)
+    assert (tmp_path / "fsdp" / "checkpoints" / "final" / "model.safetensors").is_file()
+
+    marker = tmp_path / "failed-once"
+    restarted = run_spec(private_spec(max_failures=1), tmp_path / "restart",
+                         fail_at=FailAt(task=0, step=12, marker=str(marker)))
+    assert marker.exists(), "the failure was not injected"
+    assert restarted["privacy"] == ddp["privacy"]  # the accountant resumed from the checkpoint, not from zero
+    assert records(tmp_path / "restart", "train_loss") == records(tmp_path / "ddp", "train_loss")
+
+
+def test_a_private_continual_stream_composes_every_task_into_one_budget(tmp_path):
+    document = {"kind": "continual", "name": "dpcl", "seed": 2,
+                "stream": {"source": "factworld", "num_entities": 12, "attributes_per_entity": 3, "num_tasks": 2,
+                           "general_samples": 8},
+                "methods": ["naive", {"name": "lora", "params": {"r": 4}}, "kappatune"],
+                "training": {"steps": 10, "batch_size": 6, "lr": 3e-3, "log_every": 5},
+                "privacy": {"epsilon": 4.0, "accountant": "rdp"},
+                "eval": {"eval_every": 5}}
+    summary = run_spec(document, tmp_path / "cl", use_ray=False)
+    blocks = [summary["methods"][name]["privacy"] for name in ("naive", "lora", "kappatune")]
+    for block in blocks:
+        assert block["steps"] == 20 and 0 < block["epsilon"] <= 4.0
+        assert block["epsilon"] == blocks[0]["epsilon"]  # each method's model is released under the same budget
+    from palimpsest.privacy import epsilon_spent
+
+    one_task = epsilon_spent([(blocks[0]["noise_multiplier"], blocks[0]["sample_rate"], 10)], blocks[0]["delta"],
+                             "rdp")
+    assert blocks[0]["epsilon"] > one_task * 1.2  # the second task's steps count too
+
+
+def test_a_train_job_reports_membership_inference_and_draws_it(tmp_path):
+    summary = run_spec(private_spec(scaling={"num_workers": 1}, privacy=None, data={"num_entities": 40},
+                                    training={"steps": 6}), tmp_path / "mia", use_ray=False)
+    mia = summary["mia"]
+    assert set(mia["attacks"]) == {"loss", "zlib", "min_k"} and mia["non_member_set"] == "holdout"
+    assert mia["members"] >= mia["non_members"] == 16 and summary["privacy"] is None
+    for attack in mia["attacks"].values():
+        assert 0.0 <= attack["auc"] <= 1.0
+    assert (tmp_path / "mia" / "plots" / "mia.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_privacy_lowers_membership_inference_on_memorised_facts(tmp_path):
+    """Done-means 4: facts memorised without privacy give loss-MIA AUC > 0.95; at ε = 8, < 0.85."""
+    base = private_spec(scaling={"num_workers": 1}, data={"num_entities": 60, "attributes_per_entity": 4},
+                        training={"steps": 300, "batch_size": 32, "lr": 3e-3, "log_every": 50,
+                                  "checkpoint_every": None},
+                        eval={"max_examples": 48})
+    open_run = run_spec({**base, "privacy": None}, tmp_path / "open", use_ray=False)
+    private = run_spec(base, tmp_path / "private", use_ray=False)
+    assert open_run["mia"]["attacks"]["loss"]["auc"] > 0.95, open_run["mia"]
+    assert private["mia"]["attacks"]["loss"]["auc"] < 0.85, private["mia"]
+    assert private["privacy"]["epsilon"] <= 8.0
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def write(tmp_path: Path, document: dict, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"training": {"backend": "deepspeed"}}, "training.backend"),
+    ({"privacy": {"epsilon": 0}}, "privacy.epsilon"),
+    ({"privacy": {"epsilon": -2.0}}, "privacy.epsilon"),
+    ({"privacy": {"epsilon": 8.0, "delta": 0.02}}, "privacy.delta"),  # N = 72: 1/N ≈ 0.0139
+    ({"privacy": {"epsilon": 8.0, "acountant": "rdp"}}, "privacy.acountant"),
+    ({"privacy": {"epsilon": 8.0, "grad_sample_mode": "ghost_fsdp"}, "scaling": {"num_workers": 1}},
+     "privacy.grad_sample_mode"),
+    ({"training": {"max_grad_norm": 2.0}}, "training.max_grad_norm"),
+    ({"training": {"batch_size": 500}}, "training.batch_size"),
+])
+def test_validate_and_run_refuse_what_cannot_be_private_with_one_line_naming_the_field(tmp_path, change, field):
+    """Done-means 5."""
+    job = write(tmp_path, private_spec(**{"scaling": {"num_workers": 1}, **change}))
+    checked = CliRunner().invoke(app, ["validate", str(job)])
+    assert checked.exit_code == 2 and field in checked.output, checked.output
+    assert "Traceback" not in checked.output and len(checked.output.strip().splitlines()) == 1
+    ran = CliRunner().invoke(app, ["run", str(job), "--no-ray", "--out", str(tmp_path / "run")])
+    assert ran.exit_code == 2 and field in ran.output and not (tmp_path / "run").exists()
+
+
+def test_continual_methods_that_read_private_data_outside_dp_sgd_are_refused(tmp_path):
+    document = {"kind": "continual", "stream": {"source": "factworld"}, "privacy": {"epsilon": 8.0},
+                "methods": ["naive", "replay", "ewc", "lwf", "joint", "fpf", "gere", "l2"]}
+    result = CliRunner().invoke(app, ["validate", str(write(tmp_path, document))])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 7 and all("cannot train privately" in line for line in lines), result.output
+    for i, name in enumerate(["replay", "ewc", "lwf", "joint", "fpf", "gere", "l2"], start=1):
+        assert any(f"methods[{i}]: {name}" in line for line in lines), name
