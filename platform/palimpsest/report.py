@@ -29,6 +29,14 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         rows = [[name, *(_fmt(block.get(key)) for key, _ in CL_COLUMNS), f"{block['cost']['wall_s']:.1f}"]
                 for name, block in (summary.get("methods") or {}).items()]
         return header, rows
+    if summary.get("kind") == "privacy_sweep":
+        points = summary.get("points") or []
+        splits = list(points[0]["answer_accuracy"]) if points else []
+        header = ["ε target", "ε spent", "σ", "loss-MIA AUC", *(f"{s} accuracy" for s in splits), "s/step"]
+        rows = [[_fmt(p["epsilon_target"]) if p["epsilon_target"] is not None else "not private", _fmt(p["epsilon"]),
+                 _fmt(p["noise_multiplier"]), _fmt(p["mia_auc"].get("loss")),
+                 *(_fmt(p["answer_accuracy"].get(s)) for s in splits), _fmt(p["step_s"])] for p in points]
+        return header, rows
     header = ["split", "examples", *EVAL_METRICS]
     rows = []
     for split, metrics in (summary.get("final") or {}).items():
@@ -112,6 +120,37 @@ def draw_continual_plots(folder: RunFolder, summary: dict) -> list[Path]:
     return written
 
 
+def draw_sweep_plot(folder: RunFolder, summary: dict) -> list[Path]:
+    """Membership-inference AUC and answer accuracy against ε; the non-private point drawn at the right, as ∞."""
+    points = summary.get("points") or []
+    if not points:
+        return []
+    plt = _plt()
+    private = sorted((p for p in points if p["epsilon_target"] is not None), key=lambda p: p["epsilon_target"])
+    open_points = [p for p in points if p["epsilon_target"] is None]
+    top = max([p["epsilon_target"] for p in private] or [1.0])
+    xs = [p["epsilon_target"] for p in private] + [top * 4] * len(open_points)
+    ordered = private + open_points
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = [(axes[0], "mia_auc", "membership inference AUC (0.5: no leakage)"),
+              (axes[1], "answer_accuracy", "answer accuracy (exact match)")]
+    for ax, key, title in panels:
+        for series in ordered[0][key]:
+            ax.plot(xs, [p[key].get(series) for p in ordered], marker="o", label=series)
+        if key == "mia_auc":
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{p['epsilon_target']:g}" for p in private] + ["∞ (not private)"] * len(open_points))
+        ax.minorticks_off()
+        ax.set_xlabel("ε")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    folder.plots.mkdir(exist_ok=True)
+    return [_save(fig, folder.plots / "privacy_sweep.png")]
+
+
 def _series(records: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for r in records:
@@ -127,6 +166,7 @@ def draw_plots(folder: RunFolder) -> list[Path]:
     written = []
     panels = [("train_loss", [k for k in series if k[1] == "train_loss"], "training loss (answer tokens)")]
     panels += [(m, [k for k in series if k[1] == m], m.replace("_", " ")) for m in EVAL_METRICS]
+    panels += [("epsilon", [k for k in series if k[1] == "epsilon"], "ε spent (privacy accountant)")]
     for name, keys, title in panels:
         if not keys:
             continue
@@ -147,7 +187,14 @@ def write_report(folder: RunFolder) -> Path:
     """Redraw plots and write report.md."""
     summary = folder.read_summary()
     continual = summary.get("kind") == "continual"
-    plots = draw_continual_plots(folder, summary) if continual and summary.get("methods") else draw_plots(folder)
+    if summary.get("kind") == "privacy_sweep":
+        plots = draw_sweep_plot(folder, summary)
+    elif continual and summary.get("methods"):
+        plots = draw_continual_plots(folder, summary)
+    else:
+        plots = draw_plots(folder)
+        if summary.get("mia") and (folder.plots / "mia.png").is_file():
+            plots.append(folder.plots / "mia.png")
     lines = [f"# {summary.get('name', folder.path.name)} ({summary.get('kind', '?')})", ""]
     lines += [f"- status: **{summary.get('status')}**", f"- seed: {summary.get('seed')}"]
     if summary.get("error"):
@@ -158,6 +205,17 @@ def write_report(folder: RunFolder) -> Path:
                   f"training FLOPs (6·N·D): {cost.get('train_flops', 0):.3g}"]
     if summary.get("parameters"):
         lines += [f"- parameters: {summary['parameters']['total']:,} ({summary['parameters']['trainable']:,} trainable)"]
+    privacy = summary.get("privacy")
+    if privacy:
+        lines += [f"- privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP per training example "
+                  f"(target ε {privacy['epsilon_target']:g}; σ {privacy['noise_multiplier']:.4g}, clipping norm "
+                  f"{privacy['max_grad_norm']:g}, sample rate {privacy['sample_rate']}, {privacy['steps']} steps, "
+                  f"{privacy['accountant']} accountant, {privacy['grad_sample_mode']} per-example gradients)"]
+    mia = summary.get("mia") or {}
+    if mia.get("attacks"):
+        aucs = ", ".join(f"{name} {a['auc']:.3f}" for name, a in mia["attacks"].items())
+        lines += [f"- membership inference AUC ({mia['members']} training examples vs {mia['non_members']} "
+                  f"{mia['non_member_set']} examples; 0.5 = no leakage): {aucs}"]
     header, rows = results_rows(summary)
     if rows:
         lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -9,11 +9,13 @@ from palimpsest.spec.common import (
     TOFU_SPLITS, DeepSpeedSpec, EvalSpec, FactWorldData, FileData, HFData, LoraSpec, ModelSpec, ScalingSpec,
     SpecError, TrainingSpec,
 )
-from palimpsest.spec.jobs import JOB_KINDS, ContinualJob, DatasetsStream, FactWorldStream, JobSpec, MethodSpec, TrainJob
+from palimpsest.spec.jobs import (
+    JOB_KINDS, ContinualJob, DatasetsStream, FactWorldStream, JobSpec, MethodSpec, PrivacySweepJob, TrainJob,
+)
 from palimpsest.spec.loading import apply_overrides, dump_spec, load_spec, parse_spec
 
 __all__ = [
     "TOFU_SPLITS", "DeepSpeedSpec", "EvalSpec", "FactWorldData", "FileData", "HFData", "LoraSpec", "ModelSpec",
     "ScalingSpec", "SpecError", "TrainingSpec", "JOB_KINDS", "ContinualJob", "DatasetsStream", "FactWorldStream",
-    "JobSpec", "MethodSpec", "TrainJob", "apply_overrides", "dump_spec", "load_spec", "parse_spec",
+    "JobSpec", "MethodSpec", "PrivacySweepJob", "TrainJob", "apply_overrides", "dump_spec", "load_spec", "parse_spec",
 ]

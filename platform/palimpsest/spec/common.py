@@ -202,12 +202,11 @@ class TrainingSpec(Strict):
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints; default: only the last")
 
 
-class PrivacySpec(Strict):
-    """(ε, δ)-DP training with DP-SGD through Opacus: per-example clipping, Gaussian noise, Poisson batches."""
+class PrivacySettings(Strict):
+    """How DP-SGD runs (Opacus), apart from the budget ε."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
-    epsilon: float = Field(gt=0, description="the privacy budget ε over the whole run (never exceeded)")
     delta: float | None = Field(None, gt=0, lt=1, description="δ; default 1/(10·N) for N training examples; "
                                                               "must be below 1/N")
     max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm C")
@@ -215,6 +214,12 @@ class PrivacySpec(Strict):
     grad_sample_mode: Literal["hooks", "ghost", "functorch", "ghost_fsdp"] = Field(
         "hooks", description="per-example gradients: hooks, functorch, ghost clipping (no per-example gradients "
                              "stored), or ghost_fsdp (ghost clipping on FSDP2-sharded weights, 2+ workers)")
+
+
+class PrivacySpec(PrivacySettings):
+    """(ε, δ)-DP training with DP-SGD through Opacus: per-example clipping, Gaussian noise, Poisson batches."""
+
+    epsilon: float = Field(gt=0, description="the privacy budget ε over the whole run (never exceeded)")
 
 
 class ScalingSpec(Strict):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from palimpsest.catalog import methods_of
 from palimpsest.spec.common import (
-    DataSpec, EvalSpec, FileData, HFData, ModelSpec, PrivacySpec, ScalingSpec, Strict, TrainingSpec, _existing_path,
+    DataSpec, EvalSpec, FileData, HFData, ModelSpec, PrivacySettings, PrivacySpec, ScalingSpec, Strict, TrainingSpec, _existing_path,
     _suggest,
 )
 
@@ -32,6 +32,13 @@ class _Job(Strict):
     storage_path: str | None = Field(None, description="Ray storage for training checkpoints; default: inside the run folder")
 
 
+def _private_clipping(job):
+    """A private job clips per example (privacy.max_grad_norm): its resolved spec says there is no global clipping."""
+    if job.privacy is not None and job.training.max_grad_norm is not None:
+        job.training.max_grad_norm = None
+    return job
+
+
 class TrainJob(_Job):
     """`kind: train` — fine-tune a model on one dataset and evaluate it."""
 
@@ -39,6 +46,8 @@ class TrainJob(_Job):
     name: str = Field("train", pattern=NAME_PATTERN, description="run name (folder prefix)")
     data: DataSpec
     privacy: PrivacySpec | None = Field(None, description="train with (ε, δ)-DP (DP-SGD); default: not private")
+
+    _no_global_clipping = model_validator(mode="after")(lambda self: _private_clipping(self))
 
 
 # ----------------------------------------------------------------------------- continual
@@ -147,6 +156,8 @@ class ContinualJob(_Job):
     def _names_or_mappings(cls, value):
         return [_method_entry(v) for v in value] if isinstance(value, list) else value
 
+    _no_global_clipping = model_validator(mode="after")(lambda self: _private_clipping(self))
+
     @model_validator(mode="after")
     def _resolve_auto(self):
         if self.eval.eval_every == "auto":  # the resolved spec shows the number
@@ -154,8 +165,55 @@ class ContinualJob(_Job):
         return self
 
 
-JOB_KINDS: dict[str, type[Strict]] = {"train": TrainJob, "continual": ContinualJob}
-JobSpec = Union[TrainJob, ContinualJob]
+# ----------------------------------------------------------------------------- privacy sweep
+
+
+class PrivacySweepJob(Strict):
+    """`kind: privacy_sweep` — one train job at several ε (null: not private): MIA AUC and accuracy against ε."""
+
+    kind: Literal["privacy_sweep"]
+    name: str = Field("privacy-sweep", pattern=NAME_PATTERN, description="run name (folder prefix)")
+    job: TrainJob = Field(description="the train job run at every ε (without a privacy section)")
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings, description="DP-SGD settings shared by "
+                                                                                  "every private point")
+    epsilons: list[Annotated[float, Field(gt=0, allow_inf_nan=False)] | None] = Field(
+        min_length=1, description="the budgets to train at; null trains without privacy (the reference point)")
+
+    @field_validator("epsilons")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError("each ε once")
+        return value
+
+    @field_validator("job")
+    @classmethod
+    def _no_privacy(cls, value):
+        if value.privacy is not None:
+            raise ValueError("give the DP settings in the sweep's privacy section and the budgets in epsilons, "
+                             "not in job.privacy")
+        return value
+
+    # What the CLI reads of any job: the inner job's.
+    seed = property(lambda self: self.job.seed)
+    scaling = property(lambda self: self.job.scaling)
+    storage_path = property(lambda self: self.job.storage_path)
+
+    def points(self) -> list[tuple[str, float | None, dict]]:
+        """(label, ε, train-job document) per point, in the order given."""
+        found = []
+        for epsilon in self.epsilons:
+            document = self.job.model_dump(mode="json")
+            if epsilon is not None:  # per-example clipping replaces the job's global clipping
+                document["privacy"] = {**self.privacy.model_dump(), "epsilon": epsilon}
+                document["training"]["max_grad_norm"] = None
+            found.append(("not-private" if epsilon is None else f"epsilon-{epsilon:g}", epsilon, document))
+        return found
+
+
+JOB_KINDS: dict[str, type[Strict]] = {"train": TrainJob, "continual": ContinualJob,
+                                      "privacy_sweep": PrivacySweepJob}
+JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob]
 
 
 # ----------------------------------------------------------------------------- cross-section rules
@@ -191,7 +249,25 @@ def cross_problems(kind: str, document: dict) -> list[str]:
         problems.append("training.backend: LoRA (model.lora) runs on the ddp backend only")
     if kind == "continual":
         problems += _method_problems(document, training, scaling, model)
+    if kind == "privacy_sweep":
+        problems += _sweep_problems(document)
     return problems
+
+
+def _sweep_problems(document: dict) -> list[str]:
+    """The train job's cross-section rules at one private and one open point, under `job.`."""
+    job = document.get("job")
+    if not isinstance(job, dict) or isinstance(job.get("privacy"), dict):
+        return []
+    epsilons = document.get("epsilons") if isinstance(document.get("epsilons"), list) else []
+    settings = document.get("privacy") if isinstance(document.get("privacy"), dict) else {}
+    found = []
+    if any(e is not None for e in epsilons):
+        found += cross_problems("train", {**job, "privacy": {**settings, "epsilon": 1.0}})
+    if None in epsilons:
+        found += cross_problems("train", {**job, "privacy": None})
+    # The privacy rules speak of the sweep's own privacy section; the rest of the job's sections.
+    return list(dict.fromkeys(line if line.startswith("privacy.") else f"job.{line}" for line in found))
 
 
 def _privacy_problems(kind: str, document: dict, privacy, training, scaling, model) -> list[str]:
@@ -200,9 +276,9 @@ def _privacy_problems(kind: str, document: dict, privacy, training, scaling, mod
         problems.append("training.backend: privacy needs per-example gradients, which DeepSpeed ZeRO flattens away; "
                         "use backend ddp (DPDDP), or privacy.grad_sample_mode ghost_fsdp to shard the weights")
     raw_training = document.get("training") if isinstance(document.get("training"), dict) else {}
-    if "max_grad_norm" in raw_training:
+    if raw_training.get("max_grad_norm") is not None:
         problems.append("training.max_grad_norm: with privacy every example's gradient is clipped to "
-                        "privacy.max_grad_norm instead; remove training.max_grad_norm")
+                        "privacy.max_grad_norm instead; remove training.max_grad_norm (or set it to null)")
     if privacy and privacy.grad_sample_mode == "ghost_fsdp":
         if scaling and scaling.num_workers < 2:
             problems.append("privacy.grad_sample_mode: ghost_fsdp shards the weights over workers; it needs "
