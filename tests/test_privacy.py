@@ -190,3 +190,40 @@ def test_the_accountant_continues_from_the_carried_history():
     train_step(ctx, make_method("naive"), second, batch, accumulation=1, window=torch.zeros(2, dtype=torch.float64))
     assert second.carry_over() == {"privacy_history": [[1.0, 0.5, 4]]}
     assert second.progress()["epsilon"] == pytest.approx(epsilon_spent([(1.0, 0.5, 4)], 1e-5, "rdp"))
+
+
+def test_a_private_run_resumed_mid_task_continues_the_same_epsilon_and_replays_exactly(tmp_path):
+    """Two tasks × 10 steps, resumed at task 1 step 5: the accountant comes back from the checkpoint."""
+    from palimpsest.train.loop import run_without_ray
+    from synthetic import loop_config
+    from test_methods import _checkpoint_at
+
+    plan = make_plan(PrivacySpec(epsilon=6.0, accountant="rdp"), task_sizes=[16, 12], batch_size=4, steps_per_task=10)
+    config = loop_config([qa_items(16, 0), qa_items(12, 1)], steps=10, batch_size=4, checkpoint_every=5,
+                         eval_every=5, max_grad_norm=None).with_(privacy=plan)
+    full = run_without_ray(config, tmp_path / "full")
+    middle = _checkpoint_at(tmp_path / "full", task=1, step=5)
+    resumed = run_without_ray(config.with_(resume_from=str(middle)), tmp_path / "resumed")
+    (a,), (b,) = full["methods"], resumed["methods"]
+    assert b["privacy"] == a["privacy"] and a["privacy"]["steps"] == 20
+    assert a["privacy"]["epsilon"] == pytest.approx(epsilon_spent(plan.history(), plan.delta, "rdp"))
+    assert a["privacy"]["epsilon"] <= 6.0
+    assert b["records"] == a["records"] and b["task_end"] == a["task_end"]
+
+
+def test_methods_declared_private_see_training_data_only_through_dp_sgd():
+    """A private method may choose what trains (before/after a task, on weights), never read examples or gradients:
+    the DP backend replaces `batch` with a Poisson draw and `loss` with the per-example NLL, and `.grad`
+    inside `after_backward` is neither clipped nor noised."""
+    from palimpsest.catalog import methods_of
+    from palimpsest.train.hooks import TrainingMethod
+    from palimpsest.train.methods import load_method_class
+
+    private = {name: info for name, info in methods_of("continual").items() if info.private}
+    assert set(private) == {"naive", "lora", "kappatune"}
+    for name, info in private.items():
+        implementation = load_method_class(info)
+        for hook in ("batch", "loss", "after_backward", "after_step"):
+            assert getattr(implementation, hook) is getattr(TrainingMethod, hook), f"{name} overrides {hook}"
+    refused = [info for info in methods_of("continual").values() if not info.private]
+    assert all(info.private_reason and info.private_reason != "it does not state a private form" for info in refused)

@@ -64,6 +64,7 @@ def test_dpddp_and_fsdp2_on_two_workers_match_one_worker_and_a_restart_keeps_the
                     tmp_path / "fsdp")
     for summary, name in ((one, "one"), (ddp, "ddp"), (fsdp, "fsdp")):
         assert_private(summary, tmp_path / name)
+        summary["name_dir"] = name
     assert ddp["privacy"]["epsilon"] == one["privacy"]["epsilon"] == fsdp["privacy"]["epsilon"]
     assert ddp["privacy"]["noise_multiplier"] == one["privacy"]["noise_multiplier"]
     curve = [v for _, v in records(tmp_path / "ddp", "train_loss")]
@@ -72,12 +73,18 @@ def test_dpddp_and_fsdp2_on_two_workers_match_one_worker_and_a_restart_keeps_the
     np.testing.assert_allclose([v for _, v in records(tmp_path / "one", "train_loss")], curve, rtol=1e-3)
     assert (tmp_path / "fsdp" / "checkpoints" / "final" / "model.safetensors").is_file()
 
-    marker = tmp_path / "failed-once"
-    restarted = run_spec(private_spec(max_failures=1), tmp_path / "restart",
-                         fail_at=FailAt(task=0, step=12, marker=str(marker)))
-    assert marker.exists(), "the failure was not injected"
-    assert restarted["privacy"] == ddp["privacy"]  # the accountant resumed from the checkpoint, not from zero
-    assert records(tmp_path / "restart", "train_loss") == records(tmp_path / "ddp", "train_loss")
+    for name, sharded, reference in (("restart", {}, ddp), ("restart-fsdp", {"grad_sample_mode": "ghost_fsdp"}, fsdp)):
+        marker = tmp_path / f"{name}-failed-once"
+        restarted = run_spec(private_spec(max_failures=1, privacy={"epsilon": 8.0, "accountant": "rdp", **sharded}),
+                             tmp_path / name, fail_at=FailAt(task=0, step=12, marker=str(marker)))
+        assert marker.exists(), "the failure was not injected"
+        assert restarted["privacy"] == reference["privacy"]  # the accountant resumed from the checkpoint
+        assert restarted["privacy"]["steps"] == 20
+        # the same batches, noise, weights and optimizer state from step 10 on (FSDP2: gathered, re-sharded)
+        assert records(tmp_path / name, "train_loss") == records(tmp_path / reference["name_dir"], "train_loss")
+        # resumed from step 10, not rerun from the start: no checkpoint was reported twice
+        checkpoints = lambda run: sorted(p.name for p in (run / "ray").rglob("checkpoint_*") if p.is_dir())  # noqa
+        assert len(checkpoints(tmp_path / name)) == len(checkpoints(tmp_path / reference["name_dir"]))
 
 
 def test_a_private_continual_stream_composes_every_task_into_one_budget(tmp_path):

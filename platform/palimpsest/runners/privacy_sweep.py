@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from palimpsest.data import DataError
 from palimpsest.runners import train
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import PrivacySweepJob, dump_spec, parse_spec
@@ -31,11 +32,14 @@ def prepare(spec: PrivacySweepJob, *, saved_tokenizer=None) -> list[Point]:
         DataError: a point cannot run (its message names the field).
     """
     points = []
-    for label, epsilon, document in spec.points():
+    for i, (label, epsilon, document) in enumerate(spec.points()):
         job = parse_spec(document, origin=label)
         saved = saved_tokenizer.parent / label / "tokenizer" if saved_tokenizer else None
-        points.append(Point(label, epsilon, job, train.prepare(job, saved_tokenizer=saved if saved and saved.is_dir()
-                                                                else None)))
+        try:
+            prepared = train.prepare(job, saved_tokenizer=saved if saved and saved.is_dir() else None)
+        except DataError as error:  # name the sweep's own field: the point, not a privacy.epsilon it lacks
+            raise DataError(f"epsilons[{i}] ({label}): {error}") from None
+        points.append(Point(label, epsilon, job, prepared))
     return points
 
 

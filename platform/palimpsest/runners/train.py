@@ -14,7 +14,9 @@ from palimpsest.data import DataError, QAExample, generate_world
 from palimpsest.runners.common import (
     build_tokenizer, export_checkpoint, training_cost, fit, load_dataset_spec, loop_config, subsample,
 )
+from palimpsest.models import build_model
 from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.sampling import rng_for
 from palimpsest.train.config import LoopConfig
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import TrainJob
@@ -28,6 +30,7 @@ class PreparedTrain:
     members: list[QAExample] = field(default_factory=list)
     non_members: list[QAExample] = field(default_factory=list)
     non_member_set: str | None = None
+    caveat: str | None = None  # why the MIA figures may measure something else than memorisation
 
 
 def load_examples(data, seed: int) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
@@ -70,11 +73,47 @@ def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
         eval_examples.update({name: subsample(ex, spec.eval.max_examples) for name, ex in extra.items() if ex})
     config = loop_config(spec, tokenizer, tasks=[train],
                          eval_sets={name: tokenize_qa(tokenizer, ex) for name, ex in eval_examples.items()})
-    # Non-members: the fact world's holdout, else the job's eval set (never trained on either).
-    non_member_set = next((name for name in ("holdout", "eval") if extra.get(name)), None)
-    non_members = subsample(extra[non_member_set], spec.eval.max_examples) if non_member_set else []
-    members = subsample(train, min(len(train), max(len(non_members), spec.eval.max_examples or len(train))))
-    return PreparedTrain(tokenizer, config, members, non_members, non_member_set)
+    members, non_members, non_member_set = membership_sets(spec, train, extra)
+    caveat = None
+    if spec.data.source != "factworld" and not (spec.model.tokenizer or spec.model.pretrained):
+        caveat = ("the tokenizer was fitted on the training data only, so non-members may take more tokens: "
+                  "compare with untrained_auc, or give model.tokenizer")
+    return PreparedTrain(tokenizer, config, members, non_members, non_member_set, caveat)
+
+
+def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tuple[list, list, str | None]:
+    """Members and non-members for membership inference: equal in number, drawn the same way (seeded).
+
+    Fact world: whole people — as many trained people as people never trained on (holdout
+    and any other split left out), so both sides hold the same attributes in the same
+    mix. Other data: equal-size random draws from the training set and the eval set.
+    """
+    rng = rng_for(spec.seed, "membership-inference")
+    cap = spec.eval.max_examples
+    if spec.data.source == "factworld":
+        data = spec.data
+        world = generate_world(seed=data.seed if data.seed is not None else spec.seed,
+                               num_entities=data.num_entities, attributes_per_entity=data.attributes_per_entity)
+        trained = {e.entity for e in train}
+        inside, outside = _by_person(train), _by_person([e for e in world.facts if e.entity not in trained])
+        people = min(len(inside), len(outside), (cap // data.attributes_per_entity) if cap else len(outside))
+        if people == 0:
+            return [], [], None
+        pick = lambda groups: [fact for i in sorted(rng.choice(len(groups), people, replace=False))  # noqa: E731
+                               for fact in groups[i]]
+        return pick(inside), pick(outside), "people never trained on"
+    if not extra.get("eval"):
+        return [], [], None
+    count = min(len(train), len(extra["eval"]), cap or len(train))
+    draw = lambda pool: [pool[i] for i in sorted(rng.choice(len(pool), count, replace=False))]  # noqa: E731
+    return draw(train), draw(extra["eval"]), "eval"
+
+
+def _by_person(facts: list[QAExample]) -> list[list[QAExample]]:
+    groups: dict[str, list[QAExample]] = {}
+    for fact in facts:
+        groups.setdefault(fact.entity, []).append(fact)
+    return list(groups.values())
 
 
 def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: bool = True) -> dict:
@@ -125,6 +164,14 @@ def membership(prepared: PreparedTrain, folder: RunFolder) -> dict:
                                           token_log_probs(model, other_items, **ids), other_texts,
                                           return_scores=True)
     result["non_member_set"] = prepared.non_member_set
+    # The same attacks on the model before training: what the sets' difference alone gives
+    # (a confound shows as an AUC away from 0.5 here).
+    untrained = build_model(prepared.worker_config.model)
+    reference = membership_inference(token_log_probs(untrained, member_items, **ids), member_texts,
+                                     token_log_probs(untrained, other_items, **ids), other_texts)
+    result["untrained_auc"] = {name: attack["auc"] for name, attack in reference["attacks"].items()}
+    if prepared.caveat:
+        result["caveat"] = prepared.caveat
     folder.plots.mkdir(exist_ok=True)
     plot_mia(scores, folder.plots / "mia.png", title="membership inference: training vs "
              f"{prepared.non_member_set} examples", result=result)

@@ -262,8 +262,10 @@ def _sweep_problems(document: dict) -> list[str]:
     epsilons = document.get("epsilons") if isinstance(document.get("epsilons"), list) else []
     settings = document.get("privacy") if isinstance(document.get("privacy"), dict) else {}
     found = []
-    if any(e is not None for e in epsilons):
-        found += cross_problems("train", {**job, "privacy": {**settings, "epsilon": 1.0}})
+    if any(e is not None for e in epsilons):  # a private point clips per example (see `points`)
+        training = {**job["training"], "max_grad_norm": None} if isinstance(job.get("training"), dict) else None
+        found += cross_problems("train", {**job, "privacy": {**settings, "epsilon": 1.0},
+                                          **({"training": training} if training is not None else {})})
     if None in epsilons:
         found += cross_problems("train", {**job, "privacy": None})
     # The privacy rules speak of the sweep's own privacy section; the rest of the job's sections.
@@ -286,6 +288,14 @@ def _privacy_problems(kind: str, document: dict, privacy, training, scaling, mod
         if model and model.lora is not None:
             problems.append("privacy.grad_sample_mode: ghost_fsdp with model.lora is not supported; use hooks, "
                             "functorch or ghost for DP-LoRA")
+        entries = document.get("methods") if kind == "continual" and isinstance(document.get("methods"), list) else []
+        if any(isinstance(_method_entry(m), dict) and _method_entry(m).get("name") == "lora" for m in entries):
+            problems.append("privacy.grad_sample_mode: ghost_fsdp cannot shard the lora method's per-task adapters; "
+                            "use hooks, functorch or ghost")
+    if privacy and privacy.grad_sample_mode.startswith("ghost") and model and _tied_embeddings(model):
+        problems.append(f"privacy.grad_sample_mode: {privacy.grad_sample_mode} does not support tied input and "
+                        f"output embeddings, which {model.pretrained} has (tie_word_embeddings); use hooks or "
+                        "functorch")
     if kind == "continual" and isinstance(document.get("methods"), list):
         known = methods_of("continual")
         for i, raw in enumerate(document["methods"]):
@@ -296,6 +306,20 @@ def _privacy_problems(kind: str, document: dict, privacy, training, scaling, mod
                 problems.append(f"methods[{i}]: {info.name} cannot train privately: {info.private_reason}; "
                                 f"with privacy use: {allowed}")
     return problems
+
+
+def _tied_embeddings(model) -> bool:
+    """Whether a local pretrained model ties its input and output embeddings (transformers' default: yes)."""
+    import json
+    from pathlib import Path
+
+    config = Path(model.pretrained or "") / "config.json"
+    if not model.pretrained or not config.is_file():
+        return False  # a preset (untied) or a hub name: not knowable offline
+    try:
+        return bool(json.loads(config.read_text()).get("tie_word_embeddings", True))
+    except (OSError, ValueError):
+        return False
 
 
 def _method_problems(document: dict, training, scaling, model) -> list[str]:

@@ -67,6 +67,8 @@ def save_checkpoint(session, model_config: dict, model, backend, *, position: Po
     adapters already merged).
     """
     full_state = backend.full_state_dict() if backend.shards_parameters else unwrap(model).state_dict()
+    # Every rank asks: a sharded backend gathers its optimizer state collectively.
+    backend_state = backend.state_dict() if position.step > 0 else None
     if session.rank != 0:
         session.report(metrics)
         return full_state
@@ -81,7 +83,7 @@ def save_checkpoint(session, model_config: dict, model, backend, *, position: Po
         torch.save({
             "position": asdict(position),
             "model": full_state,
-            "backend": backend.state_dict() if position.step > 0 else None,
+            "backend": backend_state,
             "carried": carried,
             "method": method_state,
             "results": [asdict(r) for r in results],

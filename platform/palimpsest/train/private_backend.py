@@ -144,10 +144,24 @@ class PrivateBackend(Backend):
         return {name: tensor.detach().cpu().clone() for name, tensor in full.items()}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        """Optimizer and schedule; under FSDP2 the whole optimizer state, gathered (every rank must call)."""
+        if self.shards_parameters:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optimizer = get_optimizer_state_dict(unwrap(self.model), self.optimizer.original_optimizer,
+                                                 options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer = self.optimizer.state_dict()
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.shards_parameters:  # each rank keeps its own shard of the whole state
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(unwrap(self.model), self.optimizer.original_optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def close(self) -> None:
