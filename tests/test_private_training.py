@@ -25,7 +25,7 @@ def private_spec(**overrides) -> dict:
             "eval": {"max_examples": 24},
             "scaling": {"num_workers": 2}}
     for key, value in overrides.items():
-        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return spec
 
 
@@ -171,3 +171,34 @@ def test_continual_methods_that_read_private_data_outside_dp_sgd_are_refused(tmp
     assert len(lines) == 7 and all("cannot train privately" in line for line in lines), result.output
     for i, name in enumerate(["replay", "ewc", "lwf", "joint", "fpf", "gere", "l2"], start=1):
         assert any(f"methods[{i}]: {name}" in line for line in lines), name
+
+
+def test_ghost_clipping_is_refused_where_it_cannot_run(tmp_path):
+    tied = tmp_path / "tied-model"
+    tied.mkdir()
+    (tied / "config.json").write_text(json.dumps({"model_type": "gpt2", "tie_word_embeddings": True}))
+    for document in (
+        private_spec(model={"pretrained": str(tied)}, privacy={"epsilon": 8.0, "grad_sample_mode": "ghost"}),
+        {"kind": "continual", "stream": {"source": "factworld"}, "methods": ["naive", "lora"],
+         "privacy": {"epsilon": 8.0, "grad_sample_mode": "ghost_fsdp"}, "scaling": {"num_workers": 2}},
+    ):
+        result = CliRunner().invoke(app, ["validate", str(write(tmp_path, document))])
+        assert result.exit_code == 2 and "privacy.grad_sample_mode" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_sweep_names_its_own_fields_and_its_resolved_spec_reruns(tmp_path):
+    from palimpsest.spec import dump_spec, load_spec
+
+    job = {key: value for key, value in private_spec(scaling={"num_workers": 1}).items() if key != "privacy"}
+    sweep = {"kind": "privacy_sweep", "job": job, "privacy": {"accountant": "rdp"}, "epsilons": [8.0, 1e-7, None]}
+    result = CliRunner().invoke(app, ["validate", str(write(tmp_path, sweep))])
+    assert result.exit_code == 2 and result.output.count("epsilons[1] (epsilon-1e-07)") == 1, result.output
+    sweep["epsilons"] = [8.0, None]
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(dump_spec(load_spec(write(tmp_path, sweep))))  # what the run folder's spec.yaml holds
+    assert "max_grad_norm: 1.0" in resolved.read_text()  # the job's own clipping, for its non-private point
+    assert CliRunner().invoke(app, ["validate", str(resolved)]).exit_code == 0
+    job["training"] = {**job["training"], "backend": "deepspeed"}
+    result = CliRunner().invoke(app, ["validate", str(write(tmp_path, sweep))])
+    assert result.exit_code == 2 and "job.training.backend" in result.output, result.output
