@@ -123,7 +123,7 @@ def test_privacy_lowers_membership_inference_on_memorised_facts(tmp_path):
     """Done-means 4: facts memorised without privacy give loss-MIA AUC > 0.95; at ε = 8, < 0.85.
 
     One fact per person (the per-example guarantee then protects people) and 92 people on each side of the
-    attack: with a dozen, the AUC of even an untrained model ranges over 0.4-0.67 from seed to seed."""
+    attack: with 46, the AUC of even an untrained model ranged over 0.40-0.67 across four seeds."""
     base = private_spec(scaling={"num_workers": 1}, data={"num_entities": 480, "attributes_per_entity": 1},
                         training={"steps": 400, "batch_size": 32, "lr": 3e-3, "log_every": 100,
                                   "checkpoint_every": None},

@@ -66,7 +66,9 @@ def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
     # The fact world is the exception: its vocabulary is the generator's, public and fixed, and
     # a BPE that had seen only the members' names would tell members apart by their token
     # counts alone (membership inference would measure the tokenizer, not memorisation).
-    world_texts = [e for examples in extra.values() for e in examples] if spec.data.source == "factworld" else []
+    trained = {(e.question, e.answer) for e in train}
+    world_texts = [e for e in _world(spec).facts if (e.question, e.answer) not in trained] \
+        if spec.data.source == "factworld" else []
     tokenizer = build_tokenizer(spec.model, train + world_texts, saved=saved_tokenizer)
     eval_examples = {"train": subsample(train, spec.eval.max_examples)}
     if spec.eval.holdout or spec.data.source != "factworld":
@@ -91,9 +93,7 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
     rng = rng_for(spec.seed, "membership-inference")
     cap = spec.eval.max_examples
     if spec.data.source == "factworld":
-        data = spec.data
-        world = generate_world(seed=data.seed if data.seed is not None else spec.seed,
-                               num_entities=data.num_entities, attributes_per_entity=data.attributes_per_entity)
+        data, world = spec.data, _world(spec)
         trained = {e.entity for e in train}
         inside, outside = _by_person(train), _by_person([e for e in world.facts if e.entity not in trained])
         people = min(len(inside), len(outside), (cap // data.attributes_per_entity) if cap else len(outside))
@@ -107,6 +107,13 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
     count = min(len(train), len(extra["eval"]), cap or len(train))
     draw = lambda pool: [pool[i] for i in sorted(rng.choice(len(pool), count, replace=False))]  # noqa: E731
     return draw(train), draw(extra["eval"]), "eval"
+
+
+def _world(spec: TrainJob):
+    """The job's fact world (the same seeded generation `load_examples` draws the splits from)."""
+    data = spec.data
+    return generate_world(seed=data.seed if data.seed is not None else spec.seed, num_entities=data.num_entities,
+                          attributes_per_entity=data.attributes_per_entity)
 
 
 def _by_person(facts: list[QAExample]) -> list[list[QAExample]]:
