@@ -111,8 +111,10 @@ def test_a_train_job_reports_membership_inference_and_draws_it(tmp_path):
     summary = run_spec(private_spec(scaling={"num_workers": 1}, privacy=None, data={"num_entities": 40},
                                     training={"steps": 6}), tmp_path / "mia", use_ray=False)
     mia = summary["mia"]
-    assert set(mia["attacks"]) == {"loss", "zlib", "min_k"} and mia["non_member_set"] == "holdout"
-    assert mia["members"] >= mia["non_members"] == 16 and summary["privacy"] is None
+    assert set(mia["attacks"]) == {"loss", "zlib", "min_k"} == set(mia["untrained_auc"])
+    assert mia["non_member_set"] == "people never trained on" and summary["privacy"] is None
+    # 8 people are never trained on (4 holdout, 4 forget10); eval.max_examples 24 caps each side at 6 people
+    assert mia["members"] == mia["non_members"] == 24
     for attack in mia["attacks"].values():
         assert 0.0 <= attack["auc"] <= 1.0
     assert (tmp_path / "mia" / "plots" / "mia.png").stat().st_size > 1000
@@ -207,3 +209,20 @@ def test_a_sweep_names_its_own_fields_and_its_resolved_spec_reruns(tmp_path):
     job["training"] = {**job["training"], "backend": "deepspeed"}
     result = CliRunner().invoke(app, ["validate", str(write(tmp_path, sweep))])
     assert result.exit_code == 2 and "job.training.backend" in result.output, result.output
+
+
+def test_membership_sets_are_whole_people_never_trained_on_against_as_many_trained_people():
+    from collections import Counter
+
+    from palimpsest.runners.train import load_examples, membership_sets
+
+    spec = parse_spec(private_spec(privacy=None, data={"num_entities": 60, "attributes_per_entity": 2},
+                                   eval={"max_examples": None}))
+    train_examples, extra = load_examples(spec.data, spec.seed)
+    members, others, name = membership_sets(spec, train_examples, extra)
+    trained = {e.entity for e in train_examples}
+    assert name == "people never trained on" and len(members) == len(others) == 2 * 12  # 6 holdout + 6 forget10
+    assert {e.entity for e in members} <= trained and not {e.entity for e in others} & trained
+    assert set(Counter(e.entity for e in members + others).values()) == {2}  # whole people: every fact of each
+    reseeded, _, _ = membership_sets(spec.model_copy(update={"seed": spec.seed + 1}), train_examples, extra)
+    assert reseeded != members  # drawn with the job's seed, not the first people in order
