@@ -400,6 +400,28 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     out.print(f"wrote {path}", highlight=False)
 
 
+@app.command()
+def ledger(path: Path = typer.Argument(..., help="a ledger.jsonl (a run folder's, or the one a job names)")) -> None:
+    """Print a forget-request ledger: each request's latest status, method, ε and where its model is."""
+    from palimpsest.unlearn.ledger import Ledger, LedgerError
+
+    if not path.is_file():
+        _fail_input([f"{path}: no ledger there"])
+    try:
+        state = Ledger(path).state()
+    except LedgerError as error:
+        _fail_input([str(error)])
+    table = Table(title=f"{path} — {len(state)} request(s)")
+    for column in ("id", "status", "method", "ε", "items", "items hash", "time", "checkpoint / error"):
+        table.add_column(column)
+    for record in state.values():
+        where = record.get("checkpoint") or record.get("error") or ""
+        epsilon = "—" if record.get("epsilon") is None else f"{record['epsilon']:g}"
+        table.add_row(record["id"], record["status"], record["method"], epsilon, str(record.get("items", "")),
+                      record["items_hash"][:19] + "…", record.get("time", ""), str(where))
+    out.print(table)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,1 @@
+"""Machine unlearning: the forget-request ledger (methods and the `unlearn` job kind come next)."""
