@@ -1,0 +1,79 @@
+"""TOFU-style evaluation of a model on question/answer splits (what each forget request is judged by).
+
+`split_scores` runs the model on one split: per item the avg loss (mean token NLL) of the
+answer, of the paraphrased answer and of each perturbed answer, and the greedy answer;
+from those, with `metrics.tofu`: answer probability, ROUGE-L recall, truth ratios and the
+split's truth-ratio score (forget side: mean min(R, 1/R); other splits: mean max(0, 1 − R)).
+`unlearning_summary` combines splits into forget quality, model utility and forget ROUGE.
+"""
+
+from __future__ import annotations
+
+from palimpsest.data import QAExample
+from palimpsest.metrics.tofu import (
+    answer_probability, forget_quality, forget_truth_ratio_score, model_utility, retain_truth_ratio_score,
+    rouge_l_recall, truth_ratios,
+)
+from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.evaluate import answer_log_likelihoods, greedy_answers
+
+
+def avg_losses(model, tokenizer, questions: list[str], answers: list[str], *, batch_size: int = 64,
+               device="cpu") -> list[float]:
+    """Mean token NLL of each answer (and the closing eos) given its question, teacher-forced."""
+    items = tokenize_qa(tokenizer, [QAExample(q, a) for q, a in zip(questions, answers)])
+    pairs = answer_log_likelihoods(model, items, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                                   batch_size=batch_size, device=device)
+    return [-log_likelihood / count for log_likelihood, count in pairs]
+
+
+def split_scores(model, tokenizer, examples: list[QAExample], *, forget: bool, batch_size: int = 64,
+                 device="cpu") -> dict:
+    """TOFU's per-split scores; `forget` picks the truth-ratio summary of the forget side.
+
+    Raises:
+        ValueError: an example lacks a paraphrased answer or perturbed answers (TOFU format).
+    """
+    missing = [e.question for e in examples if not e.paraphrased_answer or not e.perturbed_answers]
+    if missing:
+        raise ValueError(f"{len(missing)} examples lack paraphrased_answer / perturbed_answer (TOFU format), "
+                         f"e.g. {missing[0]!r}")
+    questions = [e.question for e in examples]
+    answer_loss = avg_losses(model, tokenizer, questions, [e.answer for e in examples], batch_size=batch_size,
+                             device=device)
+    paraphrased_loss = avg_losses(model, tokenizer, questions, [e.paraphrased_answer for e in examples],
+                                  batch_size=batch_size, device=device)
+    flat = [(row, q, a) for row, (q, e) in enumerate(zip(questions, examples)) for a in e.perturbed_answers]
+    flat_loss = avg_losses(model, tokenizer, [q for _, q, _ in flat], [a for _, _, a in flat],
+                           batch_size=batch_size, device=device)
+    perturbed_loss = [[] for _ in examples]
+    for (row, _, _), loss in zip(flat, flat_loss):
+        perturbed_loss[row].append(loss)
+    ratios = truth_ratios(paraphrased_loss, perturbed_loss)
+    items = tokenize_qa(tokenizer, examples)
+    generated = []
+    for start in range(0, len(items), batch_size):
+        generated += greedy_answers(model, items[start : start + batch_size], pad_id=tokenizer.pad_token_id,
+                                    eos_id=tokenizer.eos_token_id, device=device)
+    predictions = [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
+    return {
+        "probability": answer_probability(answer_loss),
+        "rouge_l": rouge_l_recall(predictions, [e.answer for e in examples]),
+        "truth_ratio": forget_truth_ratio_score(ratios) if forget else retain_truth_ratio_score(ratios),
+        "truth_ratios": ratios.tolist(),
+        "avg_loss": answer_loss,
+        "predictions": predictions,
+    }
+
+
+def unlearning_summary(scores: dict[str, dict], *, forget_split: str, retain_model_forget_ratios: list[float]) -> dict:
+    """Forget quality, model utility (harmonic mean over the other splits' three scores) and forget ROUGE-L."""
+    utility_parts = {f"{split}_{key}": block[key] for split, block in scores.items() if split != forget_split
+                     for key in ("probability", "rouge_l", "truth_ratio")}
+    return {
+        "forget_quality": forget_quality(scores[forget_split]["truth_ratios"], retain_model_forget_ratios),
+        "model_utility": model_utility(utility_parts),
+        "utility_parts": utility_parts,
+        "forget_rouge_l": scores[forget_split]["rouge_l"],
+        "forget_truth_ratio": scores[forget_split]["truth_ratio"],
+    }
