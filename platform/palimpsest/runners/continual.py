@@ -26,8 +26,7 @@ from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
 )
 from palimpsest.runners.common import (
-    training_cost,
-    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items,
+    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items, training_cost,
 )
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import ContinualJob
@@ -206,7 +205,6 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
     for result in output["methods"]:
         records += [{**r, "method": result["name"]} for r in result["records"]]
         block = summarise_method(result, output["baseline"], prepared.task_names, periodic=periodic)
-        params = result["parameters"]["total"]
         block["cost"] = training_cost(result, spec.training.steps * len(prepared.task_names))
         methods[result["name"]] = block
     folder.write_metrics(records)

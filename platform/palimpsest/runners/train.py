@@ -11,15 +11,15 @@ import time
 from dataclasses import dataclass, field
 
 from palimpsest.data import DataError, QAExample, generate_world
-from palimpsest.runners.common import (
-    build_tokenizer, export_checkpoint, training_cost, fit, load_dataset_spec, loop_config, subsample,
-)
 from palimpsest.models import build_model
-from palimpsest.train.batching import tokenize_qa
-from palimpsest.train.sampling import rng_for
-from palimpsest.train.config import LoopConfig
+from palimpsest.runners.common import (
+    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, training_cost,
+)
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import TrainJob
+from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.config import LoopConfig
+from palimpsest.train.sampling import rng_for
 
 
 @dataclass
@@ -37,8 +37,7 @@ def load_examples(data, seed: int) -> tuple[list[QAExample], dict[str, list[QAEx
     """Training examples and extra evaluation splits for a data spec."""
     extra: dict[str, list[QAExample]] = {}
     if data.source == "factworld":
-        world = generate_world(seed=data.seed if data.seed is not None else seed,
-                               num_entities=data.num_entities, attributes_per_entity=data.attributes_per_entity)
+        world = fact_world(data, seed)
         if data.split == "all":
             return list(world.facts), extra
         splits = world.tofu_splits()
@@ -67,7 +66,7 @@ def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
     # a BPE that had seen only the members' names would tell members apart by their token
     # counts alone (membership inference would measure the tokenizer, not memorisation).
     trained = {(e.question, e.answer) for e in train}
-    world_texts = [e for e in _world(spec).facts if (e.question, e.answer) not in trained] \
+    world_texts = [e for e in fact_world(spec.data, spec.seed).facts if (e.question, e.answer) not in trained] \
         if spec.data.source == "factworld" else []
     tokenizer = build_tokenizer(spec.model, train + world_texts, saved=saved_tokenizer)
     eval_examples = {"train": subsample(train, spec.eval.max_examples)}
@@ -93,7 +92,7 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
     rng = rng_for(spec.seed, "membership-inference")
     cap = spec.eval.max_examples
     if spec.data.source == "factworld":
-        data, world = spec.data, _world(spec)
+        data, world = spec.data, fact_world(spec.data, spec.seed)
         trained = {e.entity for e in train}
         inside, outside = _by_person(train), _by_person([e for e in world.facts if e.entity not in trained])
         people = min(len(inside), len(outside), (cap // data.attributes_per_entity) if cap else len(outside))
@@ -109,10 +108,9 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
     return draw(train), draw(extra["eval"]), "eval"
 
 
-def _world(spec: TrainJob):
-    """The job's fact world (the same seeded generation `load_examples` draws the splits from)."""
-    data = spec.data
-    return generate_world(seed=data.seed if data.seed is not None else spec.seed, num_entities=data.num_entities,
+def fact_world(data, seed: int):
+    """The fact world of a `factworld` data section (its own seed, else the job's)."""
+    return generate_world(seed=data.seed if data.seed is not None else seed, num_entities=data.num_entities,
                           attributes_per_entity=data.attributes_per_entity)
 
 
@@ -157,9 +155,9 @@ def membership(prepared: PreparedTrain, folder: RunFolder) -> dict:
         return {"skipped": "no examples outside the training set: give data.eval_path (file) or data.eval_split (hf)"}
     from transformers import AutoModelForCausalLM
 
-    from palimpsest.metrics.mia import membership_inference, plot_mia, token_log_probs
-
     from transformers.utils import logging as hf_logging
+
+    from palimpsest.metrics.mia import membership_inference, plot_mia, token_log_probs
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar under the run's own output
     model = AutoModelForCausalLM.from_pretrained(str(folder.checkpoints / "final"))

@@ -94,6 +94,16 @@ class StepBatch:
         return sum(len(items) for items in self.parts.values())
 
 
+def token_mean_share(token_losses, token_mask, row_weights, global_tokens: int, world_size: int) -> torch.Tensor:
+    """This rank's share of the mean NLL over every answer token of the global batch (see `normalised_loss`)."""
+    return normalised_loss(token_losses.sum(), global_tokens, world_size)
+
+
+def per_example_loss(token_losses, token_mask, row_weights, global_tokens: int, world_size: int) -> torch.Tensor:
+    """(B,) each example's mean answer-token NLL, zero for placeholder rows: what DP-SGD clips per example."""
+    return token_losses.sum(dim=1) / token_mask.sum(dim=1).clamp(min=1) * row_weights
+
+
 @dataclass
 class MicroBatch:
     """One micro-batch of this rank's shard, with the token losses the loop already computed."""
@@ -108,14 +118,12 @@ class MicroBatch:
     # How token losses become this rank's loss: (token_losses, token_mask, row_weights, global
     # answer tokens, world size) -> loss. The default is the share of the global token mean;
     # a backend may replace it (DP-SGD: one loss per example, see `per_example_loss`).
-    reduction: Callable[..., torch.Tensor] = None
+    reduction: Callable[..., torch.Tensor] = token_mean_share
     # (B,) 1.0 for real rows, 0.0 for a placeholder row (a rank with no examples in a
     # Poisson-sampled step still runs the forward and backward passes its collectives need).
     row_weights: torch.Tensor | None = None
 
     def __post_init__(self):
-        if self.reduction is None:
-            self.reduction = token_mean_share
         if self.row_weights is None:
             self.row_weights = torch.ones(self.token_losses.shape[0], device=self.token_losses.device)
 
@@ -145,16 +153,6 @@ class MicroBatch:
     def once_per_step(self, term: torch.Tensor) -> torch.Tensor:
         """A term every micro-batch adds in full (a penalty on the weights) counted once per step."""
         return term / self.accumulation
-
-
-def token_mean_share(token_losses, token_mask, row_weights, global_tokens: int, world_size: int) -> torch.Tensor:
-    """This rank's share of the mean NLL over every answer token of the global batch (see `normalised_loss`)."""
-    return normalised_loss(token_losses.sum(), global_tokens, world_size)
-
-
-def per_example_loss(token_losses, token_mask, row_weights, global_tokens: int, world_size: int) -> torch.Tensor:
-    """(B,) each example's mean answer-token NLL, zero for placeholder rows: what DP-SGD clips per example."""
-    return token_losses.sum(dim=1) / token_mask.sum(dim=1).clamp(min=1) * row_weights
 
 
 class TrainingMethod:

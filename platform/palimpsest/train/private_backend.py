@@ -61,7 +61,8 @@ class PrivateBackend(Backend):
             model = DifferentiallyPrivateDistributedDataParallel(model)
         extra = {"max_grad_norm": plan.max_grad_norm} if self.mode.startswith("ghost") else {}
         self.model = wrap_model(model, grad_sample_mode=self.mode, batch_first=True, loss_reduction="mean", **extra)
-        self.model.forbid_grad_accumulation() if not self.mode.startswith("ghost") else None
+        if not self.mode.startswith("ghost"):  # a second backward before the step would be a bug: fail loudly
+            self.model.forbid_grad_accumulation()
         params = [p for p in self.model.parameters() if p.requires_grad]
         inner = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
         self.scheduler = get_scheduler(training.lr_schedule, inner, num_warmup_steps=training.warmup_steps,
@@ -165,4 +166,5 @@ class PrivateBackend(Backend):
         self.scheduler.load_state_dict(state["scheduler"])
 
     def close(self) -> None:
-        self.model.remove_hooks() if hasattr(self.model, "remove_hooks") else None
+        if hasattr(self.model, "remove_hooks"):  # the next task's backend wraps the same model again
+            self.model.remove_hooks()
