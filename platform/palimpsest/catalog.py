@@ -6,7 +6,7 @@ runners find the declarations here, statically (`palimpsest.train.methods.discov
 
 from palimpsest.train.methods import MethodInfo, discover
 
-FAMILY_PACKAGES = {"continual": "palimpsest.continual"}
+FAMILY_PACKAGES = {"continual": "palimpsest.continual", "unlearning": "palimpsest.unlearn"}
 
 
 def methods_of(family: str) -> dict[str, MethodInfo]:

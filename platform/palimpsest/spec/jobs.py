@@ -8,6 +8,7 @@ its own — so `validate` reports them all at once, next to any field error.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -211,9 +212,142 @@ class PrivacySweepJob(Strict):
         return found
 
 
+# ----------------------------------------------------------------------------- unlearn
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class UnlearnFactWorld(Strict):
+    """The fact world's TOFU-format splits: a 10% holdout, the rest trained on and forgotten from."""
+
+    source: Literal["factworld"]
+    seed: int | None = Field(None, description="world seed; default: the job's seed")
+    num_entities: int = Field(100, ge=3, le=100_000, description="fictitious people (10% are the holdout)")
+    attributes_per_entity: int = Field(2, ge=1, le=8, description="facts per person")
+
+
+class UnlearnFiles(Strict):
+    """TOFU-format files in one folder: `<name>.json` (JSON Lines or a JSON list), TOFU's field names.
+
+    The target trains on `full` (else on the union of every forget*/retain* file); a
+    request's forget set is `<split>.json`, evaluated with `<split>_perturbed.json` when it
+    exists (TOFU keeps the paraphrased and perturbed answers there); the retain side is
+    evaluated on `retain_perturbed` when it exists; `holdout` names the never-trained split.
+    """
+
+    source: Literal["tofu"]
+    path: str = Field(description="folder of TOFU-format .json / .jsonl files")
+    holdout: str = Field("holdout10", description="the file (without .json) of people never trained on")
+
+    @field_validator("path")
+    @classmethod
+    def _folder(cls, value):
+        found = _existing_path(value, "TOFU data folder")
+        if not Path(found).is_dir():
+            raise ValueError(f"TOFU data folder: {value} is not a folder")
+        return found
+
+
+UnlearnData = Annotated[Union[UnlearnFactWorld, UnlearnFiles], Field(discriminator="source")]
+
+
+class ForgetRequest(Strict):
+    """One forget request: an id the ledger knows it by, and its items (exactly one of split, percent, path)."""
+
+    id: str = Field(pattern=REQUEST_ID_PATTERN, description="the ledger's key for this request")
+    split: str | None = Field(None, description="fact world: forget01 / forget05 / forget10; tofu: a file name")
+    percent: int | None = Field(None, ge=1, le=90, description="fact world: the next N% of the trainable people "
+                                                               "no earlier request named (forget01, then the next 1%...)")
+    path: str | None = Field(None, description="a TOFU-format file of items to forget (each must be trained on)")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value):
+        return None if value is None else _existing_path(value, "request file")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [name for name in ("split", "percent", "path") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of split, percent or path (got {', '.join(given) or 'none'})")
+        return self
+
+
+class TargetSpec(Strict):
+    """How the target (forget ∪ retain) and the retain models are trained: the same recipe for both."""
+
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    privacy: PrivacySpec | None = Field(None, description="train the target with (ε, δ)-DP (dp2u needs it); the "
+                                                          "retain models are never private")
+
+    _no_global_clipping = model_validator(mode="after")(lambda self: _private_clipping(self))
+
+
+class UnlearnMethodSpec(MethodSpec):
+    """An unlearning method by registered name, with its parameters; `gu` adds GU's projection."""
+
+    gu: bool = Field(False, description="project the forget gradient orthogonal to retain gradients (GU)")
+    gu_samples: int = Field(8, ge=1, le=256, description="retain items whose gradients GU projects out, per step")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value):
+        known = methods_of("unlearning")
+        if value not in known:
+            raise ValueError(f"unknown unlearning method '{value}'" + _suggest(value, list(known)))
+        return value
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}+gu" if self.gu else self.name
+
+
+class UnlearnJob(_Job):
+    """`kind: unlearn` — train a target, serve a sequence of forget requests with each method, compare to retraining."""
+
+    kind: Literal["unlearn"]
+    name: str = Field("unlearn", pattern=NAME_PATTERN, description="run name (folder prefix)")
+    data: UnlearnData
+    target: TargetSpec = Field(default_factory=TargetSpec)
+    requests: list[ForgetRequest] = Field(default_factory=lambda: [ForgetRequest(id="forget10", split="forget10")],
+                                          min_length=1, description="forget requests, served in order")
+    methods: list[UnlearnMethodSpec] = Field(min_length=1, description="each serves every request, from the target")
+    ledger: str | None = Field(None, description="the request ledger (JSON Lines); default: ledger.jsonl in the run "
+                                                 "folder. Name a path to keep it across runs")
+    cache: str | None = Field(None, description="where trained target and retain models are kept for reuse, by "
+                                                "content hash; default: .palimpsest-cache in the current folder")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_or_mappings(cls, value):
+        return [_method_entry(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("ledger", "cache")
+    @classmethod
+    def _absolute(cls, value):
+        return None if value is None else str(Path(value).expanduser().resolve())
+
+    @field_validator("requests")
+    @classmethod
+    def _distinct_ids(cls, value):
+        ids = [r.id for r in value]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"each request id once ({', '.join(repeated)} repeated)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_methods(self):
+        labels = [m.label for m in self.methods]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"methods: each method (with or without gu) once ({', '.join(repeated)} repeated)")
+        return self
+
+
 JOB_KINDS: dict[str, type[Strict]] = {"train": TrainJob, "continual": ContinualJob,
-                                      "privacy_sweep": PrivacySweepJob}
-JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob]
+                                      "privacy_sweep": PrivacySweepJob, "unlearn": UnlearnJob}
+JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob, UnlearnJob]
 
 
 # ----------------------------------------------------------------------------- cross-section rules
@@ -251,6 +385,47 @@ def cross_problems(kind: str, document: dict) -> list[str]:
         problems += _method_problems(document, training, scaling, model)
     if kind == "privacy_sweep":
         problems += _sweep_problems(document)
+    if kind == "unlearn":
+        problems += _method_problems(document, training, scaling, model, family="unlearning")
+        problems += _unlearn_problems(document, training, scaling, model)
+    return problems
+
+
+def _unlearn_problems(document: dict, training, scaling, model) -> list[str]:
+    """Rules that tie an unlearn job's methods, target and model together."""
+    problems = []
+    target = document.get("target") if isinstance(document.get("target"), dict) else {}
+    target_training = _section(TrainingSpec, target, "training")
+    if model and model.lora is not None:
+        problems.append("model.lora: unlearning serves requests on the whole target model; remove model.lora "
+                        "(gs_lora adds its own adapter per request)")
+    # The target's own rules, as a train job's, under `target.`.
+    inner = {"training": target.get("training") or {}, "privacy": target.get("privacy"),
+             "model": document.get("model") or {}, "scaling": document.get("scaling") or {}}
+    problems += [f"target.{line}" if line.split(".")[0] in ("training", "privacy") else line
+                 for line in cross_problems("train", inner) if not line.startswith("model.lora")]
+    entries = document.get("methods") if isinstance(document.get("methods"), list) else []
+    known = methods_of("unlearning")
+    for i, raw in enumerate(entries):
+        entry = _method_entry(raw)
+        info = known.get(entry.get("name")) if isinstance(entry, dict) else None
+        if info is None:
+            continue
+        if info.name == "dp2u" and not isinstance(target.get("privacy"), dict):
+            problems.append(f"methods[{i}]: dp2u serves requests from an ε-DP target; give target.privacy "
+                            "(e.g. epsilon: 8)")
+        if info.name in ("retrain", "dp2u") and target_training and not info.supports(
+                target_training.backend, target_training.deepspeed.zero_stage):
+            problems.append(f"methods[{i}]: {info.name} trains with target.training, whose backend it cannot run "
+                            f"on: {info.backend_reason}")
+        if entry.get("gu") is True:
+            if not info.projectable:
+                allowed = ", ".join(n for n, m in known.items() if m.projectable)
+                problems.append(f"methods[{i}].gu: {info.name} has no forget objective to project; gu works with: "
+                                f"{allowed}")
+            elif training and training.backend != "ddp":
+                problems.append(f"methods[{i}].gu: GU projects whole per-sample gradients, which DeepSpeed ZeRO "
+                                "partitions; use training.backend ddp")
     return problems
 
 
@@ -322,11 +497,11 @@ def _tied_embeddings(model) -> bool:
         return False
 
 
-def _method_problems(document: dict, training, scaling, model) -> list[str]:
+def _method_problems(document: dict, training, scaling, model, family: str = "continual") -> list[str]:
     entries = document.get("methods")
     if not isinstance(entries, list):
         return []
-    known = methods_of("continual")
+    known = methods_of(family)
     problems, names = [], []
     stream = document.get("stream") if isinstance(document.get("stream"), dict) else {}
     for i, raw in enumerate(entries):
@@ -371,7 +546,7 @@ def _method_problems(document: dict, training, scaling, model) -> list[str]:
         if info.name == "lora" and model and model.lora is not None:
             problems.append(f"methods[{i}]: the lora method adds its own adapters per task; remove model.lora")
     duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
+    if duplicates and family == "continual":  # unlearning: the same method with and without gu is allowed
         problems.append(f"methods: each method may appear once ({', '.join(duplicates)} repeated)")
     return problems
 

@@ -48,6 +48,10 @@ class Backend:
         """Figures logged beside the training loss on rank 0 (DP-SGD: ε spent so far)."""
         return {}
 
+    def learning_rate(self) -> float:
+        """The learning rate the next optimizer step uses."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
     def full_state_dict(self) -> dict:
         """The whole model's state dict (every rank must call: it may gather shards)."""
         return unwrap(self.model).state_dict()

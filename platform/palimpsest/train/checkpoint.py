@@ -36,6 +36,9 @@ class MethodResult:
     wall_s: float = 0.0  # training and evaluation, summed over attempts (a resume adds to it)
     parameters: dict | None = None
     privacy: dict | None = None  # a private run: ε spent, δ, σ, sample rate, steps (see privacy.PrivacyPlan)
+    steps: int = 0  # optimizer steps per task
+    task_tokens: list[int] = field(default_factory=list)  # per finished task: its training tokens
+    task_wall_s: list[float] = field(default_factory=list)  # per finished task: its wall time
 
 
 @dataclass

@@ -45,12 +45,21 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class MethodRun:
-    """A method to run: where its code is and its resolved parameters."""
+    """A method to run: where its code is and its resolved parameters.
+
+    The optional fields override the run's for this method alone: its own optimisation
+    (unlearning's `retrain` trains with the original training recipe, not the unlearning
+    one), the model it starts from, and the first task (earlier ones were done by an
+    earlier run: unlearning requests a ledger records as served).
+    """
 
     name: str
     module: str
     implementation: str
     params: dict = field(default_factory=dict)
+    optimisation: Optimisation | None = None
+    model: dict | None = None
+    first_task: int = 0
 
     def build(self):
         module = importlib.import_module(self.module)
@@ -58,6 +67,19 @@ class MethodRun:
 
 
 NAIVE = MethodRun("naive", "palimpsest.train.hooks", "TrainingMethod")
+
+
+@dataclass
+class TaskEnd:
+    """What `LoopConfig.task_end` is told at the end of a task (rank 0 only)."""
+
+    method: str
+    task: int
+    model: object  # the unwrapped model with the task's final weights
+    steps: int
+    train_tokens: int  # of this task
+    wall_s: float  # of this task (summed over attempts)
+    parameters: dict
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,15 @@ class LoopConfig:
     # Per task, the eval set that measures it (continual evaluation and the accuracy matrix).
     task_eval_names: list[str] | None = None
     general: list[TokenizedQA] = field(default_factory=list)  # trainable general samples (GeRe)
+    # Named pools methods may train on, one list per task (unlearning: "retain", what
+    # remains after each forget request). Never evaluation sets.
+    pools: dict[str, list[list[TokenizedQA]]] = field(default_factory=dict)
+    # Named models a method may start a task from (`LoopContext.fresh_model`).
+    models: dict[str, dict] = field(default_factory=dict)
+    # Called on rank 0 at each task end, after the method's after_task and before the
+    # task-end checkpoint, with a `TaskEnd`; returns metrics.jsonl rows (unlearning:
+    # TOFU metrics per request and the ledger's `done`). Must be picklable.
+    task_end: object | None = None
     methods: list[MethodRun] = field(default_factory=lambda: [NAIVE])
     privacy: object | None = None  # a `palimpsest.privacy.PrivacyPlan`: train with DP-SGD
     threads: int = 1
@@ -97,6 +128,18 @@ class LoopConfig:
             raise ValueError(f"task_eval_names: no eval set named {missing}")
         if not self.methods:
             raise ValueError("methods: at least one")
+        uneven = [name for name, per_task in self.pools.items() if len(per_task) != len(self.tasks)]
+        if uneven:
+            raise ValueError(f"pools {uneven}: one list per task")
+        late = [m.name for m in self.methods if not 0 <= m.first_task <= len(self.tasks)]
+        if late:
+            raise ValueError(f"methods {late}: first_task must be within the tasks")
+
+    def optimisation_of(self, method: MethodRun) -> Optimisation:
+        return method.optimisation or self.optimisation
+
+    def model_of(self, method: MethodRun) -> dict:
+        return method.model or self.model
 
     def with_(self, **changes) -> "LoopConfig":
         return replace(self, **changes)

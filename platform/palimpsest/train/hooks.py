@@ -4,6 +4,7 @@ The loop owns this interface and imports no method package; a method is one file
 declares itself (`palimpsest.train.methods.MethodInfo`) and subclasses `TrainingMethod`.
 Per task the loop calls:
 
+    [prepare_model(ctx)]                               on a resume: rebuild kept modules
     before_task(ctx)                                   prepare (may replace ctx.model)
     for each optimizer step:
         batch(ctx, step) -> StepBatch                  the global batch, as named parts
@@ -49,6 +50,13 @@ class LoopContext:
     world_size: int = 1
     # General (non-task) samples a method may train on; never the general evaluation set.
     general: list[TokenizedQA] = field(default_factory=list)
+    # This task's named pools a method may train on (unlearning: "retain", what remains
+    # after the current forget request). Set by the loop at each task.
+    pools: dict[str, list[TokenizedQA]] = field(default_factory=dict)
+    # Named models a method may start a task from, as `palimpsest.models.model_config`
+    # dicts (unlearning: "base", what the target was trained from, and "target").
+    models: dict[str, dict] = field(default_factory=dict)
+    lr: float = 0.0  # the learning rate of the step being taken (set by the loop before each step)
 
     @property
     def total_steps(self) -> int:
@@ -67,6 +75,23 @@ class LoopContext:
         """The current task's examples for `step` (see `task_batch_indices`)."""
         items = self.tasks[self.task]
         return [items[i] for i in self.task_batch_indices(step, size)]
+
+    def pool_batch(self, name: str, step: int, size: int | None = None) -> list[TokenizedQA]:
+        """`size` (default batch_size) examples of this task's pool `name` for `step`: seeded epochs over the pool."""
+        items = self.pools.get(name) or []
+        if not items:
+            raise ValueError(f"this run has no examples in pool {name!r} for task {self.task}")
+        chosen = global_batch_indices(step, num_examples=len(items), batch_size=self.batch_size if size is None else size,
+                                      seed=derive_seed(self.seed, f"pool-{name}", self.task))
+        return [items[i] for i in chosen.tolist()]
+
+    def fresh_model(self, name: str) -> torch.nn.Module:
+        """A new copy of the run's model `name` (see `models`) on this device."""
+        from palimpsest.models import build_model
+
+        if name not in self.models:
+            raise ValueError(f"this run has no model named {name!r} (it has: {', '.join(self.models) or 'none'})")
+        return build_model(self.models[name]).to(self.device)
 
 
 @dataclass(frozen=True)
@@ -150,6 +175,14 @@ class MicroBatch:
         rows = self.rows(part)
         return -self.token_losses[rows].sum(dim=1), self.token_mask[rows].sum(dim=1)
 
+    def item_mean(self, part: str, item_sum: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the mean of a per-item loss over every item of `part` in the global batch.
+
+        `item_sum` is the loss summed over this micro-batch's rows of `part` (possibly none).
+        Summed over micro-batches and averaged over ranks it gives the global item mean.
+        """
+        return normalised_loss(item_sum, len(self.step_batch.parts.get(part, [])), self.world_size)
+
     def once_per_step(self, term: torch.Tensor) -> torch.Tensor:
         """A term every micro-batch adds in full (a penalty on the weights) counted once per step."""
         return term / self.accumulation
@@ -172,6 +205,13 @@ class TrainingMethod:
         `after_task` of the previous task and keep it in `state_dict()`.
         """
 
+    def prepare_model(self, ctx: LoopContext) -> None:
+        """On a resume only, before the saved weights load: give `ctx.model` the structure they need.
+
+        A method that keeps modules across tasks (GS-LoRA's adapter per request) adds
+        those of the finished tasks here (tasks 0..ctx.task−1), as they were when saved.
+        """
+
     def batch(self, ctx: LoopContext, step: int) -> StepBatch:
         """The global batch for `step` (0-based within the task), the same on every rank."""
         return StepBatch.of_task(ctx.task_batch(step))
@@ -191,6 +231,10 @@ class TrainingMethod:
 
     def after_task(self, ctx: LoopContext) -> None:
         """Called once the task's last step is done, before the task-end evaluation."""
+
+    def progress(self) -> dict[str, float]:
+        """Figures logged beside the training loss on rank 0 (GU: how orthogonal its last step was)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

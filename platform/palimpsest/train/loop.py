@@ -26,7 +26,7 @@ from palimpsest.models import build_model, count_parameters, unwrap
 from palimpsest.privacy import epsilon_spent
 from palimpsest.train.backends import make_backend
 from palimpsest.train.checkpoint import MethodResult, Position, SavedState, load_checkpoint, save_checkpoint
-from palimpsest.train.config import LoopConfig
+from palimpsest.train.config import LoopConfig, TaskEnd
 from palimpsest.train.evaluate import evaluate_sets, metric_records
 from palimpsest.train.hooks import LoopContext
 from palimpsest.train.sampling import derive_seed
@@ -82,7 +82,7 @@ class _Run:
         return self.config.task_eval_names[: task + 1]  # continual evaluation: the seen tasks
 
     def log_train_loss(self, result: MethodResult, *, task: int, done: int, stream_step: int, grad_norm,
-                       backend) -> None:
+                       backend, method) -> None:
         if self.session.world_size > 1:
             dist.all_reduce(self.window)
         train_loss = (self.window[0] / self.window[1].clamp(min=1)).item()
@@ -91,7 +91,7 @@ class _Run:
                                "value": train_loss})
         if self.session.rank == 0:
             cfg = self.config
-            extra = backend.progress()  # e.g. ε spent so far
+            extra = {**backend.progress(), **method.progress()}  # e.g. ε spent so far
             result.records += [{"step": stream_step, "task": task, "split": "train", "metric": name, "value": value}
                                for name, value in extra.items()]
             label = f"{result.name} · " if len(cfg.methods) > 1 or cfg.task_eval_names else ""
@@ -129,24 +129,30 @@ def run_training(config: LoopConfig, session: TrainSession) -> dict:
 def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
     """All tasks of method `index`, from the start or from `saved`'s position."""
     config, session = run.config, run.session
-    spec, opt = config.methods[index], config.optimisation
+    spec = config.methods[index]
+    opt, model_cfg = config.optimisation_of(spec), config.model_of(spec)
     method = spec.build()
     if saved is not None:
         method.load_state_dict(saved.method)
     else:
-        run.results.append(MethodResult(name=spec.name))
+        run.results.append(MethodResult(name=spec.name, steps=opt.steps))
     result = run.results[index]
     run.clock = time.perf_counter()
-    ctx = LoopContext(model=build_model(config.model).to(session.device), tasks=config.tasks, task=0,
+    ctx = LoopContext(model=build_model(model_cfg).to(session.device), tasks=config.tasks, task=0,
                       seed=config.seed, batch_size=opt.batch_size, steps_per_task=opt.steps,
-                      pad_id=config.model["pad_id"], eos_id=config.model["eos_id"], device=session.device,
-                      rank=session.rank, world_size=session.world_size, general=config.general)
-    start_task, start_step = (saved.position.task, saved.position.step) if saved else (0, 0)
+                      pad_id=model_cfg["pad_id"], eos_id=model_cfg["eos_id"], device=session.device,
+                      rank=session.rank, world_size=session.world_size, general=config.general,
+                      models=config.models)
+    start_task, start_step = (saved.position.task, saved.position.step) if saved else (spec.first_task, 0)
     carried = saved.carried if saved else {}
     for task in range(start_task, len(config.tasks)):
         ctx.task = task
-        mid_task = saved is not None and task == start_task and start_step > 0
-        if saved is not None and task == start_task and not mid_task:
+        ctx.pools = {name: per_task[task] for name, per_task in config.pools.items()}
+        resuming = saved is not None and task == start_task
+        mid_task = resuming and start_step > 0
+        if resuming:
+            method.prepare_model(ctx)
+        if resuming and not mid_task:
             unwrap(ctx.model).load_state_dict(saved.model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "before-task", index, task))  # adapters init identically
@@ -162,7 +168,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
 
         def checkpoint(position: Position, metrics: dict) -> dict:
             run.tick(result)
-            return save_checkpoint(session, config.model, ctx.model, backend, position=position,
+            return save_checkpoint(session, model_cfg, ctx.model, backend, position=position,
                                    results=run.results, method_state=method.state_dict(),
                                    carried=backend.carry_over(), baseline=run.baseline,
                                    window=run.window.tolist(), metrics={"method": spec.name, **metrics})
@@ -172,13 +178,14 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             # Dropout and other randomness: a function of (seed, method, task, step), so a resume replays it.
             torch.manual_seed(derive_seed(config.seed, "step", index, task, step))
             batch = backend.choose_batch(method, ctx, step)
+            ctx.lr = backend.learning_rate()
             result.train_tokens += sum(len(it.prompt) + len(it.answer) + 1 for _, it in batch.flat())
             grad_norm = train_step(ctx, method, backend, batch, accumulation=opt.grad_accum, window=run.window)
             method.after_step(ctx, step + 1, batch)
             done, stream_step = step + 1, ctx.stream_step(step + 1)
             if done % opt.log_every == 0 or done == opt.steps:
                 run.log_train_loss(result, task=task, done=done, stream_step=stream_step, grad_norm=grad_norm,
-                                   backend=backend)
+                                   backend=backend, method=method)
             if done == opt.steps:
                 break
             if config.evaluation.every and done % config.evaluation.every == 0:
@@ -193,16 +200,33 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         result.records += metric_records(evaluated, step=end_step, task=task)
         result.task_end.append(evaluated)
         result.task_end_steps.append(end_step)
-        if task == len(config.tasks) - 1:
-            result.parameters = count_parameters(ctx.model)
-            if config.privacy is not None:
-                result.privacy = _privacy_spent(config.privacy, backend.carry_over()["privacy_history"])
+        result.parameters = count_parameters(ctx.model)
+        if task == len(config.tasks) - 1 and config.privacy is not None:
+            result.privacy = _privacy_spent(config.privacy, backend.carry_over()["privacy_history"])
+        _close_task(run, result, ctx, task, opt.steps)
         full_state = checkpoint(Position(index, task + 1, 0), {"task_end": task, "step": end_step})
         carried = backend.carry_over()
         backend.close()
         if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
-            ctx.model = build_model(config.model).to(session.device)
+            ctx.model = build_model(model_cfg).to(session.device)
             ctx.model.load_state_dict(full_state)
+
+
+def _close_task(run: _Run, result: MethodResult, ctx: LoopContext, task: int, steps: int) -> None:
+    """Record the task's own tokens and wall time; on rank 0, call the run's task-end hook.
+
+    Both come before the task-end checkpoint, so what the hook writes (unlearning: the
+    ledger's `done`) is never missing for a task a checkpoint says is finished.
+    """
+    run.tick(result)
+    result.task_tokens.append(result.train_tokens - sum(result.task_tokens))
+    result.task_wall_s.append(result.wall_s - sum(result.task_wall_s))
+    if run.config.task_end is not None and run.session.rank == 0:
+        with torch.random.fork_rng(devices=[]):
+            result.records += run.config.task_end(TaskEnd(
+                method=result.name, task=task, model=unwrap(ctx.model), steps=steps,
+                train_tokens=result.task_tokens[-1], wall_s=result.task_wall_s[-1], parameters=result.parameters))
+        run.clock = time.perf_counter()  # the hook's own time is not the task's
 
 
 def _privacy_spent(plan, history: list) -> dict:

@@ -112,6 +112,8 @@ class MethodInfo:
     # clipped, noised per-example gradients and the Poisson sampler. Otherwise, why not.
     private: bool = False
     private_reason: str = "it does not state a private form"
+    # Unlearning: the method has a forget objective whose gradient GU can project (`gu: true`).
+    projectable: bool = False
     module: str = field(default="", compare=False)  # filled in by `discover`
 
     def defaults(self) -> dict[str, Any]:

@@ -5,7 +5,9 @@ metrics after it and the checkpoint path) or `failed` (with the error) when it e
 crash between leaves it `pending`, so the next run serves it again and nothing is lost.
 Each request carries the content hash of its items: a request id that is done is skipped
 when asked again with the same items and refused with other items, so no request is
-applied twice or silently replaced. Lines are only ever appended; the file and (on its
+applied twice or silently replaced. A job comparing methods serves every request once per
+method, each on its own copy of the target: records are keyed by (method, request id), and
+an id means the same items whatever the method. Lines are only ever appended; the file and (on its
 creation) its folder are fsynced after each one. A last line cut short by a crash is
 ignored when reading; any other unreadable line is an error (the ledger was edited).
 """
@@ -72,46 +74,48 @@ class Ledger:
                 raise LedgerError(f"{self.path}: line {number} is not a ledger record (edited by hand?)") from None
         return events
 
-    def state(self) -> dict[str, dict]:
-        """Each request id's latest record, in the order requests first appeared."""
-        latest: dict[str, dict] = {}
+    def state(self) -> dict[tuple[str, str], dict]:
+        """Each (method, request id)'s latest record, in the order they first appeared."""
+        latest: dict[tuple[str, str], dict] = {}
         for event in self.events():
-            latest[event["id"]] = event
+            latest[(event["method"], event["id"])] = event
         return latest
 
     # ----------------------------------------------------------------- writing
 
-    def decide(self, request_id: str, items_hash: str) -> Decision:
-        """Whether to serve `request_id` (with items hashing to `items_hash`) or skip it.
+    def decide(self, request_id: str, items_hash: str, method: str) -> Decision:
+        """Whether `method` should serve `request_id` (items hashing to `items_hash`) or skip it.
 
         Raises:
-            LedgerError: the id was recorded with other items.
+            LedgerError: the id was recorded (by any method) with other items.
         """
-        record = self.state().get(request_id)
-        if record is not None and record["items_hash"] != items_hash:
-            raise LedgerError(f"request {request_id!r}: the ledger {self.path} recorded it with other items "
-                              f"({record['items_hash'][:19]}…, status {record['status']}); give a new id for "
-                              "a new forget set")
+        state = self.state()
+        for (_, known_id), record in state.items():
+            if known_id == request_id and record["items_hash"] != items_hash:
+                raise LedgerError(f"request {request_id!r}: the ledger {self.path} recorded it with other items "
+                                  f"({record['items_hash'][:19]}…, status {record['status']}); give a new id for "
+                                  "a new forget set")
+        record = state.get((method, request_id))
         if record is not None and record["status"] == "done":
             return Decision("skip", record)
         return Decision("serve", record)
 
     def begin(self, request_id: str, items_hash: str, *, method: str, epsilon: float | None, items: int) -> dict:
-        """Record that serving `request_id` starts (status pending)."""
+        """Record that `method` starts serving `request_id` (status pending)."""
         return self._append({"id": request_id, "items_hash": items_hash, "items": items, "method": method,
                              "epsilon": epsilon, "status": "pending"})
 
-    def finish(self, request_id: str, *, metrics: dict, checkpoint: str | None) -> dict:
-        return self._append({**self._last(request_id), "status": "done", "metrics": metrics,
+    def finish(self, request_id: str, method: str, *, metrics: dict, checkpoint: str | None) -> dict:
+        return self._append({**self._last(request_id, method), "status": "done", "metrics": metrics,
                              "checkpoint": checkpoint})
 
-    def fail(self, request_id: str, error: str) -> dict:
-        return self._append({**self._last(request_id), "status": "failed", "error": error})
+    def fail(self, request_id: str, method: str, error: str) -> dict:
+        return self._append({**self._last(request_id, method), "status": "failed", "error": error})
 
-    def _last(self, request_id: str) -> dict:
-        record = self.state().get(request_id)
+    def _last(self, request_id: str, method: str) -> dict:
+        record = self.state().get((method, request_id))
         if record is None or record["status"] != "pending":
-            raise LedgerError(f"request {request_id!r} is not pending in {self.path}")
+            raise LedgerError(f"request {request_id!r} of {method} is not pending in {self.path}")
         return {key: record[key] for key in ("id", "items_hash", "items", "method", "epsilon")}
 
     def _append(self, record: dict) -> dict:

@@ -18,17 +18,25 @@ import torch
 import torch.nn.functional as F
 
 
-def npo_loss(log_likelihood: torch.Tensor, reference_log_likelihood: torch.Tensor, beta: float) -> torch.Tensor:
-    """Mean NPO loss over the items (β > 0; the reference's log-likelihoods carry no gradient)."""
+def npo_loss(log_likelihood: torch.Tensor, reference_log_likelihood: torch.Tensor, beta: float, *,
+             reduce: str = "mean") -> torch.Tensor:
+    """NPO loss over the items, their mean (or `reduce="sum"`); β > 0; the reference carries no gradient."""
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     log_ratio = log_likelihood - reference_log_likelihood.detach()
-    return (-2.0 / beta * F.logsigmoid(-beta * log_ratio)).mean()
+    return _reduce(-2.0 / beta * F.logsigmoid(-beta * log_ratio), reduce)
 
 
-def simnpo_loss(log_likelihood: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
-    """Mean SimNPO loss over the items: NPO without a reference, on the per-token log-likelihood, margin γ."""
+def simnpo_loss(log_likelihood: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float = 0.0, *,
+                reduce: str = "mean") -> torch.Tensor:
+    """SimNPO loss over the items (mean, or `reduce="sum"`): NPO without a reference, per-token, margin γ."""
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     per_token = log_likelihood / lengths.clamp(min=1).to(log_likelihood.dtype)
-    return (-2.0 / beta * F.logsigmoid(-beta * per_token - gamma)).mean()
+    return _reduce(-2.0 / beta * F.logsigmoid(-beta * per_token - gamma), reduce)
+
+
+def _reduce(per_item: torch.Tensor, how: str) -> torch.Tensor:
+    if how not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {how!r}")
+    return per_item.mean() if how == "mean" else per_item.sum()
