@@ -58,7 +58,7 @@ def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"))
         except SpecError as error:
             problems += error.problems
             continue
-        if getattr(spec, "privacy", None) is not None:
+        if getattr(spec, "privacy", None) is not None or spec.kind == "unlearn":
             # δ < 1/N, a batch no larger than a task and a reachable ε depend on the data: load
             # it and calibrate σ as `run` would (it refuses the same specs).
             from palimpsest.data import DataError
@@ -377,15 +377,17 @@ def _print_results(summary: dict, path: Path) -> None:
     from palimpsest.report import results_rows
 
     header, rows = results_rows(summary)
-    table = Table(title=f"{summary['name']} — results after {summary.get('steps')} steps")
+    after = f" after {summary['steps']} steps" if summary.get("steps") else \
+        f" after {len(summary['requests'])} request(s)" if summary.get("kind") == "unlearn" else ""
+    table = Table(title=f"{summary['name']} — results{after}")
     for column in header:
         table.add_column(column, justify="left" if column == "split" else "right")
     for row in rows:
         table.add_row(*row)
     out.print(table)
     cost = summary.get("cost", {})
-    out.print(f"wall {cost.get('wall_s')} s · {cost.get('train_tokens')} training tokens · run folder {path}",
-              highlight=False)
+    tokens = f" · {cost['train_tokens']} training tokens" if cost.get("train_tokens") is not None else ""
+    out.print(f"wall {cost.get('wall_s')} s{tokens} · run folder {path}", highlight=False)
 
 
 @app.command()

@@ -29,6 +29,15 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         rows = [[name, *(_fmt(block.get(key)) for key, _ in CL_COLUMNS), f"{block['cost']['wall_s']:.1f}"]
                 for name, block in (summary.get("methods") or {}).items()]
         return header, rows
+    if summary.get("kind") == "unlearn":
+        header = ["method", "forget quality", "model utility", "forget ROUGE-L", "forget truth ratio",
+                  "MIA AUC (min-k)", "privleak %", "cost ratio (wall)", "cost ratio (FLOPs)"]
+        blocks = [("target (untouched)", summary.get("target") or {})] + list((summary.get("methods") or {}).items())
+        rows = [[name, _fmt(b.get("forget_quality")), _fmt(b.get("model_utility")), _fmt(b.get("forget_rouge")),
+                 _fmt(b.get("forget_truth_ratio")), _fmt((b.get("mia") or {}).get("min_k")), _fmt(b.get("privleak")),
+                 _fmt((b.get("cost") or {}).get("ratio")), _fmt((b.get("cost") or {}).get("flops_ratio"))]
+                for name, b in blocks if b]
+        return header, rows
     if summary.get("kind") == "privacy_sweep":
         points = summary.get("points") or []
         splits = list(points[0]["answer_accuracy"]) if points else []
@@ -151,6 +160,71 @@ def draw_sweep_plot(folder: RunFolder, summary: dict) -> list[Path]:
     return [_save(fig, folder.plots / "privacy_sweep.png")]
 
 
+def draw_unlearn_plots(folder: RunFolder, summary: dict) -> list[Path]:
+    """TOFU's forget quality (log) against model utility; MIA AUC and cost ratio per method; metrics per request."""
+    methods = summary.get("methods") or {}
+    if not methods:
+        return []
+    plt = _plt()
+    folder.plots.mkdir(exist_ok=True)
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    target = summary.get("target") or {}
+    if target:
+        ax.scatter([target["model_utility"]], [max(target["forget_quality"], 1e-300)], marker="x", color="black",
+                   s=70, label="target (untouched)")
+    for name, block in methods.items():
+        ax.scatter([block["model_utility"]], [max(block["forget_quality"], 1e-300)], s=60, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility (higher is better)")
+    ax.set_ylabel("forget quality, KS p-value (log; higher is better)")
+    ax.set_title("forget quality against model utility (TOFU)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, folder.plots / "forget_quality_vs_utility.png"))
+
+    names = list(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    auc = [methods[n]["mia"]["min_k"] for n in names]
+    axes[0].bar(names, auc, color="tab:purple")
+    if target:
+        axes[0].axhline(target["mia"]["min_k"], color="black", linestyle="--", linewidth=1, label="target")
+        axes[0].legend()
+    axes[0].axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    axes[0].set_title("MIA AUC, min-k% (forget vs holdout; 0.5: indistinct)")
+    ratios = [methods[n]["cost"]["ratio"] or 0.0 for n in names]
+    axes[1].bar(names, ratios, color="tab:orange")
+    axes[1].axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    axes[1].set_title("cost: wall time / retraining's")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    written.append(_save(fig, folder.plots / "mia_and_cost.png"))
+
+    ids = [r["id"] for r in summary.get("requests") or []]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title, log in ((axes[0], "forget_quality", "forget quality (log)", True),
+                                (axes[1], "model_utility", "model utility", False),
+                                (axes[2], "forget_rouge", "forget ROUGE-L recall", False)):
+        for name, block in methods.items():
+            ax.plot(range(1, len(block["requests"]) + 1), [max(r[key], 1e-300) if log else r[key]
+                                                         for r in block["requests"]], marker="o", label=name)
+        if target.get("per_request"):
+            ax.plot(range(1, len(ids) + 1), [max(t[key], 1e-300) if log else t[key] for t in target["per_request"]],
+                    color="black", linestyle="--", marker="x", label="target")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(range(1, len(ids) + 1), ids, rotation=30)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, folder.plots / "requests.png"))
+    return written
+
+
 def _series(records: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for r in records:
@@ -183,12 +257,37 @@ def draw_plots(folder: RunFolder) -> list[Path]:
     return written
 
 
+def unlearn_notes(summary: dict) -> list[str]:
+    """What an unlearn report's table means, and each request as served."""
+    lines = ["", "Forget quality: KS-test p-value between the forget-set truth ratios of the model and of the retain "
+             "model of that point (TOFU); model utility: harmonic mean of answer probability, ROUGE-L recall and "
+             "truth-ratio score on retain and holdout; MIA AUC: forget (members) vs holdout (non-members), larger "
+             "leaks more; privleak = 100·(AUC − AUC_retain)/AUC_retain (MUSE, min-k%); cost ratio: the requests' "
+             "training against the retain models' (wall time; 6·N·D FLOPs).", ""]
+    lines += [f"- {split}: {what}" for split, what in (summary.get("eval_sets") or {}).items()]
+    lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"
+                                                        if summary.get("skipped") else "")]
+    target = summary.get("target") or {}
+    if target.get("privacy"):
+        p = target["privacy"]
+        lines += [f"- target trained with ({p['epsilon']:.4g}, {p['delta']:.3g})-DP (DP-SGD)"]
+    for name, block in summary["methods"].items():
+        lines += ["", f"### {name}: per request", "", "| request | forget quality | model utility | forget ROUGE-L | "
+                  "MIA AUC (min-k) | wall s | cost ratio |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['id']} | {_fmt(r['forget_quality'])} | {_fmt(r['model_utility'])} | {_fmt(r['forget_rouge'])} "
+                  f"| {_fmt(r['mia']['min_k'])} | {_fmt(r['cost']['unlearn_wall_s'])} | {_fmt(r['cost']['ratio'])} |"
+                  for r in block["requests"]]
+    return lines
+
+
 def write_report(folder: RunFolder) -> Path:
     """Redraw plots and write report.md."""
     summary = folder.read_summary()
     continual = summary.get("kind") == "continual"
     if summary.get("kind") == "privacy_sweep":
         plots = draw_sweep_plot(folder, summary)
+    elif summary.get("kind") == "unlearn":
+        plots = draw_unlearn_plots(folder, summary)
     elif continual and summary.get("methods"):
         plots = draw_continual_plots(folder, summary)
     else:
@@ -237,6 +336,8 @@ def write_report(folder: RunFolder) -> Path:
                       "|---|" + "---|" * len(summary["tasks"])]
             lines += [f"| {summary['tasks'][i]} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
                       for i, row in enumerate(block["accuracy_matrix"])]
+    if summary.get("kind") == "unlearn" and summary.get("methods"):
+        lines += unlearn_notes(summary)
     if plots:
         lines += ["", "## Curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     env = folder.path / "env.json"

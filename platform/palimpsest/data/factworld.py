@@ -161,7 +161,8 @@ def _split_even(items: list, parts: int) -> list[list]:
     return groups
 
 
-def _percent_ceil(count: int, percent: int) -> int:
+def percent_ceil(count: int, percent: int) -> int:
+    """ceil(count · percent / 100), at least 1: how many of `count` items are `percent`%."""
     # Integer arithmetic: 10 * 90 / 100 must be exactly 9, not 9.000000000000002 rounded up.
     return max(1, -(-count * percent // 100))
 
@@ -235,19 +236,27 @@ class FactWorld:
         Raises:
             ValueError: fewer than 3 entities (a holdout, a forget and a retain entity are needed).
         """
-        if len(self.entities) < 3:
-            raise ValueError(f"tofu_splits needs at least 3 entities, this world has {len(self.entities)}")
-        order = list(self.entities)
-        _derived_rng(self.seed, "tofu_splits").shuffle(order)
-        num_holdout = _percent_ceil(len(order), 10)
-        holdout, trainable = order[:num_holdout], order[num_holdout:]
+        holdout, trainable = self.tofu_order()
         splits = {"holdout": self.facts_of(holdout)}
         for percent in (1, 5, 10):
-            num_forget = _percent_ceil(len(trainable), percent)
+            num_forget = percent_ceil(len(trainable), percent)
             splits[f"forget{percent:02d}"] = self.facts_of(trainable[:num_forget])
             splits[f"retain{100 - percent}"] = self.facts_of(trainable[num_forget:])
         splits["retain"] = splits["retain90"]
         return splits
+
+    def tofu_order(self) -> tuple[list[str], list[str]]:
+        """The holdout entities and the trainable ones in forgetting order (what `tofu_splits` cuts).
+
+        Raises:
+            ValueError: fewer than 3 entities.
+        """
+        if len(self.entities) < 3:
+            raise ValueError(f"tofu_splits needs at least 3 entities, this world has {len(self.entities)}")
+        order = list(self.entities)
+        _derived_rng(self.seed, "tofu_splits").shuffle(order)
+        num_holdout = percent_ceil(len(order), 10)
+        return order[:num_holdout], order[num_holdout:]
 
     def general_corpus(self, n: int) -> list[str]:
         """`n` distinct sentences of general knowledge about invented things outside this world.

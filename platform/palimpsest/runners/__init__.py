@@ -1,5 +1,5 @@
 """One runner per job kind: `prepare(spec)` (may raise DataError) and `run(spec, prepared, folder)`."""
 
-from palimpsest.runners import continual, privacy_sweep, train
+from palimpsest.runners import continual, privacy_sweep, train, unlearn
 
-RUNNERS = {"train": train, "continual": continual, "privacy_sweep": privacy_sweep}
+RUNNERS = {"train": train, "continual": continual, "privacy_sweep": privacy_sweep, "unlearn": unlearn}

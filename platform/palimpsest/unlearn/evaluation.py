@@ -77,3 +77,50 @@ def unlearning_summary(scores: dict[str, dict], *, forget_split: str, retain_mod
         "forget_rouge_l": scores[forget_split]["rouge_l"],
         "forget_truth_ratio": scores[forget_split]["truth_ratio"],
     }
+
+
+MIA_ATTACKS = ("loss", "zlib", "min_k")
+PRIVLEAK_ATTACK = "min_k"  # MUSE's PrivLeak uses Min-K% Prob
+
+
+def model_scores(model, tokenizer, sets: dict[str, list[QAExample]], *, batch_size: int = 64, device="cpu") -> dict:
+    """A model on one point of a request sequence: TOFU scores per split and MIA AUC (forget vs holdout).
+
+    `sets` holds "forget" (everything forgotten so far), "retain" (a sample of what
+    remains) and "holdout" (never trained on), each in TOFU format.
+    """
+    from palimpsest.metrics.mia import membership_inference, token_log_probs
+
+    splits = {name: split_scores(model, tokenizer, examples, forget=name == "forget", batch_size=batch_size,
+                                 device=device) for name, examples in sets.items()}
+    ids = {"pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "batch_size": batch_size,
+           "device": device}
+    members, others = sets["forget"], sets["holdout"]
+    mia = membership_inference(token_log_probs(model, tokenize_qa(tokenizer, members), **ids), [e.answer for e in members],
+                               token_log_probs(model, tokenize_qa(tokenizer, others), **ids), [e.answer for e in others])
+    return {"splits": splits, "mia": {name: mia["attacks"][name]["auc"] for name in MIA_ATTACKS}}
+
+
+def request_metrics(scores: dict, reference: dict) -> dict:
+    """What one request left behind, against the retain model of that point (`reference`, from `model_scores`).
+
+    Forget quality, model utility (over retain and holdout), forget ROUGE-L / truth ratio /
+    probability, MIA AUC per attack (forget vs holdout: larger leaks more) and privleak =
+    100·(AUC − AUC_retain)/AUC_retain per attack, `privleak` itself on min-k% as MUSE.
+    """
+    from palimpsest.metrics.tofu import privleak
+
+    summary = unlearning_summary(scores["splits"], forget_split="forget",
+                                 retain_model_forget_ratios=reference["splits"]["forget"]["truth_ratios"])
+    leaks = {name: privleak(scores["mia"][name], reference["mia"][name]) for name in MIA_ATTACKS}
+    return {
+        "forget_quality": summary["forget_quality"],
+        "model_utility": summary["model_utility"],
+        "forget_rouge": summary["forget_rouge_l"],
+        "forget_truth_ratio": summary["forget_truth_ratio"],
+        "forget_probability": scores["splits"]["forget"]["probability"],
+        "utility_parts": summary["utility_parts"],
+        "mia": dict(scores["mia"]),
+        "privleak": leaks[PRIVLEAK_ATTACK],
+        "privleak_by_attack": leaks,
+    }

@@ -18,6 +18,7 @@ exactly zero rather than small (not in the paper).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -67,7 +68,9 @@ class GSLoRA(UnlearningMethod):
 
         if hasattr(ctx.model, "peft_config"):
             ctx.model.add_adapter(adapter_name(task), self._config())
-        else:
+            return
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             ctx.model = get_peft_model(ctx.model, self._config(), adapter_name=adapter_name(task))
 
     def prepare_model(self, ctx) -> None:
