@@ -454,7 +454,9 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
                            eval_sets={})
     runs = _method_runs(spec, unlearning=unlearning.optimisation, original=original.optimisation)
     plan = _resume_points(ledger, runs, prepared.points)
-    pending = [(run, first, model) for run, first, model in plan if first < len(prepared.points)]
+    # Every method stays in the loop's list (a method done with every request starts past the last
+    # task), so the method indices in this run's checkpoints mean the same methods on a resume.
+    pending = [first < len(prepared.points) for _, first, _ in plan]
     target_dir, target_meta = target_model(spec, prepared, folder, use_ray=use_ray)
     retained = retain_models(spec, prepared, folder, use_ray=use_ray)
     from palimpsest.models import build_model
@@ -469,21 +471,22 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
         target_points.append(request_metrics(model_scores(target, prepared.tokenizer, point.sets,
                                                           batch_size=spec.eval.batch_size), reference))
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
-    if pending:
+    if any(pending):
         target_cfg = _pretrained(prepared.base_model, target_dir)
         methods = [replace(run, first_task=first, model=_pretrained(prepared.base_model, Path(model)) if model else None)
-                   for run, first, model in pending]
+                   for run, first, model in plan]
         evaluator = RequestEvaluator(
             tokenizer_dir=str(folder.tokenizer), points=prepared.points, references=references,
             retain_costs=[meta["cost"] for _, meta in retained], ledger_path=str(ledger_path),
             export_root=str(folder.path / "requests"), epsilon=epsilon, batch_size=spec.eval.batch_size,
-            order=[(m.name, m.first_task) for m in methods])
+            order=[(m.name, m.first_task) for m in methods if m.first_task < len(prepared.points)])
         config = unlearning.with_(
             model=target_cfg, models={"base": prepared.base_model, "target": target_cfg}, methods=methods,
             tasks=[tokenize_qa(prepared.tokenizer, p.request.items) for p in prepared.points],
             pools={RETAIN_POOL: [tokenize_qa(prepared.tokenizer, p.remaining) for p in prepared.points]},
             task_end=evaluator)
-        begin(ledger, prepared.points[methods[0].first_task].request, methods[0].name, epsilon)
+        first = methods[pending.index(True)]
+        begin(ledger, prepared.points[first.first_task].request, first.name, epsilon)
         output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray)
         folder.write_metrics([{**r, "method": result["name"]} for result in output["methods"]
                               for r in result["records"]])

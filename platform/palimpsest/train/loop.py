@@ -136,6 +136,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         method.load_state_dict(saved.method)
     else:
         run.results.append(MethodResult(name=spec.name, steps=opt.steps))
+        if spec.first_task == len(config.tasks):  # every task was done by an earlier run
+            return
     result = run.results[index]
     run.clock = time.perf_counter()
     ctx = LoopContext(model=build_model(model_cfg).to(session.device), tasks=config.tasks, task=0,

@@ -105,6 +105,9 @@ class RetainTraining(UnlearningMethod):
 def answer_rows(micro: MicroBatch, part: str, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of `part`: log p(answer + eos | prompt) under `model` (no gradient) and the token count."""
     rows = micro.rows(part)
+    if not rows.any():  # this rank's shard holds none of `part` (the parts are sharded in order)
+        empty = micro.token_losses.new_zeros(0)
+        return empty, empty.long()
     with torch.no_grad():
         logits = model(input_ids=micro.inputs["input_ids"][rows],
                        attention_mask=micro.inputs["attention_mask"][rows]).logits

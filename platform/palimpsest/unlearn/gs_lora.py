@@ -45,6 +45,11 @@ METHOD = MethodInfo(
 )
 
 
+def group_norm(group: list[torch.Tensor]) -> torch.Tensor:
+    """‖θ_g‖₂ over every tensor of one group."""
+    return torch.linalg.vector_norm(torch.cat([p.reshape(-1) for p in group]))
+
+
 def adapter_name(task: int) -> str:
     return f"request{task}"
 
@@ -115,8 +120,8 @@ class GSLoRA(UnlearningMethod):
         return self.beta * torch.relu(self._bound(ctx) - local_mean) * weight
 
     def group_penalty(self, model, task: int) -> torch.Tensor:
-        """Σ_g ‖θ_g‖₂ over request `task`'s groups."""
-        return sum(torch.sqrt(sum((p ** 2).sum() for p in group)) for group in self.groups(model, task))
+        """Σ_g ‖θ_g‖₂ over request `task`'s groups (torch's norm has gradient 0 at a zeroed group, not NaN)."""
+        return sum(group_norm(group) for group in self.groups(model, task))
 
     def retain_loss(self, ctx, model, micro, outputs) -> torch.Tensor:
         # The penalty is the same on every rank: DDP's average keeps it once; once_per_step undoes accumulation.
@@ -127,7 +132,7 @@ class GSLoRA(UnlearningMethod):
             return
         with torch.no_grad():
             for group in self.groups(ctx.model, ctx.task):
-                norm = torch.sqrt(sum((p ** 2).sum() for p in group))
+                norm = group_norm(group)
                 shrink = torch.clamp(1 - ctx.lr * self.group_weight / norm.clamp(min=1e-12), min=0.0)
                 for p in group:
                     p.mul_(shrink)

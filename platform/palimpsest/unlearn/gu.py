@@ -13,7 +13,8 @@ first order the step leaves the retain loss unchanged. Per step:
 α is the inner method's retain weight (0 for grad_ascent: the step is the projected
 forget gradient alone, orthogonal to every retain gradient used). This is the authors'
 per-sample form (their `orthograd` trainer); their preconditioned variant (Adam's
-geometry) is not implemented. Every worker computes the same k per-sample gradients on
+geometry) is not implemented. The basis and the projection are computed in float64 (a
+float32 dot product over millions of entries alone errs by ~1e-5 in cosine). Every worker computes the same k per-sample gradients on
 the same weights (with `torch.autograd.grad`, which leaves DDP's hooks alone), so the
 projection of the synced gradient is identical on every rank. It needs whole gradients:
 DeepSpeed ZeRO partitions them, so GU runs on ddp only.
@@ -102,7 +103,7 @@ class GeometricUnlearning(TrainingMethod):
         return self.inner.forget_loss(ctx, model, micro, outputs)
 
     def retain_gradients(self, ctx, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        """(k, d) per-sample gradients of the answer NLL of this step's k retain items (the same on every rank)."""
+        """(k, d) float64 per-sample gradients of the answer NLL of this step's k retain items (the same on every rank)."""
         items = ctx.pool_batch(RETAIN, self._step, self.samples)
         rows = []
         for item in items:
@@ -110,13 +111,13 @@ class GeometricUnlearning(TrainingMethod):
             logits = ctx.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             losses, mask = token_losses(logits, inputs["labels"])
             grads = torch.autograd.grad(losses.sum() / mask.sum(), params, allow_unused=True)
-            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
                                    for g, p in zip(grads, params)]))
         return torch.stack(rows)
 
     def after_backward(self, ctx) -> None:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
-        forget = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+        forget = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
                             for p in params])
         retain = self.retain_gradients(ctx, params)
         basis = orthonormal_basis(retain)

@@ -122,6 +122,8 @@ class RMU(UnlearningMethod):
             return micro.token_losses.new_zeros(())
         rows = micro.rows(RETAIN)
         activations = self._current.value[rows]
+        if not rows.any():  # this rank's shard holds no retain rows
+            return activations.sum() * 0.0
         with torch.no_grad():
             self.frozen.model(input_ids=micro.inputs["input_ids"][rows],
                               attention_mask=micro.inputs["attention_mask"][rows])
