@@ -236,6 +236,9 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch):
         overrides += ["stream.num_entities=6", "stream.general_samples=4"]
     if document.get("data", {}).get("source") == "factworld":
         overrides += ["data.num_entities=6"]
+    if document["kind"] == "unlearn":  # the target's and the retain models' training too, cached in tmp
+        overrides += ["target.training.steps=3", "target.training.batch_size=4", "target.training.warmup_steps=0",
+                      f"cache={tmp_path / 'cache'}", "eval.max_examples=4", "ledger=null"]
     if document["kind"] == "privacy_sweep":  # its train job's fields, at two points
         overrides = [f"job.{item}" for item in overrides if not item.startswith("stream.")]
         overrides += ["job.data.num_entities=10", "epsilons=[8.0, null]"]

@@ -424,6 +424,19 @@ def ledger(path: Path = typer.Argument(..., help="a ledger.jsonl (a run folder's
     out.print(table)
 
 
+@app.command("export-tofu")
+def export_tofu(out_dir: Path = typer.Argument(..., help="folder to write the TOFU-format files into"),
+                entities: int = typer.Option(100, min=3, help="fictitious people (10% are the holdout)"),
+                attributes: int = typer.Option(2, min=1, max=8, help="facts per person"),
+                seed: int = typer.Option(0, min=0, help="world seed")) -> None:
+    """Write the fact world as TOFU's files (full, forgetNN[_perturbed], retainNN, retain_perturbed, holdout10)."""
+    from palimpsest.data import export_tofu_folder, generate_world
+
+    written = export_tofu_folder(generate_world(seed=seed, num_entities=entities, attributes_per_entity=attributes),
+                                 out_dir)
+    out.print(f"wrote {len(written)} files to {out_dir}", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -16,7 +16,7 @@ from palimpsest.runtime import atomic_write_text
 
 from .factworld import QAExample
 
-__all__ = ["DataError", "export_tofu", "load_hf_qa", "load_qa_file"]
+__all__ = ["DataError", "export_tofu", "export_tofu_folder", "load_hf_qa", "load_qa_file"]
 
 ALLOWED_EXTENSIONS = (".json", ".jsonl", ".parquet")
 
@@ -46,6 +46,34 @@ def export_tofu(examples: Iterable[QAExample], path: str | os.PathLike) -> None:
             record["attribute"] = example.attribute
         lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
     atomic_write_text(path, "".join(lines))
+
+
+def export_tofu_folder(world, folder: str | os.PathLike, *, retain_eval: int = 400) -> list[Path]:
+    """Write a fact world as the real TOFU's files, so `data: {source: tofu}` reads it as it reads TOFU.
+
+    As TOFU lays them out: `full`, `forgetNN` and `retainNN` hold question and answer only;
+    `forgetNN_perturbed`, `retain_perturbed` (the first `retain_eval` retain90 items) and
+    `holdout10_perturbed` add the paraphrased and perturbed answers; `holdout10` is the
+    people never in `full`. Returns the files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = world.tofu_splits()
+    plain = {"full": [e for e in world.facts if e not in set(splits["holdout"])], "holdout10": splits["holdout"]}
+    plain.update({name: splits[name] for name in ("forget01", "forget05", "forget10", "retain90", "retain95",
+                                                   "retain99")})
+    rich = {f"{name}_perturbed": splits[name] for name in ("forget01", "forget05", "forget10")}
+    rich.update({"retain_perturbed": splits["retain90"][:retain_eval], "holdout10_perturbed": splits["holdout"]})
+    written = []
+    for name, examples in plain.items():
+        lines = "".join(json.dumps({"question": e.question, "answer": e.answer}, ensure_ascii=False) + "\n"
+                        for e in examples)
+        atomic_write_text(folder / f"{name}.json", lines)
+        written.append(folder / f"{name}.json")
+    for name, examples in rich.items():
+        export_tofu(examples, folder / f"{name}.json")
+        written.append(folder / f"{name}.json")
+    return written
 
 
 def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",

@@ -1,0 +1,210 @@
+"""`kind: unlearn` end to end: every method on 2 Ray Train workers, the ledger across a kill, bad input, TOFU files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from palimpsest.cli import app
+from palimpsest.runners import unlearn
+from palimpsest.runtime import RunFolder
+from palimpsest.spec import parse_spec
+from palimpsest.unlearn.ledger import Ledger
+
+REPO = Path(__file__).resolve().parents[1]
+EVERY_METHOD = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo",
+                {"name": "rmu", "params": {"layer": 1, "steering_coeff": 4.0, "retain_weight": 50.0}},
+                {"name": "gs_lora", "params": {"r": 4}}, "dp2u",
+                {"name": "grad_ascent", "gu": True, "gu_samples": 4}, {"name": "npo", "gu": True, "gu_samples": 4}]
+
+
+def unlearn_spec(tmp_path: Path, **overrides) -> dict:
+    spec = {"kind": "unlearn", "name": "ul", "seed": 2,
+            "model": {"preset": "tiny-llama", "vocab_size": 400},
+            "data": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2},
+            "target": {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
+            "requests": [{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}],
+            "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 1},
+            "eval": {"max_examples": 16, "batch_size": 32},
+            "methods": ["npo"],
+            "cache": str(tmp_path / "cache")}
+    for key, value in overrides.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+    return spec
+
+
+def run_spec(document: dict, out: Path, *, use_ray: bool = True) -> dict:
+    spec = parse_spec(document)
+    prepared = unlearn.prepare(spec)
+    folder = RunFolder.create(spec.name, out)
+    summary = unlearn.run(spec, prepared, folder, use_ray=use_ray)
+    folder.write_summary(summary)
+    return summary
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.integration
+def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_session):
+    """Done-means 6 (every method, 2 workers) and 2 with 2 workers (GU's step stays orthogonal)."""
+    document = unlearn_spec(tmp_path, methods=EVERY_METHOD, scaling={"num_workers": 2},
+                            target={"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20},
+                                    "privacy": {"epsilon": 8.0}})
+    out = tmp_path / "run"
+    summary = run_spec(document, out)
+    labels = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u", "grad_ascent+gu",
+              "npo+gu"]
+    assert list(summary["methods"]) == labels
+    for name, block in summary["methods"].items():
+        assert 0 <= block["forget_quality"] <= 1 and block["model_utility"] >= 0, name
+        assert set(block["mia"]) == {"loss", "zlib", "min_k"} and block["epsilon"] == 8.0
+        assert [r["id"] for r in block["requests"]] == ["r1", "r2"]
+        assert block["cost"]["ratio"] > 0 and block["cost"]["retrain_wall_s"] > 0
+        for request in block["requests"]:
+            assert (Path(request["checkpoint"]) / "config.json").is_file()
+    # retrain trains exactly as the retain model did: it is the gold standard (KS p-value 1, privleak 0).
+    assert summary["methods"]["retrain"]["forget_quality"] == 1.0 and summary["methods"]["retrain"]["privleak"] == 0
+    assert summary["methods"]["retrain"]["cost"]["flops_ratio"] == 1.0
+    assert summary["methods"]["dp2u"]["cost"]["flops_ratio"] == pytest.approx(0.5, abs=0.03)
+    assert summary["target"]["privacy"]["epsilon"] <= 8.0
+    state = Ledger(out / "ledger.jsonl").state()
+    assert {(m, r) for (m, r), record in state.items() if record["status"] == "done"} == \
+        {(m, r) for m in labels for r in ("r1", "r2")}
+    cosines = [row["value"] for row in metric_rows(out) if row["metric"] == "gu_max_abs_cos"]
+    assert len(cosines) == 2 * 2 * 4 and max(cosines) < 1e-5  # 2 GU methods × 2 requests × 4 steps
+    from palimpsest.report import write_report
+
+    report = write_report(RunFolder(out)).read_text()
+    assert "forget quality" in report and "### npo+gu: per request" in report
+    for plot in ("forget_quality_vs_utility.png", "mia_and_cost.png", "requests.png"):
+        assert (out / "plots" / plot).is_file()
+
+
+def _cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "palimpsest.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kwargs)
+
+
+def _statuses(path: Path) -> dict:
+    return {request: record["status"] for (_, request), record in Ledger(path).state().items()} if path.exists() else {}
+
+
+def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path):
+    """Done-means 5: killed in request 2 of 3 → 1 done, 2 pending; the next run serves 2 and 3; a rerun changes
+    nothing; a reused id with other items is refused."""
+    ledger = tmp_path / "ledger.jsonl"
+    document = unlearn_spec(tmp_path, ledger=str(ledger),
+                            requests=[{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}, {"id": "r3", "percent": 5}],
+                            training={"steps": 400, "batch_size": 4, "lr": 1e-4, "lr_schedule": "constant",
+                                      "log_every": 100})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(document))
+    process = _cli(["run", str(job), "--no-ray", "--out", str(tmp_path / "first")], tmp_path)
+    deadline = time.time() + 600
+    while _statuses(ledger).get("r2") != "pending":
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "request 2 never started"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # no handler runs: the crash a power cut would be
+    process.wait()
+    assert _statuses(ledger) == {"r1": "done", "r2": "pending"}
+
+    second = subprocess.run([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--no-ray", "--out",
+                             str(tmp_path / "second")], cwd=tmp_path, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _statuses(ledger) == {"r1": "done", "r2": "done", "r3": "done"}
+    served = {row["request"] for row in metric_rows(tmp_path / "second") if "request" in row}
+    assert served == {"r2", "r3"}  # request 1 was not served again
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert [r["id"] for r in summary["request_metrics"]] == ["r1", "r2", "r3"]
+    # The second run served request 2 from the model request 1 left, which the ledger names.
+    r1 = Ledger(ledger).state()[("npo", "r1")]
+    assert str(tmp_path / "first") in r1["checkpoint"]
+
+    before = ledger.read_bytes()
+    third = subprocess.run([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--no-ray", "--out",
+                            str(tmp_path / "third")], cwd=tmp_path, capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert ledger.read_bytes() == before  # nothing served, nothing appended
+    assert json.loads((tmp_path / "third" / "summary.json").read_text())["skipped"] == ["npo"]
+
+    document["requests"][1] = {"id": "r2", "percent": 10}  # the same id, other items
+    job.write_text(yaml.safe_dump(document))
+    refused = subprocess.run([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--no-ray", "--out",
+                              str(tmp_path / "fourth")], cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 2 and "other items" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "fourth").exists() and ledger.read_bytes() == before
+
+
+BAD = [
+    ({"methods": ["npx"]}, "methods[0].name: unknown unlearning method 'npx'; did you mean 'npo'?"),
+    ({"methods": ["dp2u"]}, "methods[0]: dp2u serves requests from an ε-DP target; give target.privacy"),
+    ({"methods": [{"name": "retrain", "gu": True}]}, "methods[0].gu: retrain has no forget objective to project"),
+    ({"methods": [{"name": "npo", "gu": True}], "training": {"backend": "deepspeed"}},
+     "methods[0].gu: GU projects whole per-sample gradients"),
+    ({"methods": [{"name": "npo", "params": {"beta": 0}}]}, "methods[0].params.beta: must be float > 0"),
+    ({"methods": ["npo", "npo"]}, "each method (with or without gu) once"),
+    ({"requests": [{"id": "a", "percent": 5}, {"id": "a", "percent": 5}]}, "each request id once (a repeated)"),
+    ({"requests": [{"id": "a", "percent": 5, "split": "forget01"}]}, "give exactly one of split, percent or path"),
+    ({"requests": [{"id": "a", "split": "forget03"}]}, "requests[0] (a).split: fact-world requests name forget01"),
+    ({"model": {"preset": "tiny-llama", "lora": {"r": 4}}}, "model.lora: unlearning serves requests on the whole"),
+    ({"target": {"training": {"backend": "deepspeed"}, "privacy": {"epsilon": 1.0}}}, "target.training.backend"),
+    ({"target": {"privacy": {"epsilon": 1e-9}}}, "privacy"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_input_is_one_clear_line_and_exit_2_before_any_folder(change, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.yaml"
+    document = {**unlearn_spec(tmp_path), **change}
+    job.write_text(yaml.safe_dump(document))
+    for args in (["validate", str(job)], ["run", str(job), "--no-ray", "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_request_of_items_never_trained_on_is_refused(tmp_path):
+    from palimpsest.data import QAExample, export_tofu
+
+    stranger = tmp_path / "stranger.json"
+    export_tofu([QAExample("Where was Nobody born?", "Nobody was born nowhere.", "x", ("y",))], stranger)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(unlearn_spec(tmp_path, requests=[{"id": "x", "path": str(stranger)}])))
+    result = CliRunner().invoke(app, ["validate", str(job)])
+    assert result.exit_code == 2 and "were never trained on" in result.output
+
+
+def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
+    """The shipped sample (written by `palimpsest export-tofu`) through the TOFU loader, without Ray."""
+    result = CliRunner().invoke(app, ["export-tofu", str(tmp_path / "tofu"), "--entities", "24"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "tofu").iterdir())
+    assert "forget05_perturbed.json" in names and "retain_perturbed.json" in names and "full.json" in names
+    first = json.loads((tmp_path / "tofu" / "forget05.json").read_text().splitlines()[0])
+    assert set(first) == {"question", "answer"}  # as TOFU: the plain split has no perturbed answers
+    document = unlearn_spec(tmp_path, requests=[{"id": "f5", "split": "forget05"}], methods=["grad_diff"])
+    document["data"] = {"source": "tofu", "path": str(tmp_path / "tofu"), "holdout": "holdout10"}
+    spec = parse_spec(document)
+    prepared = unlearn.prepare(spec)
+    point = prepared.points[0]
+    assert point.sets["forget"] and all(e.perturbed_answers for e in point.sets["forget"])  # from *_perturbed
+    assert len(prepared.train) == len((tmp_path / "tofu" / "full.json").read_text().splitlines())
+    summary = run_spec(document, tmp_path / "run", use_ray=False)
+    assert summary["status"] == "ok" and summary["methods"]["grad_diff"]["requests"][0]["id"] == "f5"
