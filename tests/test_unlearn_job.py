@@ -208,3 +208,28 @@ def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
     assert len(prepared.train) == len((tmp_path / "tofu" / "full.json").read_text().splitlines())
     summary = run_spec(document, tmp_path / "run", use_ray=False)
     assert summary["status"] == "ok" and summary["methods"]["grad_diff"]["requests"][0]["id"] == "f5"
+
+
+@pytest.mark.slow
+def test_npo_and_grad_diff_forget_better_than_the_target_keep_its_utility_and_dp2u_costs_half(tmp_path):
+    """Done-means 4, on the fact world's forget10 (the shipped job's settings on a 100-person world, no Ray)."""
+    document = yaml.safe_load((REPO / "jobs" / "unlearn" / "factworld_forget10.yaml").read_text())
+    document.update(methods=["retrain", "grad_diff", "npo"], cache=str(tmp_path / "cache"),
+                    scaling={"num_workers": 1})
+    document["data"]["num_entities"] = 100
+    document["target"]["training"]["steps"] = 300
+    summary = run_spec(document, tmp_path / "open", use_ray=False)
+    target, methods = summary["target"], summary["methods"]
+    for name in ("npo", "grad_diff"):
+        assert methods[name]["forget_quality"] > target["forget_quality"], (name, methods[name], target)
+        assert methods[name]["model_utility"] >= 0.8 * target["model_utility"], (name, methods[name], target)
+    retrain = methods["retrain"]
+    assert retrain["forget_quality"] == 1.0 and retrain["privleak"] == 0.0  # the retain model, reproduced
+    assert retrain["model_utility"] == summary["retain_models"][0]["model_utility"]
+
+    private = {**document, "methods": ["dp2u"], "target": {**document["target"], "privacy": {"epsilon": 8.0}}}
+    dp = run_spec(private, tmp_path / "dp2u", use_ray=False)
+    cost = dp["methods"]["dp2u"]["cost"]
+    assert cost["flops_ratio"] <= 0.5 and cost["ratio"] <= 0.6, cost
+    print(json.dumps({"open": summary["table"], "target": {k: target[k] for k in ("forget_quality", "model_utility")},
+                      "dp2u": dp["table"], "dp2u_cost": cost}, indent=1))

@@ -462,12 +462,14 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     from palimpsest.models import build_model
     from palimpsest.unlearn.evaluation import model_scores, request_metrics
 
-    references, target_points = [], []
+    # Each point's retain model (the gold standard every request is judged against) and the untouched target.
+    references, target_points, retain_points = [], [], []
     target = build_model(_pretrained(prepared.base_model, target_dir))
     for point, (path, _) in zip(prepared.points, retained):
         reference = model_scores(build_model(_pretrained(prepared.base_model, path)), prepared.tokenizer, point.sets,
                                  batch_size=spec.eval.batch_size)
         references.append(reference)
+        retain_points.append(request_metrics(reference, reference))
         target_points.append(request_metrics(model_scores(target, prepared.tokenizer, point.sets,
                                                           batch_size=spec.eval.batch_size), reference))
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
@@ -492,7 +494,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
                               for r in result["records"]])
     else:
         folder.write_metrics([])
-    return summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, epsilon, folder,
+    return summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon,
                      started=started, skipped=[run.name for run, first, _ in plan if first == len(prepared.points)])
 
 
@@ -501,8 +503,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
 SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "mia", "privleak")
 
 
-def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, epsilon, folder, *, started,
-              skipped) -> dict:
+def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon, *,
+              started, skipped) -> dict:
     state = ledger.state()
     methods = {}
     for run in runs:
@@ -535,8 +537,9 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                       "holdout": "people never trained on"},
         "target": {**{key: target_last[key] for key in SUMMARY_KEYS}, "privacy": target_meta.get("privacy"), "cost": target_meta["cost"],
                    "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in target_points]},
-        "retain_models": [{"id": p.request.id, "path": str(path), "cost": meta["cost"]}
-                          for p, (path, meta) in zip(prepared.points, retained)],
+        "retain_models": [{"id": p.request.id, "path": str(path), "cost": meta["cost"],
+                           **{key: scores[key] for key in ("model_utility", "forget_rouge", "forget_truth_ratio", "mia")}}
+                          for p, (path, meta), scores in zip(prepared.points, retained, retain_points)],
         "skipped": skipped,
         "methods": methods,
         "table": [{"method": name, **{k: block[k] for k in ("forget_quality", "model_utility", "forget_rouge",
