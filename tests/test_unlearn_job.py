@@ -91,6 +91,23 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
         assert (out / "plots" / plot).is_file()
 
 
+@pytest.mark.integration
+def test_the_gradient_methods_run_under_deepspeed_zero2_on_two_workers(tmp_path, ray_session):
+    """Done-means: every gradient method runs under ZeRO-2 with N workers (gs_lora and GU are ddp-only, refused)."""
+    document = unlearn_spec(tmp_path, scaling={"num_workers": 2},
+                            methods=["grad_ascent", "grad_diff", "npo", "simnpo",
+                                     {"name": "rmu", "params": {"layer": 1, "retain_weight": 10.0}}],
+                            training={"backend": "deepspeed", "deepspeed": {"zero_stage": 2}})
+    summary = run_spec(document, tmp_path / "run")
+    assert list(summary["methods"]) == ["grad_ascent", "grad_diff", "npo", "simnpo", "rmu"]
+    for name, block in summary["methods"].items():
+        assert len(block["requests"]) == 2 and block["cost"]["unlearn_wall_s"] > 0, name
+        # Each request changed the model (the optimizer stepped under ZeRO-2).
+        first = Path(block["requests"][0]["checkpoint"])
+        assert (first / "model.safetensors").read_bytes() != (Path(block["requests"][1]["checkpoint"]) /
+                                                              "model.safetensors").read_bytes(), name
+
+
 def _cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "palimpsest.cli", *args], cwd=cwd, env=env,
@@ -161,6 +178,7 @@ BAD = [
     ({"requests": [{"id": "a", "percent": 5, "split": "forget01"}]}, "give exactly one of split, percent or path"),
     ({"requests": [{"id": "a", "split": "forget03"}]}, "requests[0] (a).split: fact-world requests name forget01"),
     ({"model": {"preset": "tiny-llama", "lora": {"r": 4}}}, "model.lora: unlearning serves requests on the whole"),
+    ({"methods": ["rmu"]}, "methods[0].params.layer: 7 is not a decoder layer of this model, which has 2"),
     ({"target": {"training": {"backend": "deepspeed"}, "privacy": {"epsilon": 1.0}}}, "target.training.backend"),
     ({"target": {"privacy": {"epsilon": 1e-9}}}, "privacy"),
 ]

@@ -279,3 +279,14 @@ def _checkpoint_at(root, task: int, step: int):
             return checkpoint
     raise AssertionError(f"no checkpoint at task {task} step {step}")
 
+
+
+def test_readme_parameter_table_is_the_declarations():
+    from pathlib import Path
+
+    from palimpsest.catalog import parameter_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- parameter-table:unlearning -->") + len("<!-- parameter-table:unlearning -->\n")
+    end = readme.index("<!-- /parameter-table -->", start)
+    assert readme[start:end].strip() == parameter_table("unlearning"), "regenerate README's table"

@@ -418,6 +418,9 @@ def _unlearn_problems(document: dict, training, scaling, model) -> list[str]:
                 target_training.backend, target_training.deepspeed.zero_stage):
             problems.append(f"methods[{i}]: {info.name} trains with target.training, whose backend it cannot run "
                             f"on: {info.backend_reason}")
+        if info.name == "rmu" and model and isinstance(entry.get("params") or {}, dict):
+            problems += _rmu_layer_problems(i, info.resolve({k: v for k, v in (entry.get("params") or {}).items()
+                                                             if k in {p.name for p in info.params}}), model)
         if entry.get("gu") is True:
             if not info.projectable:
                 allowed = ", ".join(n for n, m in known.items() if m.projectable)
@@ -481,6 +484,37 @@ def _privacy_problems(kind: str, document: dict, privacy, training, scaling, mod
                 problems.append(f"methods[{i}]: {info.name} cannot train privately: {info.private_reason}; "
                                 f"with privacy use: {allowed}")
     return problems
+
+
+def _rmu_layer_problems(index: int, params: dict, model) -> list[str]:
+    """RMU's layers must exist in the model (known for presets and local pretrained folders)."""
+    layers = _decoder_layer_count(model)
+    if layers is None:
+        return []
+    found = []
+    layer, trainable = params.get("layer"), params.get("trainable_layers")
+    if isinstance(layer, int) and layer >= layers:
+        found.append(f"methods[{index}].params.layer: {layer} is not a decoder layer of this model, which has "
+                     f"{layers} (0..{layers - 1}); the default 7 is the authors' for 32-layer models")
+    if isinstance(trainable, list) and any(isinstance(t, int) and t >= layers for t in trainable):
+        found.append(f"methods[{index}].params.trainable_layers: the model has decoder layers 0..{layers - 1}")
+    return found
+
+
+def _decoder_layer_count(model) -> int | None:
+    import json
+    from pathlib import Path
+
+    from palimpsest.presets import MODEL_PRESETS
+
+    if model.preset:
+        return MODEL_PRESETS[model.preset]["num_hidden_layers"]
+    config = Path(model.pretrained or "") / "config.json"
+    try:
+        found = json.loads(config.read_text()).get("num_hidden_layers") if config.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, int) else None
 
 
 def _tied_embeddings(model) -> bool:
