@@ -300,8 +300,10 @@ def write_report(folder: RunFolder) -> Path:
         lines += [f"- error: `{summary['error']}`"]
     cost = summary.get("cost") or {}
     if cost:
-        lines += [f"- wall time: {cost.get('wall_s')} s; training tokens: {cost.get('train_tokens')}; "
-                  f"training FLOPs (6·N·D): {cost.get('train_flops', 0):.3g}"]
+        parts = [f"wall time: {cost.get('wall_s')} s"]
+        if cost.get("train_tokens") is not None:
+            parts += [f"training tokens: {cost['train_tokens']}", f"training FLOPs (6·N·D): {cost.get('train_flops', 0):.3g}"]
+        lines += ["- " + "; ".join(parts)]
     if summary.get("parameters"):
         lines += [f"- parameters: {summary['parameters']['total']:,} ({summary['parameters']['trainable']:,} trainable)"]
     privacy = summary.get("privacy")
