@@ -6,12 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+from palimpsest.catalog import methods_of
 from palimpsest.data import DataError, load_hf_qa, load_qa_file, qa_texts, train_bpe_tokenizer
 from palimpsest.models import model_config
 from palimpsest.runtime import RunFolder
 from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
 from palimpsest.train.checkpoint import POSITION_FILE
-from palimpsest.train.config import NAIVE, Evaluation, LoopConfig, Optimisation
+from palimpsest.train.config import NAIVE, Evaluation, LoopConfig, MethodRun, Optimisation
 
 
 def build_tokenizer(model_spec, examples, extra_texts=(), *, saved: str | Path | None = None):
@@ -42,6 +43,23 @@ def build_tokenizer(model_spec, examples, extra_texts=(), *, saved: str | Path |
     # Prompts are part of what the model reads: a BPE that has seen them spends fewer tokens.
     prompts = [PROMPT_TEMPLATE.format(question=e.question) for e in examples]
     return train_bpe_tokenizer(qa_texts(examples) + prompts + list(extra_texts), vocab_size=model_spec.vocab_size)
+
+
+def method_runs(family: str, methods) -> list[MethodRun]:
+    """A job's `methods` entries as MethodRuns, parameters checked and defaults filled in.
+
+    Raises:
+        DataError: a parameter is unknown or out of range (`validate` reports the same).
+    """
+    known = methods_of(family)
+    runs, problems = [], []
+    for i, method in enumerate(methods):
+        info = known[method.name]
+        problems += [f"methods[{i}].params.{name}: {message}" for name, message in info.check_params(method.params)]
+        runs.append(MethodRun(info.name, info.module, info.implementation, info.resolve(method.params)))
+    if problems:
+        raise DataError("\n".join(problems))
+    return runs
 
 
 def load_dataset_spec(data) -> list:

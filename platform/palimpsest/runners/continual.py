@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from palimpsest.catalog import methods_of
 from palimpsest.data import DataError, QAExample, generate_world
 from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
@@ -28,6 +27,7 @@ from palimpsest.metrics.continual import (
 from palimpsest.runners.common import (
     build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items, training_cost,
 )
+from palimpsest.runners.common import method_runs as checked_method_runs
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import ContinualJob
 from palimpsest.train.batching import tokenize_qa
@@ -110,20 +110,8 @@ def load_stream(spec: ContinualJob) -> Stream:
 
 
 def method_runs(spec: ContinualJob) -> list[MethodRun]:
-    """The methods with their parameters checked and defaults filled in.
-
-    Raises:
-        DataError: a parameter is unknown or out of range (`validate` reports the same).
-    """
-    known = methods_of("continual")
-    runs, problems = [], []
-    for i, method in enumerate(spec.methods):
-        info = known[method.name]
-        problems += [f"methods[{i}].params.{name}: {message}" for name, message in info.check_params(method.params)]
-        runs.append(MethodRun(info.name, info.module, info.implementation, info.resolve(method.params)))
-    if problems:
-        raise DataError("\n".join(problems))
-    return runs
+    """The methods with their parameters checked and defaults filled in (DataError: `validate` reports the same)."""
+    return checked_method_runs("continual", spec.methods)
 
 
 def prepare(spec: ContinualJob, *, saved_tokenizer=None) -> PreparedContinual:

@@ -33,7 +33,7 @@ from palimpsest.catalog import methods_of
 from palimpsest.data import DataError, QAExample, load_qa_file
 from palimpsest.data.factworld import percent_ceil
 from palimpsest.models import model_config
-from palimpsest.runners.common import build_tokenizer, export_checkpoint, fit, loop_config, subsample
+from palimpsest.runners.common import build_tokenizer, export_checkpoint, fit, loop_config, method_runs, subsample
 from palimpsest.runners.train import fact_world
 from palimpsest.runtime import RunFolder
 from palimpsest.spec.jobs import UnlearnJob
@@ -224,14 +224,8 @@ def _method_runs(spec: UnlearnJob, *, unlearning, original) -> list[MethodRun]:
     Raises:
         DataError: a parameter is unknown or out of range (`validate` reports the same).
     """
-    known = methods_of("unlearning")
-    runs, problems = [], []
-    for i, method in enumerate(spec.methods):
-        info = known[method.name]
-        problems += [f"methods[{i}].params.{name}: {message}" for name, message in info.check_params(method.params)]
-        if problems:
-            continue
-        run = MethodRun(info.name, info.module, info.implementation, info.resolve(method.params))
+    runs = []
+    for method, run in zip(spec.methods, method_runs("unlearning", spec.methods)):
         if unlearning is not None:
             run = replace(run, optimisation=run.build().schedule(unlearning, original))
         if method.gu:
@@ -239,8 +233,6 @@ def _method_runs(spec: UnlearnJob, *, unlearning, original) -> list[MethodRun]:
 
             run = wrap(run, method.gu_samples)
         runs.append(run)
-    if problems:
-        raise DataError("\n".join(problems))
     return runs
 
 

@@ -9,7 +9,7 @@ its own — so `validate` reports them all at once, next to any field error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -107,20 +107,26 @@ StreamSpec = Annotated[Union[FactWorldStream, DatasetsStream], Field(discriminat
 class MethodSpec(Strict):
     """A continual-learning method by registered name, with its parameters."""
 
+    family: ClassVar[str] = "continual"
     name: str
     params: dict[str, Any] = Field(default_factory=dict, description="the method's parameters (see README)")
 
     @field_validator("name")
     @classmethod
     def _known(cls, value):
-        known = methods_of("continual")
+        known = methods_of(cls.family)
         if value not in known:
-            raise ValueError(f"unknown continual method '{value}'" + _suggest(value, list(known)))
+            raise ValueError(f"unknown {cls.family} method '{value}'" + _suggest(value, list(known)))
         return value
 
 
 def _method_entry(value):
     return {"name": value} if isinstance(value, str) else value
+
+
+def _method_entries(value):
+    """`methods: [npo, {name: rmu, params: ...}]`: a bare name is a mapping with defaults."""
+    return [_method_entry(v) for v in value] if isinstance(value, list) else value
 
 
 class ContinualEvalSpec(EvalSpec):
@@ -152,10 +158,7 @@ class ContinualJob(_Job):
     privacy: PrivacySpec | None = Field(None, description="(ε, δ)-DP over the whole stream (DP-SGD); default: "
                                                           "not private")
 
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _names_or_mappings(cls, value):
-        return [_method_entry(v) for v in value] if isinstance(value, list) else value
+    _names_or_mappings = field_validator("methods", mode="before")(lambda value: _method_entries(value))
 
     _no_global_clipping = model_validator(mode="after")(lambda self: _private_clipping(self))
 
@@ -286,16 +289,10 @@ class TargetSpec(Strict):
 class UnlearnMethodSpec(MethodSpec):
     """An unlearning method by registered name, with its parameters; `gu` adds GU's projection."""
 
+    family: ClassVar[str] = "unlearning"
+
     gu: bool = Field(False, description="project the forget gradient orthogonal to retain gradients (GU)")
     gu_samples: int = Field(8, ge=1, le=256, description="retain items whose gradients GU projects out, per step")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, value):
-        known = methods_of("unlearning")
-        if value not in known:
-            raise ValueError(f"unknown unlearning method '{value}'" + _suggest(value, list(known)))
-        return value
 
     @property
     def label(self) -> str:
@@ -317,10 +314,7 @@ class UnlearnJob(_Job):
     cache: str | None = Field(None, description="where trained target and retain models are kept for reuse, by "
                                                 "content hash; default: .palimpsest-cache in the current folder")
 
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _names_or_mappings(cls, value):
-        return [_method_entry(v) for v in value] if isinstance(value, list) else value
+    _names_or_mappings = field_validator("methods", mode="before")(lambda value: _method_entries(value))
 
     @field_validator("ledger", "cache")
     @classmethod
