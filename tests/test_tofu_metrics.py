@@ -53,3 +53,4 @@ def test_model_utility_is_the_harmonic_mean_and_privleak_the_relative_auc_gap():
     assert model_utility({"a": 0.0, "b": 1.0}) == 0.0
     assert privleak(0.6, 0.5) == pytest.approx(20.0)
     assert privleak(0.4, 0.5) == pytest.approx(-20.0)
+    assert privleak(0.3, 0.0) is None  # undefined, not a ZeroDivisionError

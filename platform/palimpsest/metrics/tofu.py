@@ -87,6 +87,11 @@ def model_utility(scores: Mapping[str, float]) -> float:
     return 0.0 if (values == 0).any() else float(hmean(values))
 
 
-def privleak(auc_unlearned: float, auc_retain: float) -> float:
-    """MUSE's PrivLeak in percent: 100 · (AUC_unlearned − AUC_retain) / AUC_retain (0 is ideal)."""
+def privleak(auc_unlearned: float, auc_retain: float) -> float | None:
+    """MUSE's PrivLeak in percent: 100 · (AUC_unlearned − AUC_retain) / AUC_retain (0 is ideal).
+
+    None when the retain model's AUC is 0 (the ratio is undefined; tiny sets only).
+    """
+    if auc_retain == 0:
+        return None
     return 100.0 * (auc_unlearned - auc_retain) / auc_retain
