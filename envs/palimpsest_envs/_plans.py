@@ -1,0 +1,107 @@
+"""Episode plans: the one place where the environments draw randomness.
+
+Each environment decides everything random about an episode (cues, corridor
+lengths, rewrite times) at reset, as a *plan*: a dict of numpy arrays. Plans are
+drawn from a generator in blocks of ``EPISODES_PER_DRAW`` episodes by one
+module-level ``draw(rng, n_episodes, config)`` function per environment.
+
+Why blocks: the batched twins keep one generator per sub-environment so that
+sub-env ``i`` of ``reset(seed=s)`` replays the single environment seeded with
+``s + i``. Drawing one episode at a time would force a Python loop over every
+sub-env that autoresets, on every step; drawing a block makes that loop run
+once per ``EPISODES_PER_DRAW`` episodes of a sub-env. The single environment
+consumes its generator in exactly the same blocks, so both see the same
+stream of episodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+
+EPISODES_PER_DRAW = 64
+
+Plan = dict[str, np.ndarray]
+DrawFn = Callable[[np.random.Generator, int, Any], Plan]
+
+
+class PlanQueue:
+    """Per-episode plans for one environment, refilled a block at a time.
+
+    The queue remembers which generator drew its block: a new generator (from
+    ``reset(seed=...)`` or an assignment to ``env.np_random``) discards the rest
+    of the block, so reseeding behaves as if plans were drawn per episode.
+    """
+
+    def __init__(self, draw: DrawFn, config: Any):
+        self._draw = draw
+        self._config = config
+        self._block: Plan | None = None
+        self._block_rng: np.random.Generator | None = None
+        self._next = EPISODES_PER_DRAW
+
+    def next(self, rng: np.random.Generator) -> Plan:
+        if self._block_rng is not rng or self._next >= EPISODES_PER_DRAW:
+            self._block = self._draw(rng, EPISODES_PER_DRAW, self._config)
+            self._block_rng = rng
+            self._next = 0
+        assert self._block is not None
+        row = {k: v[self._next] for k, v in self._block.items()}
+        self._next += 1
+        return row
+
+
+class BatchedPlans:
+    """One ``PlanQueue`` per sub-environment, stored as ``(num_envs, block, ...)`` arrays."""
+
+    def __init__(self, draw: DrawFn, config: Any, num_envs: int):
+        self._draw = draw
+        self._config = config
+        self.num_envs = num_envs
+        self.rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._blocks: Plan | None = None
+        self._next = np.full(num_envs, EPISODES_PER_DRAW, dtype=np.int64)
+
+    def seed(self, seed: int | Sequence[int | None] | None) -> None:
+        """Seed sub-env ``i`` as ``Env.reset(seed=seed + i)`` seeds a single env.
+
+        ``None`` keeps existing generators (fresh entropy for any not yet made), as
+        ``Env.reset(seed=None)`` does; a sequence gives each sub-env its own seed.
+        """
+        if seed is None:
+            seeds: Sequence[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
+        for i, s in enumerate(seeds):
+            if s is not None or self.rngs[i] is None:
+                self.rngs[i], _ = seeding.np_random(s)
+                # A new generator invalidates the rest of the old block (see PlanQueue).
+                self._next[i] = EPISODES_PER_DRAW
+
+    def take(self, env_ids: np.ndarray) -> Plan:
+        """Next plan of each listed sub-env, as arrays with a leading ``len(env_ids)`` axis."""
+        exhausted = env_ids[self._next[env_ids] >= EPISODES_PER_DRAW]
+        for i in exhausted:  # once per EPISODES_PER_DRAW episodes of a sub-env
+            rng = self.rngs[i]
+            assert rng is not None, "seed() must run before take()"
+            block = self._draw(rng, EPISODES_PER_DRAW, self._config)
+            if self._blocks is None:
+                self._blocks = {
+                    k: np.zeros((self.num_envs, *v.shape), dtype=v.dtype) for k, v in block.items()
+                }
+            for k, v in block.items():
+                self._blocks[k][i] = v
+            self._next[i] = 0
+        assert self._blocks is not None or len(env_ids) == 0, "seed() must run before take()"
+        if self._blocks is None:
+            return {}
+        pos = self._next[env_ids]
+        self._next[env_ids] += 1
+        return {k: v[env_ids, pos] for k, v in self._blocks.items()}

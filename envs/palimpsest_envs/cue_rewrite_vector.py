@@ -1,0 +1,133 @@
+"""Batched numpy twin of ``CueRewrite``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from palimpsest_envs._plans import BatchedPlans
+from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config
+
+
+class CueRewriteVector(VectorEnv):
+    """
+    ## Description
+
+    `num_envs` copies of `CueRewrite` stepped together with numpy array operations; the
+    rules, arguments and spaces are those of `CueRewrite` (see its docstring).
+
+    ## Action Space
+
+    `MultiDiscrete([num_cues] * num_envs)`.
+
+    ## Observation Space
+
+    `Box(0, 1, (num_envs, num_cues + 2), float32)`, row `i` as in `CueRewrite`.
+
+    ## Rewards
+
+    As `CueRewrite`, as a float64 array.
+
+    ## Starting State
+
+    `reset(seed=s)` seeds sub-env `i` exactly as `CueRewrite.reset(seed=s + i)` does (a list
+    of seeds gives one per sub-env; `None` continues each sub-env's generator), so the same
+    seeds and actions give the same trajectories as the single environments.
+
+    ## Episode End
+
+    As `CueRewrite`. Autoreset is `NEXT_STEP`: the step after a sub-env terminates resets
+    it, ignores its action, and returns its first observation with reward 0 and
+    terminated/truncated False. `info["success"]`, masked by `info["_success"]`, is set for
+    sub-envs whose episode ended this step.
+
+    ## Arguments
+
+    `num_envs=1` plus the arguments of `CueRewrite`.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        num_cues: int = 4,
+        num_rewrites: int = 1,
+        delay: int = 10,
+        render_mode: str | None = None,
+    ):
+        if render_mode is not None:
+            raise ValueError("CueRewriteVector has no render modes")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.config = cfg = make_config(num_cues, num_rewrites, delay)
+        self.num_envs = n = int(num_envs)
+        self.render_mode = render_mode
+        self.single_action_space = spaces.Discrete(cfg.num_cues)
+        self.single_observation_space = spaces.Box(0.0, 1.0, (cfg.obs_dim,), np.float32)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.observation_space = batch_space(self.single_observation_space, n)
+
+        self._plans = BatchedPlans(draw_plans, cfg, n)
+        self._rows = np.arange(n)
+        self._schedule = np.full((n, cfg.delay + 1), NO_CUE, dtype=np.int16)
+        self._answer = np.zeros(n, dtype=np.int16)
+        self._t = np.zeros(n, dtype=np.int32)
+        # Sub-envs whose episode ended on the previous step: reset on this one.
+        self._pending_reset = np.zeros(n, dtype=bool)
+        self._started = False
+
+    def _start_episodes(self, env_ids: np.ndarray) -> None:
+        plan = self._plans.take(env_ids)
+        self._schedule[env_ids] = plan["schedule"]
+        self._answer[env_ids] = plan["answer"]
+        self._t[env_ids] = 0
+
+    def _obs(self) -> np.ndarray:
+        k, _, d = self.config
+        # t == d + 1 (after the answer) reads a clipped index but is masked out below.
+        value = self._schedule[self._rows, np.minimum(self._t, d)]
+        shown = (self._t <= d) & (value != NO_CUE)
+        obs = np.zeros((self.num_envs, self.config.obs_dim), dtype=np.float32)
+        obs[self._rows[shown], value[shown]] = 1.0
+        obs[:, k] = shown
+        obs[:, k + 1] = self._t == d
+        return obs
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if seed is None or isinstance(seed, (int, np.integer)):
+            super().reset(seed=seed)
+        self._plans.seed(seed)
+        self._start_episodes(self._rows)
+        self._pending_reset[:] = False
+        self._started = True
+        return self._obs(), {}
+
+    def step(self, actions):
+        if not self._started:
+            raise RuntimeError("Call reset before step")
+        a = np.asarray(actions).reshape(self.num_envs)
+        if a.size and (a.min() < 0 or a.max() >= self.config.num_cues):
+            raise ValueError(f"actions must be in [0, {self.config.num_cues}), got {a}")
+        live = ~self._pending_reset
+        terminated = live & (self._t == self.config.delay)
+        rewards = (terminated & (a == self._answer)).astype(np.float64)
+        self._t += live
+        truncated = np.zeros(self.num_envs, dtype=bool)
+
+        infos: dict[str, Any] = {}
+        if terminated.any():
+            infos["success"] = rewards.copy()
+            infos["_success"] = terminated
+
+        # NEXT_STEP autoreset: sub-envs that ended last step start afresh now (their action
+        # was ignored above through `live`, and their reward/flags stay 0/False).
+        restarting = np.flatnonzero(self._pending_reset)
+        if restarting.size:
+            self._start_episodes(restarting)
+        self._pending_reset = terminated
+        return self._obs(), rewards, terminated, truncated, infos

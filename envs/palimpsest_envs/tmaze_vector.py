@@ -1,0 +1,167 @@
+"""Batched numpy twin of ``EndlessTMaze``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from palimpsest_envs._plans import BatchedPlans
+from palimpsest_envs.tmaze import CUE_LEFT, CUE_RIGHT, FORWARD, LEFT, draw_plans, make_config
+
+
+class EndlessTMazeVector(VectorEnv):
+    """
+    ## Description
+
+    `num_envs` copies of `EndlessTMaze` stepped together with numpy array operations; the
+    rules, arguments and spaces are those of `EndlessTMaze` (see its docstring).
+
+    ## Action Space
+
+    `MultiDiscrete([3] * num_envs)`: 0 forward, 1 left, 2 right per sub-environment.
+
+    ## Observation Space
+
+    `Box(0, 1, (num_envs, 3 or 4), float32)`, row `i` as in `EndlessTMaze`.
+
+    ## Rewards
+
+    As `EndlessTMaze`, as a float64 array.
+
+    ## Starting State
+
+    `reset(seed=s)` seeds sub-env `i` exactly as `EndlessTMaze.reset(seed=s + i)` does (a
+    list of seeds gives one per sub-env; `None` continues each sub-env's generator), so the
+    same seeds and actions give the same trajectories as the single environments.
+
+    ## Episode End
+
+    As `EndlessTMaze`. Autoreset is `NEXT_STEP`: the step after a sub-env terminates or
+    truncates resets it, ignores its action, and returns its first observation with
+    reward 0 and terminated/truncated False (what `EndlessTMaze.reset()` without a seed
+    would give). `info["success"]`, masked by `info["_success"]`, is set for sub-envs whose
+    episode ended this step.
+
+    ## Arguments
+
+    `num_envs=1` plus the arguments of `EndlessTMaze`.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        num_corridors: int = 5,
+        corridor_length: int = 10,
+        length_mode: str = "fixed",
+        min_length: int = 1,
+        max_length: int | None = None,
+        penalty: float = -0.01,
+        goal_reward: float = 1.0,
+        junction_signal: bool = False,
+        render_mode: str | None = None,
+    ):
+        if render_mode is not None:
+            raise ValueError("EndlessTMazeVector has no render modes")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.config = cfg = make_config(
+            num_corridors, corridor_length, length_mode, min_length, max_length,
+            penalty, goal_reward, junction_signal,
+        )
+        self.num_envs = n = int(num_envs)
+        self.render_mode = render_mode
+        self.single_action_space = spaces.Discrete(3)
+        self.single_observation_space = spaces.Box(0.0, 1.0, (cfg.obs_dim,), np.float32)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.observation_space = batch_space(self.single_observation_space, n)
+
+        self._plans = BatchedPlans(draw_plans, cfg, n)
+        self._rows = np.arange(n)
+        self._cues = np.zeros((n, cfg.num_corridors), dtype=np.int8)
+        self._lengths = np.zeros((n, cfg.num_corridors), dtype=np.int32)
+        self._corridor = np.zeros(n, dtype=np.int32)
+        self._x = np.zeros(n, dtype=np.int32)
+        self._steps = np.zeros(n, dtype=np.int32)
+        # Sub-envs whose episode ended on the previous step: reset on this one.
+        self._pending_reset = np.zeros(n, dtype=bool)
+        self._started = False
+
+    def _start_episodes(self, env_ids: np.ndarray) -> None:
+        plan = self._plans.take(env_ids)
+        self._cues[env_ids] = plan["cues"]
+        self._lengths[env_ids] = plan["lengths"]
+        self._corridor[env_ids] = 0
+        self._x[env_ids] = 0
+        self._steps[env_ids] = 0
+
+    def _current(self) -> tuple[np.ndarray, np.ndarray]:
+        # Past the last corridor the index is clipped, as in EndlessTMaze._obs.
+        c = np.minimum(self._corridor, self.config.num_corridors - 1)
+        return self._lengths[self._rows, c], self._cues[self._rows, c]
+
+    def _obs(self) -> np.ndarray:
+        lengths, cues = self._current()
+        at_start = self._x == 0
+        obs = np.empty((self.num_envs, self.config.obs_dim), dtype=np.float32)
+        obs[:, 0] = self._x / self.config.max_length
+        obs[:, 1] = at_start & (cues == CUE_LEFT)
+        obs[:, 2] = at_start & (cues == CUE_RIGHT)
+        if self.config.junction_signal:
+            obs[:, 3] = self._x == lengths
+        return obs
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if seed is None or isinstance(seed, (int, np.integer)):
+            super().reset(seed=seed)
+        self._plans.seed(seed)
+        self._start_episodes(self._rows)
+        self._pending_reset[:] = False
+        self._started = True
+        return self._obs(), {}
+
+    def step(self, actions):
+        if not self._started:
+            raise RuntimeError("Call reset before step")
+        cfg = self.config
+        a = np.asarray(actions).reshape(self.num_envs)
+        if a.size and (a.min() < 0 or a.max() > 2):
+            raise ValueError(f"actions must be in {{0, 1, 2}}, got {a}")
+        live = ~self._pending_reset
+        lengths, cues = self._current()
+        at_junction = self._x == lengths
+        in_corridor = live & ~at_junction
+        forward = a == FORWARD
+        passed = live & at_junction & (a == LEFT + cues)
+        failed = live & at_junction & ~passed
+
+        self._x += in_corridor & forward
+        self._corridor += passed
+        finished = passed & (self._corridor == cfg.num_corridors)
+        self._x[passed & ~finished] = 0
+        self._steps += live
+
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        rewards[(in_corridor & ~forward) | failed] = cfg.penalty
+        rewards[passed] = cfg.goal_reward
+        terminated = failed | finished
+        truncated = live & ~terminated & (self._steps >= cfg.max_steps)
+        ended = terminated | truncated
+
+        infos: dict[str, Any] = {}
+        if ended.any():
+            infos["success"] = np.where(ended, self._corridor == cfg.num_corridors, False).astype(np.float64)
+            infos["_success"] = ended
+
+        # NEXT_STEP autoreset: sub-envs that ended last step start afresh now (their action
+        # was ignored above through `live`, and their reward/flags stay 0/False).
+        restarting = np.flatnonzero(self._pending_reset)
+        if restarting.size:
+            self._start_episodes(restarting)
+        self._pending_reset = ended
+        return self._obs(), rewards, terminated, truncated, infos

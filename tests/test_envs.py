@@ -1,0 +1,300 @@
+"""Memory-rewriting RL environments (palimpsest_envs): API, seeding, batched twins, policies."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import time
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import palimpsest_envs
+
+TMAZE, CUE = "palimpsest/EndlessTMaze-v0", "palimpsest/CueRewrite-v0"
+ENV_IDS = sorted(k for k in gym.registry if k.startswith("palimpsest/"))
+
+# Configurations for the twin comparison: defaults, a short maze that truncates often,
+# uniform lengths with the junction signal, several rewrites.
+CONFIGS = [
+    (TMAZE, {}),
+    (TMAZE, {"num_corridors": 2, "corridor_length": 1}),
+    (TMAZE, {"num_corridors": 3, "length_mode": "uniform", "min_length": 1, "max_length": 4, "junction_signal": True}),
+    (TMAZE, {"num_corridors": 1}),
+    (CUE, {}),
+    (CUE, {"num_cues": 3, "num_rewrites": 3, "delay": 5}),
+    (CUE, {"num_cues": 2, "num_rewrites": 0, "delay": 1}),
+]
+
+
+def test_registered_ids():
+    assert ENV_IDS == sorted(palimpsest_envs.ENV_IDS) == sorted([TMAZE, CUE])
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warns when overriding an id
+        importlib.reload(palimpsest_envs)
+    assert palimpsest_envs.EndlessTMaze is gym.make(TMAZE).unwrapped.__class__
+
+
+def test_imports_only_numpy_and_gymnasium():
+    code = (
+        "import sys, palimpsest_envs, gymnasium as gym\n"
+        "for i in palimpsest_envs.ENV_IDS:\n"
+        "    gym.make(i); gym.make_vec(i, num_envs=2, vectorization_mode='vector_entry_point')\n"
+        "bad = [m for m in ('torch', 'ray', 'palimpsest') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env(env_id):
+    env = gym.make(env_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert not [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_make_vec(env_id):
+    venv = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point")
+    single = gym.make(env_id)
+    assert venv.num_envs == 3
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    assert venv.single_observation_space == single.observation_space
+    assert venv.single_action_space == single.action_space
+    obs, _ = venv.reset(seed=0)
+    assert obs in venv.observation_space
+
+
+def _rollout(env, seed, n_steps, action_seed):
+    """Trajectory of a single env under seeded random actions, resetting (unseeded) at episode ends."""
+    env.action_space.seed(action_seed)
+    traj = [env.reset(seed=seed)[0]]
+    for _ in range(n_steps):
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+        traj.append((obs, r, term, trunc, info))
+        if term or trunc:
+            traj.append(env.reset()[0])
+    return traj
+
+
+def _same(a, b):
+    return all(gym.utils.env_checker.data_equivalence(x, y, exact=True) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_seeded_determinism(env_id):
+    a = _rollout(gym.make(env_id), seed=7, n_steps=300, action_seed=3)
+    b = _rollout(gym.make(env_id), seed=7, n_steps=300, action_seed=3)
+    c = _rollout(gym.make(env_id), seed=8, n_steps=300, action_seed=3)
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_pickle_mid_episode(env_id):
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=11)
+    env.action_space.seed(0)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    clone = pickle.loads(pickle.dumps(env))
+    rng = np.random.default_rng(5)
+    for _ in range(200):  # continues through several episodes (unseeded resets)
+        a = rng.integers(env.action_space.n)
+        out, out_clone = env.step(a), clone.step(a)
+        assert _same(out, out_clone)
+        if out[2] or out[3]:
+            assert _same(env.reset(), clone.reset())
+
+
+# ---- policies on batched observations --------------------------------------------------
+
+
+class Policy:
+    """Batched policy with a per-sub-env memory slot; `kind` is oracle / first / random."""
+
+    def __init__(self, env_id, venv, kind, seed=0):
+        self.env_id, self.kind, self.n = env_id, kind, venv.num_envs
+        self.cfg = venv.unwrapped.config
+        self.rng = np.random.default_rng(seed)
+        self.memory = np.zeros(self.n, dtype=np.int64)
+
+    def cue_seen(self, obs):
+        """(mask, value) of the cue shown in each observation row."""
+        if self.env_id == TMAZE:
+            return obs[:, 1] + obs[:, 2] > 0, (obs[:, 2] > 0).astype(np.int64)
+        k = self.cfg.num_cues
+        return obs[:, k] > 0, obs[:, :k].argmax(axis=1)
+
+    def act(self, obs, fresh):
+        shown, value = self.cue_seen(obs)
+        update = shown if self.kind == "oracle" else fresh  # "first" keeps the episode's first cue
+        self.memory[update] = value[update]
+        if self.env_id == CUE:
+            if self.kind == "random":
+                return self.rng.integers(0, self.cfg.num_cues, self.n)
+            return self.memory.copy()
+        at_junction = obs[:, 3] > 0 if self.cfg.junction_signal else obs[:, 0] == 1.0
+        turn = self.rng.integers(0, 2, self.n) if self.kind == "random" else self.memory
+        return np.where(at_junction, 1 + turn, 0)
+
+
+def _first_episodes(env_id, kind, num_envs, seed=0, **kwargs):
+    """Success of each sub-env's first episode, and whether every cue in it equalled the first / the latest did."""
+    venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    policy = Policy(env_id, venv, kind, seed)
+    obs, _ = venv.reset(seed=seed)
+    fresh = np.ones(num_envs, dtype=bool)
+    first_cue = np.zeros(num_envs, dtype=np.int64)
+    last_cue = np.zeros(num_envs, dtype=np.int64)
+    all_same = np.ones(num_envs, dtype=bool)
+    success = np.full(num_envs, np.nan)
+    while np.isnan(success).any():
+        actions = policy.act(obs, fresh)
+        shown, value = policy.cue_seen(obs)
+        todo = np.isnan(success)
+        first_cue[fresh & todo] = value[fresh & todo]
+        last_cue[shown & todo] = value[shown & todo]
+        all_same &= ~(todo & shown) | (value == first_cue)
+        obs, _, term, trunc, info = venv.step(actions)
+        fresh = term | trunc
+        if "success" in info:
+            done = info["_success"] & todo
+            success[done] = info["success"][done]
+    return success, all_same, last_cue == first_cue
+
+
+@pytest.mark.parametrize(
+    "env_id, kwargs",
+    [
+        (TMAZE, {}),
+        (TMAZE, {"num_corridors": 1}),
+        (TMAZE, {"num_corridors": 3, "length_mode": "uniform", "max_length": 6, "junction_signal": True}),
+        (CUE, {}),
+        (CUE, {"num_cues": 8, "num_rewrites": 4, "delay": 12}),
+    ],
+)
+def test_oracle_always_succeeds(env_id, kwargs):
+    success, _, _ = _first_episodes(env_id, "oracle", 500, **kwargs)
+    assert success.mean() == 1.0
+
+
+def test_oracle_single_env():
+    for env_id in ENV_IDS:
+        env = gym.make(env_id)
+        memory, obs = 0, env.reset(seed=1)[0]
+        for _ in range(20):
+            done = False
+            while not done:
+                if env_id == TMAZE:
+                    memory = 1 if obs[2] else 0 if obs[1] else memory
+                    a = 1 + memory if obs[0] == 1.0 else 0
+                else:
+                    memory = int(obs[:-2].argmax()) if obs[-2] else memory
+                    a = memory
+                obs, _, term, trunc, info = env.step(a)
+                done = term or trunc
+            assert info["success"] == 1.0
+            obs = env.reset()[0]
+
+
+def test_tmaze_first_cue_fails_after_a_rewrite():
+    success, all_same, _ = _first_episodes(TMAZE, "first", 1000, num_corridors=3)
+    # Remembering the first cue passes exactly the episodes whose later cues never differ.
+    assert np.array_equal(success == 1.0, all_same)
+    assert 0.15 < success.mean() < 0.35  # P(all three equal) = 1/4
+    single, _, _ = _first_episodes(TMAZE, "first", 200, num_corridors=1)
+    assert single.mean() == 1.0  # no rewrite: the first cue is the last one
+
+
+@pytest.mark.parametrize("num_rewrites", [1, 3])
+def test_cue_first_cue_fails_after_a_rewrite(num_rewrites):
+    success, _, latest_is_first = _first_episodes(CUE, "first", 1000, num_rewrites=num_rewrites)
+    assert np.array_equal(success == 1.0, latest_is_first)
+    if num_rewrites == 1:
+        assert success.max() == 0.0  # a rewrite always changes the value
+
+
+def test_memoryless_policies_at_chance():
+    tmaze, _, _ = _first_episodes(TMAZE, "random", 2000, num_corridors=1)
+    assert abs(tmaze.mean() - 0.5) < 0.05
+    cue, _, _ = _first_episodes(CUE, "random", 2000, num_cues=4)
+    assert abs(cue.mean() - 0.25) < 0.05
+
+
+# ---- the batched twins -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id, kwargs", CONFIGS)
+def test_vector_twin_matches_single_envs(env_id, kwargs):
+    n, seed = 4, 123
+    venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
+    singles = [gym.make(env_id, **kwargs).unwrapped for _ in range(n)]
+    policy = Policy(env_id, venv, "oracle")
+    rng = np.random.default_rng(0)
+    # The short maze dawdles (turns inside corridors) often enough to hit its step budget.
+    dawdle = kwargs.get("corridor_length") == 1
+    noise_p = 0.9 if dawdle else 0.15
+    obs, _ = venv.reset(seed=seed)
+    for i, env in enumerate(singles):
+        assert np.array_equal(env.reset(seed=seed + i)[0], obs[i])
+    fresh, ended = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    seen = {"success": 0, "failure": 0, "truncated": 0, "episodes": 0}
+    for _ in range(400):
+        # A noisy oracle: long episodes with successes, failures and (short maze) truncations.
+        noise = rng.integers(int(dawdle), venv.single_action_space.n, n)
+        actions = np.where(rng.random(n) < noise_p, noise, policy.act(obs, fresh))
+        obs, rew, term, trunc, info = venv.step(actions)
+        for i, env in enumerate(singles):
+            if ended[i]:  # NEXT_STEP autoreset: the action is ignored
+                expected = (env.reset()[0], 0.0, False, False, {})
+            else:
+                expected = env.step(int(actions[i]))
+            assert np.array_equal(expected[0], obs[i])
+            assert (expected[1], expected[2], expected[3]) == (rew[i], term[i], trunc[i])
+            if expected[2] or expected[3]:
+                assert info["_success"][i] and info["success"][i] == expected[4]["success"]
+                seen["episodes"] += 1
+                seen["truncated"] += expected[3]
+                seen["success" if expected[4]["success"] else "failure"] += 1
+            else:
+                assert "_success" not in info or not info["_success"][i]
+        ended = fresh = term | trunc
+    assert seen["episodes"] >= 8 and seen["success"] > 0 and seen["failure"] > 0
+    if kwargs.get("corridor_length") == 1:
+        assert seen["truncated"] > 0
+
+
+def test_vector_reseed_and_seed_list():
+    venv = gym.make_vec(TMAZE, num_envs=3, vectorization_mode="vector_entry_point")
+    a = venv.reset(seed=5)[0]
+    b = venv.reset(seed=[5, 6, 7])[0]
+    c = venv.reset(seed=[7, None, 5])[0]
+    assert np.array_equal(a, b) and np.array_equal(c[0], a[2]) and np.array_equal(c[2], a[0])
+    with pytest.raises(ValueError):
+        venv.reset(seed=[1, 2])
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_vector_throughput(env_id, capsys):
+    n, steps = 8192, 200
+    venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point")
+    t0 = time.perf_counter()
+    venv.reset(seed=0)
+    t_reset = time.perf_counter() - t0
+    actions = np.random.default_rng(0).integers(0, venv.single_action_space.n, size=(steps, n))
+    venv.step(actions[0])
+    t0 = time.perf_counter()
+    for a in actions:
+        venv.step(a)
+    rate = n * steps / (time.perf_counter() - t0)
+    with capsys.disabled():
+        print(f"\n{env_id} vector twin, batch {n}: {rate / 1e6:.1f} M steps/s (reset(seed) {t_reset:.2f} s)")
