@@ -226,7 +226,7 @@ SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").rglob("
 
 
 @pytest.mark.parametrize("job", SHIPPED)
-def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch):
+def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp_path_factory):
     """Every example runs end to end (without Ray, a few steps) — not just validates."""
     monkeypatch.chdir(REPO)  # examples name files relative to the repository root
     document = yaml.safe_load((REPO / job).read_text())
@@ -236,9 +236,10 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch):
         overrides += ["stream.num_entities=6", "stream.general_samples=4"]
     if document.get("data", {}).get("source") == "factworld":
         overrides += ["data.num_entities=6"]
-    if document["kind"] == "unlearn":  # the target's and the retain models' training too, cached in tmp
+    if document["kind"] == "unlearn":  # the target's and the retain models' training too, in a cache the jobs share
+        cache = tmp_path_factory.getbasetemp() / "shipped-unlearn-cache"
         overrides += ["target.training.steps=3", "target.training.batch_size=4", "target.training.warmup_steps=0",
-                      f"cache={tmp_path / 'cache'}", "eval.max_examples=4", "ledger=null"]
+                      f"cache={cache}", "eval.max_examples=4", "ledger=null"]
     if document["kind"] == "privacy_sweep":  # its train job's fields, at two points
         overrides = [f"job.{item}" for item in overrides if not item.startswith("stream.")]
         overrides += ["job.data.num_entities=10", "epsilons=[8.0, null]"]

@@ -27,6 +27,15 @@ EVERY_METHOD = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo",
                 {"name": "grad_ascent", "gu": True, "gu_samples": 4}, {"name": "npo", "gu": True, "gu_samples": 4}]
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One model cache for the module: jobs with the same target recipe reuse its target and retain models."""
+    return tmp_path_factory.mktemp("unlearn-cache")
+
+
+PRIVATE_TARGET = {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}, "privacy": {"epsilon": 8.0}}
+
+
 def unlearn_spec(tmp_path: Path, **overrides) -> dict:
     spec = {"kind": "unlearn", "name": "ul", "seed": 2,
             "model": {"preset": "tiny-llama", "vocab_size": 400},
@@ -56,11 +65,10 @@ def metric_rows(out: Path) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_session):
+def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_session, shared_cache):
     """Done-means 6 (every method, 2 workers) and 2 with 2 workers (GU's step stays orthogonal)."""
-    document = unlearn_spec(tmp_path, methods=EVERY_METHOD, scaling={"num_workers": 2},
-                            target={"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20},
-                                    "privacy": {"epsilon": 8.0}})
+    document = unlearn_spec(tmp_path, methods=EVERY_METHOD, scaling={"num_workers": 2}, target=PRIVATE_TARGET,
+                            cache=str(shared_cache))
     out = tmp_path / "run"
     summary = run_spec(document, out)
     labels = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u", "grad_ascent+gu",
@@ -92,9 +100,12 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
 
 
 @pytest.mark.integration
-def test_the_gradient_methods_run_under_deepspeed_zero2_on_two_workers(tmp_path, ray_session):
-    """Done-means: every gradient method runs under ZeRO-2 with N workers (gs_lora and GU are ddp-only, refused)."""
-    document = unlearn_spec(tmp_path, scaling={"num_workers": 2},
+def test_the_gradient_methods_run_under_deepspeed_zero2_on_two_workers(tmp_path, ray_session, shared_cache):
+    """Done-means: every gradient method runs under ZeRO-2 with N workers (gs_lora and GU are ddp-only, refused).
+
+    The target and retain models are the previous test's, from the shared cache: one fit here.
+    """
+    document = unlearn_spec(tmp_path, scaling={"num_workers": 2}, target=PRIVATE_TARGET, cache=str(shared_cache),
                             methods=["grad_ascent", "grad_diff", "npo", "simnpo",
                                      {"name": "rmu", "params": {"layer": 1, "retain_weight": 10.0}}],
                             training={"backend": "deepspeed", "deepspeed": {"zero_stage": 2}})
@@ -125,7 +136,7 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
     ledger = tmp_path / "ledger.jsonl"
     document = unlearn_spec(tmp_path, ledger=str(ledger),
                             requests=[{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}, {"id": "r3", "percent": 5}],
-                            training={"steps": 400, "batch_size": 4, "lr": 1e-4, "lr_schedule": "constant",
+                            training={"steps": 250, "batch_size": 4, "lr": 1e-4, "lr_schedule": "constant",
                                       "log_every": 100})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(document))
