@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.models import build_model
 from palimpsest.train.batching import collate_qa, token_losses
 from palimpsest.train.config import MethodRun
 from palimpsest.unlearn.base import RETAIN
 from palimpsest.unlearn.gu import orthonormal_basis, project_out, wrap
 
 from synthetic import EOS, PAD
-from test_unlearn_methods import FORGET_SETS, REMAINING, TARGET, context, micro_batch, unlearning_run
+from test_unlearn_methods import context, micro_batch, unlearning_run
 
 
 def test_gram_schmidt_twice_gives_an_orthonormal_basis_and_drops_dependent_vectors():

@@ -22,134 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
-from palimpsest.catalog import methods_of
-from palimpsest.data import DataError, QAExample, load_qa_file
-from palimpsest.data.factworld import percent_ceil
+from palimpsest.data import DataError
 from palimpsest.models import model_config
-from palimpsest.runners.common import build_tokenizer, export_checkpoint, fit, loop_config, method_runs, subsample
-from palimpsest.runners.train import fact_world
+from palimpsest.runners.common import build_tokenizer, fit, loop_config, method_runs
+from palimpsest.runners.unlearn_data import Point, PreparedUnlearn, Request, load_points
+from palimpsest.runners.unlearn_models import RETAIN_POOL, as_train, pretrained_config, retain_models, target_model
 from palimpsest.runtime import RunFolder
 from palimpsest.spec.jobs import UnlearnJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
-from palimpsest.unlearn.ledger import Ledger, LedgerError, content_hash
-
-RETAIN_POOL = "retain"
-
-
-def _key(example: QAExample) -> tuple[str, str]:
-    return example.question, example.answer
-
-
-@dataclass
-class Request:
-    id: str
-    items: list[QAExample]  # training examples to forget
-    items_hash: str
-
-
-@dataclass
-class Point:
-    """The state after request k: what is forgotten, what remains, and the sets each model is scored on."""
-
-    request: Request
-    forgotten: list[QAExample]
-    remaining: list[QAExample]
-    sets: dict[str, list[QAExample]]  # forget / retain / holdout, TOFU format
-
-
-@dataclass
-class PreparedUnlearn:
-    tokenizer: object
-    train: list[QAExample]
-    points: list[Point]
-    base_model: dict  # what the target is trained from (model_config)
-    recipe: dict  # what the trained models depend on besides their data (the cache key's part)
-    notes: list[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _tofu_file(folder: Path, name: str) -> Path | None:
-    for suffix in (".json", ".jsonl"):
-        if (folder / f"{name}{suffix}").is_file():
-            return folder / f"{name}{suffix}"
-    return None
-
-
-def _load_tofu(spec: UnlearnJob) -> tuple[list[QAExample], list[QAExample], dict, list[QAExample] | None]:
-    """(training set, holdout, the request splits' loaders, retain evaluation items) from a TOFU-format folder."""
-    folder = Path(spec.data.path)
-    names = sorted(p.stem for p in folder.iterdir() if p.suffix in (".json", ".jsonl"))
-    full = _tofu_file(folder, "full")
-    if full is not None:
-        train = load_qa_file(full)
-    else:
-        parts = [n for n in names if n.startswith(("forget", "retain")) and not n.endswith("_perturbed")]
-        if not parts:
-            raise DataError(f"data.path: {folder} has no full.json and no forget*/retain* files (TOFU format)")
-        train = list({_key(e): e for n in parts for e in load_qa_file(_tofu_file(folder, n))}.values())
-    holdout_file = _tofu_file(folder, f"{spec.data.holdout}_perturbed") or _tofu_file(folder, spec.data.holdout)
-    if holdout_file is None:
-        raise DataError(f"data.holdout: no {spec.data.holdout}.json in {folder} (files: {', '.join(names)})")
-    retain_file = _tofu_file(folder, "retain_perturbed")
-    return train, load_qa_file(holdout_file), {"folder": folder, "names": names}, \
-        (load_qa_file(retain_file) if retain_file else None)
-
-
-def _request_items(spec: UnlearnJob, index: int, train_keys: dict, context: dict) -> list[QAExample]:
-    """The training examples request `index` names (its eval versions are looked up later)."""
-    request = spec.requests[index]
-    where = f"requests[{index}] ({request.id})"
-    if request.path is not None:
-        wanted = load_qa_file(request.path)
-    elif spec.data.source == "factworld":
-        trainable = context["trainable"]
-        if request.split is not None:
-            if request.split not in ("forget01", "forget05", "forget10"):
-                raise DataError(f"{where}.split: fact-world requests name forget01, forget05 or forget10, "
-                                f"got {request.split!r}")
-            count = percent_ceil(len(trainable), int(request.split[-2:]))
-            people = trainable[:count]
-            context["cursor"] = max(context["cursor"], count)
-        else:
-            count = percent_ceil(len(trainable), request.percent)
-            start = context["cursor"]
-            if start + count > len(trainable) - 1:
-                raise DataError(f"{where}.percent: the next {request.percent}% ({count} people) would leave no one "
-                                f"to retain ({start} of {len(trainable)} trainable people are already requested)")
-            people = trainable[start : start + count]
-            context["cursor"] = start + count
-        wanted = context["world"].facts_of(people)
-    else:
-        if request.percent is not None:
-            raise DataError(f"{where}.percent: only fact-world requests take a percent; name a split file")
-        found = _tofu_file(context["folder"], request.split)
-        if found is None:
-            raise DataError(f"{where}.split: no {request.split}.json in {context['folder']} "
-                            f"(files: {', '.join(context['names'])})")
-        wanted = load_qa_file(found)
-    missing = [e for e in wanted if _key(e) not in train_keys]
-    if missing:
-        raise DataError(f"{where}: {len(missing)} of its {len(wanted)} items were never trained on (not in the "
-                        f"training data), e.g. {missing[0].question!r}")
-    if not wanted:
-        raise DataError(f"{where}: no items")
-    return [train_keys[_key(e)] for e in wanted]
-
-
-def _with_answers(examples: list[QAExample], versions: dict) -> list[QAExample]:
-    """Each example's TOFU-format version (paraphrased and perturbed answers), where one exists."""
-    found = [versions.get(_key(e), e) for e in examples]
-    return [e for e in found if e.paraphrased_answer and e.perturbed_answers]
+from palimpsest.unlearn.ledger import Ledger, LedgerError
 
 
 def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
@@ -159,44 +45,7 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
         DataError: unreadable data, an unknown split, a request of untrained items, nothing left to retain.
     """
     _method_runs(spec, unlearning=None, original=None)  # parameter errors first, as validate reports them
-    versions: dict = {}
-    retain_eval = None
-    if spec.data.source == "factworld":
-        world = fact_world(spec.data, spec.seed)
-        holdout_people, trainable = world.tofu_order()
-        train, holdout = world.facts_of(trainable), world.facts_of(holdout_people)
-        context = {"world": world, "trainable": trainable, "cursor": 0}
-        tokenizer_texts = world.facts  # the generator's public vocabulary (see runners/train.py)
-    else:
-        train, holdout, context, retain_eval = _load_tofu(spec)
-        folder = context["folder"]
-        for name in context["names"]:  # TOFU keeps paraphrased / perturbed answers in *_perturbed files
-            if name.endswith("_perturbed"):
-                versions.update({_key(e): e for e in load_qa_file(_tofu_file(folder, name))})
-        tokenizer_texts = train
-    if not train:
-        raise DataError("data: the training set is empty")
-    train_keys = {_key(e): e for e in train}
-    holdout = _with_answers(holdout, versions)
-    if not holdout:
-        raise DataError("data.holdout: no holdout item has paraphrased_answer and perturbed_answer (TOFU format)")
-    cap = spec.eval.max_examples
-    points, forgotten = [], {}
-    for index, request in enumerate(spec.requests):
-        items = _request_items(spec, index, train_keys, context)
-        forgotten.update({_key(e): e for e in items})
-        remaining = [e for e in train if _key(e) not in forgotten]
-        if not remaining:
-            raise DataError(f"requests[{index}] ({request.id}): nothing would remain to retain")
-        gone = list(forgotten.values())
-        forget_eval = _with_answers(gone, versions)
-        if not forget_eval:
-            raise DataError(f"requests[{index}] ({request.id}): its items lack paraphrased_answer / perturbed_answer; "
-                            "forget quality needs them (TOFU keeps them in <split>_perturbed.json)")
-        retain_pool = [e for e in (retain_eval or []) if _key(e) not in forgotten] or _with_answers(remaining, versions)
-        sets = {"forget": subsample(forget_eval, cap), "retain": subsample(retain_pool, cap),
-                "holdout": subsample(holdout, cap)}
-        points.append(Point(Request(request.id, items, content_hash(items)), gone, remaining, sets))
+    train, points, tokenizer_texts = load_points(spec)
     tokenizer = build_tokenizer(spec.model, tokenizer_texts, saved=saved_tokenizer)
     base = model_config(spec.model.model_dump(), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
                         bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=spec.seed)
@@ -206,7 +55,7 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     if spec.ledger:  # a ledger kept across runs must agree with the job before anything runs
         _resume_points(Ledger(spec.ledger), _method_runs(spec, unlearning=None, original=None), points)
     if spec.target.privacy is not None:  # calibrate σ now: an impossible budget is refused before any folder
-        loop_config(_as_train(spec, spec.target.training, spec.target.privacy), tokenizer, tasks=[train],
+        loop_config(as_train(spec, spec.target.training, spec.target.privacy), tokenizer, tasks=[train],
                     eval_sets={})
     notes = []
     if spec.data.source != "factworld" and not (spec.model.tokenizer or spec.model.pretrained):
@@ -234,102 +83,6 @@ def _method_runs(spec: UnlearnJob, *, unlearning, original) -> list[MethodRun]:
             run = wrap(run, method.gu_samples)
         runs.append(run)
     return runs
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-def _cache_root(spec: UnlearnJob) -> Path:
-    return Path(spec.cache) if spec.cache else Path.cwd() / ".palimpsest-cache"
-
-
-def _digest(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _target_key(prepared: PreparedUnlearn, privacy) -> str:
-    return "target-" + _digest({**prepared.recipe, "privacy": privacy.model_dump(mode="json") if privacy else None,
-                                "data": content_hash(prepared.train)})
-
-
-def _retain_key(prepared: PreparedUnlearn, point: Point) -> str:
-    return "retain-" + _digest({**prepared.recipe, "data": content_hash(point.remaining)})
-
-
-def _store(cache: Path, key: str, checkpoint_dir: str, tokenizer, meta: dict) -> Path:
-    """Export a checkpoint into the cache under `key`, atomically (a crash leaves no half entry)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    final = cache / key
-    partial = cache / f".{key}.{os.getpid()}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    export_checkpoint(checkpoint_dir, partial, tokenizer)
-    (partial / "palimpsest_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if final.exists():  # another run stored the same model meanwhile: keep theirs
-        shutil.rmtree(partial)
-    else:
-        os.rename(partial, final)
-    return final
-
-
-def _cached(cache: Path, key: str) -> tuple[Path, dict] | None:
-    meta = cache / key / "palimpsest_meta.json"
-    return (cache / key, json.loads(meta.read_text())) if meta.is_file() else None
-
-
-def _pretrained(base: dict, path: Path) -> dict:
-    """The model config of a trained model in `path` (same token ids as `base`)."""
-    return {**base, "preset": None, "pretrained": str(path), "lora": None}
-
-
-def _as_train(spec: UnlearnJob, training, privacy):
-    """What `loop_config` reads of a job, for the target's and the retain models' training."""
-    return SimpleNamespace(training=training, privacy=privacy, seed=spec.seed, model=spec.model, eval=spec.eval,
-                           scaling=spec.scaling)
-
-
-def _cost(result: dict, index: int) -> dict:
-    tokens = result["task_tokens"][index]
-    return {"wall_s": round(result["task_wall_s"][index], 3), "train_tokens": tokens,
-            "train_flops": 6 * result["parameters"]["total"] * tokens, "steps": result["steps"]}
-
-
-def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> tuple[Path, dict]:
-    """The target (trained on everything, ε-DP if the job says so): from the cache, else trained now."""
-    cache, key = _cache_root(spec), _target_key(prepared, spec.target.privacy)
-    found = _cached(cache, key)
-    if found:
-        return found
-    config = loop_config(_as_train(spec, spec.target.training, spec.target.privacy), prepared.tokenizer,
-                         tasks=[prepared.train], eval_sets={})
-    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-target",
-                              use_ray=use_ray)
-    (result,) = output["methods"]
-    meta = {"kind": "target", "cost": _cost(result, 0), "privacy": result["privacy"], "examples": len(prepared.train)}
-    return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
-
-
-def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> list[tuple[Path, dict]]:
-    """The retain model of every point (cached by content hash); the missing ones trained in one fit by `retrain`."""
-    cache = _cache_root(spec)
-    keys = [_retain_key(prepared, point) for point in prepared.points]
-    missing = [i for i, key in enumerate(keys) if _cached(cache, key) is None]
-    missing = [i for i in missing if keys[i] not in {keys[j] for j in missing if j < i}]  # one training per model
-    if missing:
-        info = methods_of("unlearning")["retrain"]
-        points = [prepared.points[i] for i in missing]
-        config = loop_config(_as_train(spec, spec.target.training, None), prepared.tokenizer,
-                             tasks=[p.request.items for p in points], eval_sets={},
-                             methods=[MethodRun(info.name, info.module, info.implementation)])
-        tokenize = lambda examples: tokenize_qa(prepared.tokenizer, examples)  # noqa: E731
-        config = config.with_(model=prepared.base_model, models={"base": prepared.base_model},
-                              pools={RETAIN_POOL: [tokenize(p.remaining) for p in points]})
-        output, checkpoints = fit(spec, config, folder, f"{folder.path.name}-retain", use_ray=use_ray)
-        (result,) = output["methods"]
-        ends = {metrics["task_end"]: directory for directory, metrics in checkpoints if "task_end" in metrics}
-        for task, i in enumerate(missing):
-            meta = {"kind": "retain", "cost": _cost(result, task), "examples": len(prepared.points[i].remaining)}
-            _store(cache, keys[i], ends[task], prepared.tokenizer, meta)
-    return [_cached(cache, key) for key in keys]
 
 
 # ----------------------------------------------------------------------------- serving
@@ -441,8 +194,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     ledger_path = Path(spec.ledger) if spec.ledger else folder.path / "ledger.jsonl"
     ledger = Ledger(ledger_path)
-    unlearning = loop_config(_as_train(spec, spec.training, None), prepared.tokenizer, tasks=[[]], eval_sets={})
-    original = loop_config(_as_train(spec, spec.target.training, None), prepared.tokenizer, tasks=[[]],
+    unlearning = loop_config(as_train(spec, spec.training, None), prepared.tokenizer, tasks=[[]], eval_sets={})
+    original = loop_config(as_train(spec, spec.target.training, None), prepared.tokenizer, tasks=[[]],
                            eval_sets={})
     runs = _method_runs(spec, unlearning=unlearning.optimisation, original=original.optimisation)
     plan = _resume_points(ledger, runs, prepared.points)
@@ -456,9 +209,9 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
 
     # Each point's retain model (the gold standard every request is judged against) and the untouched target.
     references, target_points, retain_points = [], [], []
-    target = build_model(_pretrained(prepared.base_model, target_dir))
+    target = build_model(pretrained_config(prepared.base_model, target_dir))
     for point, (path, _) in zip(prepared.points, retained):
-        reference = model_scores(build_model(_pretrained(prepared.base_model, path)), prepared.tokenizer, point.sets,
+        reference = model_scores(build_model(pretrained_config(prepared.base_model, path)), prepared.tokenizer, point.sets,
                                  batch_size=spec.eval.batch_size)
         references.append(reference)
         retain_points.append(request_metrics(reference, reference))
@@ -466,8 +219,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
                                                           batch_size=spec.eval.batch_size), reference))
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
     if any(pending):
-        target_cfg = _pretrained(prepared.base_model, target_dir)
-        methods = [replace(run, first_task=first, model=_pretrained(prepared.base_model, Path(model)) if model else None)
+        target_cfg = pretrained_config(prepared.base_model, target_dir)
+        methods = [replace(run, first_task=first, model=pretrained_config(prepared.base_model, Path(model)) if model else None)
                    for run, first, model in plan]
         evaluator = RequestEvaluator(
             tokenizer_dir=str(folder.tokenizer), points=prepared.points, references=references,

@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from palimpsest.spec.common import SpecError, _suggest
-from palimpsest.spec.jobs import JOB_KINDS, JobSpec, cross_problems
+from palimpsest.spec.jobs import JOB_KINDS, JobSpec
+from palimpsest.spec.rules import cross_problems
 
 class _SpecLoader(yaml.SafeLoader):
     """YAML as PyYAML's safe loader reads it, but with YAML 1.2 floats: `1e-3` is a number,

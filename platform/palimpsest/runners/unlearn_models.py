@@ -1,0 +1,121 @@
+"""The target and retain models of an unlearn job: trained once, kept by content hash, reused.
+
+A model's key is the sha256 of what it depends on (model, recipe, seed, tokenizer
+vocabulary, privacy, the content of its training data); an entry is written to a
+temporary folder and renamed, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+from palimpsest.catalog import methods_of
+from palimpsest.runners.common import export_checkpoint, fit, loop_config
+from palimpsest.runners.unlearn_data import Point, PreparedUnlearn
+from palimpsest.runtime import RunFolder
+from palimpsest.spec.jobs import UnlearnJob
+from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.config import MethodRun
+from palimpsest.unlearn.ledger import content_hash
+
+RETAIN_POOL = "retain"
+
+
+def _cache_root(spec: UnlearnJob) -> Path:
+    return Path(spec.cache) if spec.cache else Path.cwd() / ".palimpsest-cache"
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _target_key(prepared: PreparedUnlearn, privacy) -> str:
+    return "target-" + _digest({**prepared.recipe, "privacy": privacy.model_dump(mode="json") if privacy else None,
+                                "data": content_hash(prepared.train)})
+
+
+def _retain_key(prepared: PreparedUnlearn, point: Point) -> str:
+    return "retain-" + _digest({**prepared.recipe, "data": content_hash(point.remaining)})
+
+
+def _store(cache: Path, key: str, checkpoint_dir: str, tokenizer, meta: dict) -> Path:
+    """Export a checkpoint into the cache under `key`, atomically (a crash leaves no half entry)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / key
+    partial = cache / f".{key}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    export_checkpoint(checkpoint_dir, partial, tokenizer)
+    (partial / "palimpsest_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if final.exists():  # another run stored the same model meanwhile: keep theirs
+        shutil.rmtree(partial)
+    else:
+        os.rename(partial, final)
+    return final
+
+
+def _cached(cache: Path, key: str) -> tuple[Path, dict] | None:
+    meta = cache / key / "palimpsest_meta.json"
+    return (cache / key, json.loads(meta.read_text())) if meta.is_file() else None
+
+
+def pretrained_config(base: dict, path: Path) -> dict:
+    """The model config of a trained model in `path` (same token ids as `base`)."""
+    return {**base, "preset": None, "pretrained": str(path), "lora": None}
+
+
+def as_train(spec: UnlearnJob, training, privacy):
+    """What `loop_config` reads of a job, for the target's and the retain models' training."""
+    return SimpleNamespace(training=training, privacy=privacy, seed=spec.seed, model=spec.model, eval=spec.eval,
+                           scaling=spec.scaling)
+
+
+def _cost(result: dict, index: int) -> dict:
+    tokens = result["task_tokens"][index]
+    return {"wall_s": round(result["task_wall_s"][index], 3), "train_tokens": tokens,
+            "train_flops": 6 * result["parameters"]["total"] * tokens, "steps": result["steps"]}
+
+
+def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> tuple[Path, dict]:
+    """The target (trained on everything, ε-DP if the job says so): from the cache, else trained now."""
+    cache, key = _cache_root(spec), _target_key(prepared, spec.target.privacy)
+    found = _cached(cache, key)
+    if found:
+        return found
+    config = loop_config(as_train(spec, spec.target.training, spec.target.privacy), prepared.tokenizer,
+                         tasks=[prepared.train], eval_sets={})
+    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-target",
+                              use_ray=use_ray)
+    (result,) = output["methods"]
+    meta = {"kind": "target", "cost": _cost(result, 0), "privacy": result["privacy"], "examples": len(prepared.train)}
+    return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
+
+
+def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> list[tuple[Path, dict]]:
+    """The retain model of every point (cached by content hash); the missing ones trained in one fit by `retrain`."""
+    cache = _cache_root(spec)
+    keys = [_retain_key(prepared, point) for point in prepared.points]
+    missing = [i for i, key in enumerate(keys) if _cached(cache, key) is None]
+    missing = [i for i in missing if keys[i] not in {keys[j] for j in missing if j < i}]  # one training per model
+    if missing:
+        info = methods_of("unlearning")["retrain"]
+        points = [prepared.points[i] for i in missing]
+        config = loop_config(as_train(spec, spec.target.training, None), prepared.tokenizer,
+                             tasks=[p.request.items for p in points], eval_sets={},
+                             methods=[MethodRun(info.name, info.module, info.implementation)])
+        tokenize = lambda examples: tokenize_qa(prepared.tokenizer, examples)  # noqa: E731
+        config = config.with_(model=prepared.base_model, models={"base": prepared.base_model},
+                              pools={RETAIN_POOL: [tokenize(p.remaining) for p in points]})
+        output, checkpoints = fit(spec, config, folder, f"{folder.path.name}-retain", use_ray=use_ray)
+        (result,) = output["methods"]
+        ends = {metrics["task_end"]: directory for directory, metrics in checkpoints if "task_end" in metrics}
+        for task, i in enumerate(missing):
+            meta = {"kind": "retain", "cost": _cost(result, task), "examples": len(prepared.points[i].remaining)}
+            _store(cache, keys[i], ends[task], prepared.tokenizer, meta)
+    return [_cached(cache, key) for key in keys]
+
+
