@@ -25,7 +25,7 @@ run: install
 	$(BIN)/palimpsest run jobs/quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
