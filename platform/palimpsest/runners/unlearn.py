@@ -155,8 +155,8 @@ def begin(ledger: Ledger, request: Request, method: str, epsilon: float | None) 
         ledger.begin(request.id, request.items_hash, method=method, epsilon=epsilon, items=len(request.items))
 
 
-def _resume_points(ledger: Ledger, runs: list[MethodRun], points: list[Point]) -> list[MethodRun]:
-    """Each method's first request to serve and the model to serve it from, as the ledger says.
+def _resume_points(ledger: Ledger, runs: list[MethodRun], points: list[Point]) -> list[tuple[MethodRun, int, str | None]]:
+    """(method, first request to serve, the model to serve it from) per method, as the ledger says.
 
     Requests a method has done are skipped; it starts from the checkpoint of its last done one.
 
