@@ -155,7 +155,8 @@ def begin(ledger: Ledger, request: Request, method: str, epsilon: float | None) 
         ledger.begin(request.id, request.items_hash, method=method, epsilon=epsilon, items=len(request.items))
 
 
-def _resume_points(ledger: Ledger, runs: list[MethodRun], points: list[Point]) -> list[tuple[MethodRun, int, str | None]]:
+def _resume_points(ledger: Ledger, runs: list[MethodRun],
+                   points: list[Point]) -> list[tuple[MethodRun, int, str | None]]:
     """(method, first request to serve, the model to serve it from) per method, as the ledger says.
 
     Requests a method has done are skipped; it starts from the checkpoint of its last done one.
@@ -220,7 +221,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
     if any(pending):
         target_cfg = pretrained_config(prepared.base_model, target_dir)
-        methods = [replace(run, first_task=first, model=pretrained_config(prepared.base_model, Path(model)) if model else None)
+        methods = [replace(run, first_task=first,
+                           model=pretrained_config(prepared.base_model, Path(model)) if model else None)
                    for run, first, model in plan]
         evaluator = RequestEvaluator(
             tokenizer_dir=str(folder.tokenizer), points=prepared.points, references=references,
@@ -280,7 +282,8 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         "eval_sets": {"forget": "every item requested so far (trained on, then forgotten)",
                       "retain": "trained items that remain (retention of trained facts, on purpose)",
                       "holdout": "people never trained on"},
-        "target": {**{key: target_last[key] for key in SUMMARY_KEYS}, "privacy": target_meta.get("privacy"), "cost": target_meta["cost"],
+        "target": {**{key: target_last[key] for key in SUMMARY_KEYS}, "privacy": target_meta.get("privacy"),
+                   "cost": target_meta["cost"],
                    "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in target_points]},
         "retain_models": [{"id": p.request.id, "path": str(path), "cost": meta["cost"],
                            **{key: scores[key] for key in ("model_utility", "forget_rouge", "forget_truth_ratio", "mia")}}

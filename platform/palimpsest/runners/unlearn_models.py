@@ -95,7 +95,8 @@ def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder,
     return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
 
 
-def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> list[tuple[Path, dict]]:
+def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
+                  use_ray: bool) -> list[tuple[Path, dict]]:
     """The retain model of every point (cached by content hash); the missing ones trained in one fit by `retrain`."""
     cache = _cache_root(spec)
     keys = [_retain_key(prepared, point) for point in prepared.points]

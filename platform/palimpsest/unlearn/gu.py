@@ -14,10 +14,11 @@ first order the step leaves the retain loss unchanged. Per step:
 forget gradient alone, orthogonal to every retain gradient used). This is the authors'
 per-sample form (their `orthograd` trainer); their preconditioned variant (Adam's
 geometry) is not implemented. The basis and the projection are computed in float64 (a
-float32 dot product over millions of entries alone errs by ~1e-5 in cosine). Every worker computes the same k per-sample gradients on
-the same weights (with `torch.autograd.grad`, which leaves DDP's hooks alone), so the
-projection of the synced gradient is identical on every rank. It needs whole gradients:
-DeepSpeed ZeRO partitions them, so GU runs on ddp only.
+float32 dot product over millions of entries alone errs by ~1e-5 in cosine). Every
+worker computes the same k per-sample gradients on the same weights (with
+`torch.autograd.grad`, which leaves DDP's hooks alone), so the projection of the synced
+gradient is identical on every rank. It needs whole gradients: DeepSpeed ZeRO partitions
+them, so GU runs on ddp only.
 
 Not a method file (no `METHOD`): the runner wraps a method with it when its spec says `gu`.
 """
