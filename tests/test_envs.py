@@ -298,3 +298,15 @@ def test_vector_throughput(env_id, capsys):
     rate = n * steps / (time.perf_counter() - t0)
     with capsys.disabled():
         print(f"\n{env_id} vector twin, batch {n}: {rate / 1e6:.1f} M steps/s (reset(seed) {t_reset:.2f} s)")
+
+
+def test_palimpsest_envs_lists_every_environment_with_its_defaults():
+    from typer.testing import CliRunner
+
+    from palimpsest.cli import app
+
+    result = CliRunner().invoke(app, ["envs"], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    for env_id in palimpsest_envs.ENV_IDS:
+        assert env_id in result.output
+    assert "num_corridors=5" in result.output and "num_rewrites=1" in result.output

@@ -424,6 +424,30 @@ def ledger(path: Path = typer.Argument(..., help="a ledger.jsonl (a run folder's
     out.print(table)
 
 
+@app.command()
+def envs() -> None:
+    """List the registered memory environments (palimpsest/<Name>-v0) with their parameters and defaults."""
+    import inspect
+
+    import gymnasium
+
+    import palimpsest_envs
+
+    table = Table(title="memory environments: gymnasium.make(id, **parameters); make_vec(id, num_envs=N, "
+                        "vectorization_mode='vector_entry_point') for the batched twin")
+    for column in ("id", "parameters (defaults)", "what it is"):
+        table.add_column(column)
+    for env_id in palimpsest_envs.ENV_IDS:
+        entry = gymnasium.spec(env_id).entry_point
+        module, name = entry.split(":")
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        params = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name not in ("self", "render_mode")]
+        description = inspect.cleandoc(cls.__doc__ or "").split("## Description", 1)[-1].strip().split("\n\n")[0]
+        table.add_row(env_id, ", ".join(params), " ".join(description.split()).split(". ")[0] + ".")
+    out.print(table)
+
+
 @app.command("export-tofu")
 def export_tofu(out_dir: Path = typer.Argument(..., help="folder to write the TOFU-format files into"),
                 entities: int = typer.Option(100, min=3, help="fictitious people (10% are the holdout)"),
