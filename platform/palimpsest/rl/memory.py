@@ -1,0 +1,248 @@
+"""Memory cells for the RL agents: each maps (B, T, D) inputs and a state to (B, T, H) outputs and a new state.
+
+Every cell steps through time one step at a time (a loop over T), so running a sequence
+at once and stepping it one step at a time give the same outputs: RLlib runs T = 1 on
+its EnvRunners and T = max_seq_len chunks on its Learner. A state is a dict of tensors
+with a leading batch dimension; `initial_state()` gives it without one (RLlib's form).
+
+- `none`: no memory (the `mlp` agent): the output at t depends on the input at t only.
+- `gru`, `lstm`: torch's cells (Cho et al., 2014; Hochreiter & Schmidhuber, 1997).
+- `ffm`: Fast and Forgetful Memory (Morad et al., "Reinforcement Learning with Fast and
+  Forgetful Memory", NeurIPS 2023): S_t = γ ⊙ S_{t−1} + (ỹ_t ⊙ i_t)·1ᵀ, S ∈ ℂ^{m×c},
+  γ_jk = exp(a_j + i·b_k), a < 0 learned, b_k fixed frequencies; out = LN(z)⊙g + thru⊙(1−g).
+- `shm`: Stable Hadamard Memory (Le et al., "Stable Hadamard Memory", ICLR 2025):
+  M_t = M_{t−1} ⊙ C_t + U_t, C_t = 1 + tanh(θ_t ⊗ v_c(x)), U_t = (η v) ⊗ k, h = M q.
+  θ_t is row (t mod L) of a learned table (our reading: the authors' code always reads
+  row 0 by an indexing slip; the paper samples rows); t is carried in the state.
+- `slots`: slot memory with learned write and erase (NTM, Graves et al., 2014, eqs. 3-4):
+  w = softmax(β·cos(k, M_i)), M ← M ⊙ (1 − w eᵀ) + w aᵀ, read r = softmax(β_r·cos(k_r, M))ᵀ M.
+- `gtrxl`: gated transformer-XL (Parisotto et al., "Stabilizing Transformers for RL",
+  ICML 2020): per layer, attention from the step's input to a window of the last τ layer
+  inputs (the memory, no gradient through it) and GRU-type gates in place of residuals
+  (gate bias 2). The window and which of its slots are filled are the state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+State = dict[str, torch.Tensor]
+
+
+class MemoryCell(nn.Module):
+    """(B, T, D) inputs and a state → (B, T, H) outputs and the state after the last step."""
+
+    hidden: int
+
+    def initial_state(self) -> State:
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One step: (B, D) input → (B, H) output."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        outputs = []
+        for t in range(x.shape[1]):
+            y, state = self.step(x[:, t], state)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1), state
+
+
+class NoMemory(MemoryCell):
+    """The memoryless baseline: a two-layer MLP on the current input. Its one-number state is a
+    constant, so every agent sees the same (B, T) batches from RLlib."""
+
+    def __init__(self, inputs: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+
+    def initial_state(self) -> State:
+        return {"unused": torch.zeros(1)}
+
+    def step(self, x, state):
+        return self.net(x), state
+
+
+class GRUMemory(MemoryCell):
+    def __init__(self, inputs: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.cell = nn.GRUCell(inputs, hidden)
+
+    def initial_state(self) -> State:
+        return {"h": torch.zeros(self.hidden)}
+
+    def step(self, x, state):
+        h = self.cell(x, state["h"])
+        return h, {"h": h}
+
+
+class LSTMMemory(MemoryCell):
+    def __init__(self, inputs: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.cell = nn.LSTMCell(inputs, hidden)
+
+    def initial_state(self) -> State:
+        return {"h": torch.zeros(self.hidden), "c": torch.zeros(self.hidden)}
+
+    def step(self, x, state):
+        h, c = self.cell(x, (state["h"], state["c"]))
+        return h, {"h": h, "c": c}
+
+
+class FFMemory(MemoryCell):
+    """Fast and Forgetful Memory: a complex-valued decaying aggregator with m traces × c frequencies."""
+
+    def __init__(self, inputs: int, hidden: int, memory: int = 32, context: int = 4, min_period: float = 1.0,
+                 max_period: float = 1024.0, limit: float = 0.1):
+        super().__init__()
+        self.hidden, self.memory, self.context, self.limit = hidden, memory, context, limit
+        self.pre = nn.Linear(inputs, 2 * memory + 2 * hidden)  # ỹ (m), thru (o), gates i (m) and g (o)
+        self.mix = nn.Linear(2 * memory * context, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.a = nn.Parameter(torch.linspace(-limit, -1e-3, memory))  # decay rates: negative
+        self.register_buffer("b", 2 * math.pi / torch.linspace(min_period, max_period, context))
+
+    def initial_state(self) -> State:
+        return {"re": torch.zeros(self.memory, self.context), "im": torch.zeros(self.memory, self.context)}
+
+    def step(self, x, state):
+        m, o = self.memory, self.hidden
+        pre = self.pre(x)
+        y_tilde, thru, gates = pre[:, :m], pre[:, m : m + o], pre[:, m + o :]
+        i, g = torch.sigmoid(gates[:, :m]), torch.sigmoid(gates[:, m:])
+        a = self.a.clamp(-self.limit, -1e-8)
+        gamma = torch.exp(torch.complex(a[:, None].expand(m, self.context), self.b[None, :].expand(m, self.context)))
+        memory = torch.complex(state["re"], state["im"]) * gamma + (y_tilde * i)[:, :, None]
+        z = self.mix(torch.cat([memory.real, memory.imag], dim=-1).flatten(1))
+        out = self.norm(z) * g + thru * (1 - g)
+        return out, {"re": memory.real, "im": memory.imag}
+
+
+class StableHadamardMemory(MemoryCell):
+    """SHM: a matrix memory updated by an element-wise calibration and a rank-one write."""
+
+    def __init__(self, inputs: int, hidden: int, size: int = 16, table: int = 128):
+        super().__init__()
+        self.hidden, self.size, self.table = hidden, size, table
+        self.norm = nn.LayerNorm(inputs)
+        self.keys = nn.Linear(inputs, 4 * size + 1)  # k, q, v, v_c and η
+        self.theta = nn.Parameter(torch.randn(table, size) / math.sqrt(size))
+        self.out = nn.Linear(size + inputs, hidden)  # h = M q, plus a shortcut from the input
+
+    def initial_state(self) -> State:
+        return {"M": torch.zeros(self.size, self.size), "t": torch.zeros(1)}
+
+    def step(self, x, state):
+        n = self.size
+        parts = self.keys(self.norm(x))
+        k, q = F.relu(parts[:, :n]), F.relu(parts[:, n : 2 * n])
+        k, q = k / (k.sum(-1, keepdim=True) + 1e-6), q / (q.sum(-1, keepdim=True) + 1e-6)
+        v, v_c, eta = parts[:, 2 * n : 3 * n], parts[:, 3 * n : 4 * n], torch.sigmoid(parts[:, 4 * n :])
+        theta = self.theta[state["t"][:, 0].long() % self.table]  # (B, n): row t mod L
+        calibration = 1 + torch.tanh(theta[:, :, None] * v_c[:, None, :])
+        memory = state["M"] * calibration + (eta * v)[:, :, None] * k[:, None, :]
+        h = torch.einsum("bij,bj->bi", memory, q)
+        return F.relu(self.out(torch.cat([h, x], dim=-1))), {"M": memory, "t": state["t"] + 1}
+
+
+class SlotMemory(MemoryCell):
+    """N slots of width W; a controller writes with content-based weights, an erase and an add vector."""
+
+    def __init__(self, inputs: int, hidden: int, slots: int = 8, width: int = 16):
+        super().__init__()
+        self.hidden, self.slots, self.width = hidden, slots, width
+        self.controller = nn.Sequential(nn.Linear(inputs + width, hidden), nn.ReLU())
+        self.heads = nn.Linear(hidden, 4 * width + 2)  # write key, erase, add, read key; β_w, β_r
+        self.out = nn.Linear(hidden + width, hidden)
+
+    def initial_state(self) -> State:
+        # Small distinct slot contents: cosine addressing of all-zero slots would be undefined.
+        slots = torch.linspace(0.01, 0.02, self.slots * self.width).reshape(self.slots, self.width)
+        return {"M": slots, "r": torch.zeros(self.width)}
+
+    @staticmethod
+    def _address(memory, key, strength):
+        similarity = F.cosine_similarity(memory, key[:, None, :], dim=-1, eps=1e-6)  # (B, N)
+        return torch.softmax(F.softplus(strength) * similarity, dim=-1)
+
+    def step(self, x, state):
+        w = self.width
+        h = self.controller(torch.cat([x, state["r"]], dim=-1))
+        heads = self.heads(h)
+        write_key, erase, add, read_key = (heads[:, i * w : (i + 1) * w] for i in range(4))
+        write = self._address(state["M"], write_key, heads[:, 4 * w : 4 * w + 1])
+        memory = state["M"] * (1 - write[:, :, None] * torch.sigmoid(erase)[:, None, :]) \
+            + write[:, :, None] * torch.tanh(add)[:, None, :]
+        read = self._address(memory, read_key, heads[:, 4 * w + 1 :])
+        r = torch.einsum("bn,bnw->bw", read, memory)
+        return F.relu(self.out(torch.cat([h, r], dim=-1))), {"M": memory, "r": r}
+
+
+class _GatedLayer(nn.Module):
+    """One GTrXL layer: gated attention over [memory window, this step], then a gated MLP."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        self.gate1, self.gate2 = _GRUGate(width), _GRUGate(width)
+
+    def forward(self, e, memory, valid):
+        context = self.norm1(torch.cat([memory.detach(), e[:, None, :]], dim=1))  # (B, τ+1, D)
+        mask = torch.cat([~valid, torch.zeros_like(valid[:, :1])], dim=1)  # True: ignore (empty slots)
+        attended, _ = self.attention(context[:, -1:], context, context, key_padding_mask=mask)
+        y = self.gate1(e, F.relu(attended[:, 0]))
+        return self.gate2(y, F.relu(self.mlp(self.norm2(y))))
+
+
+class _GRUGate(nn.Module):
+    """g(x, y) = (1 − z)⊙x + z⊙ĥ with GRU-type reset and update gates; b_g = 2 starts near identity."""
+
+    def __init__(self, width: int, bias: float = 2.0):
+        super().__init__()
+        self.w = nn.Linear(width, 3 * width, bias=False)
+        self.u = nn.Linear(width, 2 * width, bias=False)
+        self.u_h = nn.Linear(width, width, bias=False)
+        self.bias = bias
+
+    def forward(self, x, y):
+        wr, wz, wh = self.w(y).chunk(3, dim=-1)
+        ur, uz = self.u(x).chunk(2, dim=-1)
+        r, z = torch.sigmoid(wr + ur), torch.sigmoid(wz + uz - self.bias)
+        return (1 - z) * x + z * torch.tanh(wh + self.u_h(r * x))
+
+
+class GatedTransformerXL(MemoryCell):
+    def __init__(self, inputs: int, hidden: int, layers: int = 2, heads: int = 4, window: int = 16):
+        super().__init__()
+        self.hidden, self.layers, self.window = hidden, layers, window
+        self.embed = nn.Linear(inputs, hidden)
+        self.blocks = nn.ModuleList(_GatedLayer(hidden, heads) for _ in range(layers))
+
+    def initial_state(self) -> State:
+        return {"memory": torch.zeros(self.layers, self.window, self.hidden), "valid": torch.zeros(self.window)}
+
+    def step(self, x, state):
+        e = self.embed(x)
+        valid = state["valid"] > 0.5
+        inputs = []
+        for l, block in enumerate(self.blocks):
+            inputs.append(e)
+            e = block(e, state["memory"][:, l], valid)
+        # The window slides by one: the oldest slot out, this step's layer inputs in.
+        memory = torch.cat([state["memory"][:, :, 1:], torch.stack(inputs, dim=1)[:, :, None]], dim=2)
+        filled = torch.cat([state["valid"][:, 1:], torch.ones_like(state["valid"][:, :1])], dim=1)
+        return e, {"memory": memory, "valid": filled}
+
+
+MEMORIES = {"none": NoMemory, "gru": GRUMemory, "lstm": LSTMMemory, "ffm": FFMemory,
+            "shm": StableHadamardMemory, "slots": SlotMemory, "gtrxl": GatedTransformerXL}
