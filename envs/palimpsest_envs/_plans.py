@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium.utils import seeding
+from gymnasium.vector import VectorEnv
 
 EPISODES_PER_DRAW = 64
 
@@ -105,3 +106,20 @@ class BatchedPlans:
         pos = self._next[env_ids]
         self._next[env_ids] += 1
         return {k: v[env_ids, pos] for k, v in self._blocks.items()}
+
+
+class PlannedVectorEnv(VectorEnv):
+    """What the batched twins share: reset draws every sub-env's first episode from its own plans.
+
+    Subclasses set `_plans` (a `BatchedPlans`), `_rows`, `_pending_reset`, and define
+    `_start_episodes(env_ids)` and `_obs()`.
+    """
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if seed is None or isinstance(seed, (int, np.integer)):
+            super().reset(seed=seed)
+        self._plans.seed(seed)
+        self._start_episodes(self._rows)
+        self._pending_reset[:] = False
+        self._started = True
+        return self._obs(), {}

@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from palimpsest_envs._plans import BatchedPlans
+from palimpsest_envs._plans import BatchedPlans, PlannedVectorEnv
 from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config
 
 
-class CueRewriteVector(VectorEnv):
+class CueRewriteVector(PlannedVectorEnv):
     """
     ## Description
 
@@ -97,15 +97,6 @@ class CueRewriteVector(VectorEnv):
         obs[:, k] = shown
         obs[:, k + 1] = self._t == d
         return obs
-
-    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
-        if seed is None or isinstance(seed, (int, np.integer)):
-            super().reset(seed=seed)
-        self._plans.seed(seed)
-        self._start_episodes(self._rows)
-        self._pending_reset[:] = False
-        self._started = True
-        return self._obs(), {}
 
     def step(self, actions):
         if not self._started:
