@@ -58,7 +58,7 @@ def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"))
         except SpecError as error:
             problems += error.problems
             continue
-        if getattr(spec, "privacy", None) is not None or spec.kind == "unlearn":
+        if getattr(spec, "privacy", None) is not None or spec.kind in ("unlearn", "rl"):
             # δ < 1/N, a batch no larger than a task and a reachable ε depend on the data: load
             # it and calibrate σ as `run` would (it refuses the same specs).
             from palimpsest.data import DataError
@@ -133,6 +133,8 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
 
     runner = RUNNERS[spec.kind]
     try:
+        if no_ray and getattr(runner, "NEEDS_RAY", False):
+            raise BadInput(f"--no-ray: kind {spec.kind} trains with RLlib and Ray Tune, which need Ray")
         if no_ray and spec.scaling.num_workers != 1:
             raise BadInput("scaling.num_workers: --no-ray runs one worker; set scaling.num_workers=1")
         prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume else None)
@@ -338,8 +340,14 @@ def _start_ray(spec, address: str | None) -> None:
         raise
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise BadInput(f"cannot start Ray here: {error}") from None
-    needed = spec.scaling.num_workers * spec.scaling.cpus_per_worker
     have = ray_cluster_cpus()
+    if hasattr(spec, "cpus_per_trial"):  # Tune trials: one must fit, or it stays pending forever
+        cpus, field = spec.cpus_per_trial()
+        if cpus > have:
+            raise BadInput(f"{field}: each trial needs {cpus:g} CPUs (1 + num_env_runners) but the Ray cluster "
+                           f"has {have:g}")
+        return
+    needed = spec.scaling.num_workers * spec.scaling.cpus_per_worker
     if needed > have:
         raise BadInput(f"scaling: {spec.scaling.num_workers} workers × {spec.scaling.cpus_per_worker} CPUs "
                        f"need {needed:g} CPUs but the Ray cluster has {have:g}")

@@ -38,6 +38,14 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
                  _fmt((b.get("cost") or {}).get("ratio")), _fmt((b.get("cost") or {}).get("flops_ratio"))]
                 for name, b in blocks if b]
         return header, rows
+    if summary.get("kind") == "rl":
+        table = summary.get("table") or {}
+        envs = list(dict.fromkeys(env for block in table.values() for env in block))
+        header = ["agent", "parameters", *envs]
+        sizes = summary.get("agents") or {}
+        rows = [[agent, str(sizes.get(agent, {}).get("parameters", "")),
+                 *(_mean_std(block.get(env)) for env in envs)] for agent, block in table.items()]
+        return header, rows
     if summary.get("kind") == "privacy_sweep":
         points = summary.get("points") or []
         splits = list(points[0]["answer_accuracy"]) if points else []
@@ -51,6 +59,12 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     for split, metrics in (summary.get("final") or {}).items():
         rows.append([split, str(metrics.get("count", "")), *(f"{metrics[m]:.4f}" for m in EVAL_METRICS if m in metrics)])
     return header, rows
+
+
+def _mean_std(cell: dict | None) -> str:
+    if not cell:
+        return "—"
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f}" if cell["seeds"] > 1 else f"{cell['mean']:.2f}"
 
 
 def _plt():
@@ -225,6 +239,42 @@ def draw_unlearn_plots(folder: RunFolder, summary: dict) -> list[Path]:
     return written
 
 
+def draw_rl_plots(folder: RunFolder, summary: dict) -> list[Path]:
+    """Learning curves: greedy success rate against environment steps, one panel per environment setting,
+    one colour per agent (a thin line per seed, the mean over seeds bold)."""
+    plt = _plt()
+    folder.plots.mkdir(exist_ok=True)
+    records = [r for r in folder.read_metrics() if r.get("metric") == "success_rate"]
+    envs = list(dict.fromkeys(r["env"] for r in records))
+    if not envs:
+        return []
+    agents = list(dict.fromkeys(r["agent"] for r in records))
+    colours = {agent: f"C{i % 10}" for i, agent in enumerate(agents)}
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.5 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for agent in agents:
+            runs = defaultdict(list)
+            for r in records:
+                if r["env"] == env and r["agent"] == agent:
+                    runs[r["seed"]].append((r["step"], r["value"]))
+            for points in runs.values():
+                ax.plot(*zip(*sorted(points)), color=colours[agent], alpha=0.3, linewidth=0.8)
+            if runs:  # the mean at each evaluation index (seeds share the iteration schedule)
+                length = min(len(p) for p in runs.values())
+                series = [sorted(p)[:length] for p in runs.values()]
+                steps = [sum(s[i][0] for s in series) / len(series) for i in range(length)]
+                means = [sum(s[i][1] for s in series) / len(series) for i in range(length)]
+                ax.plot(steps, means, color=colours[agent], linewidth=2, label=agent)
+        ax.set_title(env, fontsize=9)
+        ax.set_xlabel("environment steps")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("greedy success rate")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return [_save(fig, folder.plots / "success_curves.png")]
+
+
 def _series(records: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for r in records:
@@ -280,6 +330,18 @@ def unlearn_notes(summary: dict) -> list[str]:
     return lines
 
 
+def rl_notes(summary: dict) -> list[str]:
+    """What an rl report's table means, and every trial."""
+    lines = ["", "Success rate: mean ± std over seeds of each trial's best greedy evaluation (argmax actions, "
+             "evaluated every few iterations on the same episodes; the paper's protocol). `test` re-scores the "
+             "chosen module on fresh episodes. Agents' widths are matched to one parameter budget.", "",
+             "### Trials", "", "| trial | success | test | mean return | env steps | best at | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['trial']} | {_fmt(r['success_rate'])} | {_fmt(r['test_success_rate'])} | {_fmt(r['mean_return'])} "
+              f"| {r['env_steps']} | {r['best_env_steps']} | {_fmt(r['wall_s'])} |" for r in summary["results"]]
+    return lines
+
+
 def write_report(folder: RunFolder) -> Path:
     """Redraw plots and write report.md."""
     summary = folder.read_summary()
@@ -288,6 +350,8 @@ def write_report(folder: RunFolder) -> Path:
         plots = draw_sweep_plot(folder, summary)
     elif summary.get("kind") == "unlearn":
         plots = draw_unlearn_plots(folder, summary)
+    elif summary.get("kind") == "rl":
+        plots = draw_rl_plots(folder, summary) if summary.get("results") else []
     elif continual and summary.get("methods"):
         plots = draw_continual_plots(folder, summary)
     else:
@@ -321,8 +385,9 @@ def write_report(folder: RunFolder) -> Path:
     if rows:
         lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines += ["", "answer_accuracy: greedy answer equals the reference token for token (exact match); "
-                  "token_accuracy and loss: teacher-forced, over answer tokens."]
+        if summary.get("kind") != "rl":
+            lines += ["", "answer_accuracy: greedy answer equals the reference token for token (exact match); "
+                      "token_accuracy and loss: teacher-forced, over answer tokens."]
     if continual:
         lines += ["ACC, BWT, FWT from the accuracy matrix R (row: after task i, column: task j; GEM definitions); "
                   "forgetting: mean drop from each task's best earlier accuracy; min-ACC / WC-ACC: worst accuracy "
@@ -340,6 +405,8 @@ def write_report(folder: RunFolder) -> Path:
                       for i, row in enumerate(block["accuracy_matrix"])]
     if summary.get("kind") == "unlearn" and summary.get("methods"):
         lines += unlearn_notes(summary)
+    if summary.get("kind") == "rl" and summary.get("results"):
+        lines += rl_notes(summary)
     if plots:
         lines += ["", "## Curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     env = folder.path / "env.json"

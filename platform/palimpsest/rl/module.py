@@ -16,9 +16,8 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
+from palimpsest.rl.catalog import AGENTS
 from palimpsest.rl.memory import MEMORIES
-
-AGENTS = {"mlp": "none", "lstm": "lstm", "gru": "gru", "gtrxl": "gtrxl", "ffm": "ffm", "shm": "shm", "slots": "slots"}
 
 
 class MemoryAgent(TorchRLModule, ValueFunctionAPI):

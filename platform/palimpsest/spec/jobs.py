@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from palimpsest.catalog import methods_of
+from palimpsest.spec.rl import RLJob
 from palimpsest.spec.common import (
     DataSpec, EvalSpec, FileData, HFData, ModelSpec, PrivacySettings, PrivacySpec, ScalingSpec, Strict, TrainingSpec,
     _existing_path, _suggest,
@@ -338,5 +339,5 @@ class UnlearnJob(_Job):
 
 
 JOB_KINDS: dict[str, type[Strict]] = {"train": TrainJob, "continual": ContinualJob,
-                                      "privacy_sweep": PrivacySweepJob, "unlearn": UnlearnJob}
-JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob, UnlearnJob]
+                                      "privacy_sweep": PrivacySweepJob, "unlearn": UnlearnJob, "rl": RLJob}
+JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob, UnlearnJob, RLJob]

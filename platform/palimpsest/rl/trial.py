@@ -1,0 +1,103 @@
+"""One benchmark trial as a Ray Tune function trainable: PPO until the step budget, greedy evaluation
+every K iterations, the best module by success rate kept (the paper's protocol).
+
+Every evaluation reports a checkpoint holding the algorithm (to resume), the best module's
+weights and `progress.json` (evaluations so far, counters), so a trial that stops — Ctrl-C,
+a lost node — resumes where its last evaluation left it. The last report's checkpoint also
+holds `best/`, the best module as an RLModule checkpoint (`RLModule.from_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from palimpsest.rl.ppo import build_config, greedy_evaluation
+
+PROGRESS = "progress.json"
+BEST_WEIGHTS = "best_module.pt"
+
+
+def run_trial(config: dict) -> None:
+    import logging
+
+    import torch
+    from ray import tune
+
+    # Tune and RLlib log every checkpoint and setting at INFO/WARN; the driver prints one line per evaluation.
+    for name in ("ray.tune", "ray.train", "ray.rllib"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    trial = config["trial"]
+    budget, evaluation = trial["budget"], trial["evaluation"]
+    algo = build_config(trial).build_algo()
+    progress = {"iteration": 0, "env_steps": 0, "wall_s": 0.0, "evaluations": [], "best": None}
+    best_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            algo.restore_from_path(str(Path(folder) / "algo"))
+            progress = json.loads((Path(folder) / PROGRESS).read_text())
+            if (Path(folder) / BEST_WEIGHTS).is_file():
+                best_state = torch.load(Path(folder) / BEST_WEIGHTS, weights_only=False)
+    try:
+        while True:
+            started = time.perf_counter()
+            result = algo.train()
+            runners = result.get("env_runners", {})
+            progress["iteration"] += 1
+            progress["env_steps"] += int(runners.get("num_env_steps_sampled", 0))
+            finished = progress["env_steps"] >= budget["env_steps"]
+            metrics = {"iteration": progress["iteration"], "env_steps": progress["env_steps"],
+                       "train_success_rate": runners.get("success_rate"),
+                       "train_return_mean": runners.get("episode_return_mean")}
+            due = progress["iteration"] % evaluation["every"] == 0
+            if due or finished:
+                scores = greedy_evaluation(algo.get_module(), trial["env_id"], trial["env_params"],
+                                           episodes=evaluation["episodes"], seed=trial["eval_seed"])
+                point = {"iteration": progress["iteration"], "env_steps": progress["env_steps"],
+                         "wall_s": None, **scores, "train_success_rate": metrics["train_success_rate"]}
+                best = progress["best"]
+                if best is None or scores["success_rate"] > best["success_rate"]:
+                    # Strictly better only: of equal rates the earliest (fewest steps) stays best.
+                    progress["best"] = point
+                    best_state = copy.deepcopy(algo.get_module().get_state())
+                stop_at = budget.get("stop_success")
+                finished = finished or (stop_at is not None and progress["best"]["success_rate"] >= stop_at)
+            progress["wall_s"] += time.perf_counter() - started
+            if due or finished:
+                point["wall_s"] = round(progress["wall_s"], 3)
+                progress["evaluations"].append(point)
+                metrics.update({"success_rate": point["success_rate"], "mean_return": point["mean_return"],
+                                "best_success_rate": progress["best"]["success_rate"]})
+                metrics["wall_s"] = round(progress["wall_s"], 3)
+                with tempfile.TemporaryDirectory() as folder:
+                    _save(algo, progress, best_state, Path(folder), final=finished, trial=trial)
+                    tune.report({**metrics, "finished": finished}, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report({**metrics, "wall_s": round(progress["wall_s"], 3), "finished": False})
+            if finished:
+                return
+    finally:
+        algo.stop()
+
+
+def _save(algo, progress: dict, best_state, folder: Path, *, final: bool, trial: dict) -> None:
+    import torch
+
+    algo.save_to_path(str(folder / "algo"))
+    if best_state is not None:
+        torch.save(best_state, folder / BEST_WEIGHTS)
+    if final:  # the best module on its own, loadable without the algorithm, plus a held-out test of it
+        module = algo.get_module()
+        current = copy.deepcopy(module.get_state())
+        module.set_state(best_state)
+        module.save_to_path(str(folder / "best"))
+        test = greedy_evaluation(module, trial["env_id"], trial["env_params"],
+                                 episodes=trial["evaluation"]["episodes"], seed=trial["test_seed"])
+        progress["test"] = test
+        module.set_state(current)
+    (folder / PROGRESS).write_text(json.dumps(progress))

@@ -1,0 +1,214 @@
+"""`kind: rl` — the memory benchmark: every agent × environment setting × seed, PPO trials through Ray Tune.
+
+prepare(spec) -> the trials: each agent's width matched to the parameter budget for each
+                 environment's observation and action sizes (`rl/sizing.py`), seeds for
+                 training, evaluation and the held-out test;
+run(...)      -> one Tune experiment (`tune.with_resources`: 1 + num_env_runners CPUs per
+                 trial), trials in parallel as the cluster's CPUs allow; a rerun of the same
+                 folder (`run --resume`) restores the experiment, finished trials stay done and
+                 unfinished ones resume from their last evaluation. Then results.csv, the best
+                 module per trial (checkpoints/<trial>/), metrics.jsonl (the learning curves)
+                 and summary.json.
+
+Success rate is the paper's protocol: greedy evaluation every `evaluation.every` iterations
+over `evaluation.episodes` episodes; a trial's figure is its best evaluation, and the module
+of that evaluation is its checkpoint. Because that picks the best of several evaluations on
+the same episodes, `test_success_rate` re-scores the chosen module on fresh episodes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from palimpsest.data import DataError
+from palimpsest.runtime import RunFolder, atomic_write_text
+from palimpsest.spec.rl import RLJob
+
+NEEDS_RAY = True  # RLlib and Tune run on Ray: `run --no-ray` is refused
+EXPERIMENT = "rl"
+RESULT_COLUMNS = ("agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
+                  "env_steps", "best_env_steps", "wall_s", "parameters", "hidden")
+# Evaluation seeds live far from training's (RLlib seeds its envs from the trial seed upwards).
+EVAL_SEED, TEST_SEED = 1_000_000, 2_000_000
+
+
+@dataclass
+class PreparedRL:
+    trials: list[dict]
+
+
+def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
+    """Every trial's configuration, widths matched to the parameter budget.
+
+    Raises:
+        DataError: an agent's memory arguments do not build.
+    """
+    import gymnasium
+
+    from palimpsest.rl.sizing import matched_width, parameter_count
+
+    trials = []
+    for e, env in enumerate(spec.envs):
+        probe = gymnasium.make(env.id, **env.params)
+        obs_dim, actions = int(probe.observation_space.shape[0]), int(probe.action_space.n)
+        probe.close()
+        for a, agent in enumerate(spec.agents):
+            try:
+                hidden = agent.hidden or (matched_width(agent.name, spec.parameters, obs_dim, actions, agent.memory)
+                                          if spec.parameters else spec.hidden)
+                count = parameter_count(agent.name, hidden, obs_dim, actions, agent.memory)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise DataError(f"agents[{a}].memory: {agent.name} does not build with {agent.memory}: {error}") \
+                    from None
+            for seed in spec.trial_seeds:
+                trials.append({
+                    "label": f"{agent.label}-{env.label}-s{seed}", "agent_label": agent.label, "agent": agent.name,
+                    "memory": dict(agent.memory), "hidden": hidden, "parameters": count,
+                    "env_id": env.id, "env": env.short_name, "env_label": env.label, "settings": env.settings,
+                    "env_params": dict(env.params), "seed": seed,
+                    "eval_seed": EVAL_SEED + 10_000 * seed, "test_seed": TEST_SEED + 10_000 * seed,
+                    "max_seq_len": spec.ppo.max_seq_len, "ppo": spec.ppo.model_dump(),
+                    "budget": spec.budget.model_dump(), "evaluation": spec.evaluation.model_dump(),
+                })
+    return PreparedRL(trials)
+
+
+def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool = True) -> dict:
+    from ray import tune
+
+    from palimpsest.rl.trial import run_trial
+
+    started = time.perf_counter()
+    storage = Path(spec.storage_path).resolve() if spec.storage_path else folder.path / "ray"
+    cpus, _ = spec.cpus_per_trial()
+    trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
+    experiment = storage / EXPERIMENT
+    if tune.Tuner.can_restore(str(experiment)):  # a rerun of this folder: finished trials stay finished
+        print(f"[palimpsest] resuming the Tune experiment in {experiment}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        print(f"[palimpsest] {len(prepared.trials)} trials ({len(spec.agents)} agents × {len(spec.envs)} environments "
+              f"× {spec.seeds} seeds), {cpus:g} CPU each", flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(prepared.trials)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials,
+                                        trial_name_creator=lambda t: t.config["trial"]["label"],
+                                        trial_dirname_creator=lambda t: t.config["trial"]["label"]),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[_progress_callback()], verbose=0),
+        )
+    grid = tuner.fit()
+    outcomes = {}
+    for result in grid:
+        label = result.config["trial"]["label"]
+        outcomes[label] = result
+    unfinished = [t["label"] for t in prepared.trials
+                  if t["label"] not in outcomes or outcomes[t["label"]].error is not None
+                  or not (outcomes[t["label"]].metrics or {}).get("finished")]
+    errors = {label: str(outcomes[label].error).splitlines()[0] for label in unfinished
+              if label in outcomes and outcomes[label].error is not None}
+    if errors:
+        first = next(iter(errors.items()))
+        raise RuntimeError(f"{len(errors)} of {len(prepared.trials)} trials failed (first: {first[0]}: {first[1]}); "
+                           "finished trials are kept")
+    if unfinished:  # Tune stopped early without errors: an interrupt (Ctrl-C) reached its own handler
+        raise KeyboardInterrupt(f"{len(unfinished)} trials unfinished")
+    rows, curves = [], []
+    for trial in prepared.trials:
+        progress = _collect(outcomes[trial["label"]], folder.checkpoints / trial["label"])
+        best = progress["best"]
+        rows.append({
+            "agent": trial["agent_label"], "env": trial["env"], "settings": trial["settings"], "seed": trial["seed"],
+            "success_rate": best["success_rate"], "test_success_rate": progress["test"]["success_rate"],
+            "mean_return": round(best["mean_return"], 6), "env_steps": progress["env_steps"],
+            "best_env_steps": best["env_steps"], "wall_s": round(progress["wall_s"], 3),
+            "parameters": trial["parameters"], "hidden": trial["hidden"],
+            "env_label": trial["env_label"], "trial": trial["label"]})
+        for point in progress["evaluations"]:
+            for metric in ("success_rate", "mean_return", "train_success_rate"):
+                if point.get(metric) is not None:
+                    curves.append({"step": point["env_steps"], "task": trial["label"], "split": "eval",
+                                   "metric": metric, "value": point[metric], "agent": trial["agent_label"],
+                                   "env": trial["env_label"], "seed": trial["seed"],
+                                   "iteration": point["iteration"], "wall_s": point["wall_s"]})
+    folder.write_metrics(curves)
+    _write_csv(folder.path / "results.csv", rows)
+    return {
+        "status": "ok", "kind": "rl", "name": spec.name, "seed": spec.seed,
+        "results": rows,
+        "table": success_table(rows),
+        "agents": {t["agent_label"]: {"agent": t["agent"], "hidden": t["hidden"], "parameters": t["parameters"],
+                                      "memory": t["memory"]} for t in prepared.trials},
+        "trials": len(rows),
+        "cost": {"wall_s": round(time.perf_counter() - started, 3), "env_steps": sum(r["env_steps"] for r in rows),
+                 "trial_wall_s": round(sum(r["wall_s"] for r in rows), 3)},
+    }
+
+
+def _progress_callback():
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per evaluation and per trial end, in place of Tune's status tables."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("success_rate") is not None:
+                print(f"[palimpsest] {trial.config['trial']['label']}: {result['env_steps']} env steps, greedy success "
+                      f"{result['success_rate']:.2f} (best {result['best_success_rate']:.2f}), "
+                      f"{result['wall_s']:.0f} s", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done = sum(t.status == "TERMINATED" for t in trials)
+            print(f"[palimpsest] trial {trial.config['trial']['label']} finished ({done}/{len(trials)})", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[palimpsest] trial {trial.config['trial']['label']} failed: see {trial.local_path}", flush=True)
+
+    return Progress()
+
+
+def _collect(result, target: Path) -> dict:
+    """A finished trial's progress, and its best module copied into the run folder."""
+    from palimpsest.rl.trial import PROGRESS
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"trial {result.config['trial']['label']} finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        progress = json.loads((Path(directory) / PROGRESS).read_text())
+        best = Path(directory) / "best"
+        if not best.is_dir():
+            raise RuntimeError(f"trial {result.config['trial']['label']}: its last checkpoint has no best module")
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(best, target)
+    return progress
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def success_table(rows: list[dict]) -> dict:
+    """agent → env setting → {mean, std, seeds} of the success rate over seeds."""
+    table: dict = {}
+    for row in rows:
+        table.setdefault(row["agent"], {}).setdefault(row["env_label"], []).append(row["success_rate"])
+    return {agent: {env: {"mean": round(statistics.fmean(v), 4),
+                          "std": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0, "seeds": len(v)}
+                    for env, v in envs.items()} for agent, envs in table.items()}

@@ -1,0 +1,179 @@
+"""`kind: rl` — the memory-rewriting RL benchmark: agents × environments × seeds, PPO through Ray Tune.
+
+Imports gymnasium and the environments (numpy only) to check environment arguments, never
+torch or ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from palimpsest.rl.catalog import AGENTS, MEMORY_PARAMS
+from palimpsest.spec.common import Strict, _suggest
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class RLEnvEntry(Strict):
+    """One environment setting: a registered id and its arguments."""
+
+    id: str = Field(description="a registered memory environment (palimpsest envs lists them)")
+    params: dict[str, Any] = Field(default_factory=dict, description="arguments of gymnasium.make(id, ...)")
+    label: str | None = Field(None, pattern=NAME_PATTERN, description="the setting's name in results; default: "
+                                                                     "the id's short name and the arguments")
+
+    @field_validator("id")
+    @classmethod
+    def _registered(cls, value):
+        import palimpsest_envs
+
+        if value not in palimpsest_envs.ENV_IDS:
+            raise ValueError(f"unknown environment '{value}'" + _suggest(value, palimpsest_envs.ENV_IDS))
+        return value
+
+    @model_validator(mode="after")
+    def _arguments(self):
+        import gymnasium
+
+        try:
+            gymnasium.make(self.id, **self.params).close()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"params: {error}") from None
+        if self.label is None:
+            self.label = self.short_name + "".join(f"_{k}{_compact(v)}" for k, v in self.params.items())
+        return self
+
+    @property
+    def short_name(self) -> str:
+        return self.id.split("/", 1)[-1].rsplit("-v", 1)[0]
+
+    @property
+    def settings(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.params.items()) or "defaults"
+
+
+def _compact(value) -> str:
+    return str(value).replace(" ", "").replace("/", "-")
+
+
+class RLAgentEntry(Strict):
+    """A memory agent by name, with its cell's own arguments."""
+
+    name: str = Field(description=f"one of {', '.join(AGENTS)}")
+    memory: dict[str, Any] = Field(default_factory=dict, description="the memory cell's arguments (README)")
+    hidden: int | None = Field(None, ge=1, le=4096, description="width; default: matched to the job's parameters")
+    label: str | None = Field(None, pattern=NAME_PATTERN, description="its name in results; default: name")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value):
+        if value not in AGENTS:
+            raise ValueError(f"unknown agent '{value}'" + _suggest(value, list(AGENTS)))
+        return value
+
+    @model_validator(mode="after")
+    def _memory_arguments(self):
+        allowed = MEMORY_PARAMS[AGENTS[self.name]]
+        unknown = sorted(set(self.memory) - set(allowed))
+        if unknown:
+            raise ValueError(f"memory: {self.name} takes no {', '.join(unknown)}; allowed: "
+                             f"{', '.join(allowed) or 'nothing'}")
+        for key, value in self.memory.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 and key != "limit":
+                raise ValueError(f"memory.{key}: a positive number, got {value!r}")
+        if self.name == "gtrxl" and self.hidden is not None and self.hidden % int(self.memory.get("heads", 4)):
+            raise ValueError(f"hidden: {self.hidden} must be a multiple of memory.heads")
+        if self.label is None:
+            self.label = self.name
+        return self
+
+
+class PPOSpec(Strict):
+    """PPO (Schulman et al., 2017) on RLlib's new API stack; one learner on the trial's CPU."""
+
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount")
+    lambda_: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    clip_param: float = Field(0.2, gt=0, description="PPO's clipping ε")
+    entropy_coeff: float = Field(0.01, ge=0)
+    vf_loss_coeff: float = Field(0.5, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="global gradient-norm clip; null: none")
+    num_epochs: int = Field(10, ge=1, description="passes over each train batch")
+    minibatch_size: int = Field(256, ge=1, description="timesteps per SGD minibatch")
+    train_batch_size: int = Field(2048, ge=1, description="timesteps sampled per iteration")
+    max_seq_len: int = Field(32, ge=1, le=1024, description="chunk length the recurrent state is trained through")
+    num_env_runners: int = Field(0, ge=0, description="sampling actors per trial (0: sample in the trial itself); "
+                                                      "each trial needs 1 + num_env_runners CPUs")
+    num_envs_per_env_runner: int = Field(8, ge=1, description="environments stepped side by side per runner")
+
+    @model_validator(mode="after")
+    def _minibatch(self):
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(f"minibatch_size: {self.minibatch_size} is larger than train_batch_size "
+                             f"({self.train_batch_size})")
+        return self
+
+
+class RLBudget(Strict):
+    """How long each trial trains."""
+
+    env_steps: int = Field(200_000, ge=1, description="environment steps per trial")
+    stop_success: float | None = Field(None, gt=0, le=1, description="stop a trial early once its greedy success "
+                                                                     "rate reaches this; null: the whole budget")
+
+
+class RLEvaluation(Strict):
+    """Greedy evaluation (argmax actions) on episodes never trained on; the best evaluation's module is kept."""
+
+    every: int = Field(5, ge=1, description="training iterations between evaluations")
+    episodes: int = Field(100, ge=1, le=100_000, description="episodes per evaluation")
+
+
+class RLJob(Strict):
+    """`kind: rl` — agents × environments × seeds trained with PPO, trials in parallel through Ray Tune."""
+
+    kind: Literal["rl"]
+    name: str = Field("rl", pattern=NAME_PATTERN, description="run name (folder prefix)")
+    seed: int = Field(0, ge=0, description="the first trial seed; trials use seed, seed+1, …")
+    seeds: int = Field(3, ge=1, le=1000, description="seeds per agent and environment")
+    agents: list[RLAgentEntry] = Field(min_length=1)
+    envs: list[RLEnvEntry] = Field(min_length=1)
+    parameters: int | None = Field(20_000, ge=16, description="parameter budget every agent's width is matched to; "
+                                                              "null: every agent at `hidden`")
+    hidden: int = Field(64, ge=1, le=4096, description="width of every agent when parameters is null")
+    ppo: PPOSpec = Field(default_factory=PPOSpec)
+    budget: RLBudget = Field(default_factory=RLBudget)
+    evaluation: RLEvaluation = Field(default_factory=RLEvaluation)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs hold")
+    max_failures: int = Field(0, ge=0, description="restarts of a failed trial from its last evaluation")
+    storage_path: str | None = Field(None, description="Ray Tune storage (shared on a cluster); default: inside "
+                                                       "the run folder")
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _names_or_mappings(cls, value):
+        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("envs", mode="before")
+    @classmethod
+    def _ids_or_mappings(cls, value):
+        return [{"id": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _distinct_labels(self):
+        for field, labels in (("agents", [a.label for a in self.agents]), ("envs", [e.label for e in self.envs])):
+            repeated = sorted({x for x in labels if labels.count(x) > 1})
+            if repeated:
+                raise ValueError(f"{field}: each label once ({', '.join(repeated)} repeated; set label: to tell "
+                                 "them apart)")
+        return self
+
+    @property
+    def trial_seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
+
+    def cpus_per_trial(self) -> tuple[float, str]:
+        """CPUs one trial takes, and the field that sets it (checked against the cluster before starting)."""
+        return 1 + self.ppo.num_env_runners, "ppo.num_env_runners"

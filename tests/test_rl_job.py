@@ -1,0 +1,225 @@
+"""`kind: rl`: parameter-matched agents, greedy evaluation, bad input, a 2 × 2 × 2 job end to end with Ctrl-C and
+resume, and (slow) the LSTM agent solving the classic T-maze and a one-rewrite cue task."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import palimpsest_envs  # noqa: F401 - registers the environments
+from palimpsest.cli import app
+from palimpsest.rl.catalog import AGENTS
+from palimpsest.rl.sizing import matched_width, parameter_count, width_step
+
+TMAZE, CUE = "palimpsest/EndlessTMaze-v0", "palimpsest/CueRewrite-v0"
+
+
+def rl_spec(**overrides) -> dict:
+    spec = {"kind": "rl", "name": "rl", "seed": 0, "seeds": 2, "agents": ["lstm", "mlp"],
+            "envs": [{"id": TMAZE, "params": {"num_corridors": 1, "corridor_length": 3}, "label": "tmaze"},
+                     {"id": CUE, "params": {"num_cues": 2, "num_rewrites": 1, "delay": 3}, "label": "cue"}],
+            "parameters": 3000,
+            "ppo": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 1e-3, "max_seq_len": 8,
+                    "num_envs_per_env_runner": 4},
+            "budget": {"env_steps": 512},
+            "evaluation": {"every": 1, "episodes": 20}}
+    spec.update(overrides)
+    return spec
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("obs_dim, actions, budget", [(3, 3, 20_000), (6, 4, 5_000), (12, 5, 100_000)])
+def test_every_agent_gets_the_width_closest_to_one_parameter_budget(obs_dim, actions, budget):
+    widths = {}
+    for agent in AGENTS:
+        width = matched_width(agent, budget, obs_dim, actions)
+        step = width_step(agent)
+        assert width % step == 0, agent
+        count = parameter_count(agent, width, obs_dim, actions)
+        # No neighbouring width is closer to the budget.
+        for other in (width - step, width + step):
+            if other > 0:
+                assert abs(count - budget) <= abs(parameter_count(agent, other, obs_dim, actions) - budget), agent
+        widths[agent] = width
+    # The memories differ in weights per unit of width: one width for all would not be a fair comparison.
+    assert widths["lstm"] < widths["gru"] < widths["mlp"]
+    assert len(set(widths.values())) >= 5
+
+
+def test_parameter_count_is_the_built_modules():
+    import torch
+
+    from palimpsest.rl.module import MemoryAgent
+
+    env = gymnasium.make(CUE)
+    for agent in AGENTS:
+        module = MemoryAgent(observation_space=env.observation_space, action_space=env.action_space,
+                             model_config={"agent": agent, "hidden": 24, "max_seq_len": 4})
+        built = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        assert built == parameter_count(agent, 24, env.observation_space.shape[0], env.action_space.n), agent
+        assert isinstance(next(module.parameters()), torch.Tensor)
+
+
+# ----------------------------------------------------------------------------- greedy evaluation
+
+
+def test_greedy_evaluation_scores_the_first_episode_of_each_seed_as_the_single_env_does():
+    """A policy that always answers 1: its success must be the share of seeds seed..seed+N−1 whose first
+    episode's answer is 1, as the single env plays them (a later episode of a sub-env must not count)."""
+    import torch
+
+    from palimpsest.rl.module import MemoryAgent
+    from palimpsest.rl.ppo import greedy_evaluation
+
+    params = {"num_cues": 3, "num_rewrites": 1, "delay": 4}
+    env = gymnasium.make(CUE, **params)
+    module = MemoryAgent(observation_space=env.observation_space, action_space=env.action_space,
+                         model_config={"agent": "gru", "hidden": 8, "max_seq_len": 4})
+    with torch.no_grad():
+        module.policy.weight.zero_()
+        module.policy.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    expected, returns = [], []
+    for i in range(60):
+        env.reset(seed=1000 + i)
+        ended, total = False, 0.0
+        while not ended:
+            _, reward, terminated, truncated, info = env.step(1)
+            total += reward
+            ended = terminated or truncated
+        expected.append(info["success"])
+        returns.append(total)
+    scores = greedy_evaluation(module, CUE, params, episodes=60, seed=1000)
+    assert scores["success_rate"] == pytest.approx(np.mean(expected))
+    assert scores["mean_return"] == pytest.approx(np.mean(returns))
+    assert 0 < scores["success_rate"] < 1  # a mix of answers: the check can tell seeds apart
+    assert scores["mean_length"] == 5
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD = [
+    ({"agents": ["lstmm"]}, "agents[0].name: unknown agent 'lstmm'; did you mean 'lstm'?"),
+    ({"agents": [{"name": "ffm", "memory": {"slots": 4}}]}, "ffm takes no slots; allowed: memory, context"),
+    ({"agents": ["lstm", "lstm"]}, "agents: each label once (lstm repeated"),
+    ({"envs": ["palimpsest/TMaze-v0"]}, "envs[0].id: unknown environment 'palimpsest/TMaze-v0'"),
+    ({"envs": [{"id": CUE, "params": {"num_cues": 1}}]}, "params: num_cues must be in [2, 32767], got 1"),
+    ({"envs": [{"id": CUE, "params": {"num_cue": 4}}]}, "unexpected keyword argument 'num_cue'"),
+    ({"ppo": {"minibatch_size": 512, "train_batch_size": 256}}, "ppo: minibatch_size: 512 is larger than"),
+    ({"budget": {"env_steps": 0}}, "budget.env_steps: Input should be greater than or equal to 1"),
+    ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_input_is_one_clear_line_and_exit_2_before_any_folder(change, message, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(rl_spec(**change)))
+    for args in (["validate", str(job)], ["run", str(job), "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_ray_is_refused_for_rl(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(rl_spec()))
+    result = CliRunner().invoke(app, ["run", str(job), "--no-ray", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--no-ray: kind rl trains with RLlib" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.integration
+def test_a_trial_larger_than_the_cluster_is_refused_before_it_would_hang(tmp_path, ray_session):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(rl_spec(ppo={"num_env_runners": 4})))
+    result = CliRunner().invoke(app, ["run", str(job), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "ppo.num_env_runners: each trial needs 5 CPUs (1 + num_env_runners) but the Ray cluster has 2" in \
+        " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _rows(folder: Path) -> list[dict]:
+    with open(folder / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.integration
+def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_path, ray_session):
+    """Done-means 5: the 2 × 2 × 2 job writes results.csv, curves, the table and a best module per trial;
+    Ctrl-C after the first trial leaves a resumable folder, and the resume does not rerun finished trials."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from palimpsest.rl.ppo import greedy_evaluation
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(rl_spec()))
+    folder = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--out", str(folder)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    lines, first = [], None
+    deadline = time.time() + 300
+    for line in process.stdout:
+        lines.append(line)
+        if "[palimpsest] trial " in line and " finished (" in line:
+            first = line.split("[palimpsest] trial ", 1)[1].split(" finished", 1)[0]
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C from a terminal reaches the whole group
+            break
+        assert time.time() < deadline, "".join(lines)
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=120) == 130, "".join(lines)
+    assert first is not None, "".join(lines)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "--resume" in summary["error"]
+
+    result = CliRunner().invoke(app, ["run", "--resume", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "resuming the Tune experiment" in result.output
+    assert f"{first}:" not in result.output  # the finished trial was not trained again
+
+    rows = _rows(folder)
+    assert len(rows) == 8
+    assert list(rows[0]) == ["agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
+                             "env_steps", "best_env_steps", "wall_s", "parameters", "hidden"]
+    assert {(r["agent"], r["env"], r["seed"]) for r in rows} == {
+        (a, e, s) for a in ("lstm", "mlp") for e in ("EndlessTMaze", "CueRewrite") for s in ("0", "1")}
+    for row in rows:
+        assert int(row["env_steps"]) >= 512 and 0 <= float(row["success_rate"]) <= 1
+        assert abs(int(row["parameters"]) - 3000) < 300
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["trials"] == 8
+    assert set(summary["table"]) == {"lstm", "mlp"} and set(summary["table"]["lstm"]) == {"tmaze", "cue"}
+    assert (folder / "plots" / "success_curves.png").stat().st_size > 0
+    report = (folder / "report.md").read_text()
+    assert "| agent | parameters | tmaze | cue |" in report
+    curves = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["task"] for r in curves if r["metric"] == "success_rate"}) == 8
+
+    # The best module of a trial reloads from the run folder and reproduces its held-out test score.
+    trial = summary["results"][0]
+    module = RLModule.from_checkpoint(str(folder / "checkpoints" / trial["trial"]))
+    env_params = rl_spec()["envs"][0]["params"]
+    again = greedy_evaluation(module, TMAZE, env_params, episodes=20, seed=2_000_000 + 10_000 * trial["seed"])
+    assert again["success_rate"] == trial["test_success_rate"]
