@@ -14,12 +14,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import palimpsest_envs
+from palimpsest_envs.color_cubes import DOWN, LEFT, MODES, PICK, RIGHT, UP, ColorCubes, make_config
 
-TMAZE, CUE = "palimpsest/EndlessTMaze-v0", "palimpsest/CueRewrite-v0"
+TMAZE, CUE, CUBES = "palimpsest/EndlessTMaze-v0", "palimpsest/CueRewrite-v0", "palimpsest/ColorCubes-v0"
 ENV_IDS = sorted(k for k in gym.registry if k.startswith("palimpsest/"))
 
 # Configurations for the twin comparison: defaults, a short maze that truncates often,
-# uniform lengths with the junction signal, several rewrites.
+# uniform lengths with the junction signal, several rewrites, every ColorCubes mode, a
+# crowded grid (teleports onto few free cells) and budgets short enough to truncate.
 CONFIGS = [
     (TMAZE, {}),
     (TMAZE, {"num_corridors": 2, "corridor_length": 1}),
@@ -28,17 +30,24 @@ CONFIGS = [
     (CUE, {}),
     (CUE, {"num_cues": 3, "num_rewrites": 3, "delay": 5}),
     (CUE, {"num_cues": 2, "num_rewrites": 0, "delay": 1}),
+    (CUBES, {}),
+    (CUBES, {"mode": "extreme"}),
+    (CUBES, {"mode": "trivial", "max_steps": 8}),
+    (CUBES, {"grid_size": 3, "num_cubes": 5, "teleports_per_phase": 4, "max_steps": 14}),
 ]
 
 
 def test_registered_ids():
-    assert ENV_IDS == sorted(palimpsest_envs.ENV_IDS) == sorted([TMAZE, CUE])
+    assert ENV_IDS == sorted(palimpsest_envs.ENV_IDS) == sorted([TMAZE, CUE, CUBES])
     import importlib
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # gymnasium warns when overriding an id
         importlib.reload(palimpsest_envs)
     assert palimpsest_envs.EndlessTMaze is gym.make(TMAZE).unwrapped.__class__
+    assert palimpsest_envs.ColorCubes is gym.make(CUBES).unwrapped.__class__
+    venv = gym.make_vec(CUBES, num_envs=2, vectorization_mode="vector_entry_point")
+    assert palimpsest_envs.ColorCubesVector is venv.unwrapped.__class__
 
 
 def test_imports_only_numpy_and_gymnasium():
@@ -126,6 +135,8 @@ class Policy:
         self.cfg = venv.unwrapped.config
         self.rng = np.random.default_rng(seed)
         self.memory = np.zeros(self.n, dtype=np.int64)
+        if env_id == CUBES:
+            self.cube_map = np.zeros((self.n, self.cfg.num_cubes), dtype=np.int64)  # remembered cell per colour
 
     def cue_seen(self, obs):
         """(mask, value) of the cue shown in each observation row."""
@@ -135,6 +146,8 @@ class Policy:
         return obs[:, k] > 0, obs[:, :k].argmax(axis=1)
 
     def act(self, obs, fresh):
+        if self.env_id == CUBES:
+            return self.fetch(obs, fresh)
         shown, value = self.cue_seen(obs)
         update = shown if self.kind == "oracle" else fresh  # "first" keeps the episode's first cue
         self.memory[update] = value[update]
@@ -145,6 +158,39 @@ class Policy:
         at_junction = obs[:, 3] > 0 if self.cfg.junction_signal else obs[:, 0] == 1.0
         turn = self.rng.integers(0, 2, self.n) if self.kind == "random" else self.memory
         return np.where(at_junction, 1 + turn, 0)
+
+    def fetch(self, obs, fresh):
+        """ColorCubes: walk to the remembered cell of the target colour and pick.
+
+        oracle rewrites its map with every cube shown; first keeps the episode's first view
+        (but reads each new target colour); random keeps oracle's map but does not remember
+        the target: it guesses a colour whenever one is shown.
+        """
+        agent, target_shown, target, shown, cells = _cube_view(obs, self.cfg)
+        update = shown & fresh[:, None] if self.kind == "first" else shown
+        self.cube_map[update] = cells[update]
+        if self.kind == "random":
+            self.memory[target_shown] = self.rng.integers(0, self.cfg.num_cubes, target_shown.sum())
+        else:
+            self.memory[target_shown] = target[target_shown]
+        return _walk_and_pick(agent, self.cube_map[np.arange(self.n), self.memory], self.cfg.grid_size)
+
+
+def _cube_view(obs, cfg):
+    """ColorCubes observations as (agent cell, target shown, target, cube shown (n, N), cube cells (n, N))."""
+    g, n = cfg.grid_size, cfg.num_cubes
+
+    def cell(row_col):
+        return (np.rint(row_col[..., 0] * (g - 1)) * g + np.rint(row_col[..., 1] * (g - 1))).astype(np.int64)
+
+    target, view = obs[:, 2 : 2 + n], obs[:, 2 + n :].reshape(len(obs), n, 3)
+    return cell(obs[:, :2]), target.max(axis=1) > 0, target.argmax(axis=1), view[..., 0] > 0, cell(view[..., 1:])
+
+
+def _walk_and_pick(agent, goal, grid_size):
+    """Straight to `goal` (rows first), then pick."""
+    (row, col), (goal_row, goal_col) = np.divmod(agent, grid_size), np.divmod(goal, grid_size)
+    return np.select([goal_row < row, goal_row > row, goal_col < col, goal_col > col], [UP, DOWN, LEFT, RIGHT], PICK)
 
 
 def _first_episodes(env_id, kind, num_envs, seed=0, **kwargs):
@@ -191,12 +237,19 @@ def test_oracle_single_env():
     for env_id in ENV_IDS:
         env = gym.make(env_id)
         memory, obs = 0, env.reset(seed=1)[0]
+        cube_map = np.zeros(MODES["medium"]["num_cubes"], dtype=np.int64)  # ColorCubes: cell per colour
         for _ in range(20):
             done = False
             while not done:
                 if env_id == TMAZE:
                     memory = 1 if obs[2] else 0 if obs[1] else memory
                     a = 1 + memory if obs[0] == 1.0 else 0
+                elif env_id == CUBES:
+                    cfg = env.unwrapped.config
+                    agent, target_shown, target, shown, cells = _cube_view(obs[None], cfg)
+                    cube_map[shown[0]] = cells[0][shown[0]]
+                    memory = int(target[0]) if target_shown[0] else memory
+                    a = int(_walk_and_pick(agent, cube_map[[memory]], cfg.grid_size)[0])
                 else:
                     memory = int(obs[:-2].argmax()) if obs[-2] else memory
                     a = memory
@@ -228,6 +281,117 @@ def test_memoryless_policies_at_chance():
     assert abs(tmaze.mean() - 0.5) < 0.05
     cue, _, _ = _first_episodes(CUE, "random", 2000, num_cues=4)
     assert abs(cue.mean() - 0.25) < 0.05
+    # ColorCubes without the target colour: a guessed cube is the target 1 time in num_cubes.
+    for kwargs, p in [({"num_cubes": 4, "num_phases": 1}, 1 / 4), ({"mode": "extreme", "num_phases": 1}, 1 / 5)]:
+        cubes, _ = _cube_episodes("random", 2000, **kwargs)
+        assert abs(cubes.mean() - p) < 4 * np.sqrt(p * (1 - p) / 2000), kwargs
+
+
+def _cube_episodes(kind, num_envs, seed=0, **kwargs):
+    """Success of each sub-env's first ColorCubes episode, and whether each phase's target was on its step-0 cell.
+
+    Checks the rules on the way, from the observations alone: cubes hold distinct cells, a
+    moved cube never lands on the agent, the target stays put during its phase, a phase
+    start shows its target and the picked cube only, a teleport shows every cube and the
+    target ("medium") or the moved cube alone ("extreme"), and other steps show nothing.
+    """
+    venv = gym.make_vec(CUBES, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    cfg = venv.unwrapped.config
+    policy = Policy(CUBES, venv, kind, seed)
+    rows = np.arange(num_envs)
+    obs, _ = venv.reset(seed=seed)
+    fresh, phase_start = np.ones(num_envs, dtype=bool), np.ones(num_envs, dtype=bool)
+    truth = np.zeros((num_envs, cfg.num_cubes), dtype=np.int64)  # every cube shown so far: the true map
+    first = np.zeros_like(truth)
+    target, target_cell = np.zeros(num_envs, dtype=np.int64), np.zeros(num_envs, dtype=np.int64)
+    unmoved = np.ones(num_envs, dtype=bool)
+    success = np.full(num_envs, np.nan)
+    while np.isnan(success).any():
+        todo = np.isnan(success)  # still in its first episode: the rows checked
+        agent, target_shown, shown_target, shown, cells = _cube_view(obs, cfg)
+        moved = shown & (cells != truth) & ~fresh[:, None]
+        assert not np.any(moved[todo] & (cells == agent[:, None])[todo])
+        later, counts = todo & ~fresh, shown.sum(axis=1)
+        assert np.all(counts[later & phase_start] == 1)  # a pick shows the picked cube only
+        event = later & ~phase_start & (counts > 0)
+        assert np.all(counts[event] == (1 if cfg.one_mover else cfg.num_cubes))
+        # Between phase starts the target colour is shown only by a "medium" teleport.
+        assert np.array_equal(target_shown[later & ~phase_start], (event & ~cfg.one_mover)[later & ~phase_start])
+        truth[shown] = cells[shown]
+        first[fresh] = truth[fresh]
+        ordered = np.sort(truth[todo], axis=1)
+        assert np.all(ordered[:, 1:] != ordered[:, :-1])
+        assert target_shown[todo & phase_start].all()
+        target[phase_start] = shown_target[phase_start]
+        assert np.all((phase_start | (truth[rows, target] == target_cell))[todo])
+        target_cell = truth[rows, target]
+        unmoved &= ~(todo & phase_start) | (target_cell == first[rows, target])
+        obs, reward, term, trunc, info = venv.step(policy.act(obs, fresh))
+        fresh = term | trunc
+        phase_start = reward == cfg.goal_reward
+        if "success" in info:
+            done = info["_success"] & todo
+            success[done] = info["success"][done]
+    return success, unmoved
+
+
+@pytest.mark.parametrize("mode", ["trivial", "medium", "extreme"])
+def test_cubes_oracle_always_succeeds(mode):
+    success, _ = _cube_episodes("oracle", 300, mode=mode)
+    assert success.mean() == 1.0
+
+
+@pytest.mark.parametrize("mode", ["medium", "extreme"])
+def test_cubes_first_view_fails_exactly_when_a_target_moved(mode):
+    # Keeping the step-0 map passes exactly the episodes where every phase's target was still
+    # on its step-0 cell when its phase began (a moved target is never found again).
+    success, unmoved = _cube_episodes("first", 1000, mode=mode)
+    assert np.array_equal(success == 1.0, unmoved)
+    assert success.mean() < 0.2  # teleports usually move a later target first
+    if mode == "medium":
+        assert success.max() == 1.0  # both sides of the rule occur
+    trivial, _ = _cube_episodes("first", 200, mode="trivial")
+    assert trivial.mean() == 1.0  # one cube, nothing moves: retention is enough
+
+
+def test_cubes_modes_set_defaults_that_arguments_override():
+    assert make_config("extreme") == make_config(
+        "medium", grid_size=7, num_cubes=5, num_phases=5, teleports_per_phase=3
+    )._replace(mode="extreme")
+    cfg = make_config("trivial", num_cubes=3, num_phases=2)
+    assert (cfg.grid_size, cfg.num_cubes, cfg.num_phases, cfg.teleports_per_phase) == (5, 3, 2, 0)
+    assert cfg.max_steps == 4 * 2 * (2 * 5 - 1) and make_config(max_steps=7).max_steps == 7
+    for mode, defaults in MODES.items():  # the docstring's table says what MODES does
+        row = f'| "{mode}"'.ljust(12) + "|" + "|".join(f" {v}".ljust(len(k) + 2) for k, v in defaults.items()) + "|"
+        assert row in ColorCubes.__doc__, row
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "hard"}, "mode must be one of"),
+        ({"grid_size": 1}, "grid_size must be in"),
+        ({"num_cubes": 0}, "num_cubes must be in"),
+        ({"grid_size": 2, "num_cubes": 3}, "num_cubes must be <= grid_size"),
+        ({"num_phases": 0}, "num_phases must be >= 1"),
+        ({"grid_size": 3, "teleports_per_phase": 5}, "teleports_per_phase must be in"),
+        ({"max_steps": 0}, "max_steps must be >= 1"),
+    ],
+)
+def test_cubes_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gym.make(CUBES, **kwargs)
+
+
+def test_cubes_teleport_destination_is_the_chosen_free_cell():
+    from palimpsest_envs.color_cubes import choose_free_cells
+
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 9, size=(4, 500))  # duplicates included: the agent on a cube
+    draws = rng.integers(0, 2**16, size=500).astype(np.uint16)
+    for i, chosen in enumerate(choose_free_cells(cells, draws, 9)):
+        free = sorted(set(range(9)) - set(cells[:, i]))
+        assert chosen == free[int(draws[i]) * len(free) // 2**16]
 
 
 # ---- the batched twins -------------------------------------------------------------------
@@ -269,7 +433,7 @@ def test_vector_twin_matches_single_envs(env_id, kwargs):
                 assert "_success" not in info or not info["_success"][i]
         ended = fresh = term | trunc
     assert seen["episodes"] >= 8 and seen["success"] > 0 and seen["failure"] > 0
-    if kwargs.get("corridor_length") == 1:
+    if dawdle or "max_steps" in kwargs:
         assert seen["truncated"] > 0
 
 
@@ -310,3 +474,4 @@ def test_palimpsest_envs_lists_every_environment_with_its_defaults():
     for env_id in palimpsest_envs.ENV_IDS:
         assert env_id in result.output
     assert "num_corridors=5" in result.output and "num_rewrites=1" in result.output
+    assert "mode='medium'" in result.output

@@ -25,7 +25,8 @@ def test_every_agent_runs_a_ppo_iteration(env_id, ray_session):
     from palimpsest.rl.module import MemoryAgent
 
     small = {"palimpsest/EndlessTMaze-v0": {"num_corridors": 2, "corridor_length": 3},
-             "palimpsest/CueRewrite-v0": {"delay": 4}}[env_id]
+             "palimpsest/CueRewrite-v0": {"delay": 4},
+             "palimpsest/ColorCubes-v0": {"grid_size": 3, "num_cubes": 2, "num_phases": 2, "max_steps": 12}}[env_id]
     name = env_id.replace("/", "-") + "-small"
     register_env(name, lambda cfg, env_id=env_id: gymnasium.make(env_id, **cfg))
     for agent in AGENTS:

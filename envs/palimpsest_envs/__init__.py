@@ -5,6 +5,7 @@ until an environment is made):
 
 - ``palimpsest/EndlessTMaze-v0``: ``EndlessTMaze`` / batched ``EndlessTMazeVector``
 - ``palimpsest/CueRewrite-v0``: ``CueRewrite`` / batched ``CueRewriteVector``
+- ``palimpsest/ColorCubes-v0``: ``ColorCubes`` / batched ``ColorCubesVector``
 
 so ``gymnasium.make(id)`` and ``gymnasium.make_vec(id, num_envs=N,
 vectorization_mode="vector_entry_point")`` both work. Only numpy and gymnasium are imported.
@@ -25,6 +26,10 @@ _ENVS = {
     "palimpsest/CueRewrite-v0": (
         "palimpsest_envs.cue_rewrite:CueRewrite",
         "palimpsest_envs.cue_rewrite_vector:CueRewriteVector",
+    ),
+    "palimpsest/ColorCubes-v0": (
+        "palimpsest_envs.color_cubes:ColorCubes",
+        "palimpsest_envs.color_cubes_vector:ColorCubesVector",
     ),
 }
 ENV_IDS = tuple(_ENVS)
