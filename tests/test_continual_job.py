@@ -226,10 +226,21 @@ SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").rglob("
 
 
 @pytest.mark.parametrize("job", SHIPPED)
-def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp_path_factory):
+def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp_path_factory, request):
     """Every example runs end to end (without Ray, a few steps) — not just validates."""
     monkeypatch.chdir(REPO)  # examples name files relative to the repository root
     document = yaml.safe_load((REPO / job).read_text())
+    if document["kind"] == "rl":  # RLlib needs Ray: every setting, one agent, one seed, a few hundred steps
+        request.getfixturevalue("ray_session")
+        args = ["run", job, "--out", str(tmp_path / "run")]
+        for item in ["agents=[gru]", "seeds=1", "parameters=2000", "budget.env_steps=128", "ppo.num_env_runners=0",
+                     "ppo.train_batch_size=128", "ppo.minibatch_size=64", "ppo.num_epochs=1",
+                     "ppo.num_envs_per_env_runner=2", "evaluation.episodes=4", "evaluation.every=1"]:
+            args += ["--set", item]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["trials"] == len(document["envs"])
+        return
     overrides = ["training.steps=3", "training.checkpoint_every=null", "eval.eval_every=null",
                  "scaling.num_workers=1", "training.batch_size=4"]
     if document.get("stream", {}).get("source") == "factworld":

@@ -452,6 +452,10 @@ def envs() -> None:
         params = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values()
                   if p.name not in ("self", "render_mode")]
         description = inspect.cleandoc(cls.__doc__ or "").split("## Description", 1)[-1].strip().split("\n\n")[0]
+        modes = getattr(sys.modules[cls.__module__], "MODES", None)  # defaults that depend on a mode (ColorCubes)
+        if modes:
+            params.append("None: the mode's — " + "; ".join(
+                f"{mode}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for mode, values in modes.items()))
         table.add_row(env_id, ", ".join(params), " ".join(description.split()).split(". ")[0] + ".")
     out.print(table)
 

@@ -32,7 +32,6 @@ from palimpsest.runtime import RunFolder, atomic_write_text
 from palimpsest.spec.rl import RLJob
 
 NEEDS_RAY = True  # RLlib and Tune run on Ray: `run --no-ray` is refused
-EXPERIMENT = "rl"
 RESULT_COLUMNS = ("agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
                   "env_steps", "best_env_steps", "wall_s", "parameters", "hidden")
 # Evaluation seeds live far from training's (RLlib seeds its envs from the trial seed upwards).
@@ -86,13 +85,18 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     from palimpsest.rl.trial import run_trial
 
     started = time.perf_counter()
-    storage = Path(spec.storage_path).resolve() if spec.storage_path else folder.path / "ray"
+    # A URI (s3://, gs://, …) names storage every node of a cluster reaches; a path is local.
+    storage = spec.storage_path if spec.storage_path and "://" in spec.storage_path else \
+        str(Path(spec.storage_path).resolve()) if spec.storage_path else str(folder.path / "ray")
     cpus, _ = spec.cpus_per_trial()
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
-    experiment = storage / EXPERIMENT
-    if tune.Tuner.can_restore(str(experiment)):  # a rerun of this folder: finished trials stay finished
+    # Named after the run folder: a storage_path shared by several runs keeps them apart, and a
+    # resumed folder finds its own experiment again.
+    name = folder.path.name
+    experiment = f"{storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(experiment):  # a rerun of this folder: finished trials stay finished
         print(f"[palimpsest] resuming the Tune experiment in {experiment}", flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         print(f"[palimpsest] {len(prepared.trials)} trials ({len(spec.agents)} agents × {len(spec.envs)} environments "
               f"× {spec.seeds} seeds), {cpus:g} CPU each", flush=True)
@@ -103,7 +107,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
                                         trial_name_creator=lambda t: t.config["trial"]["label"],
                                         trial_dirname_creator=lambda t: t.config["trial"]["label"]),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=str(storage),
+                name=name, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[_progress_callback()], verbose=0),
