@@ -223,3 +223,34 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
     env_params = rl_spec()["envs"][0]["params"]
     again = greedy_evaluation(module, TMAZE, env_params, episodes=20, seed=2_000_000 + 10_000 * trial["seed"])
     assert again["success_rate"] == trial["test_success_rate"]
+
+
+# ----------------------------------------------------------------------------- learning (slow)
+
+# The stated budget: PPO from scratch, 1 CPU per trial, at most 30 000 environment steps each (the worst of
+# 10 seeds needed 12 800).
+LEARNING_BUDGET = 30_000
+
+
+@pytest.mark.slow
+def test_lstm_solves_the_classic_tmaze_and_a_one_rewrite_cue_task(tmp_path, ray_session):
+    """Done-means 4: `lstm` reaches greedy success ≥ 0.9 on the classic T-maze (n = 1, corridor 10) and on
+    CueRewrite (K = 4, one rewrite, delay 10) within LEARNING_BUDGET env steps, and holds it on fresh episodes."""
+    document = {
+        "kind": "rl", "name": "lstm-solves", "seed": 0, "seeds": 1, "agents": ["lstm"],
+        "envs": [{"id": TMAZE, "params": {"num_corridors": 1}, "label": "tmaze"},
+                 {"id": CUE, "params": {"num_cues": 4, "num_rewrites": 1, "delay": 10}, "label": "cue"}],
+        "parameters": None, "hidden": 64,
+        "ppo": {"lr": 1e-2, "num_epochs": 8, "train_batch_size": 512, "minibatch_size": 128, "max_seq_len": 16,
+                "num_envs_per_env_runner": 8},
+        "budget": {"env_steps": LEARNING_BUDGET, "stop_success": 0.95},
+        "evaluation": {"every": 1, "episodes": 200}}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["run", str(job), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    rows = {row["env"]: row for row in json.loads((tmp_path / "run" / "summary.json").read_text())["results"]}
+    for env, row in rows.items():
+        assert row["success_rate"] >= 0.9, (env, row)
+        assert row["best_env_steps"] <= LEARNING_BUDGET, (env, row)
+        assert row["test_success_rate"] >= 0.85, (env, row)  # fresh episodes: not only the ones it was picked on

@@ -33,6 +33,9 @@ def run_trial(config: dict) -> None:
 
     trial = config["trial"]
     budget, evaluation = trial["budget"], trial["evaluation"]
+    # The learner runs in this process on the trial's one CPU: torch's default of a thread per
+    # core would have concurrent trials fight over every core.
+    torch.set_num_threads(1)
     algo = build_config(trial).build_algo()
     progress = {"iteration": 0, "env_steps": 0, "wall_s": 0.0, "evaluations": [], "best": None}
     best_state = None
