@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import VectorEnv
+from gymnasium.vector.utils import batch_space
 
 EPISODES_PER_DRAW = 64
 
@@ -111,9 +113,26 @@ class BatchedPlans:
 class PlannedVectorEnv(VectorEnv):
     """What the batched twins share: reset draws every sub-env's first episode from its own plans.
 
-    Subclasses set `_plans` (a `BatchedPlans`), `_rows`, `_pending_reset`, and define
+    Subclasses call `_setup` from `__init__`, set `_pending_reset`, and define
     `_start_episodes(env_ids)` and `_obs()`.
     """
+
+    def _setup(self, num_envs: int, config: Any, num_actions: int, draw: DrawFn, render_mode: str | None) -> int:
+        """Spaces, plans and rows for `num_envs` sub-envs of `config` (its `obs_dim` floats in [0, 1]); returns N."""
+        if render_mode is not None:
+            raise ValueError(f"{type(self).__name__} has no render modes")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.config = config
+        self.num_envs = n = int(num_envs)
+        self.render_mode = render_mode
+        self.single_action_space = spaces.Discrete(num_actions)
+        self.single_observation_space = spaces.Box(0.0, 1.0, (config.obs_dim,), np.float32)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.observation_space = batch_space(self.single_observation_space, n)
+        self._plans = BatchedPlans(draw, config, n)
+        self._rows = np.arange(n)
+        return n
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         if seed is None or isinstance(seed, (int, np.integer)):

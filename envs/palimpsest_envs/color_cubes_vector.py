@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from palimpsest_envs._plans import BatchedPlans, PlannedVectorEnv
+from palimpsest_envs._plans import PlannedVectorEnv
 from palimpsest_envs.color_cubes import (
     PICK,
     cell_coordinates,
@@ -74,22 +72,12 @@ class ColorCubesVector(PlannedVectorEnv):
         goal_reward: float = 1.0,
         render_mode: str | None = None,
     ):
-        if render_mode is not None:
+        if render_mode is not None:  # before the config: the same error whatever the arguments
             raise ValueError("ColorCubesVector has no render modes")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.config = cfg = make_config(
+        cfg = make_config(
             mode, grid_size, num_cubes, num_phases, teleports_per_phase, max_steps, penalty, goal_reward
         )
-        self.num_envs = n = int(num_envs)
-        self.render_mode = render_mode
-        self.single_action_space = spaces.Discrete(5)
-        self.single_observation_space = spaces.Box(0.0, 1.0, (cfg.obs_dim,), np.float32)
-        self.action_space = batch_space(self.single_action_space, n)
-        self.observation_space = batch_space(self.single_observation_space, n)
-
-        self._plans = BatchedPlans(draw_plans, cfg, n)
-        self._rows = np.arange(n)
+        n = self._setup(num_envs, cfg, 5, draw_plans, render_mode)
         k, e, c = cfg.num_phases, cfg.teleports_per_phase, cfg.num_cubes
         # Lookup tables: the cell each action leads to, and each cell's scaled row and column.
         self._next_cell = next_cells(cfg.grid_size).ravel()

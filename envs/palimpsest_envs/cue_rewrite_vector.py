@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from palimpsest_envs._plans import BatchedPlans, PlannedVectorEnv
+from palimpsest_envs._plans import PlannedVectorEnv
 from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config
 
 
@@ -60,20 +58,10 @@ class CueRewriteVector(PlannedVectorEnv):
         delay: int = 10,
         render_mode: str | None = None,
     ):
-        if render_mode is not None:
+        if render_mode is not None:  # before the config: the same error whatever the arguments
             raise ValueError("CueRewriteVector has no render modes")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.config = cfg = make_config(num_cues, num_rewrites, delay)
-        self.num_envs = n = int(num_envs)
-        self.render_mode = render_mode
-        self.single_action_space = spaces.Discrete(cfg.num_cues)
-        self.single_observation_space = spaces.Box(0.0, 1.0, (cfg.obs_dim,), np.float32)
-        self.action_space = batch_space(self.single_action_space, n)
-        self.observation_space = batch_space(self.single_observation_space, n)
-
-        self._plans = BatchedPlans(draw_plans, cfg, n)
-        self._rows = np.arange(n)
+        cfg = make_config(num_cues, num_rewrites, delay)
+        n = self._setup(num_envs, cfg, cfg.num_cues, draw_plans, render_mode)
         self._schedule = np.full((n, cfg.delay + 1), NO_CUE, dtype=np.int16)
         self._answer = np.zeros(n, dtype=np.int16)
         self._t = np.zeros(n, dtype=np.int32)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from palimpsest_envs._plans import BatchedPlans, PlannedVectorEnv
+from palimpsest_envs._plans import PlannedVectorEnv
 from palimpsest_envs.tmaze import CUE_LEFT, CUE_RIGHT, FORWARD, LEFT, draw_plans, make_config
 
 
@@ -66,23 +64,13 @@ class EndlessTMazeVector(PlannedVectorEnv):
         junction_signal: bool = False,
         render_mode: str | None = None,
     ):
-        if render_mode is not None:
+        if render_mode is not None:  # before the config: the same error whatever the arguments
             raise ValueError("EndlessTMazeVector has no render modes")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.config = cfg = make_config(
+        cfg = make_config(
             num_corridors, corridor_length, length_mode, min_length, max_length,
             penalty, goal_reward, junction_signal,
         )
-        self.num_envs = n = int(num_envs)
-        self.render_mode = render_mode
-        self.single_action_space = spaces.Discrete(3)
-        self.single_observation_space = spaces.Box(0.0, 1.0, (cfg.obs_dim,), np.float32)
-        self.action_space = batch_space(self.single_action_space, n)
-        self.observation_space = batch_space(self.single_observation_space, n)
-
-        self._plans = BatchedPlans(draw_plans, cfg, n)
-        self._rows = np.arange(n)
+        n = self._setup(num_envs, cfg, 3, draw_plans, render_mode)
         self._cues = np.zeros((n, cfg.num_corridors), dtype=np.int8)
         self._lengths = np.zeros((n, cfg.num_corridors), dtype=np.int32)
         self._corridor = np.zeros(n, dtype=np.int32)

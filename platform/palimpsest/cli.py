@@ -433,9 +433,14 @@ def ledger(path: Path = typer.Argument(..., help="a ledger.jsonl (a run folder's
 
 
 @app.command()
-def envs() -> None:
+def envs(throughput: bool = typer.Option(False, "--throughput", help="measure steps/s of each batched twin (batch "
+                                          "1024 and 8192) against the single Gymnasium env, side by side")) -> None:
     """List the registered memory environments (palimpsest/<Name>-v0) with their parameters and defaults."""
     import inspect
+
+    if throughput:
+        _envs_throughput()
+        return
 
     import gymnasium
 
@@ -457,6 +462,20 @@ def envs() -> None:
             params.append("None: the mode's — " + "; ".join(
                 f"{mode}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for mode, values in modes.items()))
         table.add_row(env_id, ", ".join(params), " ".join(description.split()).split(". ")[0] + ".")
+    out.print(table)
+
+
+def _envs_throughput() -> None:
+    from palimpsest.rl.throughput import throughput
+
+    rows = throughput()
+    table = Table(title="environment steps/s in this process (pin it to one core with taskset -c 0 for the "
+                        "one-core figure); random actions")
+    for column in ("id", "single env", "batch 1024", "batch 8192", "8192 vs single"):
+        table.add_column(column, justify="left" if column == "id" else "right")
+    for row in rows:
+        table.add_row(row["env"], f"{row['single'] / 1e6:.2f} M", f"{row[1024] / 1e6:.1f} M",
+                      f"{row[8192] / 1e6:.1f} M", f"{row[8192] / row['single']:.0f}×")
     out.print(table)
 
 

@@ -80,6 +80,11 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
 
 
 def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool = True) -> dict:
+    import os
+
+    # Trials checkpoint at every evaluation (seconds apart on small tasks), which makes Tune snapshot
+    # its experiment state often; that is cheap here and the warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
     from palimpsest.rl.trial import run_trial
