@@ -80,3 +80,28 @@ def test_every_agent_is_an_rlmodule_that_runs_one_step_and_a_training_chunk(agen
     assert out[Columns.ACTION_DIST_INPUTS].shape == (4, 8, 3) and out[Columns.EMBEDDINGS].shape == (4, 8, 16)
     assert module.compute_values(chunk).shape == (4, 8)
     assert torch.allclose(module.compute_values(chunk, out[Columns.EMBEDDINGS]), module.compute_values(chunk))
+
+
+def test_gtrxl_runs_a_chunk_at_once_with_the_gradients_of_stepping():
+    """The whole-chunk form (sliding-window mask) against T one-step calls: same outputs, and the same
+    gradients for every weight and input — sg(M) stops at the window in both, never at the step itself."""
+    torch.manual_seed(0)
+    cell = MEMORIES["gtrxl"](INPUTS, HIDDEN, window=4)  # a window shorter than the chunk: entries slide out
+    x = torch.randn(B, T, INPUTS, requires_grad=True)
+    start = batched(cell.initial_state())
+    start["memory"] = torch.randn_like(start["memory"])
+    start["valid"][:, :2] = 0  # two empty slots
+    whole, _ = cell(x, start)
+    (whole * torch.linspace(0, 1, HIDDEN)).sum().backward()
+    chunk_grads = [p.grad.clone() for p in cell.parameters()] + [x.grad.clone()]
+    cell.zero_grad()
+    x.grad = None
+    state, outputs = start, []
+    for t in range(T):
+        y, state = cell(x[:, t : t + 1], state)
+        outputs.append(y)
+    (torch.cat(outputs, dim=1) * torch.linspace(0, 1, HIDDEN)).sum().backward()
+    step_grads = [p.grad for p in cell.parameters()] + [x.grad]
+    assert torch.allclose(torch.cat(outputs, dim=1), whole, atol=1e-5)
+    for a, b in zip(chunk_grads, step_grads):
+        assert torch.allclose(a, b, atol=1e-5)

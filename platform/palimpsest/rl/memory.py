@@ -19,7 +19,8 @@ with a leading batch dimension; `initial_state()` gives it without one (RLlib's 
 - `gtrxl`: gated transformer-XL (Parisotto et al., "Stabilizing Transformers for RL",
   ICML 2020): per layer, attention from the step's input to a window of the last τ layer
   inputs (the memory, no gradient through it) and GRU-type gates in place of residuals
-  (gate bias 2). The window and which of its slots are filled are the state.
+  (gate bias 2). The window and which of its slots are filled are the state; a chunk runs
+  all its steps at once under a sliding-window mask.
 """
 
 from __future__ import annotations
@@ -187,20 +188,47 @@ class SlotMemory(MemoryCell):
 
 
 class _GatedLayer(nn.Module):
-    """One GTrXL layer: gated attention over [memory window, this step], then a gated MLP."""
+    """One GTrXL layer: gated attention from each step to [the window of past layer inputs, itself], then a
+    gated MLP. Keys and values of the window carry no gradient (sg(M)); the step's own do."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be a multiple of heads {heads}")
+        self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
         self.gate1, self.gate2 = _GRUGate(width), _GRUGate(width)
 
+    def _split(self, x):  # (B, L, D) → (B, H, L, D/H)
+        b, length, d = x.shape
+        return x.view(b, length, self.heads, d // self.heads).transpose(1, 2)
+
     def forward(self, e, memory, valid):
-        context = self.norm1(torch.cat([memory.detach(), e[:, None, :]], dim=1))  # (B, τ+1, D)
-        mask = torch.cat([~valid, torch.zeros_like(valid[:, :1])], dim=1)  # True: ignore (empty slots)
-        attended, _ = self.attention(context[:, -1:], context, context, key_padding_mask=mask)
-        y = self.gate1(e, F.relu(attended[:, 0]))
+        """e: (B, T, D) this layer's inputs; memory: (B, τ, D) the window before step 0; valid: (B, τ) bool.
+
+        Step t attends to the τ entries before it in [memory, e] (the window the step-by-step
+        form would hold at t) and to itself; all T steps at once.
+        """
+        b, steps, d = e.shape
+        window = memory.shape[1]
+        q, k_self, v_self = (self._split(part) for part in self.qkv(self.norm1(e)).chunk(3, dim=-1))
+        past = self.norm1(torch.cat([memory, e], dim=1).detach())  # sg(M): weights learn, inputs do not
+        _, k_past, v_past = (self._split(part) for part in self.qkv(past).chunk(3, dim=-1))
+        scale = (d // self.heads) ** -0.5
+        scores = torch.einsum("bhtd,bhjd->bhtj", q, k_past) * scale  # (B, H, T, τ + T)
+        t = torch.arange(steps, device=e.device)[:, None]
+        j = torch.arange(window + steps, device=e.device)[None, :]
+        allowed = (j >= t) & (j < t + window)  # the τ entries before step t (position τ + t is t itself)
+        allowed = allowed[None] & torch.cat([valid, torch.ones(b, steps, dtype=torch.bool, device=e.device)], 1)[:, None]
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        own = (q * k_self).sum(-1, keepdim=True) * scale  # (B, H, T, 1)
+        weights = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
+        attended = torch.einsum("bhtj,bhjd->bhtd", weights[..., :-1], v_past) + weights[..., -1:] * v_self
+        attended = self.proj(attended.transpose(1, 2).reshape(b, steps, d))
+        y = self.gate1(e, F.relu(attended))
         return self.gate2(y, F.relu(self.mlp(self.norm2(y))))
 
 
@@ -222,6 +250,12 @@ class _GRUGate(nn.Module):
 
 
 class GatedTransformerXL(MemoryCell):
+    """Layers of `_GatedLayer`; the state is each layer's window of its last τ inputs and which slots are filled.
+
+    A chunk of T steps runs layer by layer, all steps at once (a sliding-window mask), which
+    gives what stepping one step at a time gives (tested, outputs and gradients).
+    """
+
     def __init__(self, inputs: int, hidden: int, layers: int = 2, heads: int = 4, window: int = 16):
         super().__init__()
         self.hidden, self.layers, self.window = hidden, layers, window
@@ -231,17 +265,20 @@ class GatedTransformerXL(MemoryCell):
     def initial_state(self) -> State:
         return {"memory": torch.zeros(self.layers, self.window, self.hidden), "valid": torch.zeros(self.window)}
 
-    def step(self, x, state):
-        e = self.embed(x)
+    def forward(self, x, state):
+        e = self.embed(x)  # (B, T, D)
         valid = state["valid"] > 0.5
-        inputs = []
+        windows = []
         for l, block in enumerate(self.blocks):
-            inputs.append(e)
+            # The window after the chunk: the last τ of [window, this layer's inputs].
+            windows.append(torch.cat([state["memory"][:, l], e], dim=1)[:, -self.window :])
             e = block(e, state["memory"][:, l], valid)
-        # The window slides by one: the oldest slot out, this step's layer inputs in.
-        memory = torch.cat([state["memory"][:, :, 1:], torch.stack(inputs, dim=1)[:, :, None]], dim=2)
-        filled = torch.cat([state["valid"][:, 1:], torch.ones_like(state["valid"][:, :1])], dim=1)
-        return e, {"memory": memory, "valid": filled}
+        filled = torch.cat([state["valid"], torch.ones_like(x[:, :, 0])], dim=1)[:, -self.window :]
+        return e, {"memory": torch.stack(windows, dim=1), "valid": filled}
+
+    def step(self, x, state):
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
 
 
 MEMORIES = {"none": NoMemory, "gru": GRUMemory, "lstm": LSTMMemory, "ffm": FFMemory,

@@ -81,8 +81,9 @@ class RLAgentEntry(Strict):
             raise ValueError(f"memory: {self.name} takes no {', '.join(unknown)}; allowed: "
                              f"{', '.join(allowed) or 'nothing'}")
         for key, value in self.memory.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 and key != "limit":
-                raise ValueError(f"memory.{key}: a positive number, got {value!r}")
+            whole = isinstance(allowed[key], int)  # counts and sizes take integers; rates and periods any number
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+                raise ValueError(f"memory.{key}: a positive {'integer' if whole else 'number'}, got {value!r}")
         if self.name == "gtrxl" and self.hidden is not None and self.hidden % int(self.memory.get("heads", 4)):
             raise ValueError(f"hidden: {self.hidden} must be a multiple of memory.heads")
         if self.label is None:
