@@ -211,6 +211,8 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["trials"] == 8
     assert set(summary["table"]) == {"lstm", "mlp"} and set(summary["table"]["lstm"]) == {"tmaze", "cue"}
+    sizes = summary["agents"]["lstm"]["sizes"]  # matched per setting: the observation sizes differ
+    assert set(sizes) == {"tmaze", "cue"} and sizes["tmaze"]["hidden"] != sizes["cue"]["hidden"]
     assert (folder / "plots" / "success_curves.png").stat().st_size > 0
     report = (folder / "report.md").read_text()
     assert "| agent | parameters | tmaze | cue |" in report

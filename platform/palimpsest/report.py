@@ -43,7 +43,7 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         envs = list(dict.fromkeys(env for block in table.values() for env in block))
         header = ["agent", "parameters", *envs]
         sizes = summary.get("agents") or {}
-        rows = [[agent, str(sizes.get(agent, {}).get("parameters", "")),
+        rows = [[agent, _count_range(sizes.get(agent, {}).get("sizes", {})),
                  *(_mean_std(block.get(env)) for env in envs)] for agent, block in table.items()]
         return header, rows
     if summary.get("kind") == "privacy_sweep":
@@ -59,6 +59,11 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     for split, metrics in (summary.get("final") or {}).items():
         rows.append([split, str(metrics.get("count", "")), *(f"{metrics[m]:.4f}" for m in EVAL_METRICS if m in metrics)])
     return header, rows
+
+
+def _count_range(sizes: dict) -> str:
+    counts = sorted({size["parameters"] for size in sizes.values()})
+    return "" if not counts else f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,}"
 
 
 def _mean_std(cell: dict | None) -> str:

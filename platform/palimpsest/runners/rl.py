@@ -157,8 +157,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
         "status": "ok", "kind": "rl", "name": spec.name, "seed": spec.seed,
         "results": rows,
         "table": success_table(rows),
-        "agents": {t["agent_label"]: {"agent": t["agent"], "hidden": t["hidden"], "parameters": t["parameters"],
-                                      "memory": t["memory"]} for t in prepared.trials},
+        "agents": agent_sizes(prepared.trials),
         "trials": len(rows),
         "cost": {"wall_s": round(time.perf_counter() - started, 3), "env_steps": sum(r["env_steps"] for r in rows),
                  "trial_wall_s": round(sum(r["wall_s"] for r in rows), 3)},
@@ -178,7 +177,7 @@ def _progress_callback():
                       f"{result['wall_s']:.0f} s", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            done = sum(t.status == "TERMINATED" for t in trials)
+            done = sum(t.status == "TERMINATED" or t is trial for t in trials)  # (its status is set after)
             print(f"[palimpsest] trial {trial.config['trial']['label']} finished ({done}/{len(trials)})", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -211,6 +210,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def agent_sizes(trials: list[dict]) -> dict:
+    """agent → its cell, arguments, and per environment setting its width and parameter count (the
+    width is matched per setting: observation and action sizes differ)."""
+    sizes: dict = {}
+    for t in trials:
+        entry = sizes.setdefault(t["agent_label"], {"agent": t["agent"], "memory": t["memory"], "sizes": {}})
+        entry["sizes"][t["env_label"]] = {"hidden": t["hidden"], "parameters": t["parameters"]}
+    return sizes
 
 
 def success_table(rows: list[dict]) -> dict:
