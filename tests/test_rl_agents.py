@@ -6,8 +6,8 @@ import gymnasium
 import pytest
 
 import palimpsest_envs
+from palimpsest.rl.catalog import AGENTS
 
-AGENTS = ["mlp", "lstm", "gru", "gtrxl", "ffm", "shm", "slots"]
 
 
 def _on_episode_end(*, episode, metrics_logger, **kwargs):

@@ -74,6 +74,29 @@ def test_parameter_count_is_the_built_modules():
         assert isinstance(next(module.parameters()), torch.Tensor)
 
 
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_trials_and_runners_play_distinct_episode_streams():
+    """RLlib gives runner w's sub-env i the seed (seed + w + i): without the spread, trial seed 1 would replay
+    trial seed 0's sub-env 1, and runner 1's sub-env 0 runner 0's sub-env 1."""
+    from ray.rllib.env.env_context import EnvContext
+
+    from palimpsest.rl.ppo import _make_env, evaluation_seeds, rllib_seed
+
+    make = _make_env(CUE)
+
+    def first_plan(trial_seed, worker, sub_env):
+        env = make(EnvContext({"num_rewrites": 5, "delay": 30}, worker_index=worker))
+        env.reset(seed=rllib_seed(trial_seed) + worker + sub_env)
+        return tuple(env.unwrapped._schedule)  # the episode's cue values and rewrite times
+
+    streams = {(s, w, i): first_plan(s, w, i) for s in (0, 1) for w in (0, 1, 2) for i in range(4)}
+    assert len(set(streams.values())) == len(streams)
+    evaluation, test = evaluation_seeds(0)
+    assert len({evaluation, test, *evaluation_seeds(1)}) == 4
+
+
 # ----------------------------------------------------------------------------- greedy evaluation
 
 
@@ -121,6 +144,12 @@ BAD = [
     ({"ppo": {"minibatch_size": 512, "train_batch_size": 256}}, "ppo: minibatch_size: 512 is larger than"),
     ({"budget": {"env_steps": 0}}, "budget.env_steps: Input should be greater than or equal to 1"),
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
+    # gymnasium.make takes max_episode_steps itself; the batched twin (the evaluation) does not.
+    ({"envs": [{"id": CUE, "params": {"max_episode_steps": 5}}]}, "unexpected keyword argument 'max_episode_steps'"),
+    ({"agents": ["lstm", {"name": "lstm", "label": "lstm-a"}],
+      "envs": [{"id": CUE, "label": "a-cue"}, {"id": CUE, "label": "cue"}]},
+     "the labels make the same trial name lstm-a-cue"),
+    ({"agents": ["gtrxl"], "parameters": None, "hidden": 30}, "hidden: 30 is not a multiple of agents[0] (gtrxl)'s 4"),
 ]
 
 
@@ -223,7 +252,7 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
     trial = summary["results"][0]
     module = RLModule.from_checkpoint(str(folder / "checkpoints" / trial["trial"]))
     env_params = rl_spec()["envs"][0]["params"]
-    again = greedy_evaluation(module, TMAZE, env_params, episodes=20, seed=2_000_000 + 10_000 * trial["seed"])
+    again = greedy_evaluation(module, TMAZE, env_params, episodes=20, seed=trial["test_seed"])
     assert again["success_rate"] == trial["test_success_rate"]
 
 

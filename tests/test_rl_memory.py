@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from palimpsest.rl.catalog import AGENTS
 from palimpsest.rl.memory import MEMORIES
 
 INPUTS, HIDDEN, B, T = 5, 16, 3, 9
@@ -60,7 +61,7 @@ def test_gradients_reach_the_first_step_through_the_memory(name):
     assert x.grad[:, 0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("agent", ["mlp", "lstm", "gru", "gtrxl", "ffm", "shm", "slots"])
+@pytest.mark.parametrize("agent", list(AGENTS))
 def test_every_agent_is_an_rlmodule_that_runs_one_step_and_a_training_chunk(agent):
     import gymnasium
     from ray.rllib.core.columns import Columns
@@ -90,7 +91,11 @@ def test_gtrxl_runs_a_chunk_at_once_with_the_gradients_of_stepping():
     x = torch.randn(B, T, INPUTS, requires_grad=True)
     start = batched(cell.initial_state())
     start["memory"] = torch.randn_like(start["memory"])
-    start["valid"][:, :2] = 0  # two empty slots
+    start["valid"][:] = 1
+    start["valid"][:, :2] = 0  # two empty slots, two filled ones carried in
+    with torch.no_grad():  # positions matter: a bias per distance that is not flat
+        for block in cell.blocks:
+            block.distance_bias.copy_(torch.randn_like(block.distance_bias))
     whole, _ = cell(x, start)
     (whole * torch.linspace(0, 1, HIDDEN)).sum().backward()
     chunk_grads = [p.grad.clone() for p in cell.parameters()] + [x.grad.clone()]

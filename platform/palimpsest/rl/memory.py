@@ -19,8 +19,9 @@ with a leading batch dimension; `initial_state()` gives it without one (RLlib's 
 - `gtrxl`: gated transformer-XL (Parisotto et al., "Stabilizing Transformers for RL",
   ICML 2020): per layer, attention from the step's input to a window of the last τ layer
   inputs (the memory, no gradient through it) and GRU-type gates in place of residuals
-  (gate bias 2). The window and which of its slots are filled are the state; a chunk runs
-  all its steps at once under a sliding-window mask.
+  (gate bias 2), relative positions as a learned per-head bias by distance (T5-style, in
+  place of Transformer-XL's sinusoidal encoding). The window and which of its slots are
+  filled are the state; a chunk runs all its steps at once under a sliding-window mask.
 """
 
 from __future__ import annotations
@@ -191,11 +192,14 @@ class _GatedLayer(nn.Module):
     """One GTrXL layer: gated attention from each step to [the window of past layer inputs, itself], then a
     gated MLP. Keys and values of the window carry no gradient (sg(M)); the step's own do."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, window: int):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be a multiple of heads {heads}")
         self.heads = heads
+        # Relative position: a learned bias per head and distance 0..τ (T5-style), in place of
+        # Transformer-XL's sinusoidal relative encoding; attention would otherwise ignore order.
+        self.distance_bias = nn.Parameter(torch.zeros(heads, window + 1))
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -218,13 +222,14 @@ class _GatedLayer(nn.Module):
         past = self.norm1(torch.cat([memory, e], dim=1).detach())  # sg(M): weights learn, inputs do not
         _, k_past, v_past = (self._split(part) for part in self.qkv(past).chunk(3, dim=-1))
         scale = (d // self.heads) ** -0.5
-        scores = torch.einsum("bhtd,bhjd->bhtj", q, k_past) * scale  # (B, H, T, τ + T)
         t = torch.arange(steps, device=e.device)[:, None]
         j = torch.arange(window + steps, device=e.device)[None, :]
+        distance = (window + t - j).clamp(0, window)  # step t sits at position τ + t of [memory, e]
+        scores = torch.einsum("bhtd,bhjd->bhtj", q, k_past) * scale + self.distance_bias[:, distance]
         allowed = (j >= t) & (j < t + window)  # the τ entries before step t (position τ + t is t itself)
         allowed = allowed[None] & torch.cat([valid, torch.ones(b, steps, dtype=torch.bool, device=e.device)], 1)[:, None]
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        own = (q * k_self).sum(-1, keepdim=True) * scale  # (B, H, T, 1)
+        own = (q * k_self).sum(-1, keepdim=True) * scale + self.distance_bias[:, None, :1]  # (B, H, T, 1)
         weights = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
         attended = torch.einsum("bhtj,bhjd->bhtd", weights[..., :-1], v_past) + weights[..., -1:] * v_self
         attended = self.proj(attended.transpose(1, 2).reshape(b, steps, d))
@@ -260,7 +265,7 @@ class GatedTransformerXL(MemoryCell):
         super().__init__()
         self.hidden, self.layers, self.window = hidden, layers, window
         self.embed = nn.Linear(inputs, hidden)
-        self.blocks = nn.ModuleList(_GatedLayer(hidden, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(_GatedLayer(hidden, heads, window) for _ in range(layers))
 
     def initial_state(self) -> State:
         return {"memory": torch.zeros(self.layers, self.window, self.hidden), "valid": torch.zeros(self.window)}

@@ -18,11 +18,43 @@ TRAINING_KEYS = {"lr": "lr", "gamma": "gamma", "lambda_": "lambda_", "clip_param
                  "train_batch_size": "train_batch_size_per_learner"}
 
 
+# RLlib seeds env runner w with (seed + w) and its vector env seeds sub-env i with (seed + w + i):
+# trials with neighbouring seeds, and neighbouring runners of one trial, would replay the same
+# episodes. Trials are spread by SEED_STRIDE (more than any runner count + envs per runner), and
+# `_RunnerSeeds` mixes the runner's index into each sub-env's seed.
+SEED_STRIDE = 10_007
+
+
+def rllib_seed(trial_seed: int) -> int:
+    return trial_seed * SEED_STRIDE
+
+
+class _RunnerSeeds(gymnasium.Wrapper):
+    """reset(seed=k) on env runner w seeds the env with a hash of (k, w): distinct streams for every
+    (runner, sub-env) pair of every trial."""
+
+    def __init__(self, env, worker_index: int):
+        super().__init__(env)
+        self.worker_index = int(worker_index)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            seed = int(np.random.SeedSequence([int(seed), self.worker_index]).generate_state(1)[0])
+        return self.env.reset(seed=seed, options=options)
+
+
 def _make_env(env_id: str):
     def make(env_config):
-        return gymnasium.make(env_id, **dict(env_config))
+        return _RunnerSeeds(gymnasium.make(env_id, **dict(env_config)), getattr(env_config, "worker_index", 0))
 
     return make
+
+
+def evaluation_seeds(trial_seed: int) -> tuple[int, int]:
+    """(evaluation, test) seeds of a trial: sub-env i of an evaluation plays seed + i. Drawn from the trial
+    seed with distinct tags, far apart (32-bit), so trials and the two sets do not share episodes."""
+    evaluation, test = (int(np.random.SeedSequence([trial_seed, tag]).generate_state(1)[0]) for tag in (1, 2))
+    return evaluation, test
 
 
 def _on_episode_end(*, episode, metrics_logger, **kwargs):
@@ -52,19 +84,32 @@ def build_config(trial: dict):
                 "agent": trial["agent"], "hidden": trial["hidden"], "max_seq_len": trial["max_seq_len"],
                 "memory": dict(trial["memory"])}))
             .callbacks(on_episode_end=_on_episode_end)
-            .debugging(seed=trial["seed"], log_level="WARN")
+            .debugging(seed=rllib_seed(trial["seed"]), log_level="WARN")
             .reporting(metrics_num_episodes_for_smoothing=100))
+
+
+EVALUATION_BATCH = 1024  # episodes stepped side by side: bounds the memory one evaluation takes
 
 
 def greedy_evaluation(module, env_id: str, env_params: dict, *, episodes: int, seed: int,
                       max_steps: int | None = None) -> dict:
     """Success rate and mean return of the greedy (argmax) policy over `episodes` episodes.
 
-    The episodes run side by side in the env's batched twin, seeded with `seed` (sub-env i
-    replays the single env seeded `seed + i`), each from the module's initial state; an
-    episode counts from its first step to its end, and what the twin does after it (it
-    restarts the sub-env) is ignored.
+    The episodes run side by side in the env's batched twin (EVALUATION_BATCH at a time),
+    episode i seeded `seed + i` (it replays the single env seeded so), each from the module's
+    initial state; an episode counts from its first step to its end, and what the twin does
+    after it (it restarts the sub-env) is ignored.
     """
+    parts = [_greedy_batch(module, env_id, env_params, episodes=min(EVALUATION_BATCH, episodes - start),
+                           seed=seed + start, max_steps=max_steps) for start in range(0, episodes, EVALUATION_BATCH)]
+    weights = [p["episodes"] for p in parts]
+    return {"success_rate": float(np.average([p["success_rate"] for p in parts], weights=weights)),
+            "mean_return": float(np.average([p["mean_return"] for p in parts], weights=weights)),
+            "mean_length": float(np.average([p["mean_length"] for p in parts], weights=weights)),
+            "episodes": episodes}
+
+
+def _greedy_batch(module, env_id: str, env_params: dict, *, episodes: int, seed: int, max_steps: int | None) -> dict:
     import torch
     from ray.rllib.core.columns import Columns
 

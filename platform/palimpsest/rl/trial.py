@@ -46,13 +46,26 @@ def run_trial(config: dict) -> None:
             progress = json.loads((Path(folder) / PROGRESS).read_text())
             if (Path(folder) / BEST_WEIGHTS).is_file():
                 best_state = torch.load(Path(folder) / BEST_WEIGHTS, weights_only=False)
+            if progress["best"] is not None and best_state is None:
+                raise RuntimeError(f"{folder}: the checkpoint names a best evaluation but holds no {BEST_WEIGHTS}")
+        if progress.get("test") is not None:  # stopped after its final report: finished, nothing to train
+            best = progress["best"]
+            tune.report({"iteration": progress["iteration"], "env_steps": progress["env_steps"],
+                         "success_rate": best["success_rate"], "mean_return": best["mean_return"],
+                         "best_success_rate": best["success_rate"], "wall_s": round(progress["wall_s"], 3),
+                         "finished": True}, checkpoint=checkpoint)
+            _stop(algo)
+            return
     try:
         while True:
             started = time.perf_counter()
             result = algo.train()
             runners = result.get("env_runners", {})
             progress["iteration"] += 1
-            progress["env_steps"] += int(runners.get("num_env_steps_sampled", 0))
+            sampled = int(runners.get("num_env_steps_sampled", 0))
+            if sampled <= 0:  # a budget counted in steps would never be reached
+                raise RuntimeError("RLlib reported no sampled environment steps for this iteration")
+            progress["env_steps"] += sampled
             finished = progress["env_steps"] >= budget["env_steps"]
             metrics = {"iteration": progress["iteration"], "env_steps": progress["env_steps"],
                        "train_success_rate": runners.get("success_rate"),
@@ -85,7 +98,17 @@ def run_trial(config: dict) -> None:
             if finished:
                 return
     finally:
+        _stop(algo)
+
+
+def _stop(algo) -> None:
+    """Stop the algorithm's actors; a failure here must not turn a finished trial into a failed one."""
+    import logging
+
+    try:
         algo.stop()
+    except Exception as error:  # noqa: BLE001 - the trial's results are already reported
+        logging.getLogger(__name__).warning("stopping the algorithm failed: %s", error)
 
 
 def _save(algo, progress: dict, best_state, folder: Path, *, final: bool, trial: dict) -> None:

@@ -34,8 +34,6 @@ from palimpsest.spec.rl import RLJob
 NEEDS_RAY = True  # RLlib and Tune run on Ray: `run --no-ray` is refused
 RESULT_COLUMNS = ("agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
                   "env_steps", "best_env_steps", "wall_s", "parameters", "hidden")
-# Evaluation seeds live far from training's (RLlib seeds its envs from the trial seed upwards).
-EVAL_SEED, TEST_SEED = 1_000_000, 2_000_000
 
 
 @dataclass
@@ -51,6 +49,7 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
     """
     import gymnasium
 
+    from palimpsest.rl.ppo import evaluation_seeds
     from palimpsest.rl.sizing import matched_width, parameter_count
 
     trials = []
@@ -72,7 +71,7 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
                     "memory": dict(agent.memory), "hidden": hidden, "parameters": count,
                     "env_id": env.id, "env": env.short_name, "env_label": env.label, "settings": env.settings,
                     "env_params": dict(env.params), "seed": seed,
-                    "eval_seed": EVAL_SEED + 10_000 * seed, "test_seed": TEST_SEED + 10_000 * seed,
+                    "eval_seed": evaluation_seeds(seed)[0], "test_seed": evaluation_seeds(seed)[1],
                     "max_seq_len": spec.ppo.max_seq_len, "ppo": spec.ppo.model_dump(),
                     "budget": spec.budget.model_dump(), "evaluation": spec.evaluation.model_dump(),
                 })
@@ -91,14 +90,17 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
 
     started = time.perf_counter()
     # A URI (s3://, gs://, …) names storage every node of a cluster reaches; a path is local.
-    storage = spec.storage_path if spec.storage_path and "://" in spec.storage_path else \
-        str(Path(spec.storage_path).resolve()) if spec.storage_path else str(folder.path / "ray")
+    storage = spec.storage_path or str(folder.path / "ray")  # the spec holds it absolute (or a URI)
     cpus, _ = spec.cpus_per_trial()
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
     # Named after the run folder: a storage_path shared by several runs keeps them apart, and a
     # resumed folder finds its own experiment again.
     name = folder.path.name
     experiment = f"{storage.rstrip('/')}/{name}"
+    resuming = bool(folder.read_summary().get("resumed"))
+    if tune.Tuner.can_restore(experiment) and not resuming:
+        raise RuntimeError(f"{experiment} already holds a Tune experiment of an earlier run folder named "
+                           f"{name}; resume that one (run --resume), or give this run another --out or storage_path")
     if tune.Tuner.can_restore(experiment):  # a rerun of this folder: finished trials stay finished
         print(f"[palimpsest] resuming the Tune experiment in {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
@@ -125,8 +127,8 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     unfinished = [t["label"] for t in prepared.trials
                   if t["label"] not in outcomes or outcomes[t["label"]].error is not None
                   or not (outcomes[t["label"]].metrics or {}).get("finished")]
-    errors = {label: str(outcomes[label].error).splitlines()[0] for label in unfinished
-              if label in outcomes and outcomes[label].error is not None}
+    errors = {label: (str(outcomes[label].error).splitlines() or [type(outcomes[label].error).__name__])[0]
+              for label in unfinished if label in outcomes and outcomes[label].error is not None}
     if errors:
         first = next(iter(errors.items()))
         raise RuntimeError(f"{len(errors)} of {len(prepared.trials)} trials failed (first: {first[0]}: {first[1]}); "
@@ -143,7 +145,8 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
             "mean_return": round(best["mean_return"], 6), "env_steps": progress["env_steps"],
             "best_env_steps": best["env_steps"], "wall_s": round(progress["wall_s"], 3),
             "parameters": trial["parameters"], "hidden": trial["hidden"],
-            "env_label": trial["env_label"], "trial": trial["label"]})
+            "env_label": trial["env_label"], "trial": trial["label"],
+            "eval_seed": trial["eval_seed"], "test_seed": trial["test_seed"]})
         for point in progress["evaluations"]:
             for metric in ("success_rate", "mean_return", "train_success_rate"):
                 if point.get(metric) is not None:

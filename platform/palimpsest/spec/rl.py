@@ -6,6 +6,8 @@ torch or ray.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -37,8 +39,9 @@ class RLEnvEntry(Strict):
     def _arguments(self):
         import gymnasium
 
-        try:
+        try:  # the single env trains, the batched twin evaluates: both must take the arguments
             gymnasium.make(self.id, **self.params).close()
+            gymnasium.make_vec(self.id, num_envs=1, vectorization_mode="vector_entry_point", **self.params).close()
         except (TypeError, ValueError) as error:
             raise ValueError(f"params: {error}") from None
         if self.label is None:
@@ -55,7 +58,8 @@ class RLEnvEntry(Strict):
 
 
 def _compact(value) -> str:
-    return str(value).replace(" ", "").replace("/", "-")
+    """A parameter value as label characters (letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", str(value).replace("/", "-"))
 
 
 class RLAgentEntry(Strict):
@@ -105,9 +109,10 @@ class PPOSpec(Strict):
     minibatch_size: int = Field(256, ge=1, description="timesteps per SGD minibatch")
     train_batch_size: int = Field(2048, ge=1, description="timesteps sampled per iteration")
     max_seq_len: int = Field(32, ge=1, le=1024, description="chunk length the recurrent state is trained through")
-    num_env_runners: int = Field(0, ge=0, description="sampling actors per trial (0: sample in the trial itself); "
+    num_env_runners: int = Field(0, ge=0, le=1024, description="sampling actors per trial (0: sample in the trial itself); "
                                                       "each trial needs 1 + num_env_runners CPUs")
-    num_envs_per_env_runner: int = Field(8, ge=1, description="environments stepped side by side per runner")
+    num_envs_per_env_runner: int = Field(8, ge=1, le=8192, description="environments stepped side by side per "
+                                                                         "runner")
 
     @model_validator(mode="after")
     def _minibatch(self):
@@ -137,7 +142,7 @@ class RLJob(Strict):
 
     kind: Literal["rl"]
     name: str = Field("rl", pattern=NAME_PATTERN, description="run name (folder prefix)")
-    seed: int = Field(0, ge=0, description="the first trial seed; trials use seed, seed+1, …")
+    seed: int = Field(0, ge=0, le=100_000, description="the first trial seed; trials use seed, seed+1, …")
     seeds: int = Field(3, ge=1, le=1000, description="seeds per agent and environment")
     agents: list[RLAgentEntry] = Field(min_length=1)
     envs: list[RLEnvEntry] = Field(min_length=1)
@@ -162,6 +167,12 @@ class RLJob(Strict):
     def _ids_or_mappings(cls, value):
         return [{"id": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute(cls, value):
+        # Stored absolute, so `run --resume` from another folder finds the same experiment; a URI stays.
+        return value if value is None or "://" in value else str(Path(value).expanduser().resolve())
+
     @model_validator(mode="after")
     def _distinct_labels(self):
         for field, labels in (("agents", [a.label for a in self.agents]), ("envs", [e.label for e in self.envs])):
@@ -169,6 +180,19 @@ class RLJob(Strict):
             if repeated:
                 raise ValueError(f"{field}: each label once ({', '.join(repeated)} repeated; set label: to tell "
                                  "them apart)")
+        trials = [f"{a.label}-{e.label}" for a in self.agents for e in self.envs]
+        clash = sorted({x for x in trials if trials.count(x) > 1})
+        if clash:  # trial folders and checkpoints are named agent-env-s<seed>
+            raise ValueError(f"agents, envs: the labels make the same trial name {', '.join(clash)}; set label: to "
+                             "tell them apart")
+        return self
+
+    @model_validator(mode="after")
+    def _gtrxl_width(self):
+        for i, agent in enumerate(self.agents):
+            heads = int(agent.memory.get("heads", MEMORY_PARAMS["gtrxl"]["heads"]))
+            if agent.name == "gtrxl" and self.parameters is None and agent.hidden is None and self.hidden % heads:
+                raise ValueError(f"hidden: {self.hidden} is not a multiple of agents[{i}] (gtrxl)'s {heads} heads")
         return self
 
     @property
