@@ -240,8 +240,9 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["trials"] == 8
     assert set(summary["table"]) == {"lstm", "mlp"} and set(summary["table"]["lstm"]) == {"tmaze", "cue"}
-    sizes = summary["agents"]["lstm"]["sizes"]  # matched per setting: the observation sizes differ
-    assert set(sizes) == {"tmaze", "cue"} and sizes["tmaze"]["hidden"] != sizes["cue"]["hidden"]
+    sizes = summary["agents"]["lstm"]["sizes"]  # matched per setting: observation and action sizes differ
+    assert {env: (size["hidden"], size["parameters"]) for env, size in sizes.items()} == {
+        r["env_label"]: (r["hidden"], r["parameters"]) for r in summary["results"] if r["agent"] == "lstm"}
     assert (folder / "plots" / "success_curves.png").stat().st_size > 0
     report = (folder / "report.md").read_text()
     assert "| agent | parameters | tmaze | cue |" in report
