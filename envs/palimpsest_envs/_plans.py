@@ -134,6 +134,21 @@ class PlannedVectorEnv(VectorEnv):
         self._rows = np.arange(n)
         return n
 
+    def _end_step(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, success: np.ndarray):
+        """The step's return after its rules ran: `info["success"]` (masked by `_success`) for the sub-envs
+        whose episode ended, and the NEXT_STEP autoreset of those that ended on the previous step (their
+        action was ignored through the subclass's `live` mask; their reward and flags stay 0/False)."""
+        ended = terminated | truncated
+        infos: dict[str, Any] = {}
+        if ended.any():
+            infos["success"] = np.where(ended, success, False).astype(np.float64)
+            infos["_success"] = ended
+        restarting = np.flatnonzero(self._pending_reset)
+        if restarting.size:
+            self._start_episodes(restarting)
+        self._pending_reset = ended
+        return self._obs(), rewards, terminated, truncated, infos
+
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         if seed is None or isinstance(seed, (int, np.integer)):
             super().reset(seed=seed)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
@@ -189,20 +187,7 @@ class ColorCubesVector(PlannedVectorEnv):
         terminated &= live
         self._steps += live
         truncated = live & ~terminated & (self._steps >= cfg.max_steps)
-        ended = terminated | truncated
-
-        infos: dict[str, Any] = {}
-        if ended.any():
-            infos["success"] = (ended & (self._phase == cfg.num_phases)).astype(np.float64)
-            infos["_success"] = ended
-
-        # NEXT_STEP autoreset: sub-envs that ended last step start afresh now (their action
-        # was ignored above through `live`, and their reward/flags stay 0/False).
-        restarting = np.flatnonzero(self._pending_reset)
-        if restarting.size:
-            self._start_episodes(restarting)
-        self._pending_reset = ended
-        return self._obs(), rewards, terminated, truncated, infos
+        return self._end_step(rewards, terminated, truncated, success=self._phase == cfg.num_phases)
 
     def _teleport_event(self, env_ids: np.ndarray) -> None:
         cfg = self.config

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
@@ -98,15 +96,4 @@ class CueRewriteVector(PlannedVectorEnv):
         self._t += live
         truncated = np.zeros(self.num_envs, dtype=bool)
 
-        infos: dict[str, Any] = {}
-        if terminated.any():
-            infos["success"] = rewards.copy()
-            infos["_success"] = terminated
-
-        # NEXT_STEP autoreset: sub-envs that ended last step start afresh now (their action
-        # was ignored above through `live`, and their reward/flags stay 0/False).
-        restarting = np.flatnonzero(self._pending_reset)
-        if restarting.size:
-            self._start_episodes(restarting)
-        self._pending_reset = terminated
-        return self._obs(), rewards, terminated, truncated, infos
+        return self._end_step(rewards, terminated, truncated, success=rewards > 0)
