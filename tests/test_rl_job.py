@@ -248,6 +248,9 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
     assert "| agent | parameters | tmaze | cue |" in report
     curves = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert len({r["task"] for r in curves if r["metric"] == "success_rate"}) == 8
+    # Greedy evaluations are "eval"; the training episodes' own success is never called an evaluation.
+    assert {(r["metric"], r["split"]) for r in curves} == {
+        ("success_rate", "eval"), ("mean_return", "eval"), ("train_success_rate", "train")}
 
     # The best module of a trial reloads from the run folder and reproduces its held-out test score.
     trial = summary["results"][0]

@@ -89,19 +89,18 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     from palimpsest.rl.trial import run_trial
 
     started = time.perf_counter()
-    # A URI (s3://, gs://, …) names storage every node of a cluster reaches; a path is local.
-    storage = spec.storage_path or str(folder.path / "ray")  # the spec holds it absolute (or a URI)
+    storage = spec.storage_path or str(folder.path / "ray")  # the spec holds it absolute, or a URI (s3://, …)
     cpus, _ = spec.cpus_per_trial()
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
     # Named after the run folder: a storage_path shared by several runs keeps them apart, and a
     # resumed folder finds its own experiment again.
     name = folder.path.name
     experiment = f"{storage.rstrip('/')}/{name}"
-    resuming = bool(folder.read_summary().get("resumed"))
-    if tune.Tuner.can_restore(experiment) and not resuming:
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not folder.read_summary().get("resumed"):
         raise RuntimeError(f"{experiment} already holds a Tune experiment of an earlier run folder named "
                            f"{name}; resume that one (run --resume), or give this run another --out or storage_path")
-    if tune.Tuner.can_restore(experiment):  # a rerun of this folder: finished trials stay finished
+    if exists:  # a rerun of this folder: finished trials stay finished
         print(f"[palimpsest] resuming the Tune experiment in {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -119,11 +118,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[_progress_callback()], verbose=0),
         )
-    grid = tuner.fit()
-    outcomes = {}
-    for result in grid:
-        label = result.config["trial"]["label"]
-        outcomes[label] = result
+    outcomes = {result.config["trial"]["label"]: result for result in tuner.fit()}
     unfinished = [t["label"] for t in prepared.trials
                   if t["label"] not in outcomes or outcomes[t["label"]].error is not None
                   or not (outcomes[t["label"]].metrics or {}).get("finished")]
@@ -148,9 +143,10 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
             "env_label": trial["env_label"], "trial": trial["label"],
             "eval_seed": trial["eval_seed"], "test_seed": trial["test_seed"]})
         for point in progress["evaluations"]:
-            for metric in ("success_rate", "mean_return", "train_success_rate"):
+            # The greedy evaluation's figures, and the training episodes' own success (split "train").
+            for metric, split in (("success_rate", "eval"), ("mean_return", "eval"), ("train_success_rate", "train")):
                 if point.get(metric) is not None:
-                    curves.append({"step": point["env_steps"], "task": trial["label"], "split": "eval",
+                    curves.append({"step": point["env_steps"], "task": trial["label"], "split": split,
                                    "metric": metric, "value": point[metric], "agent": trial["agent_label"],
                                    "env": trial["env_label"], "seed": trial["seed"],
                                    "iteration": point["iteration"], "wall_s": point["wall_s"]})
