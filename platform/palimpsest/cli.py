@@ -86,9 +86,28 @@ def run(
     no_ray: bool = typer.Option(False, "--no-ray", help="run the training loop in this process (1 worker), without Ray"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="finish an interrupted or failed run folder from its last checkpoint"),
 ) -> None:
+    _guarded(job, set_, out_dir, address, no_ray, resume, search=False)
+
+
+@app.command(help="Search the job's tune: section with Ray Tune: each trial runs the job with sampled values in its "
+                  "own run folder under the search folder, which gets trials.csv, best.yaml (a job `palimpsest run` "
+                  "accepts), summary.json, plots and report.md. Exit codes as for run; an interrupted search "
+                  "(130) continues with --resume, finished trials kept.")
+def tune(
+    job: Optional[Path] = typer.Argument(None, help="job spec YAML with a tune: section (omit with --resume)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field, value parsed as YAML: --set tune.num_samples=4"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="search folder (default runs/<name>-tune-<UTC time>)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (as for run)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted search folder; finished "
+                                          "trials are not rerun"),
+) -> None:
+    _guarded(job, set_, out_dir, address, False, resume, search=True)
+
+
+def _guarded(job, set_, out_dir, address, no_ray, resume, *, search: bool) -> None:
     with _Interrupts() as interrupts:
         try:
-            _run(job, set_, out_dir, address, no_ray, resume, interrupts)
+            _run(job, set_, out_dir, address, no_ray, resume, interrupts, search=search)
         except KeyboardInterrupt as stop:  # before the run started: loading data, starting Ray
             interrupts.caught()
             err.print("interrupted before the run started" + ("" if resume else "; no run folder was created"),
@@ -96,17 +115,21 @@ def run(
             raise typer.Exit(143 if isinstance(stop, Terminated) else 130)
 
 
-def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts") -> None:
+def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts", *, search: bool = False) -> None:
     from palimpsest.runtime import RayUnavailable, RunFolder, check_ray_address, ray_address
 
+    command = "tune" if search else "run"
     if resume is not None:
         if job is not None or set_ or out_dir:
             _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB, --set or --out)"])
         if not (resume / "spec.yaml").is_file() or not (resume / "summary.json").is_file():
             _fail_input([f"{resume}: not a run folder (needs spec.yaml and summary.json)"])
         previous = RunFolder(resume).read_summary()
+        if (previous.get("kind") == "tune") != search:
+            _fail_input([f"{resume}: a search folder: palimpsest tune --resume {resume}" if not search else
+                         f"{resume}: a run folder, not a search's: palimpsest run --resume {resume}"])
         if previous.get("status") == "ok":
-            _fail_input([f"{resume}: this run already finished (status ok)"])
+            _fail_input([f"{resume}: this {'search' if search else 'run'} already finished (status ok)"])
         earlier_attempts = list(previous.get("attempts_wall_s") or [])
         job = resume / "spec.yaml"
     elif job is None:
@@ -119,6 +142,13 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
         spec = load_spec(job, set_ or [])
     except SpecError as error:
         _fail_input(error.problems)
+    if search and getattr(spec, "tune", None) is None:
+        _fail_input([f"{job}: tune: no search space in this job (add a tune: section; README, \"Hyperparameter "
+                     "search\")"])
+    if not search and getattr(spec, "tune", None) is not None:
+        err.print(f"note: {job} has a tune: section; `palimpsest tune {job}` searches it. Running the job as written.",
+                  highlight=False, markup=False)
+        spec = spec.model_copy(update={"tune": None})
     if not no_ray:
         # A dead address fails here, in seconds, before data loading and before ray.init
         # (which would retry for minutes).
@@ -137,7 +167,8 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
             raise BadInput(f"--no-ray: kind {spec.kind} trains with RLlib and Ray Tune, which need Ray")
         if no_ray and spec.scaling.num_workers != 1:
             raise BadInput("scaling.num_workers: --no-ray runs one worker; set scaling.num_workers=1")
-        prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume else None)
+        # (a search checks the job's data here, before any folder; each trial prepares its own)
+        prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume and not search else None)
         interrupts.check()
         if not no_ray:
             _start_ray(spec, address)
@@ -148,22 +179,28 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
     except (DataError, BadInput, FileExistsError) as error:
         _fail_input([f"{job}: {error}"])
     try:
-        folder = RunFolder(resume.resolve()) if resume else RunFolder.create(spec.name, out_dir)
+        folder = RunFolder(resume.resolve()) if resume else \
+            RunFolder.create(f"{spec.name}-tune" if search else spec.name, out_dir)
     except FileExistsError as error:
         _fail_input([f"{job}: {error}"])
-    resume_hint = f"palimpsest run --resume {folder.path}" + (" --no-ray" if no_ray else "") + (
+    resume_hint = f"palimpsest {command} --resume {folder.path}" + (" --no-ray" if no_ray else "") + (
         f" --address {address}" if address else "")
     started = None
     try:
         if not resume:
             folder.write_spec(dump_spec(spec))
             folder.write_env()
-        folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
+        folder.write_summary({"status": "running", "kind": "tune" if search else spec.kind, "name": spec.name, "seed": spec.seed,
                               "resumed": resume is not None, "attempts_wall_s": earlier_attempts})
-        out.print(f"run folder: {folder.path}", highlight=False)
+        out.print(f"{'search' if search else 'run'} folder: {folder.path}", highlight=False)
         started = time.perf_counter()
         interrupts.check()
-        summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
+        if search:
+            from palimpsest.tune import run_search
+
+            summary = run_search(spec, folder, resume=resume is not None)
+        else:
+            summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
         interrupts.caught()  # the run is done: a late Ctrl-C must not cut its folder short
     except (KeyboardInterrupt, Exception, SystemExit) as error:
         interrupts.caught()  # from here a second Ctrl-C cannot cut the folder's last words short
@@ -172,12 +209,14 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts")
             sigterm = isinstance(error, Terminated) or interrupts.requested == signal.SIGTERM
             what = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
             _finish_failed(folder, spec, "interrupted", f"interrupted by {what}; resume with: {resume_hint}",
-                           attempts=earlier_attempts + [_since(started)], stop_ray=not no_ray)
+                           attempts=earlier_attempts + [_since(started)], stop_ray=not no_ray,
+                           kind="tune" if search else None)
             err.print(f"interrupted; resume with: {resume_hint}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(143 if sigterm else 130)
         # the run failed: record why, then exit 1
         name = type(error).__name__ + (f"({error.code})" if isinstance(error, SystemExit) else "")
-        _finish_failed(folder, spec, "failed", f"{name}: {error}", attempts=earlier_attempts + [_since(started)])
+        _finish_failed(folder, spec, "failed", f"{name}: {error}", attempts=earlier_attempts + [_since(started)],
+                       kind="tune" if search else None)
         err.print(traceback.format_exc(), highlight=False, markup=False)
         err.print(f"[red]run failed:[/red] {escape(f'{name}: {error}')}\nsee {folder.path / 'summary.json'}; "
                   f"finish it with: {escape(resume_hint)}")
@@ -363,8 +402,9 @@ def _since(started) -> float:
     return round(time.perf_counter() - started, 3) if started is not None else 0.0
 
 
-def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[float], stop_ray: bool = False) -> None:
-    folder.write_summary({"status": status, "kind": spec.kind, "name": spec.name, "seed": spec.seed, "error": message,
+def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[float], stop_ray: bool = False,
+                   kind: str | None = None) -> None:
+    folder.write_summary({"status": status, "kind": kind or spec.kind, "name": spec.name, "seed": spec.seed, "error": message,
                           "attempts_wall_s": attempts})
     if stop_ray:  # end the run's actors now: no more progress lines or checkpoints after "interrupted"
         try:
@@ -396,6 +436,11 @@ def _print_results(summary: dict, path: Path) -> None:
     cost = summary.get("cost", {})
     tokens = f" · {cost['train_tokens']} training tokens" if cost.get("train_tokens") is not None else ""
     out.print(f"wall {cost.get('wall_s')} s{tokens} · run folder {path}", highlight=False)
+    if summary.get("kind") == "tune":
+        best = summary["best_result"]
+        values = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if isinstance(v, (int, float)))
+        out.print(f"best: trial {summary['best_trial']} ({values}) · rerun it: palimpsest run {path / 'best.yaml'}",
+                  highlight=False)
 
 
 @app.command()

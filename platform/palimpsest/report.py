@@ -46,6 +46,15 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         rows = [[agent, _count_range(sizes.get(agent, {}).get("sizes", {})),
                  *(_mean_std(block.get(env)) for env in envs)] for agent, block in table.items()]
         return header, rows
+    if summary.get("kind") == "tune":
+        metrics = _as_list(summary.get("metric"))
+        space = list(summary.get("space") or {})
+        header = ["trial", "status", "reports", *space, *metrics, "wall s"]
+        best = summary.get("best_trial")
+        rows = [[r["trial"] + (" (best)" if r["trial"] == best else ""), r["status"], str(r["iterations"]),
+                 *(_fmt(r["config"].get(p)) for p in space), *(_fmt(r.get(m)) for m in metrics), _fmt(r.get("wall_s"))]
+                for r in summary.get("rows") or []]
+        return header, rows
     if summary.get("kind") == "privacy_sweep":
         points = summary.get("points") or []
         splits = list(points[0]["answer_accuracy"]) if points else []
@@ -59,6 +68,70 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     for split, metrics in (summary.get("final") or {}).items():
         rows.append([split, str(metrics.get("count", "")), *(f"{metrics[m]:.4f}" for m in EVAL_METRICS if m in metrics)])
     return header, rows
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def draw_tune_plots(folder: RunFolder, summary: dict) -> list[Path]:
+    """A search: each objective per trial (in trial order), each objective against each searched field, and
+    for several objectives the trials in objective space with the Pareto front marked."""
+    plt = _plt()
+    folder.plots.mkdir(exist_ok=True)
+    metrics, space = _as_list(summary.get("metric")), summary.get("space") or {}
+    rows = [r for r in summary.get("rows") or [] if any(isinstance(r.get(m), (int, float)) for m in metrics)]
+    if not rows:
+        return []
+    colours = {"finished": "C0", "stopped early": "C1", "error": "C3", "unfinished": "C7"}
+    written = []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for status, colour in colours.items():
+            points = [(i, r[metric]) for i, r in enumerate(rows) if r["status"] == status and r.get(metric) is not None]
+            if points:
+                ax.scatter(*zip(*points), color=colour, label=status, s=25)
+        ax.set_xlabel("trial (in order)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("objective per trial (stopped-early trials: their last report)", fontsize=9)
+    fig.tight_layout()
+    written.append(_save(fig, folder.plots / "objective_per_trial.png"))
+    fields = list(space)
+    fig, axes = plt.subplots(len(metrics), len(fields), figsize=(4 * len(fields), 3.2 * len(metrics)), squeeze=False)
+    for i, metric in enumerate(metrics):
+        for j, field in enumerate(fields):
+            ax = axes[i][j]
+            for status, colour in colours.items():
+                points = [(r["config"][field], r[metric]) for r in rows if r["status"] == status
+                          and r.get(metric) is not None and isinstance(r["config"].get(field), (int, float, str))]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.scatter([str(x) for x in xs] if isinstance(xs[0], str) else xs, ys, color=colour, s=25,
+                               label=status)
+            if "loguniform" in space[field]:
+                ax.set_xscale("log")
+            ax.set_xlabel(field)
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, folder.plots / "objective_by_field.png"))
+    front = summary.get("pareto_front")
+    if front and len(metrics) >= 2:
+        x, y = metrics[:2]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        done = [r for r in rows if r["status"] == "finished"]
+        ax.scatter([r[x] for r in done], [r[y] for r in done], color="C7", s=25, label="trials")
+        ordered = sorted(front, key=lambda r: r[x])
+        ax.plot([r[x] for r in ordered], [r[y] for r in ordered], "o-", color="C3", label="Pareto front")
+        ax.set_xlabel(f"{x} ({_as_list(summary['mode'])[0]})")
+        ax.set_ylabel(f"{y} ({_as_list(summary['mode'])[1]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, folder.plots / "pareto_front.png"))
+    return written
 
 
 def _count_range(sizes: dict) -> str:
@@ -347,11 +420,32 @@ def rl_notes(summary: dict) -> list[str]:
     return lines
 
 
+def tune_notes(summary: dict) -> list[str]:
+    """A search's best trial, its Pareto front, and how to rerun the best."""
+    best = summary["best_result"]
+    lines = ["", f"Best trial {summary['best_trial']} ({summary['job_kind']} job): "
+             + ", ".join(f"{m} = {_fmt(best.get(m))}" for m in _as_list(summary["metric"]))
+             + "; " + ", ".join(f"{p} = {_fmt(v)}" for p, v in summary["best_config"].items())
+             + f"; its run folder: `{best.get('run_folder')}`.",
+             "Statuses: " + ", ".join(f"{n} {s}" for s, n in summary["statuses"].items() if n)
+             + " (stopped early: by the scheduler or the time budget; their figures are their last report).",
+             "`palimpsest run best.yaml` reruns the best trial's complete job with the same seed."]
+    front = summary.get("pareto_front")
+    if front is not None:
+        metrics = _as_list(summary["metric"])
+        lines += ["", f"### Pareto front ({len(front)} non-dominated trials; best_config is its best on "
+                  f"{metrics[0]})", "", "| trial | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        lines += [f"| {r['trial']} | " + " | ".join(_fmt(r[m]) for m in metrics) + " |" for r in front]
+    return lines
+
+
 def write_report(folder: RunFolder) -> Path:
     """Redraw plots and write report.md."""
     summary = folder.read_summary()
     continual = summary.get("kind") == "continual"
-    if summary.get("kind") == "privacy_sweep":
+    if summary.get("kind") == "tune":
+        plots = draw_tune_plots(folder, summary) if summary.get("rows") else []
+    elif summary.get("kind") == "privacy_sweep":
         plots = draw_sweep_plot(folder, summary)
     elif summary.get("kind") == "unlearn":
         plots = draw_unlearn_plots(folder, summary)
@@ -390,7 +484,7 @@ def write_report(folder: RunFolder) -> Path:
     if rows:
         lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
-        if summary.get("kind") != "rl":
+        if summary.get("kind") not in ("rl", "tune"):
             lines += ["", "answer_accuracy: greedy answer equals the reference token for token (exact match); "
                       "token_accuracy and loss: teacher-forced, over answer tokens."]
     if continual:
@@ -412,13 +506,16 @@ def write_report(folder: RunFolder) -> Path:
         lines += unlearn_notes(summary)
     if summary.get("kind") == "rl" and summary.get("results"):
         lines += rl_notes(summary)
+    if summary.get("kind") == "tune" and summary.get("rows"):
+        lines += tune_notes(summary)
     if plots:
         lines += ["", "## Curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     env = folder.path / "env.json"
     if env.exists():
         info = json.loads(env.read_text())
         versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items() if v)
-        lines += ["", "## Reproduce", "", "```", f"palimpsest run {folder.path / 'spec.yaml'}", "```",
+        command = "tune" if summary.get("kind") == "tune" else "run"
+        lines += ["", "## Reproduce", "", "```", f"palimpsest {command} {folder.path / 'spec.yaml'}", "```",
                   "", f"git {info.get('git_commit')}; Python {info.get('python')}; {versions}"]
     path = folder.path / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -22,6 +22,12 @@ BEST_WEIGHTS = "best_module.pt"
 
 
 def run_trial(config: dict) -> None:
+    """The Tune function trainable of the benchmark's trials."""
+    train_trial(config)
+
+
+def train_trial(config: dict) -> dict:
+    """Train one trial, reporting each evaluation to Tune; returns its progress (evaluations, best, test)."""
     import logging
 
     import torch
@@ -52,10 +58,10 @@ def run_trial(config: dict) -> None:
             best = progress["best"]
             tune.report({"iteration": progress["iteration"], "env_steps": progress["env_steps"],
                          "success_rate": best["success_rate"], "mean_return": best["mean_return"],
-                         "best_success_rate": best["success_rate"], "wall_s": round(progress["wall_s"], 3),
-                         "finished": True}, checkpoint=checkpoint)
+                         "wall_s": round(progress["wall_s"], 3), **final_metrics(progress), "finished": True},
+                        checkpoint=checkpoint)
             _stop(algo)
-            return
+            return progress
     try:
         while True:
             started = time.perf_counter()
@@ -92,13 +98,20 @@ def run_trial(config: dict) -> None:
                 metrics["wall_s"] = round(progress["wall_s"], 3)
                 with tempfile.TemporaryDirectory() as folder:
                     _save(algo, progress, best_state, Path(folder), final=finished, trial=trial)
+                    if finished:
+                        metrics.update(final_metrics(progress))
                     tune.report({**metrics, "finished": finished}, checkpoint=tune.Checkpoint.from_directory(folder))
-            else:
-                tune.report({**metrics, "wall_s": round(progress["wall_s"], 3), "finished": False})
+            # (between evaluations nothing is reported: a search's scheduler compares evaluations)
             if finished:
-                return
+                return progress
     finally:
         _stop(algo)
+
+
+def final_metrics(progress: dict) -> dict:
+    """A finished trial's figures: the best evaluation, and the best module on fresh test episodes."""
+    return {"best_success_rate": progress["best"]["success_rate"], "best_mean_return": progress["best"]["mean_return"],
+            "test_success_rate": progress["test"]["success_rate"]}
 
 
 def _stop(algo) -> None:

@@ -132,8 +132,12 @@ def training_cost(result: dict, steps: int) -> dict:
             "step_s": round(wall / max(steps, 1), 4), "flop_per_s": round(flops / wall, 1) if wall > 0 else None}
 
 
-def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool) -> tuple[dict, list[tuple[str, dict]]]:
+def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool,
+        progress=None) -> tuple[dict, list[tuple[str, dict]]]:
     """Run the shared loop once: N Ray Train workers, or this process.
+
+    `progress`: a Ray Train callback that passes the loop's reports on (a search's trial
+    reports them to Ray Tune: `palimpsest.tune.TrialProgress`).
 
     Returns rank 0's output and the reported checkpoints as (directory, metrics).
     """
@@ -169,6 +173,7 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
             checkpoint_config=CheckpointConfig(num_to_keep=None),  # every task end is exported
             # Ray Train logs every report at INFO; the loop's progress lines say enough.
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=[progress] if progress is not None else None,
         ),
     )
     result = trainer.fit()

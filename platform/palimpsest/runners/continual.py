@@ -179,11 +179,13 @@ def summarise_method(result: dict, baseline: dict, task_names: list[str], *, per
     return block
 
 
-def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, use_ray: bool = True) -> dict:
+def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, use_ray: bool = True,
+        progress=None) -> dict:
     """Run every method on the stream in one fit; write checkpoints/<method>/task-<t>, metrics and the summary."""
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     started = time.perf_counter()
-    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray)
+    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray,
+                              progress=progress)
     for directory, metrics in checkpoints:
         if "task_end" in metrics:
             export_checkpoint(directory, folder.checkpoints / metrics["method"] / f"task-{metrics['task_end']}",

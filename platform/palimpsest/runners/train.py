@@ -121,11 +121,13 @@ def _by_person(facts: list[QAExample]) -> list[list[QAExample]]:
     return list(groups.values())
 
 
-def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: bool = True) -> dict:
+def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: bool = True,
+        progress=None) -> dict:
     """Train, then write checkpoints/final (model + tokenizer), metrics.jsonl and the summary."""
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     started = time.perf_counter()
-    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray)
+    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray,
+                              progress=progress)
     export_checkpoint(checkpoints[-1][0], folder.checkpoints / "final", prepared.tokenizer)
     (result,) = output["methods"]
     folder.write_metrics(result["records"])

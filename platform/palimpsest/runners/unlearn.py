@@ -187,7 +187,8 @@ def _resume_points(ledger: Ledger, runs: list[MethodRun],
     return updated
 
 
-def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool = True) -> dict:
+def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool = True,
+        progress=None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar per model the driver scores
@@ -236,7 +237,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
             task_end=evaluator)
         first = methods[pending.index(True)]
         begin(ledger, prepared.points[first.first_task].request, first.name, epsilon)
-        output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray)
+        output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray,
+                           progress=progress)
         folder.write_metrics([{**r, "method": result["name"]} for result in output["methods"]
                               for r in result["records"]])
     else:

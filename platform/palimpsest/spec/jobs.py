@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from palimpsest.catalog import methods_of
 from palimpsest.spec.rl import RLJob
+from palimpsest.spec.tuning import TuneSpec
 from palimpsest.spec.common import (
     DataSpec, EvalSpec, FileData, HFData, ModelSpec, PrivacySettings, PrivacySpec, ScalingSpec, Strict, TrainingSpec,
     _existing_path, _suggest,
@@ -30,6 +31,7 @@ class _Job(Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
     storage_path: str | None = Field(None, description="Ray storage for training checkpoints; default: inside the run folder")
+    tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
 
 
 def _private_clipping(job):
@@ -181,6 +183,7 @@ class PrivacySweepJob(Strict):
                                                                                   "every private point")
     epsilons: list[Annotated[float, Field(gt=0, allow_inf_nan=False)] | None] = Field(
         min_length=1, description="the budgets to train at; null trains without privacy (the reference point)")
+    tune: TuneSpec | None = Field(None, description="refused: a privacy sweep is a sweep already")
 
     @field_validator("epsilons")
     @classmethod

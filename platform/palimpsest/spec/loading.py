@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from palimpsest.spec.common import SpecError, _suggest
 from palimpsest.spec.jobs import JOB_KINDS, JobSpec
 from palimpsest.spec.rules import cross_problems
+from palimpsest.spec.tuning import corner_values, metric_problems, with_values
 
 class _SpecLoader(yaml.SafeLoader):
     """YAML as PyYAML's safe loader reads it, but with YAML 1.2 floats: `1e-3` is a number,
@@ -71,9 +72,42 @@ def parse_spec(document: Any, *, origin: str = "spec") -> JobSpec:
         spec = model_cls.model_validate(document)
     except ValidationError as err:
         problems = _describe(err, model_cls) + problems
+    if not problems and getattr(spec, "tune", None) is not None:
+        problems = tune_problems(spec)
     if problems:
         raise SpecError([f"{origin}: {line}" for line in dict.fromkeys(problems)])
     return spec
+
+
+def base_document(spec) -> dict:
+    """The resolved job without its tune section: what each trial of a search starts from."""
+    document = spec.model_dump(mode="json")
+    document.pop("tune", None)
+    return document
+
+
+def tune_problems(spec) -> list[str]:
+    """The tune section against the job: its objectives, and every spec its space can reach at its ends."""
+    problems = metric_problems(spec)
+    if problems:
+        return problems
+    base = base_document(spec)
+    for path, dimension in spec.tune.space.items():
+        (distribution, _), = dimension.items()
+        for value in corner_values(dimension):
+            try:
+                document = with_values(base, {path: value})
+            except KeyError as error:
+                problems.append(f"tune.space.{path}: {error.args[0]}")
+                break
+            try:
+                parse_spec(document, origin="")
+            except SpecError as error:
+                inner = "; ".join(p.removeprefix(": ") for p in error.problems)
+                problems.append(f"tune.space.{path}: {distribution} reaches {value!r}, which gives an invalid job: "
+                                f"{inner}")
+                break
+    return problems
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:

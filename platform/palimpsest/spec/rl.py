@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from palimpsest.rl.catalog import AGENTS, MEMORY_PARAMS
 from palimpsest.spec.common import Strict, _suggest
+from palimpsest.spec.tuning import TuneSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -156,6 +157,7 @@ class RLJob(Strict):
     max_failures: int = Field(0, ge=0, description="restarts of a failed trial from its last evaluation")
     storage_path: str | None = Field(None, description="Ray Tune storage (shared on a cluster); default: inside "
                                                        "the run folder")
+    tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
 
     @field_validator("agents", mode="before")
     @classmethod

@@ -194,6 +194,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                 evaluated = run.evaluate(backend.model, run.periodic_names(task),
                                          replicated=backend.shards_parameters)
                 result.records += metric_records(evaluated, step=stream_step, task=task)
+                # Every rank reports (Ray Train's report is collective): a search acts on these.
+                session.report({"method": spec.name, "task": task, "step": stream_step, "scores": evaluated})
             if opt.checkpoint_every and done % opt.checkpoint_every == 0:
                 checkpoint(Position(index, task, done), {"task": task, "step": done})
         method.after_task(ctx)
@@ -205,8 +207,12 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         result.parameters = count_parameters(ctx.model)
         if task == len(config.tasks) - 1 and config.privacy is not None:
             result.privacy = _privacy_spent(config.privacy, backend.carry_over()["privacy_history"])
-        _close_task(run, result, ctx, task, opt.steps)
-        full_state = checkpoint(Position(index, task + 1, 0), {"task_end": task, "step": end_step})
+        hooked = _close_task(run, result, ctx, task, opt.steps)
+        # The task end's figures travel with its checkpoint: `scores` per eval set, and what the
+        # task-end hook measured (unlearning: the request's metrics) as `hook`.
+        full_state = checkpoint(Position(index, task + 1, 0), {
+            "task_end": task, "step": end_step, "scores": evaluated,
+            "hook": {r["metric"]: r["value"] for r in hooked}})
         carried = backend.carry_over()
         backend.close()
         if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
@@ -214,8 +220,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             ctx.model.load_state_dict(full_state)
 
 
-def _close_task(run: _Run, result: MethodResult, ctx: LoopContext, task: int, steps: int) -> None:
-    """Record the task's own tokens and wall time; on rank 0, call the run's task-end hook.
+def _close_task(run: _Run, result: MethodResult, ctx: LoopContext, task: int, steps: int) -> list[dict]:
+    """Record the task's own tokens and wall time; on rank 0, call the run's task-end hook (its records returned).
 
     Both come before the task-end checkpoint, so what the hook writes (unlearning: the
     ledger's `done`) is never missing for a task a checkpoint says is finished.
@@ -223,12 +229,15 @@ def _close_task(run: _Run, result: MethodResult, ctx: LoopContext, task: int, st
     run.tick(result)
     result.task_tokens.append(result.train_tokens - sum(result.task_tokens))
     result.task_wall_s.append(result.wall_s - sum(result.task_wall_s))
-    if run.config.task_end is not None and run.session.rank == 0:
-        with torch.random.fork_rng(devices=[]):
-            result.records += run.config.task_end(TaskEnd(
-                method=result.name, task=task, model=unwrap(ctx.model), steps=steps,
-                train_tokens=result.task_tokens[-1], wall_s=result.task_wall_s[-1], parameters=result.parameters))
-        run.clock = time.perf_counter()  # the hook's own time is not the task's
+    if run.config.task_end is None or run.session.rank != 0:
+        return []
+    with torch.random.fork_rng(devices=[]):
+        records = run.config.task_end(TaskEnd(
+            method=result.name, task=task, model=unwrap(ctx.model), steps=steps,
+            train_tokens=result.task_tokens[-1], wall_s=result.task_wall_s[-1], parameters=result.parameters))
+    result.records += records
+    run.clock = time.perf_counter()  # the hook's own time is not the task's
+    return records
 
 
 def _privacy_spent(plan, history: list) -> dict:

@@ -1,0 +1,402 @@
+"""`palimpsest tune JOB.yaml`: a Ray Tune search over any job kind's own fields.
+
+Each trial is the job with the sampled values put in (`spec/tuning.py`), validated like a
+user's spec, and run by the same runner `palimpsest run` uses, in its own run folder under
+the search folder (`trials/<trial id>/`); Ray Train starts inside the trial. A trial holds
+no CPU of its own (a 1-byte memory bundle): its Ray Train workers hold the CPUs, so Tune
+never reserves CPUs that the trials' workers then wait for. `rl` trials are the benchmark's
+PPO trial itself (`rl/trial.py`), one agent × one environment setting × one seed.
+
+While a trial runs, the loop's reports (task ends, periodic evaluations, served requests)
+reach Tune through `TrialProgress`, a Ray Train callback, as the kind's progress objectives
+(`spec.tuning.PROGRESS`); the finished run's summary.json gives the final ones. ASHA and
+PBT act on the former. A trial folder that exists when Tune (re)starts the trial — a resumed
+search — is resumed like `run --resume` (from its last checkpoint), or, when it had
+finished, reports its summary again without training.
+
+The search folder: spec.yaml, env.json, summary.json (`best_config`, `best_result`,
+`trials`, the Pareto front of a multi-objective search), trials.csv, best.yaml (a complete
+job that `palimpsest run` accepts), plots/, report.md, trials/, ray/ (Tune's own state).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from palimpsest.runtime import RunFolder, atomic_write_text
+from palimpsest.spec import dump_spec, parse_spec
+from palimpsest.spec.loading import base_document
+from palimpsest.spec.tuning import units, with_values
+
+TRIALS_DIR = "trials"
+FINISHED = "finished"  # a trial that ran to its end (its summary's figures are its result)
+STATUSES = ("finished", "stopped early", "error", "unfinished")
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def lookup(summary: dict, dotted: str):
+    """A dotted key of a summary (None when absent)."""
+    node = summary
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def progress_metrics(kind: str, report: dict, last_unit: int) -> dict | None:
+    """The progress objectives in one report of the training loop (rank 0's), or None.
+
+    The last task / request is left out: the finished run's summary reports it.
+    """
+    scores = report.get("scores") or {}
+    if kind == "continual" and "task_end" in report and report["task_end"] < last_unit:
+        seen = [scores.get(f"task{j}", {}).get("answer_accuracy") for j in range(report["task_end"] + 1)]
+        found = {"acc": sum(seen) / len(seen)} if None not in seen else {}
+        if "general" in scores:
+            found["general_loss"] = scores["general"]["loss"]
+        return {**found, "task": report["task_end"]}
+    if kind == "unlearn" and "task_end" in report and report["task_end"] < last_unit:
+        hook = report.get("hook") or {}
+        names = {name: name.replace("mia.", "mia_") for name in
+                 ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "privleak",
+                  "mia.loss", "mia.zlib", "mia.min_k")}
+        return {**{name: hook[key] for name, key in names.items() if hook.get(key) is not None},
+                "request": report["task_end"]}
+    if kind == "train" and "task" in report and "task_end" not in report:
+        return {**{f"final.{name}.{metric}": value for name, values in scores.items()
+                   for metric, value in values.items() if metric != "count"}, "step": report["step"]}
+    return None
+
+
+class TrialProgress(TuneReportCallback):
+    """Passes the training loop's reports on to Ray Tune as the kind's progress objectives.
+
+    Runs where Ray Train's controller runs; a report that lacks one of the search's
+    objectives is not passed on (Tune checks every result for them).
+    """
+
+    def __init__(self, kind: str, last_unit: int, metrics: list[str]):
+        super().__init__()
+        self.kind, self.last_unit, self.metrics = kind, last_unit, list(metrics)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        found = progress_metrics(self.kind, metrics[0], self.last_unit)
+        if found and all(found.get(m) is not None for m in self.metrics):
+            self._training_actor_item_queue.put({**found, FINISHED: False})
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) -> None:
+    """One trial: the job with `config`'s values, run like `palimpsest run` in trials/<trial id>/."""
+    from ray import tune
+
+    spec = parse_spec(with_values(base, config), origin="trial")
+    folder_path = Path(search_dir) / TRIALS_DIR / tune.get_context().get_trial_id()
+    if spec.kind == "rl":
+        _rl_trial(spec, folder_path)
+        return
+    from palimpsest.report import write_report
+    from palimpsest.runners import RUNNERS
+
+    runner = RUNNERS[spec.kind]
+    resumed = (folder_path / "summary.json").is_file()
+    if resumed:
+        folder = RunFolder(folder_path)
+        previous = folder.read_summary()
+        if previous.get("status") == "ok":  # finished before the search stopped: report it again
+            tune.report({**objective_values(previous, spec.kind), FINISHED: True, "run_folder": str(folder.path)})
+            return
+        prepared = runner.prepare(spec, saved_tokenizer=folder.tokenizer)
+    else:
+        prepared = runner.prepare(spec)
+        folder = RunFolder.create(spec.name, folder_path)
+        folder.write_spec(dump_spec(spec))
+        folder.write_env()
+    folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
+                          "resumed": resumed, "trial_config": config})
+    started = time.perf_counter()
+    try:
+        summary = runner.run(spec, prepared, folder, use_ray=True,
+                             progress=TrialProgress(spec.kind, units(spec) - 1, metrics))
+    except BaseException as error:
+        folder.write_summary({"status": "failed", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
+                              "error": f"{type(error).__name__}: {error}", "trial_config": config})
+        raise
+    summary.update({"resumed": resumed, "trial_config": config, "trial_wall_s": round(time.perf_counter() - started, 3)})
+    folder.write_summary(summary)
+    write_report(folder)
+    tune.report({**objective_values(summary, spec.kind), FINISHED: True, "run_folder": str(folder.path)})
+
+
+def _rl_trial(spec, folder_path: Path) -> None:
+    """An rl trial: the benchmark's PPO trial (its reports are Tune's), then a small run folder."""
+    from palimpsest.rl.trial import train_trial
+    from palimpsest.runners.rl import prepare
+
+    (trial,) = prepare(spec).trials
+    if not (folder_path / "spec.yaml").is_file():
+        folder = RunFolder.create(spec.name, folder_path)
+        folder.write_spec(dump_spec(spec))
+        folder.write_env()
+    folder = RunFolder(folder_path)
+    progress = train_trial({"trial": trial})
+    best = progress["best"]
+    folder.write_summary({"status": "ok", "kind": "rl-trial", "name": spec.name, "seed": spec.seed,
+                          "best_success_rate": best["success_rate"], "best_mean_return": best["mean_return"],
+                          "test_success_rate": progress["test"]["success_rate"], "best_env_steps": best["env_steps"],
+                          "env_steps": progress["env_steps"], "evaluations": progress["evaluations"],
+                          "agent": trial["agent"], "hidden": trial["hidden"], "parameters": trial["parameters"],
+                          "env": trial["env_label"], "cost": {"wall_s": round(progress["wall_s"], 3)}})
+
+
+def objective_values(summary: dict, kind: str) -> dict:
+    """Every objective of the kind that the summary holds, by its dotted name."""
+    from palimpsest.spec.tuning import METRICS
+
+    return {name: value for name in METRICS[kind] if (value := lookup(summary, name)) is not None}
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+def trial_cpus(spec) -> tuple[float, str]:
+    """CPUs one trial's work holds, and the field(s) that set it."""
+    if spec.kind == "rl":
+        return spec.cpus_per_trial()
+    return spec.scaling.num_workers * spec.scaling.cpus_per_worker, "scaling.num_workers × scaling.cpus_per_worker"
+
+
+def search_base(spec) -> dict:
+    """The resolved job every trial starts from; an unlearn job's model cache pinned to an absolute path
+    (trials share the target and retain models, whatever folder Ray runs them in)."""
+    base = base_document(spec)
+    if spec.kind == "unlearn" and base.get("cache") is None:
+        base["cache"] = str(Path.cwd().resolve() / ".palimpsest-cache")
+    return base
+
+
+def _domain(dimension: dict):
+    from ray import tune
+
+    (kind, values), = dimension.items()
+    if kind == "uniform":
+        return tune.uniform(*values)
+    if kind == "loguniform":
+        return tune.loguniform(*values)
+    if kind == "randint":
+        return tune.randint(values[0], values[1] + 1)  # both ends included (Tune's upper end is not)
+    if kind == "choice":
+        return tune.choice(values)
+    return tune.grid_search(values)
+
+
+def concurrency(spec, cluster_cpus: float) -> tuple[int, str | None]:
+    """How many trials run at once, and a note when the cluster holds fewer than asked."""
+    cpus, _ = trial_cpus(spec)
+    fits = max(1, int(cluster_cpus // cpus))
+    asked = spec.tune.max_concurrent_trials
+    if asked is None:
+        return fits, None
+    if asked > fits:
+        return fits, (f"tune.max_concurrent_trials: {asked} asked, but the cluster's {cluster_cpus:g} CPUs hold "
+                      f"{fits} trial(s) of {cpus:g} CPUs at once; running {fits}")
+    return asked, None
+
+
+def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
+    """Run (or continue) the search; write trials.csv, best.yaml and return the summary."""
+    import os
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from ray import tune
+
+    from palimpsest.runtime import ray_cluster_cpus
+
+    started = time.perf_counter()
+    search = spec.tune
+    metrics, modes = search.metrics, search.modes
+    base = search_base(spec)
+    storage = str(folder.path / "ray")
+    name = "search"
+    experiment = f"{storage}/{name}"
+    trainable = tune.with_parameters(run_trial, base=base, search_dir=str(folder.path), metrics=metrics)
+    if spec.kind == "rl":
+        cpus, _ = trial_cpus(spec)
+        trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
+    else:  # the trial's Ray Train workers hold the CPUs (a bundle must hold something: one byte)
+        trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 1}]))
+    at_once, note = concurrency(spec, ray_cluster_cpus())
+    if note:
+        print(f"[palimpsest] note: {note}", flush=True)
+    if resume and tune.Tuner.can_restore(experiment):
+        print(f"[palimpsest] resuming the search in {experiment}", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if resume:
+            print("[palimpsest] the interrupted search had not started its trials; starting it", flush=True)
+        tuner = tune.Tuner(trainable, param_space={p: _domain(d) for p, d in search.space.items()},
+                           tune_config=_tune_config(spec, at_once),
+                           run_config=tune.RunConfig(
+                               name=name, storage_path=storage, verbose=0,
+                               failure_config=tune.FailureConfig(max_failures=getattr(spec, "max_failures", 0)),
+                               callbacks=[_progress_table(spec, metrics)]))
+    print(f"[palimpsest] search: {search.search}, scheduler {search.scheduler}, {search.num_samples} sample(s), "
+          f"{at_once} trial(s) at once; objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}",
+          flush=True)
+    grid = tuner.fit()
+    elapsed = time.perf_counter() - started
+    rows = [_row(result, search, metrics) for result in grid]
+    rows.sort(key=lambda r: r["trial"])
+    timed_out = search.time_budget_s is not None and elapsed >= search.time_budget_s
+    for row in rows:
+        if row["status"] == "unfinished" and timed_out:
+            row["status"] = "stopped early"  # by the time budget
+    if any(r["status"] == "unfinished" for r in rows) or not rows:
+        raise KeyboardInterrupt(f"{sum(r['status'] == 'unfinished' for r in rows)} trials unfinished")
+    _write_csv(folder.path / "trials.csv", rows, list(search.space), metrics)
+    finished = [r for r in rows if r["status"] == FINISHED and all(r.get(m) is not None for m in metrics)]
+    if not finished:
+        errors = [r for r in rows if r["status"] == "error"]
+        raise RuntimeError(f"no trial finished ({len(errors)} failed; first: {errors[0]['error']})" if errors
+                           else "no trial finished")
+    front = pareto_front(finished, metrics, modes) if len(metrics) > 1 else None
+    best = _best(front or finished, metrics[0], modes[0])
+    best_spec = parse_spec(with_values(base, best["config"]), origin="best")
+    atomic_write_text(folder.path / "best.yaml",
+                      f"# best trial {best['trial']} of the search in {folder.path}\n"
+                      f"# {', '.join(f'{m} = {best[m]:.6g}' for m in metrics)}\n" + dump_spec(best_spec))
+    summary = {
+        "status": "ok", "kind": "tune", "job_kind": spec.kind, "name": spec.name, "seed": spec.seed,
+        "metric": metrics if len(metrics) > 1 else metrics[0], "mode": modes if len(modes) > 1 else modes[0],
+        "scheduler": search.scheduler, "search": search.search, "space": search.space,
+        "best_trial": best["trial"], "best_config": best["config"],
+        "best_result": {m: best[m] for m in metrics} | {"run_folder": best["run_folder"]},
+        "trials": len(rows),
+        "statuses": {status: sum(r["status"] == status for r in rows) for status in STATUSES},
+        "rows": [{k: v for k, v in r.items() if k != "config"} | {"config": r["config"]} for r in rows],
+        "cost": {"wall_s": round(elapsed, 3), "trial_wall_s": round(sum(r["wall_s"] or 0 for r in rows), 3)},
+    }
+    if front is not None:
+        summary["pareto_front"] = [{"trial": r["trial"], "config": r["config"], **{m: r[m] for m in metrics}}
+                                   for r in front]
+    return summary
+
+
+def _tune_config(spec, at_once: int):
+    from ray import tune
+
+    search = spec.tune
+    metrics, modes = search.metrics, search.modes
+    seed = search.seed if search.seed is not None else spec.seed
+    if search.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(metric=metrics if len(metrics) > 1 else metrics[0],
+                                mode=modes if len(modes) > 1 else modes[0], seed=seed)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=seed)
+    scheduler = None
+    if search.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=metrics[0], mode=modes[0],
+                                  max_t=units(spec), grace_period=min(search.grace_period, units(spec)),
+                                  reduction_factor=search.reduction_factor)
+    elif search.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration", metric=metrics[0], mode=modes[0],
+            perturbation_interval=search.perturbation_interval,
+            hyperparam_mutations={p: _domain(d) for p, d in search.space.items()}, seed=seed)
+    return tune.TuneConfig(num_samples=search.num_samples, max_concurrent_trials=at_once,
+                           time_budget_s=search.time_budget_s, search_alg=searcher, scheduler=scheduler,
+                           trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id)
+
+
+def _row(result, search, metrics: list[str]) -> dict:
+    last = result.metrics or {}
+    config = {p: result.config.get(p) for p in search.space}
+    if result.error is not None:
+        status = "error"
+    elif last.get(FINISHED):
+        status = FINISHED
+    elif last.get("done"):
+        status = "stopped early"  # by the scheduler
+    else:
+        status = "unfinished"
+    return {"trial": last.get("trial_id") or Path(result.path).name, "status": status,
+            "iterations": last.get("training_iteration", 0), "config": config,
+            **{m: last.get(m) for m in metrics}, "wall_s": round(last.get("time_total_s") or 0, 3) or None,
+            "run_folder": last.get("run_folder") or str(Path(result.path)),
+            "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error is not None else None}
+
+
+def _best(rows: list[dict], metric: str, mode: str) -> dict:
+    return (max if mode == "max" else min)(rows, key=lambda r: r[metric])
+
+
+def pareto_front(rows: list[dict], metrics: list[str], modes: list[str]) -> list[dict]:
+    """The non-dominated rows (Optuna's `Study.best_trials` over the finished trials' objectives)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize" if m == "max" else "minimize" for m in modes])
+    study.add_trials([optuna.trial.create_trial(values=[float(r[m]) for m in metrics], user_attrs={"row": i})
+                      for i, r in enumerate(rows)])
+    return [rows[t.user_attrs["row"]] for t in sorted(study.best_trials, key=lambda t: t.number)]
+
+
+def _write_csv(path: Path, rows: list[dict], space: list[str], metrics: list[str]) -> None:
+    buffer = io.StringIO()
+    columns = ["trial", "status", "iterations", *space, *metrics, "wall_s", "run_folder", "error"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, **{p: json.dumps(v) if isinstance(v, (list, dict)) else v
+                                   for p, v in row["config"].items()}})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _progress_table(spec, metrics: list[str]):
+    """One line per report and per trial end, in place of Tune's status tables."""
+    from ray import tune
+
+    from palimpsest.spec.tuning import UNIT
+
+    unit = UNIT[spec.kind]
+
+    def values(result) -> str:
+        return ", ".join(f"{m} {result[m]:.4g}" for m in metrics if isinstance(result.get(m), (int, float)))
+
+    def short(config) -> str:
+        return ", ".join(f"{p}={v:.4g}" if isinstance(v, float) else f"{p}={v}" for p, v in config.items())
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            what = "finished" if result.get(FINISHED) else f"{unit} {result.get('training_iteration')}"
+            print(f"[palimpsest] {trial.trial_id} ({short(trial.config)}): {what}: {values(result)}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done = sum(t.status in ("TERMINATED", "ERROR") or t is trial for t in trials)
+            early = "" if (trial.last_result or {}).get(FINISHED) else " (stopped early)"
+            print(f"[palimpsest] trial {trial.trial_id} done{early} ({done}/{len(trials)} trials)", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[palimpsest] trial {trial.trial_id} failed: see {trial.local_path}", flush=True)
+
+    return Progress()
+
