@@ -307,7 +307,8 @@ def _tune_config(spec, at_once: int):
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        searcher = BasicVariantGenerator(random_state=seed)
+        # (a SearchGenerator limits its own concurrency: Tune ignores max_concurrent_trials for it)
+        searcher = BasicVariantGenerator(random_state=seed, max_concurrent=at_once)
     scheduler = None
     if search.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -322,7 +323,8 @@ def _tune_config(spec, at_once: int):
             time_attr="training_iteration", metric=metrics[0], mode=modes[0],
             perturbation_interval=search.perturbation_interval,
             hyperparam_mutations={p: _domain(d) for p, d in search.space.items()}, seed=seed)
-    return tune.TuneConfig(num_samples=search.num_samples, max_concurrent_trials=at_once,
+    return tune.TuneConfig(num_samples=search.num_samples,
+                           max_concurrent_trials=at_once if search.search == "optuna" else None,
                            time_budget_s=search.time_budget_s, search_alg=searcher, scheduler=scheduler,
                            trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id)
 

@@ -1,0 +1,279 @@
+"""`palimpsest tune`: the tune: section, ASHA on per-task reports, resume after Ctrl-C, best.yaml, Pareto fronts."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from palimpsest.cli import app
+from palimpsest.spec import SpecError, parse_spec
+from palimpsest.spec.tuning import units, with_values
+from palimpsest.tune import concurrency, pareto_front, progress_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD_LR, BAD_LR = 3e-3, 3.0
+
+
+def continual_search(**tune) -> dict:
+    """Two fact-world tasks, naive fine-tuning, one worker: ~30 s a trial (most of it Ray Train's start)."""
+    return {"kind": "continual", "name": "cs", "seed": 0,
+            "stream": {"source": "factworld", "num_entities": 12, "attributes_per_entity": 3, "num_tasks": 2,
+                       "general_samples": 16, "general_replay_samples": 0},
+            "methods": ["naive"],
+            "training": {"steps": 30, "batch_size": 16, "lr": GOOD_LR, "log_every": 30},
+            "eval": {"eval_every": None},
+            "tune": {"space": {"training.lr": {"grid": [GOOD_LR, BAD_LR]}}, "metric": "acc", "mode": "max",
+                     "num_samples": 1, **tune}}
+
+
+def unlearn_search(cache: Path, **tune) -> dict:
+    return {"kind": "unlearn", "name": "us", "seed": 2,
+            "model": {"preset": "tiny-llama", "vocab_size": 400},
+            "data": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2},
+            "target": {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
+            "requests": [{"id": "r1", "percent": 5}],
+            "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 4},
+            "eval": {"max_examples": 16, "batch_size": 32},
+            "methods": ["npo"], "cache": str(cache),
+            "tune": {"space": {"training.lr": {"loguniform": [1e-4, 1e-2]},
+                               "methods.0.params.beta": {"uniform": [0.05, 0.5]}},
+                     "metric": ["forget_quality", "model_utility"], "mode": ["max", "max"], "num_samples": 3,
+                     "search": "optuna", "max_concurrent_trials": 2, **tune}}
+
+
+def problems(document: dict) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(document)
+    return "\n".join(caught.value.problems)
+
+
+def rows(folder: Path) -> list[dict]:
+    with open(folder / "trials.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----------------------------------------------------------------------------- the tune: section
+
+
+def test_a_space_that_can_reach_an_invalid_job_is_refused_up_front():
+    document = continual_search(space={"training.lr": {"uniform": [-1e-3, 1e-2]}})
+    assert "tune.space.training.lr: uniform reaches -0.001, which gives an invalid job: training.lr" in \
+        problems(document)
+    document = continual_search(space={"methods.0.params.lam": {"choice": [1.0, 10.0]}})
+    assert "tune.space.methods.0.params.lam: choice reaches 1.0" in problems(document)  # naive takes no lam
+    assert "training.lrr: unknown key; did you mean 'lr'?" in problems(
+        continual_search(space={"training.lrr": {"loguniform": [1e-4, 1e-2]}}))
+    assert "methods is a list of 1: give an index below 1" in problems(
+        continual_search(space={"methods.3.params.lam": {"choice": [1.0]}}))
+    assert "loguniform: low 0 must be above 0" in problems(
+        continual_search(space={"training.lr": {"loguniform": [0, 1e-2]}}))
+    assert "randint: [low, high], two integers" in problems(
+        continual_search(space={"training.steps": {"randint": [1.5, 9]}}))
+    assert "give exactly one distribution" in problems(
+        continual_search(space={"training.lr": {"uniform": [1e-4, 1e-2], "choice": [1e-3]}}))
+    # randint includes both ends: its upper end is checked as well
+    assert "randint reaches 0" in problems(continual_search(space={"training.steps": {"randint": [0, 9]}}))
+
+
+def test_objectives_and_schedulers_are_checked_against_the_kind():
+    assert "tune.metric: unknown objective 'accc' for kind continual; did you mean 'acc'?" in problems(
+        continual_search(metric="accc"))
+    assert "asha acts on results reported per task, and bwt is known only at the end" in problems(
+        continual_search(metric="bwt", scheduler="asha"))
+    assert "scheduler: asha acts on one metric" in problems(
+        continual_search(metric=["acc", "general_loss"], mode=["max", "min"], scheduler="asha"))
+    assert "mode: one per metric" in problems(continual_search(metric=["acc", "bwt"], mode="max"))
+    assert "search: optuna samples its own points and takes no grid" in problems(continual_search(search="optuna"))
+    assert "pbt restores trials from checkpoints at every report" in problems(
+        continual_search(scheduler="pbt", space={"training.lr": {"loguniform": [1e-4, 1e-2]}}))
+    two = continual_search()
+    two["methods"] = ["naive", "ewc"]
+    assert "methods: a search tunes one method (2 given)" in problems(two)
+    sweep = {"kind": "privacy_sweep", "job": {"kind": "train", "data": {"source": "factworld"}}, "epsilons": [8.0],
+             "tune": {"space": {"epsilons": {"choice": [[1.0]]}}, "metric": "acc", "mode": "max"}}
+    assert "a privacy_sweep is a sweep already" in problems(sweep)
+    train = {"kind": "train", "data": {"source": "factworld", "num_entities": 10},
+             "tune": {"space": {"training.lr": {"loguniform": [1e-4, 1e-2]}}, "metric": "final.eval.loss",
+                      "mode": "min", "scheduler": "asha"}}
+    found = problems(train)
+    assert "final.eval.loss: this job evaluates train, holdout only" in found
+    train["tune"]["metric"] = "final.holdout.loss"
+    assert "eval.eval_every: asha needs results while a trial trains" in problems(train)
+    train["eval"] = {"eval_every": 10}
+    spec = parse_spec(train)
+    assert units(spec) == 30  # steps 300, an evaluation every 10 (the last is the final result)
+
+
+def test_shipped_searches_validate_and_rl_searches_take_one_trial_setting():
+    for job in sorted((REPO / "jobs" / "tune").glob("*.yaml")):
+        result = CliRunner().invoke(app, ["validate", str(job)])
+        assert result.exit_code == 0, (job, result.output)
+    document = yaml.safe_load((REPO / "jobs" / "tune" / "rl_ppo_lstm.yaml").read_text())
+    document["agents"] = ["lstm", "gru"]
+    assert "agents: a search trains one agent on one environment setting with one seed" in problems(document)
+
+
+def test_sampled_values_go_into_a_copy_of_the_job():
+    base = {"training": {"lr": 1.0}, "methods": [{"name": "ewc", "params": {}}]}
+    found = with_values(base, {"training.lr": 2.0, "methods.0.params.lam": 5.0})
+    assert found == {"training": {"lr": 2.0}, "methods": [{"name": "ewc", "params": {"lam": 5.0}}]}
+    assert base == {"training": {"lr": 1.0}, "methods": [{"name": "ewc", "params": {}}]}
+
+
+def test_progress_reports_become_the_kinds_objectives():
+    scores = {"task0": {"answer_accuracy": 0.5}, "task1": {"answer_accuracy": 0.25}, "general": {"loss": 3.0}}
+    # ACC over the tasks seen so far, at task ends before the last (the summary reports the last)
+    assert progress_metrics("continual", {"task_end": 1, "scores": scores}, 2) == {
+        "acc": 0.375, "general_loss": 3.0, "task": 1}
+    assert progress_metrics("continual", {"task_end": 2, "scores": scores}, 2) is None
+    assert progress_metrics("continual", {"task": 0, "step": 5, "scores": scores}, 2) is None  # mid-task
+    hook = {"forget_quality": 0.1, "model_utility": 0.4, "mia_min_k": 0.6, "cost_ratio": 0.2}
+    assert progress_metrics("unlearn", {"task_end": 0, "hook": hook}, 1) == {
+        "forget_quality": 0.1, "model_utility": 0.4, "mia.min_k": 0.6, "request": 0}
+    train = progress_metrics("train", {"task": 0, "step": 10, "scores": {"holdout": {"loss": 2.0, "count": 4}}}, 0)
+    assert train == {"final.holdout.loss": 2.0, "step": 10}
+
+
+def test_the_pareto_front_holds_exactly_the_non_dominated_trials():
+    import random
+
+    generator = random.Random(0)
+    for modes in (["max", "max"], ["max", "min"], ["min", "max", "min"]):
+        metrics = [f"m{i}" for i in range(len(modes))]
+        # values on a coarse grid: ties and duplicates included
+        trials = [{"trial": str(i), **{m: generator.randint(0, 4) / 4 for m in metrics}} for i in range(40)]
+        sign = [1 if mode == "max" else -1 for mode in modes]
+
+        def dominates(a, b):
+            pairs = [(s * a[m], s * b[m]) for s, m in zip(sign, metrics)]
+            return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+        expected = [t["trial"] for t in trials if not any(dominates(o, t) for o in trials)]
+        assert [t["trial"] for t in pareto_front(trials, metrics, modes)] == expected, modes
+
+
+def test_concurrency_is_what_the_cluster_holds():
+    spec = parse_spec(continual_search(max_concurrent_trials=4))
+    assert concurrency(spec, 2.0) == (2, "tune.max_concurrent_trials: 4 asked, but the cluster's 2 CPUs hold 2 "
+                                         "trial(s) of 1 CPUs at once; running 2")
+    assert concurrency(parse_spec(continual_search()), 3.0) == (3, None)
+
+
+# ----------------------------------------------------------------------------- searches on a real Ray
+
+
+@pytest.mark.integration
+def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(tmp_path, ray_session):
+    """Done-means 2, 3 and 5: two trials at once, each a Ray Train run, never deadlock; ASHA stops a bad
+    learning rate after its first task; the best trial's job reruns to the same ACC."""
+    # Trials 0 (good) and 1 (bad) start together; trial 2 (bad) starts when one of them ends, so it
+    # always meets both at the first rung: ACC 0 under the rung's median stops it there.
+    job = tmp_path / "search.yaml"
+    job.write_text(yaml.safe_dump(continual_search(space={"training.lr": {"grid": [GOOD_LR, BAD_LR, BAD_LR]}},
+                                                   scheduler="asha", max_concurrent_trials=2)))
+    folder = tmp_path / "search"
+    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    found = rows(folder)
+    assert len(found) == 3 and list(found[0])[:4] == ["trial", "status", "iterations", "training.lr"]
+    stopped = [r for r in found if r["status"] == "stopped early"]
+    assert stopped and all(int(r["iterations"]) < 2 and float(r["training.lr"]) == BAD_LR for r in stopped), found
+    good = [r for r in found if float(r["training.lr"]) == GOOD_LR]
+    bad = [float(r["acc"]) for r in found if r["status"] == "finished" and float(r["training.lr"]) == BAD_LR]
+    assert good[0]["status"] == "finished" and float(good[0]["acc"]) > max(bad + [0.0]), found
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["trials"] == 3 and summary["kind"] == "tune"
+    assert summary["best_config"] == {"training.lr": GOOD_LR}
+    assert summary["best_result"]["acc"] == pytest.approx(float(good[0]["acc"]))
+    trial = Path(summary["best_result"]["run_folder"])
+    assert trial.parent == folder / "trials" and json.loads((trial / "summary.json").read_text())["status"] == "ok"
+    for plot in ("objective_per_trial.png", "objective_by_field.png"):
+        assert (folder / "plots" / plot).stat().st_size > 0
+    assert "(best)" in (folder / "report.md").read_text()
+
+    rerun = tmp_path / "rerun"
+    result = CliRunner().invoke(app, ["run", str(folder / "best.yaml"), "--out", str(rerun)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((rerun / "summary.json").read_text())
+    assert again["acc"] == pytest.approx(summary["best_result"]["acc"], abs=1e-6)
+    assert again["accuracy_matrix"] == json.loads((trial / "summary.json").read_text())["accuracy_matrix"]
+
+
+@pytest.mark.integration
+def test_a_search_bigger_than_the_cluster_is_refused_before_it_starts(tmp_path, ray_session):
+    document = continual_search()
+    document["scaling"] = {"num_workers": 3}
+    document["training"]["batch_size"] = 15
+    job = tmp_path / "search.yaml"
+    job.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(tmp_path / "search")])
+    assert result.exit_code == 2, result.output
+    assert "scaling: 3 workers × 1.0 CPUs need 3 CPUs but the Ray cluster has 2" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "search").exists()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({k: v for k, v in continual_search().items() if k != "tune"}))
+    result = CliRunner().invoke(app, ["tune", str(plain)])
+    assert result.exit_code == 2 and "no search space in this job" in result.output
+
+
+@pytest.mark.integration
+def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto_front(tmp_path, ray_session):
+    """Done-means 1 and 4: SIGINT after a trial finished, --resume finishes the search without rerunning it;
+    the Pareto front holds the non-dominated trials."""
+    job = tmp_path / "search.yaml"
+    job.write_text(yaml.safe_dump(unlearn_search(tmp_path / "cache")))
+    folder = tmp_path / "search"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen([sys.executable, "-m", "palimpsest.cli", "tune", str(job), "--out", str(folder)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    lines, first = [], None
+    deadline = time.time() + 400
+    for line in process.stdout:
+        lines.append(line)
+        if "[palimpsest] trial " in line and " done (" in line:
+            first = line.split("[palimpsest] trial ", 1)[1].split(" done", 1)[0]
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C from a terminal reaches the whole group
+            break
+        assert time.time() < deadline, "".join(lines)
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=120) == 130, "".join(lines)
+    assert first is not None, "".join(lines)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "palimpsest tune --resume" in summary["error"]
+    finished = (folder / "trials" / first / "summary.json").read_bytes()
+    assert json.loads(finished)["status"] == "ok"
+
+    result = CliRunner().invoke(app, ["tune", "--resume", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "resuming the search" in result.output
+    assert (folder / "trials" / first / "summary.json").read_bytes() == finished  # not rerun
+    found = rows(folder)
+    assert len(found) == 3 and all(r["status"] == "finished" for r in found), found
+    mine = next(r for r in found if r["trial"] == first)
+    assert float(mine["forget_quality"]) == json.loads(finished)["forget_quality"]
+
+    summary = json.loads((folder / "summary.json").read_text())
+    metrics = ["forget_quality", "model_utility"]
+    points = {r["trial"]: tuple(float(r[m]) for m in metrics) for r in found}
+    front = {t["trial"] for t in summary["pareto_front"]}
+
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and a != b
+
+    assert front and all(not dominates(points[a], points[b]) for a, b in itertools.permutations(front, 2))
+    assert all(any(dominates(points[f], points[t]) for f in front) for t in set(points) - front)
+    assert summary["best_trial"] in front and (folder / "plots" / "pareto_front.png").stat().st_size > 0
+    assert json.loads((folder / "trials" / summary["best_trial"] / "summary.json").read_text())["status"] == "ok"
