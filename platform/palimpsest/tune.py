@@ -150,7 +150,7 @@ def _rl_trial(spec, folder_path: Path) -> None:
         folder.write_spec(dump_spec(spec))
         folder.write_env()
     folder = RunFolder(folder_path)
-    progress = train_trial({"trial": trial})
+    progress = train_trial({"trial": trial}, final_extra={"run_folder": str(folder.path)})
     best = progress["best"]
     folder.write_summary({"status": "ok", "kind": "rl-trial", "name": spec.name, "seed": spec.seed,
                           "best_success_rate": best["success_rate"], "best_mean_return": best["mean_return"],

@@ -26,8 +26,9 @@ def run_trial(config: dict) -> None:
     train_trial(config)
 
 
-def train_trial(config: dict) -> dict:
-    """Train one trial, reporting each evaluation to Tune; returns its progress (evaluations, best, test)."""
+def train_trial(config: dict, final_extra: dict | None = None) -> dict:
+    """Train one trial, reporting each evaluation to Tune (the last with `final_extra` added); returns its
+    progress (evaluations, best, test)."""
     import logging
 
     import torch
@@ -58,7 +59,8 @@ def train_trial(config: dict) -> dict:
             best = progress["best"]
             tune.report({"iteration": progress["iteration"], "env_steps": progress["env_steps"],
                          "success_rate": best["success_rate"], "mean_return": best["mean_return"],
-                         "wall_s": round(progress["wall_s"], 3), **final_metrics(progress), "finished": True},
+                         "wall_s": round(progress["wall_s"], 3), **final_metrics(progress), "finished": True,
+                         **(final_extra or {})},
                         checkpoint=checkpoint)
             _stop(algo)
             return progress
@@ -99,7 +101,7 @@ def train_trial(config: dict) -> dict:
                 with tempfile.TemporaryDirectory() as folder:
                     _save(algo, progress, best_state, Path(folder), final=finished, trial=trial)
                     if finished:
-                        metrics.update(final_metrics(progress))
+                        metrics.update({**final_metrics(progress), **(final_extra or {})})
                     tune.report({**metrics, "finished": finished}, checkpoint=tune.Checkpoint.from_directory(folder))
             # (between evaluations nothing is reported: a search's scheduler compares evaluations)
             if finished:
