@@ -111,10 +111,14 @@ def draw_tune_plots(folder: RunFolder, summary: dict) -> list[Path]:
                     ax.scatter([str(x) for x in xs] if isinstance(xs[0], str) else xs, ys, color=colour, s=25,
                                label=status)
             if "loguniform" in space[field]:
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a narrow range
             ax.set_xlabel(field)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     written.append(_save(fig, folder.plots / "objective_by_field.png"))
     front = summary.get("pareto_front")
