@@ -202,8 +202,8 @@ def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(
         assert (folder / "plots" / plot).stat().st_size > 0
     assert "(best)" in (folder / "report.md").read_text()
 
-    rerun = tmp_path / "rerun"
-    result = CliRunner().invoke(app, ["run", str(folder / "best.yaml"), "--out", str(rerun)])
+    rerun = tmp_path / "rerun"  # (the same loop in this process: one worker computes what one Ray worker did)
+    result = CliRunner().invoke(app, ["run", str(folder / "best.yaml"), "--no-ray", "--out", str(rerun)])
     assert result.exit_code == 0, result.output
     again = json.loads((rerun / "summary.json").read_text())
     assert again["acc"] == pytest.approx(summary["best_result"]["acc"], abs=1e-6)
