@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import gymnasium
@@ -19,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 import palimpsest_envs  # noqa: F401 - registers the environments
+from interrupting import interrupt_at
 from palimpsest.cli import app
 from palimpsest.rl.catalog import AGENTS
 from palimpsest.rl.sizing import matched_width, parameter_count, width_step
@@ -203,23 +199,11 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(rl_spec()))
     folder = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--out", str(folder)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    lines, first = [], None
-    deadline = time.time() + 300
-    for line in process.stdout:
-        lines.append(line)
-        if "[palimpsest] trial " in line and " finished (" in line:
-            first = line.split("[palimpsest] trial ", 1)[1].split(" finished", 1)[0]
-            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C from a terminal reaches the whole group
-            break
-        assert time.time() < deadline, "".join(lines)
-    lines += process.stdout.readlines()
-    assert process.wait(timeout=120) == 130, "".join(lines)
-    assert first is not None, "".join(lines)
+    code, output, hit = interrupt_at(["run", str(job), "--out", str(folder)], tmp_path,
+                                     lambda line: "[palimpsest] trial " in line and " finished (" in line,
+                                     timeout_s=300)
+    assert code == 130 and hit is not None, output
+    first = hit.split("[palimpsest] trial ", 1)[1].split(" finished", 1)[0]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "--resume" in summary["error"]
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from interrupting import interrupt_at
 from palimpsest.cli import app
 from palimpsest.spec import SpecError, parse_spec
 from palimpsest.spec.tuning import units, with_values
@@ -241,23 +237,10 @@ def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto
     job = tmp_path / "search.yaml"
     job.write_text(yaml.safe_dump(document))
     folder = tmp_path / "search"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen([sys.executable, "-m", "palimpsest.cli", "tune", str(job), "--out", str(folder)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    lines, first = [], None
-    deadline = time.time() + 400
-    for line in process.stdout:
-        lines.append(line)
-        if "[palimpsest] trial " in line and " done (" in line:
-            first = line.split("[palimpsest] trial ", 1)[1].split(" done", 1)[0]
-            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C from a terminal reaches the whole group
-            break
-        assert time.time() < deadline, "".join(lines)
-    lines += process.stdout.readlines()
-    assert process.wait(timeout=120) == 130, "".join(lines)
-    assert first is not None, "".join(lines)
+    code, output, hit = interrupt_at(["tune", str(job), "--out", str(folder)], tmp_path,
+                                     lambda line: "[palimpsest] trial " in line and " done (" in line)
+    assert code == 130 and hit is not None, output
+    first = hit.split("[palimpsest] trial ", 1)[1].split(" done", 1)[0]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "palimpsest tune --resume" in summary["error"]
     finished = (folder / "trials" / first / "summary.json").read_bytes()

@@ -199,6 +199,8 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
             from palimpsest.tune import run_search
 
             summary = run_search(spec, folder, resume=resume is not None)
+            if interrupts.requested:  # trials that Ctrl-C reached end as errors: the resume reruns them
+                raise KeyboardInterrupt
         else:
             summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
         interrupts.caught()  # the run is done: a late Ctrl-C must not cut its folder short
