@@ -322,7 +322,7 @@ def _tune_config(spec, at_once: int):
         scheduler = PopulationBasedTraining(
             time_attr="training_iteration", metric=metrics[0], mode=modes[0],
             perturbation_interval=search.perturbation_interval,
-            hyperparam_mutations={p: _domain(d) for p, d in search.space.items()}, seed=seed)
+            hyperparam_mutations={p: _domain(d) for p, d in search.space.items()})  # (its draws: Python's random)
     return tune.TuneConfig(num_samples=search.num_samples,
                            max_concurrent_trials=at_once if search.search == "optuna" else None,
                            time_budget_s=search.time_budget_s, search_alg=searcher, scheduler=scheduler,
