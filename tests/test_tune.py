@@ -268,25 +268,3 @@ def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto
     assert summary["best_trial"] in front and (folder / "plots" / "pareto_front.png").stat().st_size > 0
     assert json.loads((folder / "trials" / summary["best_trial"] / "summary.json").read_text())["status"] == "ok"
 
-
-@pytest.mark.integration
-def test_pbt_moves_rl_trials_onto_better_checkpoints_with_perturbed_values(tmp_path, ray_session):
-    """PBT on the rl benchmark's own trial checkpoints: a trial that exploits another continues from that
-    trial's checkpoint with perturbed values, so some trial ends with values it did not start with."""
-    document = yaml.safe_load((REPO / "jobs" / "tune" / "rl_ppo_lstm.yaml").read_text())
-    document.update(parameters=3000, budget={"env_steps": 2048}, evaluation={"every": 1, "episodes": 10})
-    document["ppo"].update(train_batch_size=256, minibatch_size=128, num_epochs=2, num_envs_per_env_runner=4)
-    document["tune"].update(scheduler="pbt", num_samples=2, perturbation_interval=1)
-    job = tmp_path / "pbt.yaml"
-    job.write_text(yaml.safe_dump(document))
-    folder = tmp_path / "search"
-    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
-    assert result.exit_code == 0, result.output
-    found = rows(folder)
-    assert len(found) == 2 and all(r["status"] == "finished" and int(r["iterations"]) == 8 for r in found), found
-    moved = []
-    for row in found:
-        started = yaml.safe_load((folder / "trials" / row["trial"] / "spec.yaml").read_text())["ppo"]
-        moved += [row["trial"]] if (started["lr"], started["entropy_coeff"]) != (
-            float(row["ppo.lr"]), float(row["ppo.entropy_coeff"])) else []
-    assert moved, found
