@@ -190,8 +190,8 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         if not resume:
             folder.write_spec(dump_spec(spec))
             folder.write_env()
-        folder.write_summary({"status": "running", "kind": "tune" if search else spec.kind, "name": spec.name, "seed": spec.seed,
-                              "resumed": resume is not None, "attempts_wall_s": earlier_attempts})
+        folder.write_summary({"status": "running", "kind": "tune" if search else spec.kind, "name": spec.name,
+                              "seed": spec.seed, "resumed": resume is not None, "attempts_wall_s": earlier_attempts})
         out.print(f"{'search' if search else 'run'} folder: {folder.path}", highlight=False)
         started = time.perf_counter()
         interrupts.check()

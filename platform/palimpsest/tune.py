@@ -284,7 +284,7 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
         "best_result": {m: best[m] for m in metrics} | {"run_folder": best["run_folder"]},
         "trials": len(rows),
         "statuses": {status: sum(r["status"] == status for r in rows) for status in STATUSES},
-        "rows": [{k: v for k, v in r.items() if k != "config"} | {"config": r["config"]} for r in rows],
+        "rows": rows,
         "cost": {"wall_s": round(elapsed, 3), "trial_wall_s": round(sum(r["wall_s"] or 0 for r in rows), 3)},
     }
     if front is not None:

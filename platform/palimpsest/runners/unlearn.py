@@ -237,8 +237,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
             task_end=evaluator)
         first = methods[pending.index(True)]
         begin(ledger, prepared.points[first.first_task].request, first.name, epsilon)
-        output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray,
-                           progress=progress)
+        output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray, progress=progress)
         folder.write_metrics([{**r, "method": result["name"]} for result in output["methods"]
                               for r in result["records"]])
     else:

@@ -142,8 +142,8 @@ def _dimension_problem(dimension) -> str | None:
 
 def corner_values(dimension: dict) -> list:
     """The values a dimension reaches at its ends: its bounds, or every choice."""
-    (kind, bounds), = dimension.items()
-    return list(bounds)
+    (values,) = dimension.values()
+    return list(values)
 
 
 def set_path(document: dict, path: str, value) -> None:
