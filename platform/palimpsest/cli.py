@@ -445,6 +445,136 @@ def _print_results(summary: dict, path: Path) -> None:
                   highlight=False)
 
 
+_ADDRESS_HELP = ("the cluster's job server, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS; with `ray dashboard "
+                 "cluster.yaml` open: http://127.0.0.1:8265)")
+_TOKEN_HELP = ("file holding the cluster's auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, "
+               "~/.ray/auth_token)")
+
+
+@app.command(help="Submit a job to a Ray cluster (Ray Job Submission): uploads this project as the job's "
+                  "working_dir, runs `palimpsest run` (or `tune` with --tune) on the head with its run folder under "
+                  "--storage, streams the log and exits with the job's exit code (0 done, 1 failed, 2 bad input, "
+                  "130/143 interrupted or stopped). --no-wait prints the job id and returns.")
+def submit(
+    job: Path = typer.Argument(..., help="job spec YAML inside this project (it is uploaded with it)"),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    storage: Optional[str] = typer.Option(None, "--storage", help="shared storage every node mounts at the same path; "
+                                          "the run folder (checkpoints inside) goes there (default: the job's "
+                                          "storage_path)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field, value parsed as YAML"),
+    search: bool = typer.Option(False, "--tune", help="run `palimpsest tune` on the job's tune: section"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="print the job id and return at once"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+) -> None:
+    from palimpsest.submit import SubmitError, exit_code, follow
+    from palimpsest.submit import submit as send
+
+    try:
+        spec = load_spec(job, set_ or [])
+    except SpecError as error:
+        _fail_input(error.problems)
+    if search and getattr(spec, "tune", None) is None:
+        _fail_input([f"{job}: tune: --tune needs a tune: section in the job"])
+    try:
+        jobs, sent = send(job, set_ or [], spec, address=address, storage=storage, search=search,
+                          token_file=token_file)
+    except SubmitError as error:
+        _fail_input([str(error)])
+    out.print(f"submitted: {sent.job_id}\nrun folder (on the cluster's storage): {sent.run_folder}", highlight=False)
+    if no_wait:
+        out.print(f"follow it: palimpsest logs {sent.job_id} --follow · stop it: palimpsest stop {sent.job_id}",
+                  highlight=False)
+        return
+    try:
+        status = follow(jobs, sent.job_id, lambda text: out.out(text, end="", highlight=False))
+    except KeyboardInterrupt:
+        err.print(f"stopped following; the job keeps running on the cluster: palimpsest logs {sent.job_id} --follow "
+                  f"· palimpsest stop {sent.job_id}", highlight=False, markup=False)
+        raise typer.Exit(130)
+    info = jobs.get_job_info(sent.job_id)
+    code = exit_code(info)
+    out.print(f"job {sent.job_id}: {status} (exit {code}) · run folder {sent.run_folder}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command("jobs", help="List the jobs on a Ray cluster with their status and run folders.")
+def jobs_(address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+          token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP)) -> None:
+    from datetime import datetime, timezone
+
+    from palimpsest.submit import METADATA_JOB, METADATA_RUN_FOLDER, SubmitError, client
+
+    try:
+        found = client(address, token_file).list_jobs()
+    except SubmitError as error:
+        _fail_input([str(error)])
+    columns = ("job id", "status", "started (UTC)", "job", "run folder")
+    table = Table(title=f"{len(found)} job(s)")
+    for column in columns:
+        table.add_column(column)
+    for info in sorted(found, key=lambda i: i.start_time or 0):
+        started = datetime.fromtimestamp(info.start_time / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") \
+            if info.start_time else ""
+        metadata = info.metadata or {}
+        table.add_row(info.submission_id or info.job_id or "", str(getattr(info.status, "value", info.status)), started,
+                      metadata.get(METADATA_JOB, info.entrypoint or ""), metadata.get(METADATA_RUN_FOLDER, ""))
+    if sys.stdout.isatty():
+        out.print(table)
+        return
+    # a pipe or a log: one tab-separated line per job, never a job id or a path cut across lines
+    for row in [columns] + [[cell.plain if hasattr(cell, "plain") else str(cell) for cell in cells]
+                            for cells in zip(*(column.cells for column in table.columns))]:
+        sys.stdout.write("\t".join(row) + "\n")
+
+
+@app.command(help="Print a cluster job's log (--follow: until it ends, then exit with its exit code).")
+def logs(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `palimpsest jobs` printed"),
+         follow_: bool = typer.Option(False, "--follow", "-f", help="stream the log until the job ends"),
+         address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+         token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP)) -> None:
+    from palimpsest.submit import SubmitError, client, exit_code, follow
+
+    try:
+        jobs = client(address, token_file)
+        info = _job_info(jobs, job_id)
+    except SubmitError as error:
+        _fail_input([str(error)])
+    if not follow_:
+        out.out(jobs.get_job_logs(job_id), end="", highlight=False)
+        return
+    try:
+        follow(jobs, job_id, lambda text: out.out(text, end="", highlight=False))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    raise typer.Exit(exit_code(jobs.get_job_info(job_id)) if info else 1)
+
+
+@app.command(help="Stop a running cluster job (its run folder is marked interrupted; `run --resume` finishes it).")
+def stop(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `palimpsest jobs` printed"),
+         address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+         token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP)) -> None:
+    from palimpsest.submit import SubmitError, client
+
+    try:
+        jobs = client(address, token_file)
+        _job_info(jobs, job_id)
+    except SubmitError as error:
+        _fail_input([str(error)])
+    stopped = jobs.stop_job(job_id)
+    out.print(f"{job_id}: {'stop requested' if stopped else 'already ended'}", highlight=False)
+
+
+def _job_info(jobs, job_id: str):
+    from palimpsest.submit import SubmitError
+
+    try:
+        return jobs.get_job_info(job_id)
+    except RuntimeError as error:
+        if "404" in str(error) or "does not exist" in str(error):
+            raise SubmitError(f"{job_id}: no such job on this cluster (palimpsest jobs lists them)") from None
+        raise
+
+
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     """(Re)draw the plots and report.md of a run folder."""

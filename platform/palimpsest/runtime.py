@@ -370,6 +370,13 @@ def _tcp_unreachable(target: str, timeout: float) -> str | None:
         return error.strerror or str(error)
 
 
+def submitted_job() -> bool:
+    """Whether this process is the driver of a job sent through Ray Job Submission."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    return RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ
+
+
 def init_ray(address: str | None = None):
     """Start an embedded local Ray, or connect to `address` / $RAY_ADDRESS.
 
@@ -385,6 +392,11 @@ def init_ray(address: str | None = None):
         return ray
     target, origin = ray_address(address)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train's controller advances a run (start, each worker-group change, the end) once
+    # per health check, 2 s by default: most of a small fit's fixed cost here. Measured on
+    # three Ray Train tests side by side: 0.25 s ran them in 75-79 s against 87-92 s at 2 s.
+    # The controller takes the driver's RAY_TRAIN_* variables, on a cluster too.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # Ray Train v2 reroutes print() through its logger, which shows each line twice on
     # the driver; plain prints reach the driver once through log_to_driver.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -398,14 +410,17 @@ def init_ray(address: str | None = None):
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
     if target and target != "local":
         check_ray_address(target, origin)
-        # A remote cluster's workers may not have our package installed: ship it.
-        import palimpsest
-        import palimpsest_envs
+        if not submitted_job():
+            # A remote cluster's workers may not have our package installed: ship it. (A job sent
+            # by `palimpsest submit` ships it in the job's runtime_env, which Ray would refuse to
+            # merge with a second py_modules here.)
+            import palimpsest
+            import palimpsest_envs
 
-        kwargs["runtime_env"] = {
-            "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
-            "py_modules": [str(Path(palimpsest.__file__).parent), str(Path(palimpsest_envs.__file__).parent)]
-        }
+            kwargs["runtime_env"] = {
+                "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
+                "py_modules": [str(Path(palimpsest.__file__).parent), str(Path(palimpsest_envs.__file__).parent)]
+            }
         try:
             ray.init(address=target, **kwargs)
         except Exception as error:  # version mismatch, auth, a cluster going away meanwhile

@@ -1,0 +1,183 @@
+"""The cluster path: cluster.yaml against Ray's own cluster-config schema, and `palimpsest
+submit` to a real 2-node Ray cluster started on this machine (token auth on), through the
+loss of a node in the middle of a job.
+
+The cluster is its own: `ray start --head` (0 CPUs: drivers only, as cluster.yaml's head) and
+`ray start --address` nodes with their own CPUs, ports and temp dirs (tests/cluster_nodes.py);
+the CLI runs as a user would run it, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from cluster_nodes import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+PALIMPSEST = [sys.executable, "-m", "palimpsest.cli"]
+# jobs/quickstart.yaml on a small budget: one method, 3 tasks of 40 steps, a line every 10
+TINY = ["--set", "methods=[replay]", "--set", "training.steps=40", "--set", "training.log_every=10"]
+
+
+def _open_to_the_world(rule: dict) -> bool:
+    return any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", [])) or \
+        any(r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges", []))
+
+
+def test_cluster_yaml_passes_rays_schema_and_keeps_the_cluster_closed():
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    typo = dict(prepared, max_worker=3)  # the schema refuses what it does not know: this check can fail
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(typo)
+
+    # Instance types: a CPU head that trains nothing, an 8-GPU type and a 1-GPU type, bounded.
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("CPU") == 0 and not head["resources"].get("GPU")
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert sorted(t["resources"]["GPU"] for t in workers) == [1, 8]
+    for node_type in workers:
+        assert 0 <= node_type["min_workers"] <= node_type["max_workers"] <= config["max_workers"]
+
+    # Token authentication on every node; nothing turns it off.
+    start = " ".join(config["head_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in start and "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
+    assert "disabled" not in (ROOT / "cluster.yaml").read_text().split("RAY_AUTH_MODE", 1)[1]
+    assert any(target.endswith(".ray/auth_token") for target in config["file_mounts"])
+    # Dashboard and job server on the head's localhost only (Ray's launcher default is 0.0.0.0).
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+    # No rule open to the world except SSH.
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    for rule in rules:
+        if _open_to_the_world(rule):
+            assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 22, 22), rule
+    # The project with a CUDA torch (not the CPU pin), and shared storage for run folders.
+    setup = " ".join(config["setup_commands"])
+    assert "torch==2.13.0" in setup and "download.pytorch.org/whl/cu" in setup
+    assert "pip install" in setup and "/home/ubuntu/palimpsest" in setup and "/mnt/shared" in setup
+    assert {".venv", "runs", ".git"} <= set(config["rsync_exclude"])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    nodes = LocalCluster(root)
+    try:
+        nodes.head(num_cpus=0)
+        nodes.second = nodes.add_node("a", num_cpus=2)
+        nodes.wait_for_cpus(2)
+        yield nodes
+    finally:
+        nodes.shutdown()
+
+
+def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(PALIMPSEST + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _env(cluster: LocalCluster | None, home: Path, *, token: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER"))}
+    env["HOME"] = str(home)  # no ~/.ray/auth_token of this machine's own
+    if token:
+        env["RAY_AUTH_TOKEN_PATH"] = str(cluster.token_file)
+    return env
+
+
+def _run_folder(stdout: str) -> Path:
+    line = next(line for line in stdout.splitlines() if line.startswith("run folder (on the cluster's storage): "))
+    return Path(line.split(": ", 1)[1].strip())
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, tmp_path_factory):
+    """jobs/quickstart.yaml (small budget) submitted with the token: exit 0 and a finished run folder."""
+    home = tmp_path_factory.mktemp("home")
+    storage = tmp_path_factory.mktemp("storage")
+    result = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", str(storage),
+                   *TINY], _env(cluster, home, token=True))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, _run_folder(result.stdout), storage, home
+
+
+def test_submit_runs_the_quickstart_on_a_two_node_cluster_and_refuses_a_request_without_the_token(
+        cluster, undisturbed, tmp_path):
+    result, folder, storage, home = undisturbed
+    assert "SUCCEEDED (exit 0)" in result.stdout
+    assert "[palimpsest] replay · task 3/3 step 40/40" in result.stdout  # the job's log, streamed
+    assert folder.parent == storage and folder.is_dir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["kind"] == "continual"
+    assert len(summary["methods"]["replay"]["accuracy_matrix"]) == 3
+    assert (folder / "report.md").is_file() and (folder / "checkpoints" / "replay" / "task-2").is_dir()
+    listed = _cli(["jobs", "--address", cluster.dashboard_url], _env(cluster, home, token=True))
+    assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout and str(folder) in listed.stdout
+
+    # Without the token: the CLI exits 2 with one line saying so, and submits nothing.
+    before = sorted(storage.iterdir())
+    refused = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", str(storage),
+                    *TINY], _env(cluster, tmp_path, token=False))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "requires its auth token" in refused.stderr and "Traceback" not in refused.stderr
+    assert sorted(storage.iterdir()) == before
+    # A wrong token: refused too.
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    refused = _cli(["jobs", "--address", cluster.dashboard_url, "--token-file", str(wrong)], _env(cluster, tmp_path,
+                                                                                                  token=False))
+    assert refused.returncode == 2 and "was refused" in refused.stderr
+    # And the cluster itself, asked directly: 401 without a token, 403 with a wrong one, 200 with it.
+    url = f"{cluster.dashboard_url}/api/jobs/"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.post(url, json={"entrypoint": "echo hi"}, timeout=10).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer " + "0" * 64}, timeout=10).status_code == 403
+    token = cluster.token_file.read_text().strip()
+    assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+
+
+def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undisturbed):
+    """The node running both training workers dies (SIGKILL to all its processes) during task 2; a
+    new node joins, Ray Train (FailureConfig) restarts the workers from the task-1 checkpoint in
+    the run folder's storage, and the job ends with the undisturbed run's accuracy matrix."""
+    _, clean_folder, storage, home = undisturbed
+    env = _env(cluster, home, token=True)
+    sent = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", str(storage),
+                 *TINY, "--set", "max_failures=2", "--no-wait"], env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    job_id = sent.stdout.split()[1]
+    folder = _run_folder(sent.stdout)
+
+    deadline = time.monotonic() + 240
+    while "task 2/3 step 10/40" not in (logs := _cli(["logs", job_id, "--address", cluster.dashboard_url],
+                                                      env).stdout):
+        assert time.monotonic() < deadline, logs[-3000:]
+        assert "task 3/3" not in logs, "task 2 ended before the kill: raise training.steps"
+        time.sleep(0.3)
+    killed = cluster.kill(cluster.second)
+    assert killed >= 3  # its raylet, agents and the two training workers
+    cluster.second = cluster.add_node("b", num_cpus=2)  # what an autoscaler does for a lost node
+
+    finished = _cli(["logs", job_id, "--follow", "--address", cluster.dashboard_url], env)
+    assert finished.returncode == 0, finished.stdout[-4000:]
+    # The restarted workers redid task 2 from its start: its first line shows twice, same loss.
+    again = [line.split("train_loss")[1].split()[0] for line in finished.stdout.splitlines()
+             if "replay · task 2/3 step 10/40" in line]
+    assert len(again) == 2 and again[0] == again[1], finished.stdout[-4000:]
+    summary = json.loads((folder / "summary.json").read_text())
+    clean = json.loads((clean_folder / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert summary["methods"]["replay"]["accuracy_matrix"] == clean["methods"]["replay"]["accuracy_matrix"]
