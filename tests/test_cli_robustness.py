@@ -350,8 +350,10 @@ def test_help_describes_only_what_exists(args):
     assert result.exit_code == 0, result.output
     text = result.output
     # commands and features that do not exist yet (DESIGN.md plans them)
-    for missing in (r"\bsubmit\b", r"DP-SGD"):
+    for missing in (r"DP-SGD",):
         assert not re.search(missing, text), (missing, text)
+    if args == ["--help"]:
+        assert all(command in text for command in ("submit", "jobs", "logs", "stop", "tune")), text
     if args != ["report", "--help"]:
         assert all(kind in text for kind in JOB_KINDS), text
     if args in (["--help"], ["run", "--help"]):
@@ -377,3 +379,30 @@ def test_forwarded_ray_noise_is_dropped_and_our_lines_pass(ray_session, capfd):
     printed = "".join(capfd.readouterr())
     assert "PreemptionWatcher" not in printed
     assert ours in printed and failure in printed
+
+
+# ----------------------------------------------------------------------------- 6. submit's bad input
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--address", "127.0.0.1:6379", "--storage", "/shared"], "not a job server URL"),
+    (["--storage", "/shared"], "--address: give the cluster's job server"),
+    (["--address", "http://127.0.0.1:9", "--storage", "/shared"], "cannot reach the job server"),
+    (["--address", "http://127.0.0.1:9"], "--storage: give shared storage"),
+    (["--address", "http://127.0.0.1:9", "--storage", "relative/runs"], "is relative"),
+    (["--address", "http://127.0.0.1:9", "--storage", "s3://bucket/runs"], "every node mounts"),
+    (["--address", "http://127.0.0.1:9", "--storage", "/shared", "--set", "training.lrr=1"], "training.lrr"),
+])
+def test_submit_refuses_bad_input_with_one_line_and_exit_2(monkeypatch, extra, message):
+    for variable in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    result = runner.invoke(app, ["submit", "jobs/quickstart.yaml", *extra], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_submit_refuses_a_job_outside_the_uploaded_project(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(Path("jobs/quickstart.yaml").read_text())
+    result = runner.invoke(app, ["submit", str(job), "--address", "http://127.0.0.1:9", "--storage", "/shared"])
+    assert result.exit_code == 2 and "outside the project folder" in result.output, result.output
