@@ -536,7 +536,7 @@ def logs(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `
 
     try:
         jobs = client(address, token_file)
-        info = _job_info(jobs, job_id)
+        _job_info(jobs, job_id)
     except SubmitError as error:
         _fail_input([str(error)])
     if not follow_:
@@ -546,7 +546,7 @@ def logs(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `
         follow(jobs, job_id, lambda text: out.out(text, end="", highlight=False))
     except KeyboardInterrupt:
         raise typer.Exit(130)
-    raise typer.Exit(exit_code(jobs.get_job_info(job_id)) if info else 1)
+    raise typer.Exit(exit_code(jobs.get_job_info(job_id)))
 
 
 @app.command(help="Stop a running cluster job (its run folder is marked interrupted; `run --resume` finishes it).")

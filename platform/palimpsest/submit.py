@@ -83,7 +83,9 @@ def auth_token(token_file: Path | None = None) -> str | None:
             raise SubmitError(f"$RAY_AUTH_TOKEN_PATH: {path} does not exist")
         return Path(path).expanduser().read_text().strip() or None
     default = Path.home() / ".ray" / "auth_token"
-    return default.read_text().strip() or None if default.is_file() else None
+    if not default.is_file():
+        return None
+    return default.read_text().strip() or None
 
 
 def client(address: str | None, token_file: Path | None = None):
@@ -141,8 +143,8 @@ def storage_root(storage: str | None, spec) -> str:
                           "palimpsest on EFS or NFS), or set storage_path in the job: the run folder and its "
                           "checkpoints must outlive the job and any one node")
     if "://" in chosen:
-        raise SubmitError(f"--storage: {chosen}: give a path that every node mounts (EFS, NFS, FSx, or a bucket "
-                          "mounted with mountpoint-s3 / gcsfuse); run folders are written as files")
+        raise SubmitError(f"--storage: {chosen}: give a path that every node mounts (EFS, NFS, FSx, Filestore); "
+                          "run folders are written as files renamed into place, which an object store cannot do")
     if not chosen.startswith("/"):
         raise SubmitError(f"--storage: {chosen} is relative; give an absolute path, the same on every node")
     return chosen.rstrip("/")
