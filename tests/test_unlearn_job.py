@@ -240,8 +240,12 @@ def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
 
 
 @pytest.mark.slow
-def test_npo_and_grad_diff_forget_better_than_the_target_keep_its_utility_and_dp2u_costs_half(tmp_path):
-    """Done-means 4, on the fact world's forget10 (the shipped job's settings on a 100-person world, no Ray)."""
+def test_npo_and_grad_diff_forget_better_than_the_target_and_keep_its_utility(tmp_path):
+    """Done-means 4, on the fact world's forget10 (the shipped job's settings on a 100-person world, no Ray).
+
+    dp2u's cost is checked where it is deterministic (its FLOPs, in the two-worker test above)
+    and measured in wall time side by side by `jobs/bench/unlearn_cost.yaml`: never timed here.
+    """
     document = yaml.safe_load((REPO / "jobs" / "unlearn" / "factworld_forget10.yaml").read_text())
     document.update(methods=["retrain", "grad_diff", "npo"], cache=str(tmp_path / "cache"),
                     scaling={"num_workers": 1})
@@ -256,9 +260,5 @@ def test_npo_and_grad_diff_forget_better_than_the_target_keep_its_utility_and_dp
     assert retrain["forget_quality"] == 1.0 and retrain["privleak"] == 0.0  # the retain model, reproduced
     assert retrain["model_utility"] == summary["retain_models"][0]["model_utility"]
 
-    private = {**document, "methods": ["dp2u"], "target": {**document["target"], "privacy": {"epsilon": 8.0}}}
-    dp = run_spec(private, tmp_path / "dp2u", use_ray=False)
-    cost = dp["methods"]["dp2u"]["cost"]
-    assert cost["flops_ratio"] <= 0.5 and cost["ratio"] <= 0.6, cost
-    print(json.dumps({"open": summary["table"], "target": {k: target[k] for k in ("forget_quality", "model_utility")},
-                      "dp2u": dp["table"], "dp2u_cost": cost}, indent=1))
+    print(json.dumps({"open": summary["table"], "target": {k: target[k] for k in ("forget_quality", "model_utility")}},
+                     indent=1))

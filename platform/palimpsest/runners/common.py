@@ -121,7 +121,8 @@ def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, gene
 
 
 def training_cost(result: dict, steps: int) -> dict:
-    """A method's cost: wall time, tokens, 6·N·D FLOPs (Kaplan et al., 2020), and seconds per step.
+    """A method's cost: training wall time, tokens, 6·N·D FLOPs (Kaplan et al., 2020), seconds per step,
+    and the evaluation's wall time apart (`eval_wall_s`: not part of what the method costs).
 
     The FLOPs are the non-private estimate, so a private run's lower FLOP/s is its DP
     overhead (per-example gradients, clipping, noise).
@@ -129,7 +130,8 @@ def training_cost(result: dict, steps: int) -> dict:
     flops = 6 * result["parameters"]["total"] * result["train_tokens"]
     wall = result["wall_s"]
     return {"wall_s": round(wall, 3), "train_tokens": result["train_tokens"], "train_flops": flops,
-            "step_s": round(wall / max(steps, 1), 4), "flop_per_s": round(flops / wall, 1) if wall > 0 else None}
+            "step_s": round(wall / max(steps, 1), 4), "flop_per_s": round(flops / wall, 1) if wall > 0 else None,
+            "eval_wall_s": round(result.get("eval_wall_s", 0.0), 3)}
 
 
 def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool,

@@ -33,12 +33,13 @@ class MethodResult:
     task_end: list[dict] = field(default_factory=list)  # per task: eval set -> metrics
     task_end_steps: list[int] = field(default_factory=list)
     train_tokens: int = 0
-    wall_s: float = 0.0  # training and evaluation, summed over attempts (a resume adds to it)
+    wall_s: float = 0.0  # training (model set-up and steps), summed over attempts (a resume adds to it)
+    eval_wall_s: float = 0.0  # evaluation, kept out of wall_s: a method's cost is what it trains
     parameters: dict | None = None
     privacy: dict | None = None  # a private run: ε spent, δ, σ, sample rate, steps (see privacy.PrivacyPlan)
     steps: int = 0  # optimizer steps per task
     task_tokens: list[int] = field(default_factory=list)  # per finished task: its training tokens
-    task_wall_s: list[float] = field(default_factory=list)  # per finished task: its wall time
+    task_wall_s: list[float] = field(default_factory=list)  # per finished task: its training wall time
 
 
 @dataclass

@@ -69,12 +69,20 @@ class _Run:
         result.wall_s += now - self.clock
         self.clock = now
 
-    def evaluate(self, model, names, *, replicated: bool) -> dict:
+    def evaluate(self, model, names, *, replicated: bool, result: MethodResult | None = None) -> dict:
+        """Score `names`; with `result`, the time spent goes to its `eval_wall_s`, not its `wall_s`."""
+        if result is not None:
+            self.tick(result)
         rank, world = (0, 1) if replicated else (self.session.rank, self.session.world_size)
         cfg = self.config
-        return evaluate_sets(model, cfg.eval_sets, names, pad_id=cfg.model["pad_id"], eos_id=cfg.model["eos_id"],
-                             batch_size=cfg.evaluation.batch_size, device=self.session.device, rank=rank,
-                             world_size=world)
+        scores = evaluate_sets(model, cfg.eval_sets, names, pad_id=cfg.model["pad_id"], eos_id=cfg.model["eos_id"],
+                               batch_size=cfg.evaluation.batch_size, device=self.session.device, rank=rank,
+                               world_size=world)
+        if result is not None:
+            now = time.perf_counter()
+            result.eval_wall_s += now - self.clock
+            self.clock = now
+        return scores
 
     def periodic_names(self, task: int) -> list[str]:
         if self.config.evaluation.periodic == "all" or not self.config.task_eval_names:
@@ -192,7 +200,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                 break
             if config.evaluation.every and done % config.evaluation.every == 0:
                 evaluated = run.evaluate(backend.model, run.periodic_names(task),
-                                         replicated=backend.shards_parameters)
+                                         replicated=backend.shards_parameters, result=result)
                 result.records += metric_records(evaluated, step=stream_step, task=task)
                 # Every rank reports (Ray Train's report is collective): a search acts on these.
                 session.report({"method": spec.name, "task": task, "step": stream_step, "scores": evaluated})
@@ -200,7 +208,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                 checkpoint(Position(index, task, done), {"task": task, "step": done})
         method.after_task(ctx)
         end_step = ctx.stream_step(opt.steps)
-        evaluated = run.evaluate(ctx.model, list(config.eval_sets), replicated=backend.shards_parameters)
+        evaluated = run.evaluate(ctx.model, list(config.eval_sets), replicated=backend.shards_parameters,
+                                 result=result)
         result.records += metric_records(evaluated, step=end_step, task=task)
         result.task_end.append(evaluated)
         result.task_end_steps.append(end_step)
