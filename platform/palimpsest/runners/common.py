@@ -131,7 +131,16 @@ def training_cost(result: dict, steps: int) -> dict:
     wall = result["wall_s"]
     return {"wall_s": round(wall, 3), "train_tokens": result["train_tokens"], "train_flops": flops,
             "step_s": round(wall / max(steps, 1), 4), "flop_per_s": round(flops / wall, 1) if wall > 0 else None,
-            "eval_wall_s": round(result.get("eval_wall_s", 0.0), 3)}
+            "eval_wall_s": round(result.get("eval_wall_s", 0.0), 3), **steady_throughput(result)}
+
+
+def steady_throughput(result: dict) -> dict:
+    """Tokens/s and s/step over the steps after each task's warm-up (`train.loop.STEADY_SKIP`)."""
+    wall, steps = result.get("steady_wall_s", 0.0), result.get("steady_steps", 0)
+    if not steps or wall <= 0:
+        return {}
+    return {"steady_tokens_per_s": round(result["steady_tokens"] / wall, 1), "steady_step_s": round(wall / steps, 5),
+            "steady_steps": steps}
 
 
 def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from palimpsest.catalog import methods_of
+from palimpsest.spec.bench import BenchJob
 from palimpsest.spec.rl import RLJob
 from palimpsest.spec.tuning import TuneSpec
 from palimpsest.spec.common import (
@@ -342,5 +343,6 @@ class UnlearnJob(_Job):
 
 
 JOB_KINDS: dict[str, type[Strict]] = {"train": TrainJob, "continual": ContinualJob,
-                                      "privacy_sweep": PrivacySweepJob, "unlearn": UnlearnJob, "rl": RLJob}
-JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob, UnlearnJob, RLJob]
+                                      "privacy_sweep": PrivacySweepJob, "unlearn": UnlearnJob, "rl": RLJob,
+                                      "bench": BenchJob}
+JobSpec = Union[TrainJob, ContinualJob, PrivacySweepJob, UnlearnJob, RLJob, BenchJob]

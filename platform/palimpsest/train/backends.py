@@ -21,6 +21,13 @@ from palimpsest.train.config import Optimisation
 from palimpsest.train.hooks import token_mean_share
 
 
+def adamw(params, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch AdamW, fused where the parameters allow (one kernel for every tensor: what `Trainer` uses)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class Backend:
     """Owns the wrapped model, the optimizer and the LR schedule."""
 
@@ -88,8 +95,8 @@ class DDPBackend(Backend):
             model = DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
         self.max_grad_norm = training.max_grad_norm
-        params = [p for p in unwrap(model).parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+        self.params = [p for p in unwrap(model).parameters() if p.requires_grad]
+        self.optimizer = adamw(self.params, lr=training.lr, weight_decay=training.weight_decay)
         self.scheduler = get_scheduler(training.lr_schedule, self.optimizer, num_warmup_steps=training.warmup_steps,
                                        num_training_steps=training.steps)
 
@@ -102,9 +109,8 @@ class DDPBackend(Backend):
         return contextlib.nullcontext()
 
     def step(self) -> torch.Tensor:
-        params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

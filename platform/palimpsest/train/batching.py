@@ -39,30 +39,36 @@ def tokenize_qa(tokenizer, examples, *, prompt_template: str = PROMPT_TEMPLATE) 
 
 
 def collate_qa(items: list[TokenizedQA], *, pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded inputs with labels only on answer tokens and the closing eos."""
+    """Right-padded inputs with labels only on answer tokens and the closing eos.
+
+    Built as Python lists and turned into tensors once (a tensor per row costs more than the
+    rest of the collation).
+    """
     sequences = [list(it.prompt) + list(it.answer) + [eos_id] for it in items]
     width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (it, seq) in enumerate(zip(items, sequences)):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        attention[row, : len(seq)] = 1
-        labels[row, len(it.prompt) : len(seq)] = torch.tensor(seq[len(it.prompt) :])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    input_ids, labels, attention = [], [], []
+    for it, seq in zip(items, sequences):
+        pad = width - len(seq)
+        input_ids.append(seq + [pad_id] * pad)
+        labels.append([IGNORE_INDEX] * len(it.prompt) + seq[len(it.prompt):] + [IGNORE_INDEX] * pad)
+        attention.append([1] * len(seq) + [0] * pad)
+    return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(attention, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long)}
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token next-token cross-entropy (0 where unlabelled) and the label mask, both (B, T-1)."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    losses = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.clamp(min=0).reshape(-1),
+    """Per-token next-token cross-entropy (0 where unlabelled) and the label mask, both (B, T-1).
+
+    The labels are shifted, not the logits (as transformers' own loss does): slicing the
+    (B, T, V) logits would copy them, and copy their gradient back, every step.
+    """
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts token t+1
+    losses = F.cross_entropy(  # 0, with no gradient, at ignored positions
+        logits.float().reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=IGNORE_INDEX,
         reduction="none",
-    ).view_as(shift_labels)
-    return losses * mask, mask
+    ).view_as(shifted)
+    return losses[:, :-1], shifted[:, :-1] != IGNORE_INDEX
 
 
 def normalised_loss(token_loss_sum: torch.Tensor, global_tokens: int, world_size: int) -> torch.Tensor:

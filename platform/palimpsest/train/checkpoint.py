@@ -40,6 +40,10 @@ class MethodResult:
     steps: int = 0  # optimizer steps per task
     task_tokens: list[int] = field(default_factory=list)  # per finished task: its training tokens
     task_wall_s: list[float] = field(default_factory=list)  # per finished task: its training wall time
+    # Steady state, for throughput: each task's steps after its first STEADY_SKIP (warm-up), without evaluation.
+    steady_steps: int = 0
+    steady_tokens: int = 0
+    steady_wall_s: float = 0.0
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from transformers import get_scheduler
 
-from palimpsest.train.backends import Backend
+from palimpsest.train.backends import Backend, adamw
 from palimpsest.train.config import Optimisation
 
 
@@ -76,7 +76,7 @@ class DeepSpeedBackend(Backend):
         _skip_shm_build()
         _single_process_group()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+        optimizer = adamw(params, lr=training.lr, weight_decay=training.weight_decay)
         scheduler = get_scheduler(training.lr_schedule, optimizer, num_warmup_steps=training.warmup_steps,
                                   num_training_steps=training.steps)
         engine, optimizer, _, scheduler = deepspeed.initialize(

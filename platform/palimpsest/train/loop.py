@@ -34,6 +34,11 @@ from palimpsest.train.session import LocalSession, RaySession, TrainSession
 from palimpsest.train.step import train_step
 
 
+# Steps at the start of each task left out of the steady-state throughput (allocator and
+# kernel warm-up, the first steps' lazy initialisation).
+STEADY_SKIP = 3
+
+
 def train_loop_per_worker(config: LoopConfig) -> dict:
     """Ray Train entry point (one call per worker)."""
     # Ray Train logs every report at INFO on every worker; the loop prints its own progress.
@@ -175,6 +180,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             backend.load_state_dict(saved.backend)
         backend.model.train()
         first = start_step if mid_task else 0
+        steady = _SteadyClock(result, first + min(STEADY_SKIP, max(opt.steps - first - 1, 0)), session.device)
 
         def checkpoint(position: Position, metrics: dict) -> dict:
             run.tick(result)
@@ -185,11 +191,14 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
 
         for step in range(first, opt.steps):
             _maybe_inject_failure(config.fail_at, index, task, step, session.rank)
+            steady.at_step(step)
             # Dropout and other randomness: a function of (seed, method, task, step), so a resume replays it.
             torch.manual_seed(derive_seed(config.seed, "step", index, task, step))
             batch = backend.choose_batch(method, ctx, step)
             ctx.lr = backend.learning_rate()
-            result.train_tokens += sum(len(it.prompt) + len(it.answer) + 1 for _, it in batch.flat())
+            tokens = sum(len(it.prompt) + len(it.answer) + 1 for _, it in batch.flat())
+            result.train_tokens += tokens
+            steady.count(step, tokens)
             grad_norm = train_step(ctx, method, backend, batch, accumulation=opt.grad_accum, window=run.window)
             method.after_step(ctx, step + 1, batch)
             done, stream_step = step + 1, ctx.stream_step(step + 1)
@@ -197,6 +206,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                 run.log_train_loss(result, task=task, done=done, stream_step=stream_step, grad_norm=grad_norm,
                                    backend=backend, method=method)
             if done == opt.steps:
+                steady.stop()
                 break
             if config.evaluation.every and done % config.evaluation.every == 0:
                 evaluated = run.evaluate(backend.model, run.periodic_names(task),
@@ -227,6 +237,41 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
             ctx.model = build_model(model_cfg).to(session.device)
             ctx.model.load_state_dict(full_state)
+
+
+class _SteadyClock:
+    """Times one task's steps from step `start` to its last, for `result.steady_*` (evaluation left out).
+
+    A GPU is synchronised at the two ends only: the steps themselves stay free of host syncs.
+    """
+
+    def __init__(self, result: MethodResult, start: int, device):
+        self.result, self.start, self.device = result, start, device
+        self.began: float | None = None
+        self.eval_before = 0.0
+        self.steps = self.tokens = 0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def at_step(self, step: int) -> None:
+        if step == self.start:
+            self.began, self.eval_before = self._now(), self.result.eval_wall_s
+
+    def count(self, step: int, tokens: int) -> None:
+        if self.began is not None:
+            self.steps, self.tokens = self.steps + 1, self.tokens + tokens
+
+    def stop(self) -> None:
+        if self.began is None:
+            return
+        result = self.result
+        result.steady_wall_s += self._now() - self.began - (result.eval_wall_s - self.eval_before)
+        result.steady_steps += self.steps
+        result.steady_tokens += self.tokens
+        self.began = None
 
 
 def _close_task(run: _Run, result: MethodResult, ctx: LoopContext, task: int, steps: int) -> list[dict]:

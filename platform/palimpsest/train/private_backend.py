@@ -27,7 +27,7 @@ from transformers import get_scheduler
 
 from palimpsest.models import unwrap
 from palimpsest.privacy import PrivacyPlan, epsilon_spent
-from palimpsest.train.backends import Backend
+from palimpsest.train.backends import Backend, adamw
 from palimpsest.train.config import Optimisation
 from palimpsest.train.hooks import StepBatch, per_example_loss
 from palimpsest.train.sampling import derive_seed
@@ -64,7 +64,7 @@ class PrivateBackend(Backend):
         if not self.mode.startswith("ghost"):  # a second backward before the step would be a bug: fail loudly
             self.model.forbid_grad_accumulation()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        inner = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+        inner = adamw(params, lr=training.lr, weight_decay=training.weight_decay)
         self.scheduler = get_scheduler(training.lr_schedule, inner, num_warmup_steps=training.warmup_steps,
                                        num_training_steps=training.steps)
         self.generator = torch.Generator(device=device)
