@@ -51,7 +51,7 @@ def test_minimal_spec_fills_defaults():
         ({"data": {"source": "file", "path": "/no/such/facts.jsonl"}}, "data.path", ["not found", "/no/such/facts.jsonl"]),
         ({"kind": "trian"}, "kind", ["unknown job kind", "did you mean 'train'"]),
         ({"data": {"source": "factworld", "split": "forget7"}}, "data.split", ["unknown split"]),
-        ({"data": {"source": "web"}}, "data", ["unknown source"]),
+        ({"data": {"source": "web"}}, "data.source", ["unknown source"]),
         ({"scaling": {"num_workers": 3}}, "training.batch_size", ["multiple of"]),
     ],
 )

@@ -165,7 +165,7 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
     try:
         if no_ray and getattr(runner, "NEEDS_RAY", False):
             raise BadInput(f"--no-ray: kind {spec.kind} trains with RLlib and Ray Tune, which need Ray")
-        if no_ray and spec.scaling.num_workers != 1:
+        if no_ray and spec.scaling.num_workers != 1 and spec.kind != "bench":  # a bench skips its Ray cases
             raise BadInput("scaling.num_workers: --no-ray runs one worker; set scaling.num_workers=1")
         # (a search checks the job's data here, before any folder; each trial prepares its own)
         prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume and not search else None)
@@ -607,6 +607,50 @@ def ledger(path: Path = typer.Argument(..., help="a ledger.jsonl (a run folder's
         table.add_row(record["id"], record["status"], record["method"], epsilon, str(record.get("items", "")),
                       record["items_hash"][:19] + "…", record.get("time", ""), str(where))
     out.print(table)
+
+
+@app.command(help="Run the benchmarks of every kind: bench spec in PATHS (folders: their *.yaml; default "
+                  "jobs/bench) as one bench job: one run folder, one table, bench.json and plots/bench.png. "
+                  "Exit codes as for run.")
+def bench(
+    paths: Optional[List[Path]] = typer.Argument(None, help="bench specs or folders of them (default: jobs/bench)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/bench-<UTC time>)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (as for run)"),
+    no_ray: bool = typer.Option(False, "--no-ray", help="skip the cases that need Ray"),
+) -> None:
+    import tempfile
+
+    import yaml
+
+    files: list[Path] = []
+    for path in paths or [Path("jobs/bench")]:
+        if path.is_dir():
+            found = sorted(path.glob("*.yaml"))
+            if not found:
+                _fail_input([f"{path}: no *.yaml bench specs in this folder"])
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            _fail_input([f"{path}: no such file or folder"])
+    problems, benchmarks = [], []
+    for file in files:
+        try:
+            spec = load_spec(file, [])
+        except SpecError as error:
+            problems += error.problems
+            continue
+        if spec.kind != "bench":
+            problems.append(f"{file}: kind: {spec.kind}; palimpsest bench runs kind: bench specs only")
+            continue
+        benchmarks += [b.model_dump(mode="json") for b in spec.benchmarks]
+    if problems:
+        _fail_input(problems)
+    with tempfile.TemporaryDirectory(prefix="palimpsest-bench-") as scratch:
+        joined = Path(scratch) / "bench.yaml"
+        joined.write_text(yaml.safe_dump({"kind": "bench", "name": "bench", "benchmarks": benchmarks},
+                                         sort_keys=False))
+        _guarded(joined, None, out_dir, address, no_ray, None, search=False)
 
 
 @app.command()

@@ -22,6 +22,45 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _bench_value(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def draw_bench_plot(folder: RunFolder, summary: dict) -> list[Path]:
+    """plots/bench.png: every ratio, one panel per section, the targets marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary.get("rows") or [] if r["ratio"] is not None]
+    if not rows:
+        return []
+    sections = list(dict.fromkeys(r["section"] for r in rows))
+    heights = [max(1.2, 0.35 * sum(r["section"] == s for r in rows) + 0.6) for s in sections]
+    fig, axes = plt.subplots(len(sections), 1, figsize=(9, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, section in zip(axes[:, 0], sections):
+        mine = [r for r in rows if r["section"] == section]
+        colours = ["tab:red" if r["meets"] is False else "tab:green" if r["meets"] else "tab:blue" for r in mine]
+        ax.barh([f"{r['case']} / {r['baseline']}" for r in mine], [r["ratio"] for r in mine], color=colours)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        for r in mine:
+            if r["target"] and r["target"].split()[0] in (">=", "<=") and len(r["target"].split()) == 2:
+                ax.axvline(float(r["target"].split()[1]), color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{section} (ratio to the baseline; {mine[0]['unit']})", fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    folder.plots.mkdir(exist_ok=True)
+    path = folder.plots / "bench.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the results table: one row per split (train) or per method (continual)."""
     if summary.get("kind") == "continual":
@@ -54,6 +93,12 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         rows = [[r["trial"] + (" (best)" if r["trial"] == best else ""), r["status"], str(r["iterations"]),
                  *(_fmt(r["config"].get(p)) for p in space), *(_fmt(r.get(m)) for m in metrics), _fmt(r.get("wall_s"))]
                 for r in summary.get("rows") or []]
+        return header, rows
+    if summary.get("kind") == "bench":
+        header = ["section", "case", "value", "unit", "against", "ratio", "target", "met", "note"]
+        rows = [[r["section"], r["case"], _bench_value(r["value"]), r["unit"], r["baseline"] or "",
+                 "—" if r["ratio"] is None else f"{r['ratio']:.3f}", r["target"] or "",
+                 {True: "yes", False: "NO", None: ""}[r["meets"]], r["note"]] for r in summary.get("rows") or []]
         return header, rows
     if summary.get("kind") == "privacy_sweep":
         points = summary.get("points") or []
@@ -455,6 +500,8 @@ def write_report(folder: RunFolder) -> Path:
         plots = draw_unlearn_plots(folder, summary)
     elif summary.get("kind") == "rl":
         plots = draw_rl_plots(folder, summary) if summary.get("results") else []
+    elif summary.get("kind") == "bench":
+        plots = draw_bench_plot(folder, summary)
     elif continual and summary.get("methods"):
         plots = draw_continual_plots(folder, summary)
     else:
@@ -488,7 +535,7 @@ def write_report(folder: RunFolder) -> Path:
     if rows:
         lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
-        if summary.get("kind") not in ("rl", "tune"):
+        if summary.get("kind") not in ("rl", "tune", "bench"):
             lines += ["", "answer_accuracy: greedy answer equals the reference token for token (exact match); "
                       "token_accuracy and loss: teacher-forced, over answer tokens."]
     if continual:

@@ -50,9 +50,14 @@ def best(values: list[float], *, higher_is_better: bool) -> float:
     return max(values) if higher_is_better else min(values)
 
 
-def sections() -> dict:
-    """`benchmark.type` -> its `measure` function (imported on demand: each pulls a heavy stack)."""
-    from palimpsest.bench import envs, llm, rllib, unlearn
+SECTIONS = {"loop": ("llm", "measure_loop"), "deepspeed": ("llm", "measure_deepspeed"),
+            "private": ("llm", "measure_private"), "unlearn": ("unlearn", "measure"), "envs": ("envs", "measure"),
+            "rllib": ("rllib", "measure")}
 
-    return {"loop": llm.measure_loop, "deepspeed": llm.measure_deepspeed, "private": llm.measure_private,
-            "unlearn": unlearn.measure, "envs": envs.measure, "rllib": rllib.measure}
+
+def section(kind: str):
+    """The `measure` function of a `benchmark.type` (imported on demand: each pulls a heavy stack)."""
+    import importlib
+
+    module, function = SECTIONS[kind]
+    return getattr(importlib.import_module(f"palimpsest.bench.{module}"), function)

@@ -16,12 +16,35 @@ import numpy as np
 import palimpsest_envs
 
 
-def vector_rate(env_id: str, num_envs: int, steps: int, params: dict | None = None) -> float:
-    """Steps/s of the batched twin at `num_envs` sub-envs over `steps` batch steps."""
-    envs = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(params or {}))
+def random_actions(space: gymnasium.Space, count: int, seed: int, batch: int | None = None):
+    """`count` random actions of `space`, drawn before the clock starts (indexable, one per step).
+
+    A Discrete space draws from `numpy.random.default_rng(seed)`: Python ints, or rows of `batch`
+    actions (one per sub-env) when `batch` is given. Any other space (e.g. POPGym's MultiDiscrete
+    actions, or a vector env's batched `action_space`) is seeded with `seed` and sampled.
+    """
+    if isinstance(space, gymnasium.spaces.Discrete):
+        draws = int(space.start) + np.random.default_rng(seed).integers(
+            0, space.n, size=(count,) if batch is None else (count, batch))
+        return draws.tolist() if batch is None else draws
+    space.seed(seed)
+    return [space.sample() for _ in range(count)]
+
+
+def vector_rate(env_id: str, num_envs: int, steps: int, params: dict | None = None, *, seed: int = 0,
+                vectorization_mode: str = "vector_entry_point") -> float:
+    """Steps/s of the batched twin at `num_envs` sub-envs over `steps` batch steps.
+
+    `vectorization_mode="sync"` steps `num_envs` single envs through Gymnasium's SyncVectorEnv instead
+    (how a user batches an env without a batched twin, e.g. POPGym's).
+    """
+    envs = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode, **(params or {}))
     try:
-        envs.reset(seed=0)
-        actions = np.random.default_rng(0).integers(0, envs.single_action_space.n, size=(steps + 1, num_envs))
+        envs.reset(seed=seed)
+        if isinstance(envs.single_action_space, gymnasium.spaces.Discrete):
+            actions = random_actions(envs.single_action_space, steps + 1, seed, batch=num_envs)
+        else:
+            actions = random_actions(envs.action_space, steps + 1, seed)
         envs.step(actions[0])
         started = time.perf_counter()
         for batch in actions[1:]:
@@ -31,14 +54,14 @@ def vector_rate(env_id: str, num_envs: int, steps: int, params: dict | None = No
         envs.close()
 
 
-def single_rate(env_id: str, steps: int, params: dict | None = None) -> float:
+def single_rate(env_id: str, steps: int, params: dict | None = None, *, seed: int = 0) -> float:
     """Steps/s of one Gymnasium env (`gymnasium.make`, its wrappers included) over `steps` steps."""
     env = gymnasium.make(env_id, **(params or {}))
-    env.reset(seed=0)
-    actions = np.random.default_rng(0).integers(0, env.action_space.n, size=steps)
+    env.reset(seed=seed)
+    actions = random_actions(env.action_space, steps, seed)
     started = time.perf_counter()
     for action in actions:
-        _, _, terminated, truncated, _ = env.step(int(action))
+        _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
     rate = steps / (time.perf_counter() - started)

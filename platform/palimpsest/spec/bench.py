@@ -7,7 +7,7 @@ same run against what a user would otherwise use (README, "Benchmarks").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -112,20 +112,25 @@ class RLlibBench(Strict):
     num_envs_per_env_runner: int = Field(8, gt=0)
 
 
-Benchmark = Annotated[Union[LoopBench, DeepSpeedBench, PrivateBench, UnlearnBench, EnvsBench, RLlibBench],
-                      Field(discriminator="type")]
+_KINDS = (LoopBench, DeepSpeedBench, PrivateBench, UnlearnBench, EnvsBench, RLlibBench)
+Benchmark = Annotated[Union[_KINDS], Field(discriminator="type")]
+BENCH_TYPES = tuple(get_args(kind.model_fields["type"].annotation)[0] for kind in _KINDS)
 
 
 class BenchJob(Strict):
-    """`kind: bench` — one benchmark, measured side by side; writes bench.json and a plot."""
+    """`kind: bench` — benchmarks measured side by side, one after another; writes bench.json and a plot.
+
+    `palimpsest bench jobs/bench` runs the benchmarks of every spec in a folder as one job.
+    """
 
     kind: Literal["bench"]
     name: str = Field("bench", pattern=NAME_PATTERN, description="run name (folder prefix)")
     seed: int = Field(0, ge=0)
-    benchmark: Benchmark
+    benchmarks: list[Benchmark] = Field(min_length=1, description="what to measure, in order")
 
     @property
     def scaling(self):
+        """What Ray must hold: the largest worker group of any benchmark."""
         from palimpsest.spec.common import ScalingSpec
 
-        return ScalingSpec(num_workers=getattr(self.benchmark, "workers", 1))
+        return ScalingSpec(num_workers=max(getattr(b, "workers", 1) for b in self.benchmarks))

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from palimpsest.spec.common import SpecError, _suggest
+from palimpsest.spec.bench import BENCH_TYPES
 from palimpsest.spec.jobs import JOB_KINDS, JobSpec
 from palimpsest.spec.rules import cross_problems
 from palimpsest.spec.tuning import corner_values, metric_problems, with_values
@@ -210,9 +211,13 @@ def _describe(err: ValidationError, model_cls: type[BaseModel]) -> list[str]:
             message = "required field missing"
         elif kind == "union_tag_invalid":
             ctx = item.get("ctx", {})
-            message = f"unknown source {ctx.get('tag')}; allowed: {ctx.get('expected_tags')}"
+            key = ctx.get("discriminator", "'source'").strip("'")
+            path += f".{key}"
+            message = f"unknown {key} {ctx.get('tag')}; allowed: {ctx.get('expected_tags')}"
         elif kind == "union_tag_not_found":
-            message = "missing 'source' (allowed: 'factworld', 'file', 'hf')"
+            key = item.get("ctx", {}).get("discriminator", "'source'").strip("'")
+            message = (f"missing '{key}'" + (" (allowed: 'factworld', 'file', 'hf')" if key == "source" else
+                                              f" (allowed: {', '.join(BENCH_TYPES)})" if key == "type" else ""))
         else:
             message = item["msg"]
             if message.startswith("Value error, "):

@@ -202,11 +202,12 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             grad_norm = train_step(ctx, method, backend, batch, accumulation=opt.grad_accum, window=run.window)
             method.after_step(ctx, step + 1, batch)
             done, stream_step = step + 1, ctx.stream_step(step + 1)
+            if done == opt.steps:
+                steady.stop()  # before the last log line (a private run's ε is computed for it)
             if done % opt.log_every == 0 or done == opt.steps:
                 run.log_train_loss(result, task=task, done=done, stream_step=stream_step, grad_norm=grad_norm,
                                    backend=backend, method=method)
             if done == opt.steps:
-                steady.stop()
                 break
             if config.evaluation.every and done % config.evaluation.every == 0:
                 evaluated = run.evaluate(backend.model, run.periodic_names(task),
