@@ -1,5 +1,6 @@
 # make run   - set up .venv (once) and run jobs/quickstart.yaml
 # make test  - set up .venv (once) and run every test tier (unit, integration, slow)
+# make bench - set up .venv (once, with the bench extra) and run every benchmark in jobs/bench/
 # TORCH_SPEC: CPU users keep the pin (a local CPU wheel); GPU users may override,
 # e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url https://..."`.
 PYTHON ?= python3
@@ -7,8 +8,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
+BENCH_STAMP := $(VENV)/.stamp-bench
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast bench clean
 
 install: $(STAMP)
 
@@ -26,6 +28,15 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q --durations=20 tests
+
+# the bench extra (POPGym, the environments' comparison) on top of the dev install
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+# every jobs/bench/ spec as one job: one table, bench.json and plots/bench.png in runs/bench-<time>
+bench: $(BENCH_STAMP)
+	$(BIN)/palimpsest bench jobs/bench
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

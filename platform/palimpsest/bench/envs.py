@@ -68,7 +68,7 @@ def popgym_id(name: str) -> str:
 
 
 def popgym_envs() -> tuple[dict[str, str] | None, str]:
-    """Our env name -> its POPGym env's class name, and "" ; or None and why POPGym's envs cannot be used."""
+    """(our env name -> its POPGym env's class name, ""), or (None, why POPGym's envs cannot be used)."""
     if importlib.util.find_spec("popgym") is None:
         return None, MISSING_POPGYM
     try:
@@ -99,7 +99,7 @@ def one_core():
 
 def absolute_target(row: Row, bound: float = TARGET_RATE) -> Row:
     """Give `row` an absolute target: its *value* (not a ratio) must be at least `bound` steps/s."""
-    row.target = f">= {bound:g} {UNIT}"
+    row.target = f">= {bound:g} {UNIT}".replace("e+0", "e").replace("e+", "e")  # ">= 1e7 steps/s"
     row.meets = row.value >= bound if row.value is not None else None
     return row
 

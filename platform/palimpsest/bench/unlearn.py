@@ -40,7 +40,9 @@ def measure(spec, workdir: Path, use_ray: bool) -> list[Row]:
     document.pop("ledger", None)
     runs = [("open", document)]
     if bench.dp2u_epsilon is not None:
-        target = {**document["target"], "privacy": {"epsilon": bench.dp2u_epsilon}}
+        # (per-example clipping replaces the global one under DP: the spec refuses both)
+        target = {**document["target"], "privacy": {"epsilon": bench.dp2u_epsilon},
+                  "training": {**document["target"]["training"], "max_grad_norm": None}}
         runs.append(("dp2u", {**document, "methods": ["dp2u"], "target": target}))
     rows: list[Row] = []
     for label, doc in runs:
@@ -48,15 +50,21 @@ def measure(spec, workdir: Path, use_ray: bool) -> list[Row]:
         retrain = summary["methods"].get("retrain")
         for name, block in summary["methods"].items():
             cost = block["cost"]
+            case = name if label == "open" else f"{name} (target ε={bench.dp2u_epsilon:g})"
             rows.append(Row(
-                "unlearn", name if label == "open" else f"{name} (target ε={bench.dp2u_epsilon:g})",
-                cost["unlearn_wall_s"], "s", baseline="retraining (the retain model)", ratio=cost["ratio"],
-                target="<= 0.5" if name == "dp2u" else None,
-                meets=(cost["ratio"] <= 0.5) if name == "dp2u" else None,
-                note=f"FLOPs ratio {cost['flops_ratio']:.3g}",
+                "unlearn", case, cost["unlearn_wall_s"], "s", baseline="retraining (the retain model)",
+                ratio=cost["ratio"], note=f"wall time; FLOPs ratio {cost['flops_ratio']:.3g}",
                 extra={"forget_quality": block["forget_quality"], "model_utility": block["model_utility"],
                        "retrain_wall_s": cost["retrain_wall_s"], "flops_ratio": cost["flops_ratio"],
                        "target_forget_quality": summary["target"]["forget_quality"],
                        "target_model_utility": summary["target"]["model_utility"],
                        "retrain_forget_quality": retrain["forget_quality"] if retrain else None}))
+            if name == "dp2u":
+                # The paper counts training epochs; 6·N·D FLOPs is that count. The wall ratio above
+                # also carries each job's fixed set-up (model build or load), which a tiny model
+                # does not amortise.
+                flops = sum(request["cost"]["train_flops"] for request in block["requests"])
+                rows.append(Row("unlearn", f"{case}: training compute", flops, "FLOPs",
+                                baseline="retraining (the retain model)", ratio=cost["flops_ratio"], target="<= 0.5",
+                                meets=cost["flops_ratio"] <= 0.5, note="6·N·D over the requests"))
     return rows
