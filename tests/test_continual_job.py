@@ -243,6 +243,23 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / "run" / "summary.json").read_text())["trials"] == len(document["envs"])
         return
+    if document["kind"] == "bench":  # each benchmark on a tiny budget; --no-ray: the Ray cases say they skipped
+        tiny = {"loop": {"steps": 5, "num_entities": 10, "batch_size": 4, "repeats": 1},
+                "deepspeed": {"steps": 5, "num_entities": 10, "batch_size": 4, "repeats": 1},
+                "private": {"steps": 5, "num_entities": 10, "batch_size": 4, "repeats": 1},
+                "unlearn": {"set": {"data.num_entities": 10, "target.training.steps": 3, "training.steps": 3,
+                                    "target.training.batch_size": 4, "target.training.warmup_steps": 0,
+                                    "training.batch_size": 4, "eval.max_examples": 4}},
+                "envs": {"batches": [8], "batch_steps": 3, "single_steps": 20, "repeats": 1},
+                "rllib": {}}
+        document["benchmarks"] = [{**b, **tiny[b["type"]]} for b in document["benchmarks"]]
+        path = tmp_path / "bench.yaml"
+        path.write_text(yaml.safe_dump(document))
+        result = CliRunner().invoke(app, ["run", str(path), "--no-ray", "--out", str(tmp_path / "run")])
+        assert result.exit_code == 0, result.output
+        rows = json.loads((tmp_path / "run" / "bench.json").read_text())["rows"]
+        assert rows and {r["section"] for r in rows} == {b["type"] for b in document["benchmarks"]}
+        return
     overrides = ["training.steps=3", "training.checkpoint_every=null", "eval.eval_every=null",
                  "scaling.num_workers=1", "training.batch_size=4"]
     if document.get("stream", {}).get("source") == "factworld":

@@ -10,7 +10,6 @@ evaluation and checkpoints are not in it. The end-to-end wall time of a Ray Trai
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from pathlib import Path
@@ -69,10 +68,14 @@ def ours(document: dict, workdir: Path, *, use_ray: bool) -> dict:
 
 
 def _batches(config, steps: int) -> list[list]:
-    """`steps` batches drawn from the task's items, seeded (what a user's shuffled loader gives)."""
+    """The batches our loop trains on, step by step (seeded epochs over the task): every case gets these."""
+    from palimpsest.train.sampling import derive_seed, global_batch_indices
+
     items = config.tasks[0]
-    rng = random.Random(0)
-    return [rng.sample(items, config.optimisation.batch_size) for _ in range(steps)]
+    seed = derive_seed(config.seed, "task-order", 0)
+    return [[items[i] for i in global_batch_indices(step, num_examples=len(items),
+                                                    batch_size=config.optimisation.batch_size, seed=seed).tolist()]
+            for step in range(steps)]
 
 
 def _tokens(batch) -> int:
@@ -113,7 +116,7 @@ def bare_pytorch(config, threads: int) -> dict:
 
 
 def hf_trainer(config, threads: int, workdir: Path) -> dict:
-    """transformers' `Trainer` on the same model, items, batch size, learning rate, schedule and clipping.
+    """transformers' `Trainer` on the same model, batches, learning rate, schedule and clipping.
 
     Its own defaults otherwise (the optimizer included: `adamw_torch_fused` in transformers 5).
     Timed by a callback from the start of step `STEADY_SKIP` to the end of the last step.
@@ -127,10 +130,13 @@ def hf_trainer(config, threads: int, workdir: Path) -> dict:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(threads)
     opt, ids = config.optimisation, config.model
-    items = config.tasks[0]
+    # The dataset is our loop's batches, one per element (a loader batch of 1 is one of them), so
+    # Trainer trains on exactly the examples and padding the other cases do (in its own shuffled order).
+    batches = _batches(config, opt.steps)
     seen: list[int] = []  # tokens of each batch, in the order the steps take them
 
-    def collate(batch):
+    def collate(one):
+        (batch,) = one
         seen.append(_tokens(batch))
         return collate_qa(batch, pad_id=ids["pad_id"], eos_id=ids["eos_id"])
 
@@ -146,12 +152,12 @@ def hf_trainer(config, threads: int, workdir: Path) -> dict:
                 clock["ended"] = time.perf_counter()
 
     arguments = TrainingArguments(
-        output_dir=str(workdir / "trainer"), per_device_train_batch_size=opt.batch_size, max_steps=opt.steps,
+        output_dir=str(workdir / "trainer"), per_device_train_batch_size=1, max_steps=opt.steps,
         learning_rate=opt.lr, weight_decay=opt.weight_decay, lr_scheduler_type=opt.lr_schedule,
         warmup_steps=opt.warmup_steps, max_grad_norm=opt.max_grad_norm or 0.0, logging_strategy="no",
         save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         disable_tqdm=True, seed=0, remove_unused_columns=False)
-    trainer = Trainer(model=build_model(ids), args=arguments, train_dataset=items, data_collator=collate,
+    trainer = Trainer(model=build_model(ids), args=arguments, train_dataset=batches, data_collator=collate,
                       callbacks=[Timing()])
     trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line
     trainer.train()

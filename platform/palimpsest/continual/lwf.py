@@ -89,6 +89,8 @@ class LwF(TrainingMethod):
         t_squared: multiply the term by T².
     """
 
+    full_logits = True  # distils the teacher's logits at every position
+
     def __init__(self, lam: float, temperature: float, t_squared: bool):
         self.lam, self.temperature, self.t_squared = lam, temperature, t_squared
         self.teacher_weights: dict[str, torch.Tensor] | None = None  # model after the previous task

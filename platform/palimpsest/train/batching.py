@@ -58,12 +58,15 @@ def collate_qa(items: list[TokenizedQA], *, pad_id: int, eos_id: int) -> dict[st
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token next-token cross-entropy (0 where unlabelled) and the label mask, both (B, T-1).
+    """Per-token next-token cross-entropy (0 where unlabelled) and the label mask, both (B, K-1).
 
-    The labels are shifted, not the logits (as transformers' own loss does): slicing the
-    (B, T, V) logits would copy them, and copy their gradient back, every step.
+    `logits` covers the last K positions of `labels`' T (K = T: all; the loop computes only
+    those from the first one that predicts a label). The labels are shifted, not the logits
+    (as transformers' own loss does): slicing the (B, K, V) logits would copy them, and copy
+    their gradient back, every step.
     """
-    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts token t+1
+    positions = logits.size(1)
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)[:, labels.size(1) - positions:]  # t predicts t+1
     losses = F.cross_entropy(  # 0, with no gradient, at ignored positions
         logits.float().reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=IGNORE_INDEX,
         reduction="none",

@@ -135,8 +135,8 @@ class MicroBatch:
 
     inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, labels (on the device)
     part_of_row: list[str]
-    token_losses: torch.Tensor  # (B, T-1), zero where unlabelled
-    token_mask: torch.Tensor  # (B, T-1) bool
+    token_losses: torch.Tensor  # (B, P): the positions whose logits were computed, zero where unlabelled
+    token_mask: torch.Tensor  # (B, P) bool
     step_batch: StepBatch  # the global batch this micro-batch belongs to
     world_size: int
     accumulation: int
@@ -196,6 +196,10 @@ class TrainingMethod:
     """
 
     name = "naive"
+    # False: the loop computes logits only from the first position any row of a micro-batch
+    # predicts a label at (`train_step`): `outputs.logits` covers those positions alone. A
+    # method that reads logits at other positions (LwF's distillation) sets True.
+    full_logits = False
 
     def before_task(self, ctx: LoopContext) -> None:
         """Prepare the model for task `ctx.task` (may replace `ctx.model`).

@@ -13,6 +13,8 @@ from __future__ import annotations
 import zlib
 from typing import Iterable, Sequence
 
+import functools
+
 import numpy as np
 
 
@@ -39,10 +41,17 @@ def global_batch_indices(step: int, *, num_examples: int, batch_size: int, seed:
     """
     start = step * batch_size
     first_epoch, last_epoch = start // num_examples, (start + batch_size - 1) // num_examples
-    order = np.concatenate([rng_for(seed, "epoch", epoch).permutation(num_examples)
-                            for epoch in range(first_epoch, last_epoch + 1)])
+    order = np.concatenate([_epoch_order(seed, epoch, num_examples) for epoch in range(first_epoch, last_epoch + 1)])
     offset = start - first_epoch * num_examples
     return order[offset : offset + batch_size]
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """One epoch's seeded permutation, drawn once per epoch rather than once per step (read-only)."""
+    order = rng_for(seed, "epoch", epoch).permutation(num_examples)
+    order.flags.writeable = False
+    return order
 
 
 def shard_for_rank(items: Sequence, *, rank: int, world_size: int) -> Sequence:

@@ -10,8 +10,12 @@ gradients (`after_backward`) before the backend clips and steps.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
+from palimpsest.models import unwrap
 from palimpsest.train.backends import Backend
 from palimpsest.train.batching import collate_qa, token_losses
 from palimpsest.train.hooks import TASK_PART, LoopContext, MicroBatch, StepBatch, TrainingMethod
@@ -39,7 +43,8 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
                   collate_qa([item for _, item in chunk], pad_id=ctx.pad_id, eos_id=ctx.eos_id).items()}
         row_weights = torch.tensor(weights, device=ctx.device)
         with backend.accumulating(k == accumulation - 1):
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            **_logits_window(method, model, chunk, inputs["input_ids"].size(1)))
             losses, mask = token_losses(outputs.logits, inputs["labels"])
             micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in chunk], token_losses=losses,
                                token_mask=mask, step_batch=batch, world_size=ctx.world_size,
@@ -50,3 +55,26 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
         window += counted.to(window.device)
     method.after_backward(ctx)
     return backend.step()
+
+
+def _logits_window(method: TrainingMethod, model, chunk: list, width: int) -> dict:
+    """`logits_to_keep`: the positions from the first that predicts a label (the shortest prompt's last token).
+
+    The language-model head and the loss over the prompt positions before it would be
+    discarded work: with a large vocabulary they are much of a small model's step.
+    """
+    if method.full_logits or not _keeps_logits(type(_base(model))):
+        return {}
+    keep = width - (min(len(item.prompt) for _, item in chunk) - 1)
+    return {"logits_to_keep": keep} if 0 < keep < width else {}
+
+
+def _base(model):
+    """The transformers model under the wrappers (DDP, DeepSpeed, Opacus; peft's LoRA)."""
+    model = unwrap(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@functools.lru_cache(maxsize=None)
+def _keeps_logits(cls) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
