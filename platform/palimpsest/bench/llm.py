@@ -177,13 +177,21 @@ def measure_loop(spec, workdir: Path, use_ray: bool) -> list[Row]:
     _, prepared = prepared_case(document)
     config = prepared.worker_config
     with_ray = use_ray and bench.ray
-    runs: dict[str, list[dict]] = {}
-    for _ in range(bench.repeats):  # interleaved: a slow spell of the machine hits every case alike
-        runs.setdefault("bare PyTorch", []).append(bare_pytorch(config, bench.threads))
-        runs.setdefault("transformers Trainer", []).append(hf_trainer(config, bench.threads, workdir))
-        runs.setdefault("ours, no Ray", []).append(ours(document, workdir, use_ray=False))
+    cases = {"bare PyTorch": lambda: bare_pytorch(config, bench.threads),
+             "transformers Trainer": lambda: hf_trainer(config, bench.threads, workdir),
+             "ours, no Ray": lambda: ours(document, workdir, use_ray=False)}
+    runs: dict[str, list[dict]] = {case: [] for case in cases}
+    if with_ray:
+        runs["ours, Ray Train 1 worker"] = []
+    names = list(cases)
+    for repeat in range(bench.repeats):
+        # Interleaved, and each repetition starts with another case: a slow spell of the machine
+        # (or a process still winding down) hits every case alike.
+        for case in names[repeat % len(names):] + names[:repeat % len(names)]:
+            runs[case].append(cases[case]())
         if with_ray:
-            runs.setdefault("ours, Ray Train 1 worker", []).append(ours(document, workdir, use_ray=True))
+            runs["ours, Ray Train 1 worker"].append(ours(document, workdir, use_ray=True))
+            time.sleep(2.0)  # Ray Train's actors wind down after fit() returns: not during the next case
     rows = [Row("loop", case, round(best([r["tokens_per_s"] for r in results], higher_is_better=True), 1),
                 "tokens/s", note=f"best of {len(results)}") for case, results in runs.items()]
     rows[1].note += f"; optim {runs['transformers Trainer'][0]['optimizer']}"
