@@ -160,3 +160,29 @@ def test_the_gpu_script_runs_every_section_in_dry_run_mode(tmp_path):
     assert parity["max_rel_diff"] <= parity["tolerance_rel"]
     throughput = report["sections"]["throughput_plain"]["figures"]
     assert throughput["tokens_per_s"] > 0 and 0 <= throughput["mfu"] < 1
+
+
+def test_the_loss_over_kept_logits_equals_the_loss_over_every_position():
+    """`logits_to_keep` from the shortest prompt's last token drops no labelled position (one later would)."""
+    import torch
+
+    from palimpsest.models import build_model
+    from palimpsest.runners import train
+    from palimpsest.train.batching import collate_qa, token_losses
+    from palimpsest.train.hooks import TASK_PART, TrainingMethod
+    from palimpsest.train.step import _logits_window
+
+    config = train.prepare(parse_spec(_tiny_train(3))).worker_config
+    ids, items = config.model, config.tasks[0][:8]
+    model = build_model(ids).eval()
+    inputs = collate_qa(items, pad_id=ids["pad_id"], eos_id=ids["eos_id"])
+    chunk = [(TASK_PART, item) for item in items]
+    window = _logits_window(TrainingMethod(), model, chunk, inputs["input_ids"].size(1))
+    assert 0 < window["logits_to_keep"] < inputs["input_ids"].size(1)
+    with torch.no_grad():
+        full, full_mask = token_losses(model(input_ids=inputs["input_ids"]).logits, inputs["labels"])
+        kept, kept_mask = token_losses(model(input_ids=inputs["input_ids"], **window).logits, inputs["labels"])
+        late, late_mask = token_losses(model(input_ids=inputs["input_ids"],
+                                             logits_to_keep=window["logits_to_keep"] - 1).logits, inputs["labels"])
+    assert kept_mask.sum() == full_mask.sum() and torch.allclose(kept.sum(), full.sum(), rtol=1e-5)
+    assert late_mask.sum() < full_mask.sum()  # one position fewer loses the shortest prompt's first answer token

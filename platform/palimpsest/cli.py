@@ -527,18 +527,26 @@ def jobs_(address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS
         sys.stdout.write("\t".join(row) + "\n")
 
 
-@app.command(help="Print a cluster job's log (--follow: until it ends, then exit with its exit code).")
-def logs(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `palimpsest jobs` printed"),
-         follow_: bool = typer.Option(False, "--follow", "-f", help="stream the log until the job ends"),
-         address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
-         token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP)) -> None:
-    from palimpsest.submit import SubmitError, client, exit_code, follow
+def _cluster_job(address, token_file, job_id: str):
+    """The cluster's job client, once `job_id` is known there (else one line, exit 2)."""
+    from palimpsest.submit import SubmitError, client
 
     try:
         jobs = client(address, token_file)
         _job_info(jobs, job_id)
     except SubmitError as error:
         _fail_input([str(error)])
+    return jobs
+
+
+@app.command(help="Print a cluster job's log (--follow: until it ends, then exit with its exit code).")
+def logs(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `palimpsest jobs` printed"),
+         follow_: bool = typer.Option(False, "--follow", "-f", help="stream the log until the job ends"),
+         address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+         token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP)) -> None:
+    from palimpsest.submit import exit_code, follow
+
+    jobs = _cluster_job(address, token_file, job_id)
     if not follow_:
         out.out(jobs.get_job_logs(job_id), end="", highlight=False)
         return
@@ -553,13 +561,7 @@ def logs(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `
 def stop(job_id: str = typer.Argument(..., help="the id `palimpsest submit` or `palimpsest jobs` printed"),
          address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
          token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP)) -> None:
-    from palimpsest.submit import SubmitError, client
-
-    try:
-        jobs = client(address, token_file)
-        _job_info(jobs, job_id)
-    except SubmitError as error:
-        _fail_input([str(error)])
+    jobs = _cluster_job(address, token_file, job_id)
     stopped = jobs.stop_job(job_id)
     out.print(f"{job_id}: {'stop requested' if stopped else 'already ended'}", highlight=False)
 
