@@ -390,7 +390,11 @@ def test_forwarded_ray_noise_is_dropped_and_our_lines_pass(ray_session, capfd):
     (["--address", "http://127.0.0.1:9", "--storage", "/shared"], "cannot reach the job server"),
     (["--address", "http://127.0.0.1:9"], "--storage: give shared storage"),
     (["--address", "http://127.0.0.1:9", "--storage", "relative/runs"], "is relative"),
-    (["--address", "http://127.0.0.1:9", "--storage", "s3://bucket/runs"], "every node mounts"),
+    (["--address", "http://127.0.0.1:9", "--storage", "ftp://bucket/runs"], "--storage: ftp://bucket/runs: unknown "
+                                                                               "scheme 'ftp'"),
+    (["--address", "http://127.0.0.1:9", "--storage", "s3://"], "no bucket"),
+    # a bucket is good storage: the next thing checked is the job server
+    (["--address", "http://127.0.0.1:9", "--storage", "s3://bucket/runs"], "cannot reach the job server"),
     (["--address", "http://127.0.0.1:9", "--storage", "/shared", "--set", "training.lrr=1"], "training.lrr"),
 ])
 def test_submit_refuses_bad_input_with_one_line_and_exit_2(monkeypatch, extra, message):

@@ -22,6 +22,7 @@ import requests
 import yaml
 
 from cluster_nodes import LocalCluster
+from object_store import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PALIMPSEST = [sys.executable, "-m", "palimpsest.cli"]
@@ -74,7 +75,16 @@ def test_cluster_yaml_passes_rays_schema_and_keeps_the_cluster_closed():
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def bucket(tmp_path_factory):
+    """An S3-compatible store (tests/object_store.py), started first: its credentials go into every node's
+    environment, as an instance role would give them on a cloud."""
+    server = ObjectStore(tmp_path_factory.mktemp("s3") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(bucket, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     nodes = LocalCluster(root)
     try:
@@ -98,9 +108,9 @@ def _env(cluster: LocalCluster | None, home: Path, *, token: bool) -> dict:
     return env
 
 
-def _run_folder(stdout: str) -> Path:
+def _run_folder(stdout: str) -> str:
     line = next(line for line in stdout.splitlines() if line.startswith("run folder (on the cluster's storage): "))
-    return Path(line.split(": ", 1)[1].strip())
+    return line.split(": ", 1)[1].strip()
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +121,7 @@ def undisturbed(cluster, tmp_path_factory):
     result = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", str(storage),
                    *TINY], _env(cluster, home, token=True))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result, _run_folder(result.stdout), storage, home
+    return result, Path(_run_folder(result.stdout)), storage, home
 
 
 def test_submit_runs_the_quickstart_on_a_two_node_cluster_and_refuses_a_request_without_the_token(
@@ -149,17 +159,21 @@ def test_submit_runs_the_quickstart_on_a_two_node_cluster_and_refuses_a_request_
     assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
 
 
-def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undisturbed):
+def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undisturbed, bucket):
     """The node running both training workers dies (SIGKILL to all its processes) during task 2; a
     new node joins, Ray Train (FailureConfig) restarts the workers from the task-1 checkpoint in
-    the run folder's storage, and the job ends with the undisturbed run's accuracy matrix."""
-    _, clean_folder, storage, home = undisturbed
+    storage — a bucket here: the new node downloads it — and the job ends with the undisturbed
+    run's accuracy matrix. The run folder is uploaded beside the checkpoints."""
+    _, clean_folder, _, home = undisturbed
     env = _env(cluster, home, token=True)
-    sent = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", str(storage),
+    storage = bucket.uri("cluster", "runs")
+    sent = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", storage,
                  *TINY, "--set", "max_failures=2", "--no-wait"], env)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     job_id = sent.stdout.split()[1]
     folder = _run_folder(sent.stdout)
+    name = folder.split("?")[0].rsplit("/", 1)[1]
+    assert folder.startswith(f"s3://cluster/runs/{name}?endpoint_override=")
 
     deadline = time.monotonic() + 240
     while "task 2/3 step 10/40" not in (logs := _cli(["logs", job_id, "--address", cluster.dashboard_url],
@@ -177,7 +191,10 @@ def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undistur
     again = [line.split("train_loss")[1].split()[0] for line in finished.stdout.splitlines()
              if "replay · task 2/3 step 10/40" in line]
     assert len(again) == 2 and again[0] == again[1], finished.stdout[-4000:]
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads(bucket.read(f"cluster/runs/{name}/summary.json"))
     clean = json.loads((clean_folder / "summary.json").read_text())
-    assert summary["status"] == "ok"
+    assert summary["status"] == "ok" and summary["storage"]["run_folder"] == folder
     assert summary["methods"]["replay"]["accuracy_matrix"] == clean["methods"]["replay"]["accuracy_matrix"]
+    files = bucket.files(f"cluster/runs/{name}")
+    assert sum(key.endswith("checkpoint_manifest.json") for key in files) >= 3  # Ray Train's, one per task end
+    assert "checkpoints/replay/task-2/model.safetensors" in files and "report.md" in files

@@ -227,11 +227,13 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
     if earlier_attempts:  # the run's cost includes the attempts it finishes
         summary["cost"]["wall_s"] = round(summary["cost"]["wall_s"] + sum(earlier_attempts), 3)
     summary["attempts_wall_s"] = earlier_attempts + [_since(started)]
+    summary.update(_storage_record(spec, folder))
     folder.write_summary(summary)
     from palimpsest.report import write_report
 
     write_report(folder)
     _print_results(summary, folder.path)
+    _upload(folder, spec, finished=True)
 
 
 _REAL_SIGNAL = signal.signal
@@ -407,7 +409,7 @@ def _since(started) -> float:
 def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[float], stop_ray: bool = False,
                    kind: str | None = None) -> None:
     folder.write_summary({"status": status, "kind": kind or spec.kind, "name": spec.name, "seed": spec.seed, "error": message,
-                          "attempts_wall_s": attempts})
+                          "attempts_wall_s": attempts, **_storage_record(spec, folder)})
     if stop_ray:  # end the run's actors now: no more progress lines or checkpoints after "interrupted"
         try:
             import ray
@@ -421,6 +423,38 @@ def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[fl
         write_report(folder)
     except Exception:  # the report is a courtesy here; the summary already says what happened
         pass
+    _upload(folder, spec, finished=False)
+
+
+def _storage_record(spec, folder) -> dict:
+    """Where the run's checkpoints (and, for a URI storage_path, its uploaded folder) are."""
+    from palimpsest.storage import is_uri, join
+
+    storage = getattr(spec, "storage_path", None)
+    if storage is None:
+        return {}
+    record = {"checkpoints": storage}
+    if is_uri(storage):
+        record["run_folder"] = join(storage, folder.path.name)
+    return {"storage": record}
+
+
+def _upload(folder, spec, *, finished: bool) -> None:
+    """A URI storage_path gets the run folder beside the checkpoints once the run ends (ok, failed or interrupted)."""
+    from palimpsest.storage import drop_mirror, is_uri, upload_run_folder
+
+    storage = getattr(spec, "storage_path", None)
+    if not is_uri(storage):
+        return
+    try:
+        where = upload_run_folder(folder.path, storage)
+    except Exception as error:  # noqa: BLE001 - the local folder is complete; say what to copy by hand
+        err.print(f"warning: the run folder stays at {folder.path}; uploading it to {storage} failed: "
+                  f"{type(error).__name__}: {error}", highlight=False, markup=False)
+        return
+    if finished:  # its checkpoints are on storage (and exported into checkpoints/)
+        drop_mirror(folder.path)
+    out.print(f"run folder uploaded to {where}", highlight=False)
 
 
 def _print_results(summary: dict, path: Path) -> None:
@@ -458,9 +492,9 @@ _TOKEN_HELP = ("file holding the cluster's auth token (default: $RAY_AUTH_TOKEN,
 def submit(
     job: Path = typer.Argument(..., help="job spec YAML inside this project (it is uploaded with it)"),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
-    storage: Optional[str] = typer.Option(None, "--storage", help="shared storage every node mounts at the same path; "
-                                          "the run folder (checkpoints inside) goes there (default: the job's "
-                                          "storage_path)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="shared storage every node mounts at the same path, "
+                                          "or a bucket (s3://BUCKET/PREFIX, gs://...): the run folder and its "
+                                          "checkpoints go there (default: the job's storage_path)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field, value parsed as YAML"),
     search: bool = typer.Option(False, "--tune", help="run `palimpsest tune` on the job's tune: section"),
     no_wait: bool = typer.Option(False, "--no-wait", help="print the job id and return at once"),

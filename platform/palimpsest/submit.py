@@ -6,7 +6,9 @@ py_modules (so the cluster runs this tree's code even where an older copy is ins
 runs `python -m palimpsest.cli run JOB --out STORAGE/NAME-TIME` (or `tune`) on the head. The
 run folder, with the Ray Train checkpoints inside it, lives in that storage: shared storage
 that every node mounts at the same path, so a restarted worker on another node finds the
-checkpoints and the folder outlives the job.
+checkpoints and the folder outlives the job. With a bucket (`--storage s3://BUCKET/PREFIX`)
+the job's storage_path is the bucket: Ray Train writes the checkpoints there, and the run
+folder, written on the head meanwhile, is uploaded to STORAGE/NAME-TIME when the job ends.
 
 The token: `--token-file`, else $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token (Ray's
 own order), sent as `Authorization: Bearer …` on every request.
@@ -137,28 +139,47 @@ def entrypoint(job: Path, sets: list[str], run_folder: str, *, search: bool) -> 
 
 def storage_root(storage: str | None, spec) -> str:
     """Where run folders go on the cluster: --storage, else the job's storage_path."""
+    from palimpsest.storage import StorageError, check_storage_path, is_uri
+
     chosen = storage or getattr(spec, "storage_path", None)
     if not chosen:
         raise SubmitError("--storage: give shared storage that every node mounts at the same path (e.g. /mnt/shared/"
-                          "palimpsest on EFS or NFS), or set storage_path in the job: the run folder and its "
-                          "checkpoints must outlive the job and any one node")
-    if "://" in chosen:
-        raise SubmitError(f"--storage: {chosen}: give a path that every node mounts (EFS, NFS, FSx, Filestore); "
-                          "run folders are written as files renamed into place, which an object store cannot do")
+                          "palimpsest on EFS or NFS) or a bucket URI (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX), or "
+                          "set storage_path in the job: the run folder and its checkpoints must outlive the job and "
+                          "any one node")
+    if is_uri(chosen):
+        try:
+            return check_storage_path(chosen, "--storage")
+        except StorageError as error:
+            raise SubmitError(str(error)) from None
     if not chosen.startswith("/"):
         raise SubmitError(f"--storage: {chosen} is relative; give an absolute path, the same on every node")
     return chosen.rstrip("/")
 
 
+# With a bucket for storage, the run folder is written here on the head while the job runs,
+# then uploaded beside its checkpoints (palimpsest.storage).
+HEAD_RUNS = "/tmp/palimpsest-runs"
+
+
 def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: str | None, search: bool,
            token_file: Path | None = None, name: str | None = None) -> tuple[object, Submission]:
     from palimpsest.runtime import utc_stamp
+    from palimpsest.storage import is_uri, join
 
     root = storage_root(storage, spec)
     stamp = utc_stamp()
     folder_name = f"{spec.name}{'-tune' if search else ''}-{stamp}"
-    run_folder = f"{root}/{folder_name}"
-    command, relative = entrypoint(job, sets, run_folder, search=search)
+    if is_uri(root) and not hasattr(spec, "storage_path"):
+        raise SubmitError(f"--storage: {root}: kind {spec.kind} writes no checkpoints to a bucket; give a path that "
+                          "every node mounts")
+    if is_uri(root):  # checkpoints straight to the bucket; the folder follows when the job ends
+        run_folder = join(root, folder_name)
+        command, relative = entrypoint(job, [*sets, f"storage_path={root}"], f"{HEAD_RUNS}/{folder_name}",
+                                       search=search)
+    else:
+        run_folder = f"{root}/{folder_name}"
+        command, relative = entrypoint(job, sets, run_folder, search=search)
     jobs = client(address, token_file)
     runtime_env = {
         "working_dir": str(project_root()),

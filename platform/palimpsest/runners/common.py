@@ -152,16 +152,22 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
 
     Returns rank 0's output and the reported checkpoints as (directory, metrics).
     """
-    storage = Path(spec.storage_path).resolve() if spec.storage_path else folder.path / "ray"
+    from palimpsest.storage import RunStorage
+
+    storage = RunStorage(spec.storage_path, folder.path, run_name)
+    local = storage.pull()  # a URI's checkpoints are read through the run folder's mirror
     if not use_ray:
         from palimpsest.train.loop import run_training
         from palimpsest.train.session import LocalSession
 
         # A rerun of an interrupted folder picks up its last checkpoint (Ray does the same
         # by itself when a run name and storage path are reused).
-        session = LocalSession(storage / run_name, resume_from=config.resume_from or latest_checkpoint(storage / run_name))
-        output = run_training(config, session)
-        return output, reported_checkpoints(storage / run_name)
+        session = LocalSession(local, resume_from=config.resume_from or latest_checkpoint(local))
+        try:
+            output = run_training(config, session)
+        finally:  # what an interrupted run saved reaches storage too
+            storage.push()
+        return output, reported_checkpoints(local)
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -169,9 +175,10 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
     from palimpsest.train.loop import train_loop_per_worker
 
     # Ray resumes by itself from the checkpoints its controller registered; one reported in
-    # the last seconds before an interrupt may not be registered yet, so name the newest.
+    # the last seconds before an interrupt may not be registered yet, so name the newest
+    # (by its URI when storage is one: workers on any node read it from there).
     if not config.resume_from:
-        config = config.with_(resume_from=latest_checkpoint(storage / run_name))
+        config = config.with_(resume_from=storage.reference(latest_checkpoint(local)))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -179,7 +186,7 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
                                      resources_per_worker={"CPU": spec.scaling.cpus_per_worker}),
         run_config=RunConfig(
             name=run_name,  # unique per run: a reused name would resume an old run
-            storage_path=str(storage),
+            storage_path=storage.ray_path,
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),  # every task end is exported
             # Ray Train logs every report at INFO; the loop's progress lines say enough.
@@ -188,7 +195,7 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
         ),
     )
     result = trainer.fit()
-    return result.return_value, reported_checkpoints(storage / run_name)
+    return result.return_value, reported_checkpoints(storage.pull())
 
 
 # Files a checkpoint holds for the trainer, not for users of the exported model.

@@ -15,6 +15,7 @@ from palimpsest.catalog import methods_of
 from palimpsest.spec.bench import BenchJob
 from palimpsest.spec.rl import RLJob
 from palimpsest.spec.tuning import TuneSpec
+from palimpsest.storage import check_storage_path
 from palimpsest.spec.common import (
     DataSpec, EvalSpec, FileData, HFData, ModelSpec, PrivacySettings, PrivacySpec, ScalingSpec, Strict, TrainingSpec,
     _existing_path, _suggest,
@@ -31,8 +32,15 @@ class _Job(Strict):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
-    storage_path: str | None = Field(None, description="Ray storage for training checkpoints; default: inside the run folder")
+    storage_path: str | None = Field(None, description="where Ray Train writes checkpoints: an absolute path every "
+                                                       "node mounts, or a URI (s3://, gs://); default: inside the "
+                                                       "run folder")
     tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage(cls, value):
+        return check_storage_path(value)
 
 
 def _private_clipping(job):

@@ -7,7 +7,6 @@ torch or ray.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -15,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from palimpsest.rl.catalog import AGENTS, MEMORY_PARAMS
 from palimpsest.spec.common import Strict, _suggest
 from palimpsest.spec.tuning import TuneSpec
+from palimpsest.storage import check_storage_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -173,7 +173,7 @@ class RLJob(Strict):
     @classmethod
     def _absolute(cls, value):
         # Stored absolute, so `run --resume` from another folder finds the same experiment; a URI stays.
-        return value if value is None or "://" in value else str(Path(value).expanduser().resolve())
+        return check_storage_path(value)
 
     @model_validator(mode="after")
     def _distinct_labels(self):

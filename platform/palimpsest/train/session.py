@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from palimpsest.storage import is_uri, name_of
+
 REPORTED_METRICS = "reported_metrics.json"  # beside a local checkpoint: what was reported with it
 MANIFEST = "checkpoint_manifest.json"  # in every reported checkpoint: what a complete copy holds
 # A rank other than 0 that reports a directory (sharded checkpoints, merged by Ray into one)
@@ -240,7 +242,7 @@ def checkpoint_directory(checkpoint, rank: int) -> str:
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         if not Path(checkpoint.path).is_dir():
             raise FileNotFoundError(f"checkpoint {checkpoint.path} is not on this node's filesystem: with "
-                                    "several nodes, storage_path must be shared storage")
+                                    "several nodes, storage_path must be shared storage or a bucket URI")
         return checkpoint.path
     target = tempfile.mkdtemp(prefix=f"palimpsest-restore-rank{rank}-")
     atexit.register(shutil.rmtree, target, ignore_errors=True)
@@ -274,9 +276,11 @@ class RaySession(TrainSession):
         # Ray's may be older (one reported just before an interrupt is not registered yet).
         # Checkpoint folder names sort in time order.
         newer_on_storage = checkpoint is not None and self._resume_from is not None and \
-            Path(self._resume_from).name > Path(checkpoint.path).name
+            name_of(self._resume_from) > Path(checkpoint.path).name
         if checkpoint is not None and not newer_on_storage:
             return _verified(checkpoint_directory(checkpoint, self.rank))
+        if self._resume_from and is_uri(self._resume_from):  # storage_path is a URI: read it from there
+            return _verified(checkpoint_directory(ray.train.Checkpoint(self._resume_from), self.rank))
         return _verified(self._resume_from) if self._resume_from else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:

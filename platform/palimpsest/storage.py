@@ -1,0 +1,198 @@
+"""Where a run's Ray Train checkpoints live: a local (or mounted) path, or an object-store URI.
+
+`storage_path` in a job is either an absolute path (shared storage on a cluster: EFS, NFS)
+or a URI that pyarrow opens (`s3://bucket/prefix`, `gs://bucket/prefix`; query options such
+as `?endpoint_override=host:port&scheme=http` for an S3-compatible store are kept). Ray Train
+writes the checkpoints there itself and a restarted worker on any node reads them back.
+
+The run folder is written as files renamed into place, which an object store cannot do, so
+with a URI it stays on the driver's disk while the run goes on and is uploaded beside the
+checkpoints when the run ends (`upload_run_folder`): everything of run NAME is under
+`STORAGE/NAME/`. The driver reads checkpoints through a local mirror
+(`RUN_FOLDER/.storage-mirror/`), into which each complete checkpoint is downloaded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+logger = logging.getLogger(__name__)
+
+# What pyarrow opens and Ray Train documents for storage_path.
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
+MIRROR = ".storage-mirror"
+
+
+class StorageError(ValueError):
+    """A storage_path that cannot be used."""
+
+
+def is_uri(value: str | None) -> bool:
+    return bool(value) and "://" in value
+
+
+def check_storage_path(value: str | None, field: str | None = None) -> str | None:
+    """A local path made absolute (so `run --resume` elsewhere finds it), or a URI with a known scheme.
+
+    No network access: the store is reached when the run starts.
+    """
+    if value is None:
+        return None
+    where = f"{field}: " if field else ""
+    if not is_uri(value):
+        if not value.strip():
+            raise StorageError(f"{where}empty; give an absolute path or a URI ({', '.join(SCHEMES[:2])}://...)")
+        return str(Path(value).expanduser().resolve())
+    parts = urlsplit(value)
+    if parts.scheme not in SCHEMES:
+        raise StorageError(f"{where}{value}: unknown scheme {parts.scheme!r}; give a path, or a URI with one of "
+                           f"{', '.join(s + '://' for s in SCHEMES)}")
+    if parts.scheme != "file" and not parts.netloc:
+        raise StorageError(f"{where}{value}: no bucket; give {parts.scheme}://BUCKET/PREFIX")
+    return value.rstrip("/") if not parts.query else value
+
+
+def join(base: str, *names: str) -> str:
+    """`base`/names..., keeping a URI's query (its options) at the end."""
+    if not is_uri(base):
+        return str(Path(base, *names))
+    parts = urlsplit(base)
+    path = "/".join([parts.path.rstrip("/"), *names])
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def name_of(reference: str) -> str:
+    """The last path component of a path or URI (a checkpoint's folder name)."""
+    return Path(urlsplit(reference).path if is_uri(reference) else reference).name
+
+
+def filesystem(uri: str):
+    """(pyarrow filesystem, path on it) for a URI."""
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except Exception as error:  # pyarrow raises ArrowInvalid / OSError for what it cannot open
+        raise StorageError(f"storage_path: {uri}: {error}") from None
+
+
+class RunStorage:
+    """One Ray Train run's checkpoints: `ROOT/RUN_NAME/checkpoint_*`.
+
+    `local` is where the driver reads them: the storage itself for a path, the run folder's
+    mirror for a URI (`pull` refreshes it). `ray_path` is what RunConfig(storage_path=) gets.
+    """
+
+    def __init__(self, storage_path: str | None, folder: Path, run_name: str):
+        self.run_name = run_name
+        if storage_path is None:
+            self.ray_path = str(Path(folder) / "ray")
+        else:
+            self.ray_path = storage_path if is_uri(storage_path) else str(Path(storage_path).resolve())
+        self.remote = is_uri(self.ray_path)
+        self.local = (Path(folder) / MIRROR / run_name) if self.remote else Path(self.ray_path) / run_name
+        self.where = join(self.ray_path, run_name)  # where the checkpoints are, for people
+
+    def reference(self, local_checkpoint: str | None) -> str | None:
+        """What a worker on any node can open: the URI of a mirrored checkpoint (else the path itself)."""
+        if local_checkpoint is None or not self.remote:
+            return local_checkpoint
+        return join(self.where, name_of(local_checkpoint))
+
+    def _listing(self) -> tuple[object, list[str]]:
+        import pyarrow.fs
+
+        fs, path = filesystem(self.where)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        names = sorted(i.base_name for i in infos
+                       if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+        return (fs, path), names
+
+    def pull(self) -> Path:
+        """Download every complete checkpoint the mirror lacks (a copy cut short stays out); return `local`."""
+        if not self.remote:
+            return self.local
+        from palimpsest.train.session import CheckpointCorruptError, verify_checkpoint
+
+        (fs, path), names = self._listing()
+        self.local.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            target = self.local / name
+            if target.is_dir():
+                continue
+            partial = self.local / f".{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            _download(fs, f"{path}/{name}", partial)
+            try:
+                verify_checkpoint(partial, require_manifest=True)
+            except (CheckpointCorruptError, FileNotFoundError) as error:
+                logger.warning("%s/%s is not complete on storage; not used (%s)", self.where, name, error)
+                shutil.rmtree(partial, ignore_errors=True)
+                continue
+            partial.rename(target)
+        return self.local
+
+    def push(self) -> None:
+        """Upload the mirror's checkpoints that storage lacks whole (a run without Ray writes into the mirror)."""
+        if not self.remote or not self.local.is_dir():
+            return
+        import pyarrow.fs
+
+        from palimpsest.train.session import MANIFEST
+
+        (fs, path), _ = self._listing()
+        for directory in sorted(p for p in self.local.glob("checkpoint_*") if p.is_dir()):
+            if fs.get_file_info(f"{path}/{directory.name}/{MANIFEST}").type != pyarrow.fs.FileType.File:
+                _upload(directory, fs, f"{path}/{directory.name}")
+
+
+def _download(fs, path: str, target: Path) -> None:
+    """Every file under `path` on `fs` into `target` (folders made as needed)."""
+    import pyarrow.fs
+
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+    target.mkdir(parents=True)
+    for info in infos:
+        if info.type != pyarrow.fs.FileType.File:
+            continue
+        local = target / info.path[len(path.rstrip("/")) + 1:]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as source, open(local, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+
+
+def _upload(directory: Path, fs, path: str, skip: str | None = None) -> None:
+    """Every file under `directory` to `path` on `fs`, manifests last: a copy cut short has none."""
+    from palimpsest.train.session import MANIFEST_GLOB
+
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.match(MANIFEST_GLOB))  # stable: the manifests go last
+    for file in files:
+        relative = file.relative_to(directory)
+        if skip is not None and relative.parts[0] == skip:
+            continue
+        target = f"{path}/{relative.as_posix()}"
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with open(file, "rb") as source, fs.open_output_stream(target) as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+
+
+def upload_run_folder(folder: Path, storage_path: str) -> str:
+    """Copy the run folder (not the mirror) to STORAGE/FOLDER_NAME/; return that URI.
+
+    Each file is written whole (an object store has no half-written objects); an upload cut
+    short leaves older copies, and the next end of the run (a resume's) uploads again.
+    """
+    folder = Path(folder)
+    destination = join(storage_path, folder.name)
+    fs, path = filesystem(destination)
+    _upload(folder, fs, path, skip=MIRROR)
+    return destination
+
+
+def drop_mirror(folder: Path) -> None:
+    """A finished run's mirror: its checkpoints are on storage and exported into checkpoints/."""
+    shutil.rmtree(Path(folder) / MIRROR, ignore_errors=True)
