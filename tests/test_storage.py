@@ -62,6 +62,16 @@ def test_validate_names_the_field_of_a_bad_storage_uri(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_bucket_that_cannot_be_written_is_refused_before_any_folder(store, tmp_path):
+    store.uri("exists")
+    missing = store.uri("exists").replace("s3://exists", "s3://missing-bucket")
+    result = CliRunner().invoke(app, ["run", "jobs/quickstart.yaml", *TINY, "--set", f"storage_path={missing}",
+                                      "--out", str(tmp_path / "run"), "--no-ray"], terminal_width=400)
+    assert result.exit_code == 2, result.output
+    assert "storage_path: s3://missing-bucket?" in result.output and "cannot write there" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- the mirror
 
 

@@ -160,6 +160,7 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
                 _fail_input([str(error)])
     from palimpsest.data import DataError
     from palimpsest.runners import RUNNERS
+    from palimpsest.storage import StorageError
 
     runner = RUNNERS[spec.kind]
     try:
@@ -170,13 +171,14 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         # (a search checks the job's data here, before any folder; each trial prepares its own)
         prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume and not search else None)
         interrupts.check()
+        _check_storage(spec)
         if not no_ray:
             _start_ray(spec, address)
             interrupts.reassert()
             interrupts.check()
     except RayUnavailable as error:
         _fail_input([str(error)])
-    except (DataError, BadInput, FileExistsError) as error:
+    except (DataError, BadInput, FileExistsError, StorageError) as error:
         _fail_input([f"{job}: {error}"])
     try:
         folder = RunFolder(resume.resolve()) if resume else \
@@ -424,6 +426,15 @@ def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[fl
     except Exception:  # the report is a courtesy here; the summary already says what happened
         pass
     _upload(folder, spec, finished=False)
+
+
+def _check_storage(spec) -> None:
+    """A bucket storage_path is written to before any folder exists (StorageError: exit 2)."""
+    from palimpsest.storage import check_writable, is_uri
+
+    storage = getattr(spec, "storage_path", None)
+    if is_uri(storage):
+        check_writable(storage)
 
 
 def _storage_record(spec, folder) -> dict:

@@ -79,6 +79,24 @@ def filesystem(uri: str):
         raise StorageError(f"storage_path: {uri}: {error}") from None
 
 
+def check_writable(uri: str) -> None:
+    """Write and delete a marker under `uri`: the bucket exists and these credentials may write it.
+
+    Before a run folder exists, so a wrong bucket or missing credentials end the command with
+    one line (an unreachable endpoint takes a few seconds of the client's retries).
+    """
+    fs, path = filesystem(uri)
+    marker = f"{path.rstrip('/')}/.palimpsest-write-check"
+    try:
+        with fs.open_output_stream(marker) as sink:
+            sink.write(b"ok")
+        fs.delete_file(marker)
+    except OSError as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StorageError(f"storage_path: {uri}: cannot write there ({first}); check the bucket's name and this "
+                           "machine's credentials (instance role, AWS_* or GOOGLE_APPLICATION_CREDENTIALS)") from None
+
+
 class RunStorage:
     """One Ray Train run's checkpoints: `ROOT/RUN_NAME/checkpoint_*`.
 
@@ -165,14 +183,17 @@ def _download(fs, path: str, target: Path) -> None:
 
 
 def _upload(directory: Path, fs, path: str, skip: str | None = None) -> None:
-    """Every file under `directory` to `path` on `fs`, manifests last: a copy cut short has none."""
+    """Every file under `directory` to `path` on `fs`, manifests last: a copy cut short has none.
+
+    `skip`: a folder name left out wherever it occurs (a search's trials have mirrors too).
+    """
     from palimpsest.train.session import MANIFEST_GLOB
 
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.match(MANIFEST_GLOB))  # stable: the manifests go last
     for file in files:
         relative = file.relative_to(directory)
-        if skip is not None and relative.parts[0] == skip:
+        if skip is not None and skip in relative.parts[:-1]:
             continue
         target = f"{path}/{relative.as_posix()}"
         fs.create_dir(target.rsplit("/", 1)[0], recursive=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from palimpsest.runtime import RunFolder, atomic_write_text
+from palimpsest.storage import drop_mirror, is_uri, join, upload_run_folder
 from palimpsest.spec import dump_spec, parse_spec
 from palimpsest.spec.loading import base_document
 from palimpsest.spec.tuning import units, with_values
@@ -103,6 +104,8 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
 
     spec = parse_spec(with_values(base, config), origin="trial")
     folder_path = Path(search_dir) / TRIALS_DIR / tune.get_context().get_trial_id()
+    if is_uri(spec.storage_path):  # a bucket: each trial's checkpoints beside its folder, STORAGE/<search>/trials/<id>
+        spec = spec.model_copy(update={"storage_path": join(spec.storage_path, Path(search_dir).name, TRIALS_DIR)})
     if spec.kind == "rl":
         _rl_trial(spec, folder_path)
         return
@@ -136,6 +139,11 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
     summary.update({"resumed": resumed, "trial_config": config, "trial_wall_s": round(time.perf_counter() - started, 3)})
     folder.write_summary(summary)
     write_report(folder)
+    if is_uri(spec.storage_path):
+        # The checkpoints are in the bucket (and exported here); the folder follows from the node the
+        # trial ran on, which need not be the search's.
+        drop_mirror(folder.path)
+        upload_run_folder(folder.path, spec.storage_path)
     tune.report({**objective_values(summary, spec.kind), FINISHED: True, "run_folder": str(folder.path)})
 
 
