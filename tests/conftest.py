@@ -6,6 +6,13 @@ import os
 
 import pytest
 
+from object_store import CREDENTIALS, ObjectStore
+
+# Before the shared Ray session starts, so its workers can open the test bucket too
+# (tests/object_store.py; nothing here reaches a real cloud).
+for _name, _value in CREDENTIALS.items():
+    os.environ.setdefault(_name, _value)
+
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -17,3 +24,11 @@ def ray_session():
     init_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """An S3-compatible server on this machine (moto), one for the test session."""
+    server = ObjectStore(tmp_path_factory.mktemp("s3") / "server.log")
+    yield server
+    server.stop()

@@ -22,7 +22,6 @@ import requests
 import yaml
 
 from cluster_nodes import LocalCluster
-from object_store import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PALIMPSEST = [sys.executable, "-m", "palimpsest.cli"]
@@ -75,12 +74,10 @@ def test_cluster_yaml_passes_rays_schema_and_keeps_the_cluster_closed():
 
 
 @pytest.fixture(scope="module")
-def bucket(tmp_path_factory):
-    """An S3-compatible store (tests/object_store.py), started first: its credentials go into every node's
-    environment, as an instance role would give them on a cloud."""
-    server = ObjectStore(tmp_path_factory.mktemp("s3") / "server.log")
-    yield server
-    server.stop()
+def bucket(object_store):
+    """An S3-compatible store (tests/object_store.py); its credentials are in every node's environment
+    (tests/conftest.py), as an instance role would give them on a cloud."""
+    return object_store
 
 
 @pytest.fixture(scope="module")

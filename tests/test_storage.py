@@ -16,7 +16,6 @@ import pytest
 from typer.testing import CliRunner
 
 from interrupting import interrupt_at
-from object_store import ObjectStore
 from palimpsest.cli import app
 from palimpsest.storage import MIRROR, RunStorage, StorageError, _upload, check_storage_path, filesystem, join, name_of
 from palimpsest.train.session import MANIFEST, write_manifest
@@ -26,11 +25,9 @@ TINY = ["--set", "methods=[replay]", "--set", "training.steps=40", "--set", "tra
         "--set", "scaling.num_workers=1"]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    server = ObjectStore(tmp_path_factory.mktemp("s3") / "server.log")
-    yield server
-    server.stop()
+@pytest.fixture
+def store(object_store):
+    return object_store
 
 
 # ----------------------------------------------------------------------------- the field

@@ -170,14 +170,18 @@ def test_concurrency_is_what_the_cluster_holds():
 
 
 @pytest.mark.integration
-def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(tmp_path, ray_session):
+def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(tmp_path, ray_session,
+                                                                                object_store):
     """Done-means 2, 3 and 5: two trials at once, each a Ray Train run, never deadlock; ASHA stops a bad
-    learning rate after its first task; the best trial's job reruns to the same ACC."""
+    learning rate after its first task; the best trial's job reruns to the same ACC. Storage is a
+    bucket: each trial's checkpoints and folder land under STORAGE/<search>/trials/<id>/."""
     # Trials 0 (good) and 1 (bad) start together; trial 2 (bad) starts when one of them ends, so it
     # always meets both at the first rung: ACC 0 under the rung's median stops it there.
     job = tmp_path / "search.yaml"
-    job.write_text(yaml.safe_dump(continual_search(space={"training.lr": {"grid": [GOOD_LR, BAD_LR, BAD_LR]}},
-                                                   scheduler="asha", max_concurrent_trials=2)))
+    storage = object_store.uri("searches")
+    document = continual_search(space={"training.lr": {"grid": [GOOD_LR, BAD_LR, BAD_LR]}}, scheduler="asha",
+                                max_concurrent_trials=2)
+    job.write_text(yaml.safe_dump({**document, "storage_path": storage}))
     folder = tmp_path / "search"
     result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
     assert result.exit_code == 0, result.output
@@ -197,6 +201,12 @@ def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(
     for plot in ("objective_per_trial.png", "objective_by_field.png"):
         assert (folder / "plots" / plot).stat().st_size > 0
     assert "(best)" in (folder / "report.md").read_text()
+    in_bucket = object_store.files("searches/search")
+    for row in found:  # every trial, stopped early or not: its checkpoints and its folder
+        mine = {key.split("/", 2)[2] for key in in_bucket if key.startswith(f"trials/{row['trial']}/")}
+        assert "summary.json" in mine and any(key.endswith("checkpoint_manifest.json") for key in mine), mine
+    assert "trials.csv" in in_bucket and not any(".storage-mirror" in key for key in in_bucket)
+    assert yaml.safe_load((folder / "best.yaml").read_text())["storage_path"] == storage  # as the user wrote it
 
     rerun = tmp_path / "rerun"  # (the same loop in this process: one worker computes what one Ray worker did)
     result = CliRunner().invoke(app, ["run", str(folder / "best.yaml"), "--no-ray", "--out", str(rerun)])
