@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -164,11 +165,22 @@ def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undistur
     _, clean_folder, _, home = undisturbed
     env = _env(cluster, home, token=True)
     storage = bucket.uri("cluster", "runs")
-    sent = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage", storage,
-                 *TINY, "--set", "max_failures=2", "--no-wait"], env)
-    assert sent.returncode == 0, sent.stdout + sent.stderr
-    job_id = sent.stdout.split()[1]
-    folder = _run_folder(sent.stdout)
+    # Submitted streaming its log; Ctrl-C once task 1 runs stops following, not the job.
+    streaming = subprocess.Popen(PALIMPSEST + ["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url,
+                                               "--storage", storage, *TINY, "--set", "max_failures=2"],
+                                 cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in streaming.stdout:
+        seen.append(line)
+        if "task 1/3 step 10/40" in line:
+            os.killpg(streaming.pid, signal.SIGINT)
+            break
+    rest, stderr = streaming.communicate(timeout=60)
+    stdout = "".join(seen) + rest
+    assert streaming.returncode == 130 and "stopped following; the job keeps running" in stderr, stdout + stderr
+    job_id = stdout.split()[1]
+    folder = _run_folder(stdout)
     name = folder.split("?")[0].rsplit("/", 1)[1]
     assert folder.startswith(f"s3://cluster/runs/{name}?endpoint_override=")
 
