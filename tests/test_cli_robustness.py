@@ -405,6 +405,19 @@ def test_submit_refuses_bad_input_with_one_line_and_exit_2(monkeypatch, extra, m
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("job, message", [
+    # a sweep's storage_path is its job's: checked with the bucket in place, then the job server
+    ("jobs/private/sweep_epsilon.yaml", "cannot reach the job server"),
+    ("jobs/unlearn/factworld_forget01.yaml", "an unlearn job's training workers read the tokenizer"),
+])
+def test_submit_to_a_bucket_sets_the_kinds_storage_field_or_says_why_it_cannot(monkeypatch, job, message):
+    for variable in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    result = runner.invoke(app, ["submit", job, "--address", "http://127.0.0.1:9", "--storage", "s3://bucket/runs"],
+                           terminal_width=300)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
 def test_submit_refuses_a_job_outside_the_uploaded_project(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(Path("jobs/quickstart.yaml").read_text())

@@ -207,3 +207,28 @@ def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undistur
     files = bucket.files(f"cluster/runs/{name}")
     assert sum(key.endswith("checkpoint_manifest.json") for key in files) >= 3  # Ray Train's, one per task end
     assert "checkpoints/replay/task-2/model.safetensors" in files and "report.md" in files
+
+
+def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it(cluster, undisturbed, bucket):
+    """`palimpsest stop` sends SIGTERM; the driver gets the time it needs (RAY_JOB_STOP_WAIT_TIME_S, not
+    Ray's 3 s) to stop training, mark the folder interrupted and upload it beside its checkpoints."""
+    _, _, _, home = undisturbed
+    env = _env(cluster, home, token=True)
+    sent = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage",
+                 bucket.uri("stopped", "runs"), *TINY, "--no-wait"], env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    job_id = sent.stdout.split()[1]
+    name = _run_folder(sent.stdout).split("?")[0].rsplit("/", 1)[1]
+    deadline = time.monotonic() + 240
+    while "task 2/3 step 10/40" not in (logs := _cli(["logs", job_id, "--address", cluster.dashboard_url],
+                                                      env).stdout):
+        assert time.monotonic() < deadline and "task 3/3" not in logs, logs[-3000:]
+        time.sleep(0.3)
+    stopped = _cli(["stop", job_id, "--address", cluster.dashboard_url], env)
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
+    ended = _cli(["logs", job_id, "--follow", "--address", cluster.dashboard_url], env)
+    assert ended.returncode == 143, ended.stdout[-3000:]
+    summary = json.loads(bucket.read(f"stopped/runs/{name}/summary.json"))
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"], summary
+    files = bucket.files(f"stopped/runs/{name}")
+    assert any(key.endswith("checkpoint_manifest.json") for key in files)  # task 1's, in the bucket

@@ -40,7 +40,8 @@ def test_storage_path_is_an_absolute_path_or_a_uri_with_a_known_scheme(tmp_path,
     uri = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
     assert check_storage_path(uri) == uri  # its options kept whole
     assert check_storage_path("gs://bucket/runs") == "gs://bucket/runs"
-    for bad, why in (("ftp://host/runs", "unknown scheme 'ftp'"), ("s3://", "no bucket"), ("  ", "empty")):
+    for bad, why in (("ftp://host/runs", "unknown scheme 'ftp'"), ("s3://", "no bucket"), ("  ", "empty"),
+                     ("s3:/bucket/runs", "two slashes"), ("S3://bucket/runs", "lower case")):
         with pytest.raises(StorageError, match=why):
             check_storage_path(bad)
     # Paths under a URI keep its options at the end, where pyarrow reads them.
@@ -102,19 +103,25 @@ def test_the_mirror_takes_whole_checkpoints_from_the_bucket_and_push_completes_t
     # Workers on any node are given the bucket's copy, options included.
     assert storage.reference(str(local / "checkpoint_000001")) == join(base, "run", "checkpoint_000001")
 
-    # A run without Ray writes into the mirror; push uploads what the bucket lacks whole,
-    # including a checkpoint whose copy there was cut short, and leaves whole ones alone.
+    # A run without Ray writes into the mirror; push uploads what the bucket lacks whole: a new
+    # checkpoint, one whose copy there was cut short, and one the bucket holds another version of
+    # (same name, other manifest); it leaves whole ones alone.
     shutil.copytree(made / "checkpoint_000002", local / "checkpoint_000002")
     _checkpoint(local / "checkpoint_000004", b"fourth" * 100)
+    _upload(_checkpoint(made / "checkpoint_000005", b"old" * 100), fs, f"{path}/checkpoint_000005")
+    _checkpoint(local / "checkpoint_000005", b"new" * 100)
     before = store.files(f"{path}/checkpoint_000001")
     storage.push()
-    for name in ("checkpoint_000002", "checkpoint_000004"):
-        assert store.files(f"{path}/{name}") == {p.relative_to(local / name).as_posix(): p.stat().st_size
-                                                 for p in (local / name).rglob("*") if p.is_file()}
+    for name in ("checkpoint_000002", "checkpoint_000004", "checkpoint_000005"):
+        mine = {p.relative_to(local / name).as_posix(): p for p in (local / name).rglob("*") if p.is_file()}
+        assert sorted(store.files(f"{path}/{name}")) == sorted(mine)
+        for key, file in mine.items():
+            assert store.read(f"{path}/{name}/{key}") == file.read_bytes(), (name, key)
     assert store.files(f"{path}/checkpoint_000001") == before
     # A fresh mirror now takes 1, 2 and 4 (3 is still damaged on the bucket).
     again = RunStorage(base, tmp_path / "elsewhere", "run").pull()
-    assert sorted(p.name for p in again.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000004"]
+    assert sorted(p.name for p in again.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000004",
+                                                        "checkpoint_000005"]
 
 
 # ----------------------------------------------------------------------------- a whole run
@@ -126,9 +133,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_it(store, tmp_path):
-    """Ctrl-C in task 2: the bucket holds task 1's checkpoint and the interrupted folder; with the
-    local mirror gone, --resume takes the checkpoint from the bucket and ends where an
-    undisturbed run ends."""
+    """Ctrl-C in task 2 of a run without Ray: the bucket holds task 1's checkpoint and the interrupted
+    folder. With the local mirror gone, --resume under Ray hands its workers the checkpoint's URI:
+    they download it and end where an undisturbed run ends."""
     base = store.uri("runs", "palimpsest")
     code, output, hit = interrupt_at(["run", "jobs/quickstart.yaml", *TINY, "--set", f"storage_path={base}",
                                       "--out", str(tmp_path / "cut"), "--no-ray"], ROOT,
@@ -139,7 +146,7 @@ def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_i
     assert saved == ["checkpoint_000001"], saved  # task 1's end, whole
     shutil.rmtree(tmp_path / "cut" / MIRROR)  # as if resumed where only the bucket has the checkpoints
 
-    resumed = _run(["run", "--resume", str(tmp_path / "cut"), "--no-ray"])
+    resumed = _run(["run", "--resume", str(tmp_path / "cut")])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "task 1/3" not in resumed.stdout and "task 2/3 step 10/40" in resumed.stdout
     clean = _run(["run", "jobs/quickstart.yaml", *TINY, "--set", f"storage_path={base}", "--out",

@@ -169,9 +169,9 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         if no_ray and spec.scaling.num_workers != 1 and spec.kind != "bench":  # a bench skips its Ray cases
             raise BadInput("scaling.num_workers: --no-ray runs one worker; set scaling.num_workers=1")
         # (a search checks the job's data here, before any folder; each trial prepares its own)
+        _check_storage(spec)  # seconds; preparing the data can take minutes
         prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume and not search else None)
         interrupts.check()
-        _check_storage(spec)
         if not no_ray:
             _start_ray(spec, address)
             interrupts.reassert()

@@ -15,7 +15,9 @@ checkpoints when the run ends (`upload_run_folder`): everything of run NAME is u
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,11 +44,15 @@ def check_storage_path(value: str | None, field: str | None = None) -> str | Non
     if value is None:
         return None
     where = f"{field}: " if field else ""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/(?!/)", value):  # s3:/bucket, a slash short of a URI
+        raise StorageError(f"{where}{value}: a URI needs two slashes after the scheme ({value.split(':')[0]}://...)")
     if not is_uri(value):
         if not value.strip():
             raise StorageError(f"{where}empty; give an absolute path or a URI ({', '.join(SCHEMES[:2])}://...)")
         return str(Path(value).expanduser().resolve())
     parts = urlsplit(value)
+    if value.split("://")[0] != parts.scheme:
+        raise StorageError(f"{where}{value}: write the scheme in lower case ({parts.scheme}://...)")
     if parts.scheme not in SCHEMES:
         raise StorageError(f"{where}{value}: unknown scheme {parts.scheme!r}; give a path, or a URI with one of "
                            f"{', '.join(s + '://' for s in SCHEMES)}")
@@ -86,15 +92,18 @@ def check_writable(uri: str) -> None:
     one line (an unreachable endpoint takes a few seconds of the client's retries).
     """
     fs, path = filesystem(uri)
-    marker = f"{path.rstrip('/')}/.palimpsest-write-check"
+    marker = f"{path.rstrip('/')}/.palimpsest-write-check-{uuid.uuid4().hex}"  # concurrent runs: one each
     try:
         with fs.open_output_stream(marker) as sink:
             sink.write(b"ok")
-        fs.delete_file(marker)
     except OSError as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise StorageError(f"storage_path: {uri}: cannot write there ({first}); check the bucket's name and this "
                            "machine's credentials (instance role, AWS_* or GOOGLE_APPLICATION_CREDENTIALS)") from None
+    try:
+        fs.delete_file(marker)
+    except OSError as error:  # writing is what a run needs; a policy may not allow deleting
+        logger.warning("could not delete %s/%s (%s)", uri, marker.rsplit("/", 1)[1], error)
 
 
 class RunStorage:
@@ -157,14 +166,21 @@ class RunStorage:
         """Upload the mirror's checkpoints that storage lacks whole (a run without Ray writes into the mirror)."""
         if not self.remote or not self.local.is_dir():
             return
-        import pyarrow.fs
-
         from palimpsest.train.session import MANIFEST
 
-        (fs, path), _ = self._listing()
+        fs, path = filesystem(self.where)
         for directory in sorted(p for p in self.local.glob("checkpoint_*") if p.is_dir()):
-            if fs.get_file_info(f"{path}/{directory.name}/{MANIFEST}").type != pyarrow.fs.FileType.File:
-                _upload(directory, fs, f"{path}/{directory.name}")
+            if _read(fs, f"{path}/{directory.name}/{MANIFEST}") != (directory / MANIFEST).read_bytes():
+                _upload(directory, fs, f"{path}/{directory.name}")  # absent, cut short, or another one
+
+
+def _read(fs, path: str) -> bytes | None:
+    import pyarrow.fs
+
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def _download(fs, path: str, target: Path) -> None:
@@ -215,5 +231,7 @@ def upload_run_folder(folder: Path, storage_path: str) -> str:
 
 
 def drop_mirror(folder: Path) -> None:
-    """A finished run's mirror: its checkpoints are on storage and exported into checkpoints/."""
-    shutil.rmtree(Path(folder) / MIRROR, ignore_errors=True)
+    """A finished run's mirrors (a sweep's points have their own): the checkpoints are on storage and
+    exported into checkpoints/."""
+    for mirror in sorted(Path(folder).rglob(MIRROR)):
+        shutil.rmtree(mirror, ignore_errors=True)

@@ -160,6 +160,23 @@ def storage_root(storage: str | None, spec) -> str:
 # With a bucket for storage, the run folder is written here on the head while the job runs,
 # then uploaded beside its checkpoints (palimpsest.storage).
 HEAD_RUNS = "/tmp/palimpsest-runs"
+STOP_WAIT_S = 120
+BUCKET_KINDS = ("train", "continual", "privacy_sweep", "rl")
+BUCKET_KINDS_WHY = {
+    "unlearn": "an unlearn job's training workers read the tokenizer and write the ledger and each request's "
+               "model in the run folder, which with a bucket stays on the head",
+    "bench": "a bench job writes no checkpoints",
+}
+
+
+def _revalidate(job: Path, sets: list[str]) -> None:
+    """The job with the storage the cluster will use, checked here (nothing sent if it is refused)."""
+    from palimpsest.spec import SpecError, load_spec
+
+    try:
+        load_spec(job, sets)
+    except SpecError as error:
+        raise SubmitError("; ".join(error.problems)) from None
 
 
 def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: str | None, search: bool,
@@ -170,13 +187,15 @@ def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: st
     root = storage_root(storage, spec)
     stamp = utc_stamp()
     folder_name = f"{spec.name}{'-tune' if search else ''}-{stamp}"
-    if is_uri(root) and not hasattr(spec, "storage_path"):
-        raise SubmitError(f"--storage: {root}: kind {spec.kind} writes no checkpoints to a bucket; give a path that "
-                          "every node mounts")
+    if is_uri(root) and spec.kind not in BUCKET_KINDS:
+        raise SubmitError(f"--storage: {root}: {BUCKET_KINDS_WHY.get(spec.kind, 'it writes no checkpoints')}; "
+                          f"give a path that every node mounts (kinds that take a bucket: {', '.join(BUCKET_KINDS)})")
     if is_uri(root):  # checkpoints straight to the bucket; the folder follows when the job ends
         run_folder = join(root, folder_name)
-        command, relative = entrypoint(job, [*sets, f"storage_path={root}"], f"{HEAD_RUNS}/{folder_name}",
-                                       search=search)
+        field = "job.storage_path" if spec.kind == "privacy_sweep" else "storage_path"
+        sets = [*sets, f"{field}={root}"]
+        _revalidate(job, sets)
+        command, relative = entrypoint(job, sets, f"{HEAD_RUNS}/{folder_name}", search=search)
     else:
         run_folder = f"{root}/{folder_name}"
         command, relative = entrypoint(job, sets, run_folder, search=search)
@@ -185,7 +204,10 @@ def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: st
         "working_dir": str(project_root()),
         "excludes": UPLOAD_EXCLUDES,
         "py_modules": [str(Path(palimpsest.__file__).parent), str(_envs_package())],
-        "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_COLOR_PREFIX": "0"},
+        "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_COLOR_PREFIX": "0",
+                     # `palimpsest stop` sends SIGTERM; Ray's SIGKILL follows after this many seconds
+                     # (3 by default), time for the driver to mark its folder and upload it to a bucket.
+                     "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)},
     }
     # Ray logs each packaging step at INFO, and warns that it skips .git and .venv, which we
     # exclude anyway; what was uploaded is not news to the user.

@@ -135,16 +135,29 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
     except BaseException as error:
         folder.write_summary({"status": "failed", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
                               "error": f"{type(error).__name__}: {error}", "trial_config": config})
+        _to_bucket(spec, folder, finished=False)
         raise
     summary.update({"resumed": resumed, "trial_config": config, "trial_wall_s": round(time.perf_counter() - started, 3)})
     folder.write_summary(summary)
     write_report(folder)
-    if is_uri(spec.storage_path):
-        # The checkpoints are in the bucket (and exported here); the folder follows from the node the
-        # trial ran on, which need not be the search's.
-        drop_mirror(folder.path)
-        upload_run_folder(folder.path, spec.storage_path)
+    _to_bucket(spec, folder, finished=True)
     tune.report({**objective_values(summary, spec.kind), FINISHED: True, "run_folder": str(folder.path)})
+
+
+def _to_bucket(spec, folder: RunFolder, *, finished: bool) -> None:
+    """A bucket storage_path: the trial's folder goes beside its checkpoints from the node it ran on, which
+    need not be the search's (a trial ASHA stops is ended without warning: the search's upload covers
+    the ones on its node)."""
+    if not is_uri(spec.storage_path):
+        return
+    try:
+        upload_run_folder(folder.path, spec.storage_path)
+    except Exception as error:  # noqa: BLE001 - the trial's result stands; its folder is still on its node
+        print(f"[palimpsest] warning: trial folder {folder.path} not uploaded to {spec.storage_path}: "
+              f"{type(error).__name__}: {error}", flush=True)
+        return
+    if finished:  # its checkpoints are in the bucket and exported into the folder
+        drop_mirror(folder.path)
 
 
 def _rl_trial(spec, folder_path: Path) -> None:

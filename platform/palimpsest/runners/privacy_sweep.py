@@ -15,6 +15,7 @@ from palimpsest.data import DataError
 from palimpsest.runners import train
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import PrivacySweepJob, dump_spec, parse_spec
+from palimpsest.storage import join
 
 
 @dataclass
@@ -50,14 +51,17 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
     rows = []
     for point in points:
         child = RunFolder(folder.path / point.label)
+        job = point.spec
+        if job.storage_path:  # each sweep's points apart on a shared storage_path: STORAGE/<sweep>/<label>/
+            job = job.model_copy(update={"storage_path": join(job.storage_path, folder.path.name)})
         done = (child.path / "summary.json").is_file() and child.read_summary().get("status") == "ok"
         if not done:  # a sweep resumed after an interrupt reruns unfinished points from the start
             child.path.mkdir(parents=True, exist_ok=True)
-            child.write_spec(dump_spec(point.spec))
+            child.write_spec(dump_spec(job))
             child.write_env()
-            child.write_summary({"status": "running", "kind": "train", "name": point.spec.name})
+            child.write_summary({"status": "running", "kind": "train", "name": job.name})
             print(f"[palimpsest] sweep point {point.label}", flush=True)
-            summary = train.run(point.spec, point.prepared, child, use_ray=use_ray)
+            summary = train.run(job, point.prepared, child, use_ray=use_ray)
             child.write_summary(summary)
             write_report(child)
         rows.append(_row(point, child.read_summary()))

@@ -30,6 +30,7 @@ from pathlib import Path
 from palimpsest.data import DataError
 from palimpsest.runtime import RunFolder, atomic_write_text
 from palimpsest.spec.rl import RLJob
+from palimpsest.storage import join
 
 NEEDS_RAY = True  # RLlib and Tune run on Ray: `run --no-ray` is refused
 RESULT_COLUMNS = ("agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
@@ -95,7 +96,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     # Named after the run folder: a storage_path shared by several runs keeps them apart, and a
     # resumed folder finds its own experiment again.
     name = folder.path.name
-    experiment = f"{storage.rstrip('/')}/{name}"
+    experiment = join(storage, name)  # (a URI keeps its options at the end)
     exists = tune.Tuner.can_restore(experiment)
     if exists and not folder.read_summary().get("resumed"):
         raise RuntimeError(f"{experiment} already holds a Tune experiment of an earlier run folder named "
