@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from interrupting import interrupt_at
 from palimpsest.cli import app
 from palimpsest.storage import MIRROR, RunStorage, StorageError, _upload, check_storage_path, filesystem, join, name_of
-from palimpsest.train.session import MANIFEST, write_manifest
+from palimpsest.train.checkpoint import STATE_FILE
+from palimpsest.train.session import LEFT_ON_STORAGE, MANIFEST, verify_checkpoint, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "methods=[replay]", "--set", "training.steps=40", "--set", "training.log_every=10",
@@ -78,6 +79,7 @@ def _checkpoint(directory: Path, payload: bytes) -> Path:
     (directory / "model.safetensors").write_bytes(payload)
     (directory / "sub").mkdir()
     (directory / "sub" / "state.pt").write_bytes(payload[::-1])
+    (directory / STATE_FILE).write_bytes(payload * 3)  # the trainer state: the bulk of a real checkpoint
     write_manifest(directory)
     return directory
 
@@ -118,10 +120,24 @@ def test_the_mirror_takes_whole_checkpoints_from_the_bucket_and_push_completes_t
         for key, file in mine.items():
             assert store.read(f"{path}/{name}/{key}") == file.read_bytes(), (name, key)
     assert store.files(f"{path}/checkpoint_000001") == before
-    # A fresh mirror now takes 1, 2 and 4 (3 is still damaged on the bucket).
+    # A fresh mirror now takes 1, 2, 4 and 5 (3 is still damaged on the bucket).
     again = RunStorage(base, tmp_path / "elsewhere", "run").pull()
     assert sorted(p.name for p in again.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000004",
                                                         "checkpoint_000005"]
+
+    # A lean mirror (the driver under Ray) leaves each trainer state in the bucket, checked there by
+    # size: one of the wrong size keeps its checkpoint out; a whole pull later fetches the rest.
+    with fs.open_output_stream(f"{path}/checkpoint_000004/{STATE_FILE}") as sink:
+        sink.write(b"short")
+    lean = RunStorage(base, tmp_path / "driver", "run")
+    mirror = lean.pull(lean=True)
+    assert sorted(p.name for p in mirror.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000005"]
+    assert not (mirror / "checkpoint_000001" / STATE_FILE).exists()
+    assert verify_checkpoint(mirror / "checkpoint_000001", require_manifest=True)
+    assert (mirror / "checkpoint_000001" / "model.safetensors").read_bytes() == b"first" * 100
+    lean.pull()
+    assert (mirror / "checkpoint_000001" / STATE_FILE).read_bytes() == b"first" * 300
+    assert not (mirror / "checkpoint_000001" / LEFT_ON_STORAGE).exists()
 
 
 # ----------------------------------------------------------------------------- a whole run

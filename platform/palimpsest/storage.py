@@ -14,6 +14,7 @@ checkpoints when the run ends (`upload_run_folder`): everything of run NAME is u
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -138,27 +139,37 @@ class RunStorage:
                        if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
         return (fs, path), names
 
-    def pull(self) -> Path:
-        """Download every complete checkpoint the mirror lacks (a copy cut short stays out); return `local`."""
+    def pull(self, *, lean: bool = False) -> Path:
+        """Download every complete checkpoint the mirror lacks (a copy cut short stays out); return `local`.
+
+        `lean`: leave the trainer state (optimizer and all, the bulk of an LLM checkpoint) in the
+        bucket, checked there by size: the driver exports models and reads positions, and Ray
+        Train's workers read a resume from the bucket themselves. A run without Ray resumes
+        from the mirror and pulls whole copies (lean ones are fetched again).
+        """
         if not self.remote:
             return self.local
-        from palimpsest.train.session import CheckpointCorruptError, verify_checkpoint
+        from palimpsest.train.checkpoint import STATE_FILE
+        from palimpsest.train.session import LEFT_ON_STORAGE, CheckpointCorruptError, verify_checkpoint
 
         (fs, path), names = self._listing()
         self.local.mkdir(parents=True, exist_ok=True)
         for name in names:
             target = self.local / name
-            if target.is_dir():
+            if target.is_dir() and (lean or not (target / LEFT_ON_STORAGE).is_file()):
                 continue
             partial = self.local / f".{name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            _download(fs, f"{path}/{name}", partial)
+            left = _download(fs, f"{path}/{name}", partial, leave=(STATE_FILE,) if lean else ())
+            if left:
+                (partial / LEFT_ON_STORAGE).write_text(json.dumps(left))
             try:
                 verify_checkpoint(partial, require_manifest=True)
             except (CheckpointCorruptError, FileNotFoundError) as error:
                 logger.warning("%s/%s is not complete on storage; not used (%s)", self.where, name, error)
                 shutil.rmtree(partial, ignore_errors=True)
                 continue
+            shutil.rmtree(target, ignore_errors=True)  # a lean copy replaced by a whole one
             partial.rename(target)
         return self.local
 
@@ -183,19 +194,26 @@ def _read(fs, path: str) -> bytes | None:
         return stream.read()
 
 
-def _download(fs, path: str, target: Path) -> None:
-    """Every file under `path` on `fs` into `target` (folders made as needed)."""
+def _download(fs, path: str, target: Path, leave: tuple[str, ...] = ()) -> dict[str, int]:
+    """Every file under `path` on `fs` into `target` (folders made as needed), except those named in
+    `leave`; returns the files left, relative path -> size on `fs`."""
     import pyarrow.fs
 
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
     target.mkdir(parents=True)
+    left = {}
     for info in infos:
         if info.type != pyarrow.fs.FileType.File:
             continue
-        local = target / info.path[len(path.rstrip("/")) + 1:]
+        relative = info.path[len(path.rstrip("/")) + 1:]
+        if relative in leave:
+            left[relative] = info.size
+            continue
+        local = target / relative
         local.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as source, open(local, "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
+    return left
 
 
 def _upload(directory: Path, fs, path: str, skip: str | None = None) -> None:

@@ -12,6 +12,7 @@ from palimpsest.models import model_config
 from palimpsest.runtime import RunFolder
 from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
 from palimpsest.train.checkpoint import POSITION_FILE
+from palimpsest.train.session import LEFT_ON_STORAGE
 from palimpsest.train.config import NAIVE, Evaluation, LoopConfig, MethodRun, Optimisation
 
 
@@ -155,7 +156,9 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
     from palimpsest.storage import RunStorage
 
     storage = RunStorage(spec.storage_path, folder.path, run_name)
-    local = storage.pull()  # a URI's checkpoints are read through the run folder's mirror
+    # A URI's checkpoints are read through the run folder's mirror: whole ones for a run without
+    # Ray (it resumes from there), without the trainer state under Ray (its workers read the bucket).
+    local = storage.pull(lean=use_ray)
     if not use_ray:
         from palimpsest.train.loop import run_training
         from palimpsest.train.session import LocalSession
@@ -195,11 +198,12 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
         ),
     )
     result = trainer.fit()
-    return result.return_value, reported_checkpoints(storage.pull())
+    return result.return_value, reported_checkpoints(storage.pull(lean=True))
 
 
 # Files a checkpoint holds for the trainer, not for users of the exported model.
-TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest*.json", POSITION_FILE)
+TRAINER_ONLY_FILES = ("trainer_state.pt", "reported_metrics.json", "checkpoint_manifest*.json", POSITION_FILE,
+                      LEFT_ON_STORAGE)
 
 
 def reported_checkpoints(run_dir: Path) -> list[tuple[str, dict]]:

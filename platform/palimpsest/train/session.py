@@ -30,6 +30,9 @@ MANIFEST = "checkpoint_manifest.json"  # in every reported checkpoint: what a co
 # A rank other than 0 that reports a directory (sharded checkpoints, merged by Ray into one)
 # writes its own `checkpoint_manifest.rank<N>.json`; this pattern matches every manifest.
 MANIFEST_GLOB = "checkpoint_manifest*.json"
+# In a driver's copy of a checkpoint that lives in a bucket (palimpsest.storage): the files left
+# there, with the sizes the bucket listed. They count as present when those sizes are the manifest's.
+LEFT_ON_STORAGE = "left_on_storage.json"
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,8 @@ def verify_checkpoint(directory: str | Path, *, require_manifest: bool = False) 
         if require_manifest:
             raise CheckpointCorruptError(directory, [f"{MANIFEST} is missing"])
         return False
+    left = directory / LEFT_ON_STORAGE
+    elsewhere = json.loads(left.read_text()) if left.is_file() else {}
     problems = []
     for manifest in manifests:
         try:
@@ -107,7 +112,11 @@ def verify_checkpoint(directory: str | Path, *, require_manifest: bool = False) 
             continue
         for relative, expected in files.items():
             path = directory / relative
-            if not path.is_file():
+            if not path.is_file() and relative in elsewhere:
+                if elsewhere[relative] != expected["size"]:
+                    problems.append(f"{relative} has {elsewhere[relative]} bytes on storage, {manifest.name} says "
+                                    f"{expected['size']}")
+            elif not path.is_file():
                 problems.append(f"{relative} is missing")
             elif (size := path.stat().st_size) != expected["size"]:
                 problems.append(f"{relative} has {size} bytes, {manifest.name} says {expected['size']}")
