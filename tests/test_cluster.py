@@ -224,6 +224,12 @@ def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it(cluster, undi
                                                       env).stdout):
         assert time.monotonic() < deadline and "task 3/3" not in logs, logs[-3000:]
         time.sleep(0.3)
+    # Ray's job supervisor reads the grace period from the job's environment (its default is 3 s,
+    # which a tiny model's folder fits in, so the variable is checked where Ray reads it).
+    token = cluster.token_file.read_text().strip()
+    info = requests.get(f"{cluster.dashboard_url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"},
+                        timeout=10).json()
+    assert info["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "120", info["runtime_env"]
     stopped = _cli(["stop", job_id, "--address", cluster.dashboard_url], env)
     assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
     ended = _cli(["logs", job_id, "--follow", "--address", cluster.dashboard_url], env)
