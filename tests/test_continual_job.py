@@ -270,9 +270,12 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
         cache = tmp_path_factory.getbasetemp() / "shipped-unlearn-cache"
         overrides += ["target.training.steps=3", "target.training.batch_size=4", "target.training.warmup_steps=0",
                       f"cache={cache}", "eval.max_examples=4", "ledger=null"]
-    if document["kind"] == "privacy_sweep":  # its train job's fields, at two points
+    bucket = None
+    if document["kind"] == "privacy_sweep":  # its train job's fields, at two points; checkpoints in a bucket
         overrides = [f"job.{item}" for item in overrides if not item.startswith("stream.")]
-        overrides += ["job.data.num_entities=10", "epsilons=[8.0, null]"]
+        bucket = request.getfixturevalue("object_store")
+        overrides += ["job.data.num_entities=10", "epsilons=[8.0, null]",
+                      f"job.storage_path={bucket.uri('sweeps')}"]
     if "tune" in document:  # eval_every=null leaves ASHA nothing to act on
         overrides += ["tune.scheduler=fifo"]
     args = ["run", job, "--no-ray", "--out", str(tmp_path / "run")]
@@ -281,3 +284,11 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
+    if bucket is not None:  # each point's checkpoints and folder under STORAGE/<sweep>/<label>/, nothing else
+        files = bucket.files("sweeps")
+        assert {key.split("/")[0] for key in files} == {"run"}, sorted(files)
+        for label in ("epsilon-8", "not-private"):
+            assert f"run/{label}/summary.json" in files
+            assert any(key.startswith(f"run/{label}/checkpoint_") and key.endswith("checkpoint_manifest.json")
+                       for key in files), sorted(files)
+        assert not (tmp_path / "run" / "epsilon-8" / ".storage-mirror").exists()
