@@ -150,8 +150,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_it(store, tmp_path):
     """Ctrl-C in task 2 of a run without Ray: the bucket holds task 1's checkpoint and the interrupted
-    folder. With the local mirror gone, --resume under Ray hands its workers the checkpoint's URI:
-    they download it and end where an undisturbed run ends."""
+    folder. With the local folder gone, --resume of the bucket's copy fetches the folder (not the
+    checkpoints) and, under Ray, hands its workers the checkpoint's URI: they download it and end
+    where an undisturbed run ends."""
     base = store.uri("runs", "palimpsest")
     code, output, hit = interrupt_at(["run", "jobs/quickstart.yaml", *TINY, "--set", f"storage_path={base}",
                                       "--out", str(tmp_path / "cut"), "--no-ray"], ROOT,
@@ -160,17 +161,20 @@ def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_i
     assert json.loads(store.read("runs/palimpsest/cut/summary.json"))["status"] == "interrupted"
     saved = [name.split("/")[0] for name in store.files("runs/palimpsest/cut") if name.endswith(MANIFEST)]
     assert saved == ["checkpoint_000001"], saved  # task 1's end, whole
-    shutil.rmtree(tmp_path / "cut" / MIRROR)  # as if resumed where only the bucket has the checkpoints
+    assert f"palimpsest run --resume '{join(base, 'cut')}'" in output  # said where it can resume from
+    shutil.rmtree(tmp_path / "cut")  # as if on another machine: only the bucket has the run
 
-    resumed = _run(["run", "--resume", str(tmp_path / "cut")])
+    resumed = _run(["run", "--resume", join(base, "cut"), "--out", str(tmp_path / "again")])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "task 1/3" not in resumed.stdout and "task 2/3 step 10/40" in resumed.stdout
+    local = tmp_path / "again" / "cut"
+    assert f"fetched {join(base, 'cut')} into {local}" in resumed.stdout
     clean = _run(["run", "jobs/quickstart.yaml", *TINY, "--set", f"storage_path={base}", "--out",
                   str(tmp_path / "clean"), "--no-ray"])
     assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
 
     summaries = {name: json.loads(store.read(f"runs/palimpsest/{name}/summary.json")) for name in ("cut", "clean")}
-    assert summaries["cut"] == json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summaries["cut"] == json.loads((local / "summary.json").read_text())
     assert summaries["cut"]["status"] == "ok"
     assert summaries["cut"]["storage"] == {"checkpoints": base, "run_folder": join(base, "cut")}
     assert summaries["cut"]["methods"]["replay"]["accuracy_matrix"] == \
@@ -179,5 +183,11 @@ def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_i
     assert sum(name.endswith(MANIFEST) for name in files) == 3  # a checkpoint per task end
     assert {"spec.yaml", "env.json", "metrics.jsonl", "report.md"} <= set(files)
     assert not any(name.startswith(MIRROR) for name in files)
-    assert not (tmp_path / "cut" / MIRROR).exists()  # finished: the bucket holds the checkpoints
-    assert (tmp_path / "cut" / "checkpoints" / "replay" / "task-2" / "model.safetensors").is_file()
+    assert not (local / MIRROR).exists()  # finished: the bucket holds the checkpoints
+    assert (local / "checkpoints" / "replay" / "task-2" / "model.safetensors").is_file()
+    # A finished run is not resumed again; a prefix without a run folder is named.
+    for uri, why in ((join(base, "cut"), "already finished"), (join(base, "nothing"), "no run folder there")):
+        refused = _run(["run", "--resume", uri, "--out", str(tmp_path / "more")])
+        assert refused.returncode == 2 and why in refused.stderr and "Traceback" not in refused.stderr, \
+            refused.stderr
+    assert not (tmp_path / "more").exists()

@@ -8,7 +8,9 @@ no run folder), 1 a run that failed (its folder says why), 130 interrupted by Ct
 from __future__ import annotations
 
 import _thread
+import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -84,7 +86,9 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: HOST:PORT (its GCS), ray://HOST:PORT "
                                           "or auto (default: $RAY_ADDRESS, else a local Ray started for this run)"),
     no_ray: bool = typer.Option(False, "--no-ray", help="run the training loop in this process (1 worker), without Ray"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="finish an interrupted or failed run folder from its last checkpoint"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="finish an interrupted or failed run folder from its "
+                                         "last checkpoint; a folder uploaded to a bucket (s3://BUCKET/runs/NAME) is "
+                                         "fetched first, into DIR/NAME with --out DIR (default runs/NAME)"),
 ) -> None:
     _guarded(job, set_, out_dir, address, no_ray, resume, search=False)
 
@@ -98,8 +102,8 @@ def tune(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field, value parsed as YAML: --set tune.num_samples=4"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="search folder (default runs/<name>-tune-<UTC time>)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (as for run)"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted search folder; finished "
-                                          "trials are not rerun"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted search folder (or one "
+                                         "uploaded to a bucket, as for run); finished trials are not rerun"),
 ) -> None:
     _guarded(job, set_, out_dir, address, False, resume, search=True)
 
@@ -120,8 +124,9 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
 
     command = "tune" if search else "run"
     if resume is not None:
-        if job is not None or set_ or out_dir:
-            _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB, --set or --out)"])
+        if job is not None or set_:
+            _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB or --set)"])
+        resume = _resume_folder(resume, out_dir, search=search)
         if not (resume / "spec.yaml").is_file() or not (resume / "summary.json").is_file():
             _fail_input([f"{resume}: not a run folder (needs spec.yaml and summary.json)"])
         previous = RunFolder(resume).read_summary()
@@ -428,6 +433,40 @@ def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[fl
     _upload(folder, spec, finished=False)
 
 
+def _resume_folder(given: str, out_dir: Path | None, *, search: bool) -> Path:
+    """The folder to resume: the path given, or a bucket's copy fetched into --out (default runs/NAME)."""
+    from palimpsest.storage import StorageError, check_storage_path, fetch_run_folder, is_uri, join, name_of, read_text
+
+    if not is_uri(given):
+        if out_dir:
+            _fail_input(["--out: a run resumes in its own folder; --out only names where a bucket's copy goes"])
+        return Path(given)
+    try:
+        uri = check_storage_path(given, "--resume")
+        summary = read_text(join(uri, "summary.json"))
+    except StorageError as error:
+        _fail_input([str(error)])
+    except OSError as error:  # the bucket's client: no such bucket, no access, unreachable
+        _fail_input([f"--resume: {given}: cannot read it ({str(error).splitlines()[0]})"])
+    if summary is None:
+        _fail_input([f"--resume: {given}: no run folder there (no summary.json); palimpsest jobs lists where each "
+                     "job's folder went"])
+    status = json.loads(summary).get("status")
+    if status == "ok":
+        _fail_input([f"--resume: {given}: this {'search' if search else 'run'} already finished (status ok)"])
+    # Under its own name: the run's checkpoints on storage are found by it (STORAGE/NAME/).
+    destination = (Path(out_dir) if out_dir else Path("runs")) / name_of(uri)
+    if destination.exists() and any(destination.iterdir()):
+        _fail_input([f"--out: {destination} already holds files; resume that folder (--resume {destination}) or "
+                     "give --out another parent folder"])
+    try:
+        fetch_run_folder(uri, destination)
+    except OSError as error:
+        _fail_input([f"--resume: {given}: fetching it failed ({str(error).splitlines()[0]})"])
+    out.print(f"fetched {given} into {destination}", highlight=False, soft_wrap=True)
+    return destination
+
+
 def _check_storage(spec) -> None:
     """A bucket storage_path is written to before any folder exists (StorageError: exit 2)."""
     from palimpsest.storage import check_writable, is_uri
@@ -465,7 +504,11 @@ def _upload(folder, spec, *, finished: bool) -> None:
         return
     if finished:  # its checkpoints are on storage (and exported into checkpoints/)
         drop_mirror(folder.path)
-    out.print(f"run folder uploaded to {where}", highlight=False)
+        out.print(f"run folder uploaded to {where}", highlight=False, soft_wrap=True)
+    else:
+        err.print(f"run folder uploaded to {where}; to resume it on any machine: palimpsest "
+                  f"{'tune' if getattr(spec, 'tune', None) is not None else 'run'} --resume {shlex.quote(where)}",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_results(summary: dict, path: Path) -> None:

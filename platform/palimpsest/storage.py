@@ -248,6 +248,43 @@ def upload_run_folder(folder: Path, storage_path: str) -> str:
     return destination
 
 
+# Ray Train's checkpoint folders (and the loop's own, without Ray): read from storage itself, never fetched.
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+|\d{4}-\d\d-\d\d_[\d.-]+)")
+
+
+def read_text(uri: str) -> str | None:
+    """A small file on storage (None if there is none)."""
+    fs, path = filesystem(uri)
+    found = _read(fs, path)
+    return None if found is None else found.decode()
+
+
+def fetch_run_folder(uri: str, destination: Path) -> None:
+    """An uploaded run folder back onto this machine, without the checkpoints kept beside it (a resume
+    reads those from storage). Fetched under a temporary name, then renamed: never half there."""
+    import pyarrow.fs
+
+    fs, path = filesystem(uri)
+    destination = Path(destination)
+    partial = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    prefix = path.rstrip("/") + "/"
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True)):
+        relative = info.path[len(prefix):]
+        parts = relative.split("/")
+        if info.type != pyarrow.fs.FileType.File or MIRROR in parts or \
+                any(_CHECKPOINT_DIR.fullmatch(part) for part in parts[:-1]):
+            continue
+        local = partial / relative
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as source, open(local, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+    if destination.exists():
+        destination.rmdir()  # empty: checked by the caller
+    partial.rename(destination)
+
+
 def drop_mirror(folder: Path) -> None:
     """A finished run's mirrors (a sweep's points have their own): the checkpoints are on storage and
     exported into checkpoints/."""
