@@ -418,6 +418,20 @@ def test_submit_to_a_bucket_sets_the_kinds_storage_field_or_says_why_it_cannot(m
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "runs/x"], "is relative"),
+    (["--resume", "s3:/bucket/runs/x"], "two slashes"),
+    (["jobs/quickstart.yaml", "--resume", "/shared/runs/x"], "--resume takes the run folder only"),
+    ([], "give a job spec"),
+    (["--resume", "s3://bucket/runs/x"], "cannot reach the job server"),  # well formed: the server is next
+])
+def test_submit_resume_takes_a_run_folder_on_the_cluster(monkeypatch, args, message):
+    for variable in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    result = runner.invoke(app, ["submit", *args, "--address", "http://127.0.0.1:9"], terminal_width=300)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
 def test_submit_refuses_a_job_outside_the_uploaded_project(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(Path("jobs/quickstart.yaml").read_text())

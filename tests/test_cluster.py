@@ -209,10 +209,12 @@ def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undistur
     assert "checkpoints/replay/task-2/model.safetensors" in files and "report.md" in files
 
 
-def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it(cluster, undisturbed, bucket):
+def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it_and_resumes_from_the_bucket(
+        cluster, undisturbed, bucket):
     """`palimpsest stop` sends SIGTERM; the driver gets the time it needs (RAY_JOB_STOP_WAIT_TIME_S, not
-    Ray's 3 s) to stop training, mark the folder interrupted and upload it beside its checkpoints."""
-    _, _, _, home = undisturbed
+    Ray's 3 s) to stop training, mark the folder interrupted and upload it beside its checkpoints.
+    `submit --resume URI` then finishes it on the cluster, to the undisturbed run's accuracy matrix."""
+    _, clean_folder, _, home = undisturbed
     env = _env(cluster, home, token=True)
     sent = _cli(["submit", "jobs/quickstart.yaml", "--address", cluster.dashboard_url, "--storage",
                  bucket.uri("stopped", "runs"), *TINY, "--no-wait"], env)
@@ -238,3 +240,11 @@ def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it(cluster, undi
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"], summary
     files = bucket.files(f"stopped/runs/{name}")
     assert any(key.endswith("checkpoint_manifest.json") for key in files)  # task 1's, in the bucket
+
+    resumed = _cli(["submit", "--resume", _run_folder(sent.stdout), "--address", cluster.dashboard_url], env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "replay · task 1/3" not in resumed.stdout and "replay · task 3/3 step 40/40" in resumed.stdout
+    summary = json.loads(bucket.read(f"stopped/runs/{name}/summary.json"))
+    clean = json.loads((clean_folder / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["resumed"]
+    assert summary["methods"]["replay"]["accuracy_matrix"] == clean["methods"]["replay"]["accuracy_matrix"]

@@ -438,6 +438,10 @@ def _resume_folder(given: str, out_dir: Path | None, *, search: bool) -> Path:
     from palimpsest.storage import StorageError, check_storage_path, fetch_run_folder, is_uri, join, name_of, read_text
 
     if not is_uri(given):
+        try:
+            check_storage_path(given, "--resume")  # s3:/bucket, a slash short of a URI, is named as such
+        except StorageError as error:
+            _fail_input([str(error)])
         if out_dir:
             _fail_input(["--out: a run resumes in its own folder; --out only names where a bucket's copy goes"])
         return Path(given)
@@ -457,8 +461,11 @@ def _resume_folder(given: str, out_dir: Path | None, *, search: bool) -> Path:
     # Under its own name: the run's checkpoints on storage are found by it (STORAGE/NAME/).
     destination = (Path(out_dir) if out_dir else Path("runs")) / name_of(uri)
     if destination.exists() and any(destination.iterdir()):
-        _fail_input([f"--out: {destination} already holds files; resume that folder (--resume {destination}) or "
-                     "give --out another parent folder"])
+        spec = destination / "spec.yaml"
+        if spec.is_file() and spec.read_text() == read_text(join(uri, "spec.yaml")):  # where it ran (the head)
+            out.print(f"resuming {destination}, this machine's copy of {given}", highlight=False, soft_wrap=True)
+            return destination
+        _fail_input([f"--out: {destination} already holds another run's files; give --out another parent folder"])
     try:
         fetch_run_folder(uri, destination)
     except OSError as error:
@@ -544,7 +551,8 @@ _TOKEN_HELP = ("file holding the cluster's auth token (default: $RAY_AUTH_TOKEN,
                   "--storage, streams the log and exits with the job's exit code (0 done, 1 failed, 2 bad input, "
                   "130/143 interrupted or stopped). --no-wait prints the job id and returns.")
 def submit(
-    job: Path = typer.Argument(..., help="job spec YAML inside this project (it is uploaded with it)"),
+    job: Optional[Path] = typer.Argument(None, help="job spec YAML inside this project (it is uploaded with it); "
+                                         "omit with --resume"),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
     storage: Optional[str] = typer.Option(None, "--storage", help="shared storage every node mounts at the same path, "
                                           "or a bucket (s3://BUCKET/PREFIX, gs://...): the run folder and its "
@@ -553,22 +561,36 @@ def submit(
     search: bool = typer.Option(False, "--tune", help="run `palimpsest tune` on the job's tune: section"),
     no_wait: bool = typer.Option(False, "--no-wait", help="print the job id and return at once"),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+    resume: Optional[str] = typer.Option(None, "--resume", help="resume a stopped or failed job's run folder on the "
+                                         "cluster: its path on the shared storage or its bucket URI, as `palimpsest "
+                                         "jobs` lists it (with --tune for a search)"),
 ) -> None:
-    from palimpsest.submit import SubmitError, exit_code, follow
+    from palimpsest.submit import SubmitError, exit_code, follow, resubmit
     from palimpsest.submit import submit as send
 
-    try:
-        spec = load_spec(job, set_ or [])
-    except SpecError as error:
-        _fail_input(error.problems)
-    if search and getattr(spec, "tune", None) is None:
-        _fail_input([f"{job}: tune: --tune needs a tune: section in the job"])
-    try:
-        jobs, sent = send(job, set_ or [], spec, address=address, storage=storage, search=search,
-                          token_file=token_file)
-    except SubmitError as error:
-        _fail_input([str(error)])
-    out.print(f"submitted: {sent.job_id}\nrun folder (on the cluster's storage): {sent.run_folder}", highlight=False)
+    if resume is not None:
+        if job is not None or set_ or storage:
+            _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB, --set or --storage)"])
+        try:
+            jobs, sent = resubmit(resume, address=address, search=search, token_file=token_file)
+        except SubmitError as error:
+            _fail_input([str(error)])
+    else:
+        if job is None:
+            _fail_input(["give a job spec (palimpsest submit JOB.yaml) or --resume RUN_FOLDER"])
+        try:
+            spec = load_spec(job, set_ or [])
+        except SpecError as error:
+            _fail_input(error.problems)
+        if search and getattr(spec, "tune", None) is None:
+            _fail_input([f"{job}: tune: --tune needs a tune: section in the job"])
+        try:
+            jobs, sent = send(job, set_ or [], spec, address=address, storage=storage, search=search,
+                              token_file=token_file)
+        except SubmitError as error:
+            _fail_input([str(error)])
+    out.print(f"submitted: {sent.job_id}\nrun folder (on the cluster's storage): {sent.run_folder}", highlight=False,
+              soft_wrap=True)
     if no_wait:
         out.print(f"follow it: palimpsest logs {sent.job_id} --follow · stop it: palimpsest stop {sent.job_id}",
                   highlight=False)

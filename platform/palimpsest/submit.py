@@ -199,6 +199,34 @@ def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: st
     else:
         run_folder = f"{root}/{folder_name}"
         command, relative = entrypoint(job, sets, run_folder, search=search)
+    return _send(command, run_folder, relative, f"palimpsest-{folder_name}", address=address, token_file=token_file,
+                 name=name)
+
+
+def resubmit(resume: str, *, address: str | None, search: bool, token_file: Path | None = None,
+             name: str | None = None) -> tuple[object, Submission]:
+    """`palimpsest run --resume RUN_FOLDER` (or `tune`) on the cluster: a folder on its shared storage, or one
+    uploaded to a bucket, which the head fetches into /tmp/palimpsest-runs/NAME and uploads back."""
+    from palimpsest.runtime import utc_stamp
+    from palimpsest.storage import StorageError, check_storage_path, is_uri, name_of
+
+    try:
+        checked = check_storage_path(resume, "--resume")
+    except StorageError as error:
+        raise SubmitError(str(error)) from None
+    if not is_uri(resume) and not resume.startswith("/"):
+        raise SubmitError(f"--resume: {resume} is relative; give the run folder's absolute path on the cluster's "
+                          "storage, or its bucket URI (palimpsest jobs lists them)")
+    words = ["python", "-m", "palimpsest.cli", "tune" if search else "run", "--resume", checked]
+    if is_uri(resume):
+        words += ["--out", HEAD_RUNS]
+    command = " ".join(shlex.quote(word) for word in words)
+    return _send(command, checked, "", f"palimpsest-resume-{name_of(checked)}-{utc_stamp()}", address=address,
+                 token_file=token_file, name=name)
+
+
+def _send(command: str, run_folder: str, relative: str, submission_id: str, *, address: str | None,
+          token_file: Path | None, name: str | None) -> tuple[object, Submission]:
     jobs = client(address, token_file)
     runtime_env = {
         "working_dir": str(project_root()),
@@ -212,9 +240,9 @@ def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: st
     # Ray logs each packaging step at INFO, and warns that it skips .git and .venv, which we
     # exclude anyway; what was uploaded is not news to the user.
     _quiet_ray()
-    submission_id = name or f"palimpsest-{folder_name}".replace(".", "-")
-    job_id = jobs.submit_job(entrypoint=command, runtime_env=runtime_env, submission_id=submission_id,
-                             metadata={METADATA_RUN_FOLDER: run_folder, METADATA_JOB: relative})
+    job_id = jobs.submit_job(entrypoint=command, runtime_env=runtime_env,
+                             submission_id=name or submission_id.replace(".", "-"),
+                             metadata={METADATA_RUN_FOLDER: run_folder, METADATA_JOB: relative or "(resume)"})
     return jobs, Submission(job_id, run_folder, command)
 
 
