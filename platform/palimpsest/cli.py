@@ -143,13 +143,7 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         earlier_attempts = []
     if no_ray and address:
         _fail_input(["--address: --no-ray runs without Ray; give one or the other"])
-    try:
-        spec = load_spec(job, set_ or [])
-    except SpecError as error:
-        _fail_input(error.problems)
-    if search and getattr(spec, "tune", None) is None:
-        _fail_input([f"{job}: tune: no search space in this job (add a tune: section; README, \"Hyperparameter "
-                     "search\")"])
+    spec = _load_job(job, set_, search=search)
     if not search and getattr(spec, "tune", None) is not None:
         err.print(f"note: {job} has a tune: section; `palimpsest tune {job}` searches it. Running the job as written.",
                   highlight=False, markup=False)
@@ -433,6 +427,18 @@ def _finish_failed(folder, spec, status: str, message: str, *, attempts: list[fl
     _upload(folder, spec, finished=False)
 
 
+def _load_job(job: Path, sets: list[str] | None, *, search: bool):
+    """The job with its --set overrides (bad input: exit 2); a search needs a tune: section."""
+    try:
+        spec = load_spec(job, sets or [])
+    except SpecError as error:
+        _fail_input(error.problems)
+    if search and getattr(spec, "tune", None) is None:
+        _fail_input([f"{job}: tune: no search space in this job (add a tune: section; README, \"Hyperparameter "
+                     "search\")"])
+    return spec
+
+
 def _resume_folder(given: str, out_dir: Path | None, *, search: bool) -> Path:
     """The folder to resume: the path given, or a bucket's copy fetched into --out (default runs/NAME)."""
     from palimpsest.storage import StorageError, check_storage_path, fetch_run_folder, is_uri, join, name_of, read_text
@@ -578,12 +584,7 @@ def submit(
     else:
         if job is None:
             _fail_input(["give a job spec (palimpsest submit JOB.yaml) or --resume RUN_FOLDER"])
-        try:
-            spec = load_spec(job, set_ or [])
-        except SpecError as error:
-            _fail_input(error.problems)
-        if search and getattr(spec, "tune", None) is None:
-            _fail_input([f"{job}: tune: --tune needs a tune: section in the job"])
+        spec = _load_job(job, set_, search=search)
         try:
             jobs, sent = send(job, set_ or [], spec, address=address, storage=storage, search=search,
                               token_file=token_file)
