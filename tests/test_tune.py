@@ -264,6 +264,7 @@ def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto
     assert len(found) == 3 and all(r["status"] == "finished" for r in found), found
     mine = next(r for r in found if r["trial"] == first)
     assert float(mine["forget_quality"]) == json.loads(finished)["forget_quality"]
+    assert float(mine["wall_s"]) == json.loads(finished)["trial_wall_s"]  # its own run's, not the re-report's
 
     summary = json.loads((folder / "summary.json").read_text())
     metrics = ["forget_quality", "model_utility"]

@@ -37,6 +37,7 @@ from palimpsest.spec.tuning import units, with_values
 
 TRIALS_DIR = "trials"
 FINISHED = "finished"  # a trial that ran to its end (its summary's figures are its result)
+WALL = "trial_wall_s"  # the trial run's own wall time, in its summary and in its final report
 STATUSES = ("finished", "stopped early", "error", "unfinished")
 
 
@@ -117,8 +118,9 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
     if resumed:
         folder = RunFolder(folder_path)
         previous = folder.read_summary()
-        if previous.get("status") == "ok":  # finished before the search stopped: report it again
-            tune.report({**objective_values(previous, spec.kind), FINISHED: True, "run_folder": str(folder.path)})
+        if previous.get("status") == "ok":  # finished before the search stopped: report it again, as it was
+            tune.report({**objective_values(previous, spec.kind), FINISHED: True, "run_folder": str(folder.path),
+                         WALL: previous.get(WALL)})
             return
         prepared = runner.prepare(spec, saved_tokenizer=folder.tokenizer)
     else:
@@ -137,11 +139,12 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
                               "error": f"{type(error).__name__}: {error}", "trial_config": config})
         _to_bucket(spec, folder, finished=False)
         raise
-    summary.update({"resumed": resumed, "trial_config": config, "trial_wall_s": round(time.perf_counter() - started, 3)})
+    summary.update({"resumed": resumed, "trial_config": config, WALL: round(time.perf_counter() - started, 3)})
     folder.write_summary(summary)
     write_report(folder)
     _to_bucket(spec, folder, finished=True)
-    tune.report({**objective_values(summary, spec.kind), FINISHED: True, "run_folder": str(folder.path)})
+    tune.report({**objective_values(summary, spec.kind), FINISHED: True, "run_folder": str(folder.path),
+                 WALL: summary[WALL]})
 
 
 def _to_bucket(spec, folder: RunFolder, *, finished: bool) -> None:
@@ -363,7 +366,9 @@ def _row(result, search, metrics: list[str]) -> dict:
         status = "unfinished"
     return {"trial": last.get("trial_id") or Path(result.path).name, "status": status,
             "iterations": last.get("training_iteration", 0), "config": config,
-            **{m: last.get(m) for m in metrics}, "wall_s": round(last.get("time_total_s") or 0, 3) or None,
+            # the trial's own run (a finished trial reported again on a resume keeps its first wall time)
+            **{m: last.get(m) for m in metrics}, "wall_s": last.get(WALL) or round(last.get("time_total_s") or 0, 3)
+            or None,
             "run_folder": last.get("run_folder") or str(Path(result.path)),
             "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error is not None else None}
 
