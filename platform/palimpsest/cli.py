@@ -443,16 +443,15 @@ def _resume_folder(given: str, out_dir: Path | None, *, search: bool) -> Path:
     """The folder to resume: the path given, or a bucket's copy fetched into --out (default runs/NAME)."""
     from palimpsest.storage import StorageError, check_storage_path, fetch_run_folder, is_uri, join, name_of, read_text
 
+    try:
+        uri = check_storage_path(given, "--resume")  # (s3:/bucket, a slash short of a URI, is named as such)
+    except StorageError as error:
+        _fail_input([str(error)])
     if not is_uri(given):
-        try:
-            check_storage_path(given, "--resume")  # s3:/bucket, a slash short of a URI, is named as such
-        except StorageError as error:
-            _fail_input([str(error)])
         if out_dir:
             _fail_input(["--out: a run resumes in its own folder; --out only names where a bucket's copy goes"])
         return Path(given)
     try:
-        uri = check_storage_path(given, "--resume")
         summary = read_text(join(uri, "summary.json"))
     except StorageError as error:
         _fail_input([str(error)])
@@ -504,19 +503,18 @@ def _storage_record(spec, folder) -> dict:
 
 def _upload(folder, spec, *, finished: bool) -> None:
     """A URI storage_path gets the run folder beside the checkpoints once the run ends (ok, failed or interrupted)."""
-    from palimpsest.storage import drop_mirror, is_uri, upload_run_folder
+    from palimpsest.storage import finish_upload, is_uri
 
     storage = getattr(spec, "storage_path", None)
     if not is_uri(storage):
         return
     try:
-        where = upload_run_folder(folder.path, storage)
+        where = finish_upload(folder.path, storage, finished=finished)
     except Exception as error:  # noqa: BLE001 - the local folder is complete; say what to copy by hand
         err.print(f"warning: the run folder stays at {folder.path}; uploading it to {storage} failed: "
                   f"{type(error).__name__}: {error}", highlight=False, markup=False)
         return
-    if finished:  # its checkpoints are on storage (and exported into checkpoints/)
-        drop_mirror(folder.path)
+    if finished:
         out.print(f"run folder uploaded to {where}", highlight=False, soft_wrap=True)
     else:
         err.print(f"run folder uploaded to {where}; to resume it on any machine: palimpsest "

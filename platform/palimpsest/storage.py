@@ -160,7 +160,7 @@ class RunStorage:
                 continue
             partial = self.local / f".{name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            left = _download(fs, f"{path}/{name}", partial, leave=(STATE_FILE,) if lean else ())
+            left = _download(fs, f"{path}/{name}", partial, skip=lambda relative: lean and relative == STATE_FILE)
             if left:
                 (partial / LEFT_ON_STORAGE).write_text(json.dumps(left))
             try:
@@ -194,26 +194,26 @@ def _read(fs, path: str) -> bytes | None:
         return stream.read()
 
 
-def _download(fs, path: str, target: Path, leave: tuple[str, ...] = ()) -> dict[str, int]:
-    """Every file under `path` on `fs` into `target` (folders made as needed), except those named in
-    `leave`; returns the files left, relative path -> size on `fs`."""
+def _download(fs, path: str, target: Path, skip=lambda relative: False) -> dict[str, int]:
+    """Every file under `path` on `fs` into `target` (folders made as needed), but those whose relative
+    path `skip` names; returns the files skipped, relative path -> size on `fs`."""
     import pyarrow.fs
 
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
     target.mkdir(parents=True)
-    left = {}
+    skipped = {}
     for info in infos:
         if info.type != pyarrow.fs.FileType.File:
             continue
         relative = info.path[len(path.rstrip("/")) + 1:]
-        if relative in leave:
-            left[relative] = info.size
+        if skip(relative):
+            skipped[relative] = info.size
             continue
         local = target / relative
         local.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as source, open(local, "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
-    return left
+    return skipped
 
 
 def _upload(directory: Path, fs, path: str, skip: str | None = None) -> None:
@@ -262,27 +262,28 @@ def read_text(uri: str) -> str | None:
 def fetch_run_folder(uri: str, destination: Path) -> None:
     """An uploaded run folder back onto this machine, without the checkpoints kept beside it (a resume
     reads those from storage). Fetched under a temporary name, then renamed: never half there."""
-    import pyarrow.fs
-
     fs, path = filesystem(uri)
     destination = Path(destination)
     partial = destination.with_name(f".{destination.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    prefix = path.rstrip("/") + "/"
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True)):
-        relative = info.path[len(prefix):]
-        parts = relative.split("/")
-        if info.type != pyarrow.fs.FileType.File or MIRROR in parts or \
-                any(_CHECKPOINT_DIR.fullmatch(part) for part in parts[:-1]):
-            continue
-        local = partial / relative
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as source, open(local, "wb") as sink:
-            shutil.copyfileobj(source, sink, 1 << 20)
+
+    def elsewhere(relative: str) -> bool:
+        folders = relative.split("/")[:-1]
+        return MIRROR in folders or any(_CHECKPOINT_DIR.fullmatch(part) for part in folders)
+
+    _download(fs, path, partial, skip=elsewhere)
     if destination.exists():
         destination.rmdir()  # empty: checked by the caller
     partial.rename(destination)
+
+
+def finish_upload(folder: Path, storage_path: str, *, finished: bool) -> str:
+    """The run folder to STORAGE/NAME/ at a run's end; a finished run's mirrors go (its checkpoints are on
+    storage and exported into the folder). Returns where it went; raises what the upload raised."""
+    where = upload_run_folder(folder, storage_path)
+    if finished:
+        drop_mirror(folder)
+    return where
 
 
 def drop_mirror(folder: Path) -> None:

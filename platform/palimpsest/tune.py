@@ -30,7 +30,7 @@ from pathlib import Path
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from palimpsest.runtime import RunFolder, atomic_write_text
-from palimpsest.storage import drop_mirror, is_uri, join, upload_run_folder
+from palimpsest.storage import finish_upload, is_uri, join
 from palimpsest.spec import dump_spec, parse_spec
 from palimpsest.spec.loading import base_document
 from palimpsest.spec.tuning import units, with_values
@@ -154,13 +154,10 @@ def _to_bucket(spec, folder: RunFolder, *, finished: bool) -> None:
     if not is_uri(spec.storage_path):
         return
     try:
-        upload_run_folder(folder.path, spec.storage_path)
+        finish_upload(folder.path, spec.storage_path, finished=finished)
     except Exception as error:  # noqa: BLE001 - the trial's result stands; its folder is still on its node
         print(f"[palimpsest] warning: trial folder {folder.path} not uploaded to {spec.storage_path}: "
               f"{type(error).__name__}: {error}", flush=True)
-        return
-    if finished:  # its checkpoints are in the bucket and exported into the folder
-        drop_mirror(folder.path)
 
 
 def _rl_trial(spec, folder_path: Path) -> None:
