@@ -120,7 +120,7 @@ def test_the_step_applies_clipped_per_example_gradients_over_the_expected_batch(
     each example is clipped alone, its loss is its own mean token NLL; micro-batches change nothing."""
     items = qa_items(3, seed=5)
     backend = Captured(tiny_model(), Optimisation(steps=5, batch_size=4), plan_for(clip=clip, mode=mode),
-                       world_size=1, device=torch.device("cpu"))
+                       world_size=1, device=torch.device("cpu"), noise_seed=0)
     ctx = context(backend.model, items)
     train_step(ctx, make_method("naive"), backend, StepBatch.of_task(items), accumulation=accumulation,
                window=torch.zeros(2, dtype=torch.float64))
@@ -132,7 +132,7 @@ def test_the_step_applies_clipped_per_example_gradients_over_the_expected_batch(
 def test_an_empty_micro_batch_adds_nothing_and_noise_has_std_sigma_c_over_the_expected_batch():
     items = qa_items(1, seed=6)
     quiet = Captured(tiny_model(), Optimisation(steps=5, batch_size=4), plan_for(clip=1e6), world_size=1,
-                     device=torch.device("cpu"))
+                     device=torch.device("cpu"), noise_seed=0)
     train_step(context(quiet.model, items), make_method("naive"), quiet, StepBatch.of_task(items), accumulation=2,
                window=torch.zeros(2, dtype=torch.float64))  # the second micro-batch is empty
     expected = expected_gradient(items, clip=1e6, batch=4)
@@ -141,7 +141,7 @@ def test_an_empty_micro_batch_adds_nothing_and_noise_has_std_sigma_c_over_the_ex
 
     sigma, clip, batch = 2.0, 0.5, 4
     noisy = Captured(tiny_model(), Optimisation(steps=5, batch_size=batch), plan_for(sigma=sigma, clip=clip),
-                     world_size=1, device=torch.device("cpu"))
+                     world_size=1, device=torch.device("cpu"), noise_seed=0)
     ctx = context(noisy.model, qa_items(8))
     draws = []
     for _ in range(2):
@@ -157,7 +157,7 @@ def test_an_empty_micro_batch_adds_nothing_and_noise_has_std_sigma_c_over_the_ex
 def test_poisson_batches_include_each_example_independently_with_the_sample_rate():
     n, batch = 50, 10
     backend = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=batch), plan_for(batch=batch, n=n),
-                             world_size=1, device=torch.device("cpu"))
+                             world_size=1, device=torch.device("cpu"), noise_seed=0)
     task = qa_items(n)
     ctx = context(backend.model, task, batch)
     index = {item: i for i, item in enumerate(task)}
@@ -176,7 +176,7 @@ def test_poisson_batches_include_each_example_independently_with_the_sample_rate
 def test_the_accountant_continues_from_the_carried_history():
     plan = plan_for(sigma=1.0)
     first = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=4), plan, world_size=1,
-                           device=torch.device("cpu"))
+                           device=torch.device("cpu"), noise_seed=0)
     items = qa_items(8)
     ctx = context(first.model, items)
     for step in range(3):
@@ -185,7 +185,7 @@ def test_the_accountant_continues_from_the_carried_history():
     carried = first.carry_over()
     assert carried == {"privacy_history": [[1.0, 0.5, 3]]}
     second = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=4), plan, world_size=1,
-                            device=torch.device("cpu"), carried=carried)
+                            device=torch.device("cpu"), noise_seed=0, carried=carried)
     batch = second.choose_batch(make_method("naive"), ctx, 3)
     train_step(ctx, make_method("naive"), second, batch, accumulation=1, window=torch.zeros(2, dtype=torch.float64))
     assert second.carry_over() == {"privacy_history": [[1.0, 0.5, 4]]}
@@ -227,3 +227,80 @@ def test_methods_declared_private_see_training_data_only_through_dp_sgd():
             assert getattr(implementation, hook) is getattr(TrainingMethod, hook), f"{name} overrides {hook}"
     refused = [info for info in methods_of("continual").values() if not info.private]
     assert all(info.private_reason and info.private_reason != "it does not state a private form" for info in refused)
+
+
+# --------------------------------------------------------------------------- secret randomness
+
+
+def private_config(*, reproducible: bool, steps: int = 4):
+    from synthetic import loop_config
+
+    plan = make_plan(PrivacySpec(epsilon=6.0, accountant="rdp", reproducible=reproducible), task_sizes=[16],
+                     batch_size=4, steps_per_task=steps)
+    return loop_config([qa_items(16, 0)], steps=steps, batch_size=4, checkpoint_every=2, eval_every=None,
+                       max_grad_norm=None).with_(privacy=plan)
+
+
+def final_weights(root) -> dict:
+    from palimpsest.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(str(sorted(root.glob("checkpoint_*"))[-1])).model
+
+
+def test_a_private_run_draws_from_a_fresh_owner_only_secret_unless_it_opts_into_the_public_seed(tmp_path):
+    """Two runs of one private job give different weights; the secret lives in the trainer state only (0600),
+    the same in every checkpoint of a run; `reproducible` restores the seeded draws and says the guarantee is void."""
+    import os
+    import stat
+
+    from palimpsest.privacy import GUARANTEE_NONE
+    from palimpsest.train.checkpoint import STATE_FILE, load_checkpoint
+    from palimpsest.train.loop import run_without_ray
+
+    secret_runs = [run_without_ray(private_config(reproducible=False), tmp_path / name) for name in ("a", "b")]
+    a, b = (final_weights(tmp_path / name) for name in ("a", "b"))
+    assert any(not torch.equal(a[k], b[k]) for k in a), "two private runs drew the same noise"
+    secrets_of = {name: {load_checkpoint(str(c)).secret for c in (tmp_path / name).glob("checkpoint_*")}
+                  for name in ("a", "b")}
+    assert all(len(found) == 1 and None not in found for found in secrets_of.values())
+    assert secrets_of["a"] != secrets_of["b"] and max(secrets_of["a"]).bit_length() > 200
+    for state in (tmp_path / "a").glob(f"checkpoint_*/{STATE_FILE}"):
+        assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    block = secret_runs[0]["methods"][0]["privacy"]
+    assert block["reproducible"] is False and "secret" in block["guarantee"] and block["guarantee"].startswith("(")
+    assert str(max(secrets_of["a"])) not in repr(secret_runs[0])  # not in what the loop hands back
+
+    seeded = [run_without_ray(private_config(reproducible=True), tmp_path / name) for name in ("c", "d")]
+    c, d = (final_weights(tmp_path / name) for name in ("c", "d"))
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    assert seeded[0]["methods"][0]["privacy"]["guarantee"] == GUARANTEE_NONE
+    assert load_checkpoint(str(sorted((tmp_path / "c").glob("checkpoint_*"))[-1])).secret is None
+
+
+def test_every_release_draws_independent_noise_and_the_public_seed_shares_it(tmp_path):
+    """Two runs at two ε (sweep points, trials) and two methods of one run: the noise the optimizer added at
+    step 0 is uncorrelated; with `reproducible` the same standard-normal draw is scaled by each σ (corr 1)."""
+    from palimpsest.train.loop import _Run
+    from palimpsest.train.session import LocalSession
+
+    def noise(run, method: int, sigma: float) -> torch.Tensor:
+        backend = Captured(tiny_model(), Optimisation(steps=5, batch_size=4), plan_for(sigma=sigma, clip=1.0),
+                           world_size=1, device=torch.device("cpu"), noise_seed=run.noise_seed(method))
+        ctx = context(backend.model, qa_items(8))
+        backend.choose_batch(make_method("naive"), ctx, 0)
+        train_step(ctx, make_method("naive"), backend, StepBatch.of_task([]), accumulation=1,
+                   window=torch.zeros(2, dtype=torch.float64))  # no example: what was applied is the noise
+        return torch.cat([g.flatten() for g in backend.applied.values()])
+
+    def corr(x, y) -> float:
+        return float(np.corrcoef(x.numpy(), y.numpy())[0, 1])
+
+    for reproducible, expected in ((False, 0.0), (True, 1.0)):
+        config = private_config(reproducible=reproducible)
+        first, second = (_Run(config, LocalSession(tmp_path / f"{reproducible}{i}"), None) for i in range(2))
+        at_two_epsilons = corr(noise(first, 0, 1.1), noise(second, 0, 3.0))
+        two_methods = corr(noise(first, 0, 1.1), noise(first, 1, 1.1))
+        if reproducible:  # today's seeded draws: one noise vector for every release
+            assert at_two_epsilons == pytest.approx(1.0, abs=1e-6)
+        else:
+            assert abs(at_two_epsilons) < 0.05 and abs(two_methods) < 0.05

@@ -55,15 +55,19 @@ def assert_private(summary: dict, out: Path) -> None:
     assert logged == sorted(logged) and logged[-1] == pytest.approx(privacy["epsilon"])
 
 
+SEEDED = {"epsilon": 8.0, "accountant": "rdp", "reproducible": True}  # parity needs the same noise in every run
+
+
 @pytest.mark.integration
 def test_dpddp_and_fsdp2_on_two_workers_match_one_worker_and_a_restart_keeps_the_same_epsilon(tmp_path, ray_session):
-    """Done-means 2 and 3."""
-    one = run_spec(private_spec(scaling={"num_workers": 1}), tmp_path / "one", use_ray=False)
-    ddp = run_spec(private_spec(), tmp_path / "ddp")
-    fsdp = run_spec(private_spec(privacy={"epsilon": 8.0, "accountant": "rdp", "grad_sample_mode": "ghost_fsdp"}),
-                    tmp_path / "fsdp")
+    """DPDDP and FSDP2 match one worker (seeded noise); a restart replays, and a default run's secret stays in
+    its owner-only Ray checkpoints: nowhere else in the run folder."""
+    one = run_spec(private_spec(scaling={"num_workers": 1}, privacy=SEEDED), tmp_path / "one", use_ray=False)
+    ddp = run_spec(private_spec(privacy=SEEDED), tmp_path / "ddp")
+    fsdp = run_spec(private_spec(privacy={**SEEDED, "grad_sample_mode": "ghost_fsdp"}), tmp_path / "fsdp")
     for summary, name in ((one, "one"), (ddp, "ddp"), (fsdp, "fsdp")):
         assert_private(summary, tmp_path / name)
+        assert summary["privacy"]["guarantee"] == "none: noise and batches derive from the public seed"
         summary["name_dir"] = name
     assert ddp["privacy"]["epsilon"] == one["privacy"]["epsilon"] == fsdp["privacy"]["epsilon"]
     assert ddp["privacy"]["noise_multiplier"] == one["privacy"]["noise_multiplier"]
@@ -73,18 +77,49 @@ def test_dpddp_and_fsdp2_on_two_workers_match_one_worker_and_a_restart_keeps_the
     np.testing.assert_allclose([v for _, v in records(tmp_path / "one", "train_loss")], curve, rtol=1e-3)
     assert (tmp_path / "fsdp" / "checkpoints" / "final" / "model.safetensors").is_file()
 
-    for name, sharded, reference in (("restart", {}, ddp), ("restart-fsdp", {"grad_sample_mode": "ghost_fsdp"}, fsdp)):
+    # FSDP2, seeded: the restarted run replays the uninterrupted one exactly (gathered, re-sharded state).
+    # DPDDP, secret: the restart continues the same run's secret from its checkpoint.
+    for name, settings, reference in (("restart", {"epsilon": 8.0, "accountant": "rdp"}, None),
+                                      ("restart-fsdp", {**SEEDED, "grad_sample_mode": "ghost_fsdp"}, fsdp)):
         marker = tmp_path / f"{name}-failed-once"
-        restarted = run_spec(private_spec(max_failures=1, privacy={"epsilon": 8.0, "accountant": "rdp", **sharded}),
-                             tmp_path / name, fail_at=FailAt(task=0, step=12, marker=str(marker)))
+        restarted = run_spec(private_spec(max_failures=1, privacy=settings), tmp_path / name,
+                             fail_at=FailAt(task=0, step=12, marker=str(marker)))
         assert marker.exists(), "the failure was not injected"
-        assert restarted["privacy"] == reference["privacy"]  # the accountant resumed from the checkpoint
+        assert restarted["privacy"]["epsilon"] == ddp["privacy"]["epsilon"]  # the accountant resumed
         assert restarted["privacy"]["steps"] == 20
-        # the same batches, noise, weights and optimizer state from step 10 on (FSDP2: gathered, re-sharded)
-        assert records(tmp_path / name, "train_loss") == records(tmp_path / reference["name_dir"], "train_loss")
         # resumed from step 10, not rerun from the start: no checkpoint was reported twice
-        checkpoints = lambda run: sorted(p.name for p in (run / "ray").rglob("checkpoint_*") if p.is_dir())  # noqa
-        assert len(checkpoints(tmp_path / name)) == len(checkpoints(tmp_path / reference["name_dir"]))
+        checkpoints = lambda run: sorted(p for p in (run / "ray").rglob("checkpoint_*") if p.is_dir())  # noqa
+        assert len(checkpoints(tmp_path / name)) == len(checkpoints(tmp_path / "ddp"))
+        if reference is not None:
+            assert restarted["privacy"] == reference["privacy"]
+            assert records(tmp_path / name, "train_loss") == records(tmp_path / reference["name_dir"], "train_loss")
+            continue
+        assert records(tmp_path / name, "train_loss") != records(tmp_path / "ddp", "train_loss")  # its own noise
+        assert "secret" in restarted["privacy"]["guarantee"]
+        assert_secret_kept(tmp_path / name, checkpoints(tmp_path / name))
+
+
+def assert_secret_kept(run: Path, checkpoints: list[Path]) -> None:
+    """One secret in every checkpoint, in an owner-only trainer state; no file outside ray/ holds it."""
+    import os
+    import stat
+
+    from palimpsest.train.checkpoint import STATE_FILE, load_checkpoint
+
+    found = {load_checkpoint(str(c)).secret for c in checkpoints}
+    assert len(found) == 1 and None not in found
+    (secret,) = found
+    for c in checkpoints:
+        assert stat.S_IMODE(os.stat(c / STATE_FILE).st_mode) == 0o600
+    forms = [str(secret).encode(), f"{secret:x}".encode(), f"{secret:X}".encode(),
+             secret.to_bytes(32, "little"), secret.to_bytes(32, "big")]
+    outside = [p for p in run.rglob("*") if p.is_file() and "ray" not in p.relative_to(run).parts]
+    assert any(p.name == "model.safetensors" for p in outside) and any(p.name == "summary.json" for p in outside)
+    for path in outside:
+        data = path.read_bytes()
+        assert not any(form in data for form in forms), f"{path} holds the run's secret"
+    exported = stat.S_IMODE(os.stat(run / "checkpoints" / "final" / "model.safetensors").st_mode)
+    assert exported & 0o044, "the exported model kept the trainer state's owner-only mode"
 
 
 def test_a_private_continual_stream_composes_every_task_into_one_budget(tmp_path):

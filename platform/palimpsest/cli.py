@@ -44,6 +44,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler or `kill`) during a run: recorded like Ctrl-C, exit 143."""
 
 
+def _warn_void_guarantees(job, spec) -> None:
+    """One warning line per privacy section that opted into the public seed (the guarantee is void)."""
+    from palimpsest.spec.common import GUARANTEE_VOID_WARNING, void_guarantees
+
+    for path in void_guarantees(spec):
+        err.print(f"warning: {job}: {path}: {GUARANTEE_VOID_WARNING}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _fail_input(lines: list[str]) -> None:
     for line in lines:
         err.print(f"[red]error:[/red] {escape(str(line))}", highlight=False, markup=True, soft_wrap=True)
@@ -71,6 +79,7 @@ def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"))
             except DataError as error:
                 problems.append(f"{job}: {error}")
                 continue
+        _warn_void_guarantees(job, spec)
         out.print(f"ok: {job} (kind: {spec.kind})", highlight=False)
     if problems:
         _fail_input(problems)
@@ -148,6 +157,7 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         err.print(f"note: {job} has a tune: section; `palimpsest tune {job}` searches it. Running the job as written.",
                   highlight=False, markup=False)
         spec = spec.model_copy(update={"tune": None})
+    _warn_void_guarantees(job, spec)
     if not no_ray:
         # A dead address fails here, in seconds, before data loading and before ray.init
         # (which would retry for minutes).
@@ -537,7 +547,9 @@ def _print_results(summary: dict, path: Path) -> None:
     cost = summary.get("cost", {})
     tokens = f" · {cost['train_tokens']} training tokens" if cost.get("train_tokens") is not None else ""
     out.print(f"wall {cost.get('wall_s')} s{tokens} · run folder {path}", highlight=False)
-    if summary.get("kind") == "tune":
+    if summary.get("kind") == "tune" and summary.get("best_result") is None:
+        out.print("no trial ran (a Poisson selection drew none): nothing to release", highlight=False)
+    elif summary.get("kind") == "tune":
         best = summary["best_result"]
         values = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if isinstance(v, (int, float)))
         out.print(f"best: trial {summary['best_trial']} ({values}) · rerun it: palimpsest run {path / 'best.yaml'}",

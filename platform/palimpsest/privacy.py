@@ -13,15 +13,55 @@ batch size. What this module decides before training:
 
 A continual run spends one budget over its whole stream: every task's steps are composed,
 as if each example could appear in every task (conservative when tasks are disjoint).
+
+The guarantee assumes that the noise and the batch membership are secret. A private run
+therefore draws both from a fresh 256-bit secret (`fresh_secret`, OS entropy) made at its
+start and kept only in its Ray checkpoints (`trainer_state.pt`, owner-only), so a restart
+or `--resume` replays the same steps while nothing published (spec, seed, summary, logs,
+the exported model) lets anyone recompute them. `privacy.reproducible: true` draws them
+from the public seed instead, and then the run says it has no guarantee (`GUARANTEE_NONE`).
+Every model released from the same data spends budget: `released_epsilon` composes their
+histories with the same accountant.
 """
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
+
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "functorch", "ghost_fsdp")
+
+
+GUARANTEE_NONE = "none: noise and batches derive from the public seed"
+SECRET_BITS = 256
+
+
+def fresh_secret() -> int:
+    """A 256-bit secret from the operating system's entropy: a private run's noise and batches derive from it."""
+    return secrets.randbits(SECRET_BITS)
+
+
+def method_secret(secret: int, method: int) -> int:
+    """The secret of the `method`-th model a run trains: every release gets independent noise and batches.
+
+    A 256-bit value from numpy's SeedSequence over (secret, method): knowing one method's
+    secret tells nothing usable about another's.
+    """
+    words = np.random.SeedSequence([int(secret), 0x6D657468, int(method)]).generate_state(SECRET_BITS // 32,
+                                                                                         dtype=np.uint32)
+    return int.from_bytes(np.asarray(words, dtype="<u4").tobytes(), "little")
+
+
+def guarantee(plan: "PrivacyPlan", epsilon: float) -> str:
+    """What the run's ε means, in one line (summary.json → privacy.guarantee)."""
+    if plan.reproducible:
+        return GUARANTEE_NONE
+    return (f"({epsilon:.4g}, {plan.delta:.3g})-DP per {plan.unit}: noise and Poisson batches from a per-run "
+            "secret kept only in the run's Ray checkpoints")
 
 
 class BudgetError(ValueError):
@@ -42,6 +82,8 @@ class PrivacyPlan:
     expected_batch_size: int  # the logical batch: an expectation under Poisson sampling
     steps_per_task: int
     dataset_size: int  # examples under protection (all tasks together)
+    reproducible: bool = False  # noise and batches from the public seed: no guarantee
+    unit: str = "example"  # what the guarantee protects: example | person
 
     @property
     def planned_steps(self) -> int:
@@ -65,7 +107,10 @@ class PrivacyPlan:
                 "sample_rate": self.sample_rates[0] if len(set(self.sample_rates)) == 1 else list(self.sample_rates),
                 "expected_batch_size": self.expected_batch_size, "steps": sum(h[2] for h in history),
                 "accountant": self.accountant, "grad_sample_mode": self.grad_sample_mode,
-                "dataset_size": self.dataset_size, "unit": "example"}
+                "dataset_size": self.dataset_size, "unit": self.unit, "reproducible": self.reproducible,
+                "guarantee": guarantee(self, spent),
+                # the accountant's own history ([σ, q, steps] per entry): what released_epsilon composes
+                "history": [[float(s), float(q), int(n)] for s, q, n in history]}
 
 
 def epsilon_spent(history, delta: float, accountant: str) -> float:
@@ -80,6 +125,54 @@ def epsilon_spent(history, delta: float, accountant: str) -> float:
     with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha": the bound holds, only looser
         warnings.simplefilter("ignore", UserWarning)
         return float(counter.get_epsilon(delta=delta))
+
+
+def released_epsilon(histories, delta: float, accountant: str) -> float:
+    """ε of releasing every model whose accountant history is in `histories`, trained on the same data.
+
+    The histories are concatenated and composed by Opacus's accountant (RDP or PRV
+    composition), exactly as one longer run would be: each model's steps read the same
+    examples.
+    """
+    return epsilon_spent([tuple(entry) for history in histories for entry in history], delta, accountant)
+
+
+def released_privacy(blocks: list[dict | None]) -> dict | None:
+    """The job-level `privacy` block: what releasing every model of a job together spends.
+
+    `blocks` are the per-model privacy blocks (`PrivacyPlan.summary`), None for a model
+    trained on the same data without privacy. The accountant's histories are composed
+    (`released_epsilon`); a model trained without privacy, or any drawn from the public
+    seed, leaves the whole release without a guarantee, and the block says so.
+    """
+    private = [b for b in blocks if b]
+    if not private:
+        return None
+    delta, accountant, unit = private[0]["delta"], private[0]["accountant"], private[0].get("unit", "example")
+    released = released_epsilon([_history_of(b) for b in private], min(b["delta"] for b in private), accountant)
+    plain = len(blocks) - len(private)
+    if any(b.get("reproducible") for b in private):
+        meaning = GUARANTEE_NONE
+    elif plain:
+        meaning = (f"none for the whole release: {plain} model(s) trained on the same data without privacy; "
+                   f"the {len(private)} private models together are ({released:.4g}, {delta:.3g})-DP per {unit}")
+    else:
+        meaning = f"({released:.4g}, {delta:.3g})-DP per {unit} for all {len(private)} models released together"
+    if len(blocks) == 1:  # one model: its own block, which says what it releases
+        return {**private[0], "released_epsilon": released, "models": 1, "not_private_models": 0}
+    return {"released_epsilon": released, "delta": delta, "accountant": accountant, "unit": unit,
+            "models": len(private), "not_private_models": plain,
+            "per_model_epsilon": [b["epsilon"] for b in private],
+            "max_per_model_epsilon": max(b["epsilon"] for b in private), "guarantee": meaning}
+
+
+def _history_of(block: dict) -> list:
+    """A model's accountant history; a summary written before histories were kept: its one (σ, q, steps)."""
+    if block.get("history"):
+        return block["history"]
+    if isinstance(block.get("sample_rate"), list):
+        raise ValueError("a privacy block with per-task sample rates and no history cannot be composed")
+    return [[block["noise_multiplier"], block["sample_rate"], block["steps"]]]
 
 
 def default_delta(dataset_size: int) -> float:
@@ -137,4 +230,5 @@ def make_plan(privacy, *, task_sizes: list[int], batch_size: int, steps_per_task
     return PrivacyPlan(epsilon=privacy.epsilon, delta=delta, noise_multiplier=sigma,
                        max_grad_norm=privacy.max_grad_norm, accountant=privacy.accountant,
                        grad_sample_mode=privacy.grad_sample_mode, sample_rates=rates, expected_batch_size=batch_size,
-                       steps_per_task=steps_per_task, dataset_size=total)
+                       steps_per_task=steps_per_task, dataset_size=total,
+                       reproducible=bool(getattr(privacy, "reproducible", False)))

@@ -9,6 +9,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from palimpsest.privacy import GUARANTEE_NONE
 from palimpsest.runtime import RunFolder, atomic_write_text
 
 EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
@@ -470,7 +471,10 @@ def rl_notes(summary: dict) -> list[str]:
 
 
 def tune_notes(summary: dict) -> list[str]:
-    """A search's best trial, its Pareto front, and how to rerun the best."""
+    """A search's best trial, its Pareto front, how to rerun the best, and (private) what the selection spent."""
+    privacy = summary.get("privacy")
+    if summary.get("best_result") is None:
+        return ["", "No trial ran: " + (privacy or {}).get("note", "nothing to report") + "."]
     best = summary["best_result"]
     lines = ["", f"Best trial {summary['best_trial']} ({summary['job_kind']} job): "
              + ", ".join(f"{m} = {_fmt(best.get(m))}" for m in _as_list(summary["metric"]))
@@ -479,6 +483,11 @@ def tune_notes(summary: dict) -> list[str]:
              "Statuses: " + ", ".join(f"{n} {s}" for s, n in summary["statuses"].items() if n)
              + " (stopped early: by the scheduler or the time budget; their figures are their last report).",
              "`palimpsest run best.yaml` reruns the best trial's complete job with the same seed."]
+    if privacy:
+        lines += ["", f"Privacy of the selected model, the selection included ({privacy['selection']}): ε "
+                  f"{privacy['selected_epsilon']:.4g} at δ {privacy['delta']:.3g}; one trial alone: ε "
+                  f"{max(privacy['per_model_epsilon']):.4g}. {privacy['note']}. Guarantee: {privacy['guarantee']}."
+                  + (f" Release: {privacy['release']}." if privacy.get("release") else "")]
     front = summary.get("pareto_front")
     if front is not None:
         metrics = _as_list(summary["metric"])
@@ -486,6 +495,15 @@ def tune_notes(summary: dict) -> list[str]:
                   f"{metrics[0]})", "", "| trial | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         lines += [f"| {r['trial']} | " + " | ".join(_fmt(r[m]) for m in metrics) + " |" for r in front]
     return lines
+
+
+def _guarantee_void(node) -> bool:
+    """Whether any privacy block in a summary drew its noise from the public seed."""
+    if isinstance(node, dict):
+        return node.get("guarantee") == GUARANTEE_NONE or any(_guarantee_void(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_guarantee_void(v) for v in node)
+    return False
 
 
 def write_report(folder: RunFolder) -> Path:
@@ -508,7 +526,9 @@ def write_report(folder: RunFolder) -> Path:
         plots = draw_plots(folder)
         if summary.get("mia") and (folder.plots / "mia.png").is_file():
             plots.append(folder.plots / "mia.png")
-    lines = [f"# {summary.get('name', folder.path.name)} ({summary.get('kind', '?')})", ""]
+    lines = [f"**Privacy guarantee: {GUARANTEE_NONE}** (privacy.reproducible: true)", ""] \
+        if _guarantee_void(summary) else []
+    lines += [f"# {summary.get('name', folder.path.name)} ({summary.get('kind', '?')})", ""]
     lines += [f"- status: **{summary.get('status')}**", f"- seed: {summary.get('seed')}"]
     if summary.get("error"):
         lines += [f"- error: `{summary['error']}`"]
@@ -520,12 +540,20 @@ def write_report(folder: RunFolder) -> Path:
         lines += ["- " + "; ".join(parts)]
     if summary.get("parameters"):
         lines += [f"- parameters: {summary['parameters']['total']:,} ({summary['parameters']['trainable']:,} trainable)"]
-    privacy = summary.get("privacy")
-    if privacy:
-        lines += [f"- privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP per training example "
+    privacy = summary.get("privacy") if summary.get("kind") != "tune" else None  # a search's: in tune_notes
+    if privacy and "epsilon" not in privacy:  # a job of several models: what releasing them all spends
+        lines += [f"- privacy, every model of this job released together: ε {privacy['released_epsilon']:.4g} "
+                  f"at δ {privacy['delta']:.3g} ({privacy['models']} private models composed by the "
+                  f"{privacy['accountant']} accountant; each alone: "
+                  + ", ".join(f"{e:.4g}" for e in privacy["per_model_epsilon"]) + f"). Guarantee: {privacy['guarantee']}"]
+    elif privacy:
+        lines += [f"- privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP per training "
+                  f"{privacy.get('unit', 'example')} "
                   f"(target ε {privacy['epsilon_target']:g}; σ {privacy['noise_multiplier']:.4g}, clipping norm "
                   f"{privacy['max_grad_norm']:g}, sample rate {privacy['sample_rate']}, {privacy['steps']} steps, "
                   f"{privacy['accountant']} accountant, {privacy['grad_sample_mode']} per-example gradients)"]
+        if privacy.get("guarantee"):
+            lines += [f"- guarantee: {privacy['guarantee']}"]
     mia = summary.get("mia") or {}
     if mia.get("attacks"):
         aucs = ", ".join(f"{name} {a['auc']:.3f}" for name, a in mia["attacks"].items())

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from palimpsest.private_search import PLANNED, best_yaml_header, planned_block, poisson_trial_count, search_privacy
 from palimpsest.runtime import RunFolder, atomic_write_text
 from palimpsest.storage import finish_upload, is_uri, join
 from palimpsest.spec import dump_spec, parse_spec
@@ -128,15 +129,18 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
         folder = RunFolder.create(spec.name, folder_path)
         folder.write_spec(dump_spec(spec))
         folder.write_env()
+    plan = getattr(getattr(prepared, "worker_config", None), "privacy", None)
+    # Before it reads a byte: what this trial spends if it finishes (the search counts a stopped one so).
+    planned = {PLANNED: planned_block(plan)} if plan is not None else {}
     folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
-                          "resumed": resumed, "trial_config": config})
+                          "resumed": resumed, "trial_config": config, **planned})
     started = time.perf_counter()
     try:
         summary = runner.run(spec, prepared, folder, use_ray=True,
                              progress=TrialProgress(spec.kind, units(spec) - 1, metrics))
     except BaseException as error:
         folder.write_summary({"status": "failed", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
-                              "error": f"{type(error).__name__}: {error}", "trial_config": config})
+                              "error": f"{type(error).__name__}: {error}", "trial_config": config, **planned})
         _to_bucket(spec, folder, finished=False)
         raise
     summary.update({"resumed": resumed, "trial_config": config, WALL: round(time.perf_counter() - started, 3)})
@@ -266,13 +270,20 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     else:
         if resume:
             print("[palimpsest] the interrupted search had not started its trials; starting it", flush=True)
+        samples = search.num_samples
+        if getattr(spec, "privacy", None) is not None and search.private_selection == "poisson":
+            # Papernot & Steinke: a secret, Poisson-distributed number of trials (kept in Tune's state on resume)
+            samples = poisson_trial_count(search.num_samples)
+            if samples == 0:
+                return _no_trial(spec, started)
         tuner = tune.Tuner(trainable, param_space={p: _domain(d) for p, d in search.space.items()},
-                           tune_config=_tune_config(spec, at_once),
+                           tune_config=_tune_config(spec, at_once, samples),
                            run_config=tune.RunConfig(
                                name=name, storage_path=storage, verbose=0,
                                failure_config=tune.FailureConfig(max_failures=getattr(spec, "max_failures", 0)),
                                callbacks=[_progress_table(spec, metrics)]))
-    print(f"[palimpsest] search: {search.search}, scheduler {search.scheduler}, {search.num_samples} sample(s), "
+    count = "a secret, Poisson-drawn number of" if search.private_selection == "poisson" else search.num_samples
+    print(f"[palimpsest] search: {search.search}, scheduler {search.scheduler}, {count} sample(s), "
           f"{at_once} trial(s) at once; objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}",
           flush=True)
     grid = tuner.fit()
@@ -294,9 +305,11 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     front = pareto_front(finished, metrics, modes) if len(metrics) > 1 else None
     best = _best(front or finished, metrics[0], modes[0])
     best_spec = parse_spec(with_values(base, best["config"]), origin="best")
+    privacy = search_privacy(spec, rows)
     atomic_write_text(folder.path / "best.yaml",
                       f"# best trial {best['trial']} of the search in {folder.path}\n"
-                      f"# {', '.join(f'{m} = {best[m]:.6g}' for m in metrics)}\n" + dump_spec(best_spec))
+                      f"# {', '.join(f'{m} = {best[m]:.6g}' for m in metrics)}\n" + best_yaml_header(privacy)
+                      + dump_spec(best_spec))
     summary = {
         "status": "ok", "kind": "tune", "job_kind": spec.kind, "name": spec.name, "seed": spec.seed,
         "metric": metrics if len(metrics) > 1 else metrics[0], "mode": modes if len(modes) > 1 else modes[0],
@@ -306,6 +319,7 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
         "trials": len(rows),
         "statuses": {status: sum(r["status"] == status for r in rows) for status in STATUSES},
         "rows": rows,
+        "privacy": privacy,
         "cost": {"wall_s": round(elapsed, 3), "trial_wall_s": round(sum(r["wall_s"] or 0 for r in rows), 3)},
     }
     if front is not None:
@@ -314,7 +328,18 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     return summary
 
 
-def _tune_config(spec, at_once: int):
+def _no_trial(spec, started: float) -> dict:
+    """A Poisson selection that drew no trial (probability e^-μ): nothing read the data, nothing to release."""
+    search = spec.tune
+    return {"status": "ok", "kind": "tune", "job_kind": spec.kind, "name": spec.name, "seed": spec.seed,
+            "metric": search.metric, "mode": search.mode, "scheduler": search.scheduler, "search": search.search,
+            "space": search.space, "best_trial": None, "best_config": None, "best_result": None, "trials": 0,
+            "rows": [], "privacy": {"selection": "poisson", "selected_epsilon": 0.0,
+                                    "note": "the Poisson draw gave no trial: nothing was trained or released"},
+            "cost": {"wall_s": round(time.perf_counter() - started, 3), "trial_wall_s": 0.0}}
+
+
+def _tune_config(spec, at_once: int, samples: int):
     from ray import tune
 
     search = spec.tune
@@ -344,7 +369,7 @@ def _tune_config(spec, at_once: int):
             time_attr="training_iteration", metric=metrics[0], mode=modes[0],
             perturbation_interval=search.perturbation_interval,
             hyperparam_mutations={p: _domain(d) for p, d in search.space.items()})  # (its draws: Python's random)
-    return tune.TuneConfig(num_samples=search.num_samples,
+    return tune.TuneConfig(num_samples=samples,
                            max_concurrent_trials=at_once if search.search == "optuna" else None,
                            time_budget_s=search.time_budget_s, search_alg=searcher, scheduler=scheduler,
                            trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id)

@@ -238,5 +238,7 @@ def latest_checkpoint(run_dir: Path) -> str | None:
 
 def export_checkpoint(checkpoint_dir: str, target: Path, tokenizer) -> None:
     """Copy a reported checkpoint's transformers files (not the trainer state) and add the tokenizer."""
-    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns(*TRAINER_ONLY_FILES), dirs_exist_ok=True)
+    # copyfile, not copy2: the exported model gets the umask's modes, not a private run's owner-only ones.
+    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns(*TRAINER_ONLY_FILES), dirs_exist_ok=True,
+                    copy_function=shutil.copyfile)
     tokenizer.save_pretrained(str(target))

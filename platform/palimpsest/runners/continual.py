@@ -28,6 +28,7 @@ from palimpsest.runners.common import (
     build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items, training_cost,
 )
 from palimpsest.runners.common import method_runs as checked_method_runs
+from palimpsest.privacy import released_privacy
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import ContinualJob
 from palimpsest.train.batching import tokenize_qa
@@ -218,4 +219,6 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
         (only,) = methods.values()
         summary.update({k: v for k, v in only.items() if k != "cost"})
         summary["cost"] = only["cost"]
+    # Every method's models are released from the same data: their budgets compose.
+    summary["privacy"] = released_privacy([block["privacy"] for block in methods.values()])
     return summary

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from palimpsest.data import DataError
+from palimpsest.privacy import released_privacy
 from palimpsest.runners import train
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import PrivacySweepJob, dump_spec, parse_spec
@@ -48,7 +49,7 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
     from palimpsest.report import write_report
 
     started = time.perf_counter()
-    rows = []
+    rows, blocks = [], []
     for point in points:
         child = RunFolder(folder.path / point.label)
         job = point.spec
@@ -65,6 +66,7 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
             child.write_summary(summary)
             write_report(child)
         rows.append(_row(point, child.read_summary()))
+        blocks.append(child.read_summary().get("privacy"))
     return {
         "status": "ok",
         "kind": "privacy_sweep",
@@ -72,6 +74,8 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
         "seed": spec.seed,
         "steps": spec.job.training.steps,
         "points": rows,
+        # every point's model is released from the same data: their budgets compose
+        "privacy": released_privacy(blocks),
         "cost": {"wall_s": round(time.perf_counter() - started, 3),
                  "train_tokens": sum(r["train_tokens"] for r in rows),
                  "train_flops": sum(r["train_flops"] for r in rows)},
@@ -86,6 +90,7 @@ def _row(point: Point, summary: dict) -> dict:
         "epsilon_target": point.epsilon,
         "epsilon": privacy.get("epsilon"),
         "noise_multiplier": privacy.get("noise_multiplier"),
+        "guarantee": privacy.get("guarantee"),
         "mia_auc": {name: attack["auc"] for name, attack in (mia.get("attacks") or {}).items()},
         "answer_accuracy": {split: m["answer_accuracy"] for split, m in summary["final"].items()},
         "loss": {split: m["loss"] for split, m in summary["final"].items()},

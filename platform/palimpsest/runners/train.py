@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from palimpsest.data import DataError, QAExample, generate_world
 from palimpsest.models import build_model
+from palimpsest.privacy import released_privacy
 from palimpsest.runners.common import (
     build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, training_cost,
 )
@@ -140,7 +141,7 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
         "steps": output["steps"],
         "final": result["task_end"][-1],
         "parameters": result["parameters"],
-        "privacy": result["privacy"],
+        "privacy": released_privacy([result["privacy"]]),
         "mia": mia,
         "checkpoint": "checkpoints/final",
         "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_wall_s": round(result["wall_s"], 3),

@@ -214,6 +214,11 @@ class PrivacySettings(Strict):
     grad_sample_mode: Literal["hooks", "ghost", "functorch", "ghost_fsdp"] = Field(
         "hooks", description="per-example gradients: hooks, functorch, ghost clipping (no per-example gradients "
                              "stored), or ghost_fsdp (ghost clipping on FSDP2-sharded weights, 2+ workers)")
+    reproducible: bool = Field(
+        False, description="draw the noise and the Poisson batches from the job's public seed, so a rerun "
+                           "gives the same weights. VOIDS the guarantee: anyone with the seed and the data "
+                           "recomputes the noise. Default: a fresh 256-bit secret per run, kept only in the "
+                           "run's Ray checkpoints (owner-only), so restarts and --resume still replay exactly")
 
 
 class PrivacySpec(PrivacySettings):
@@ -237,3 +242,32 @@ class EvalSpec(Strict):
     batch_size: int = Field(64, gt=0)
     max_examples: int | None = Field(None, gt=0, description="cap on examples per evaluated split")
     holdout: bool = Field(True, description="also evaluate held-out facts (fact world: the holdout split)")
+
+
+def void_guarantees(spec) -> list[str]:
+    """Field paths of every `privacy` section that opts into the public seed (`reproducible: true`).
+
+    Such a section trains with DP-SGD, but its noise and batches derive from the seed in
+    spec.yaml: anyone with it and the data recomputes them, so the run guarantees nothing.
+    """
+    found = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, PrivacySettings):
+            if node.reproducible:
+                found.append(f"{path}.reproducible" if path else "reproducible")
+            return
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name), f"{path}.{name}" if path else name)
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(spec, "")
+    return found
+
+
+GUARANTEE_VOID_WARNING = ("true: the noise and Poisson batches derive from the public seed, so the printed ε "
+                          "guarantees nothing (privacy.guarantee: none: noise and batches derive from the public "
+                          "seed); leave it false for a model you release")

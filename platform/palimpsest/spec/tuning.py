@@ -71,6 +71,16 @@ class TuneSpec(Strict):
     reduction_factor: float = Field(2, gt=1, description="asha: keep the best 1/reduction_factor at each rung")
     perturbation_interval: int = Field(1, ge=1, description="pbt: reports between exploit/explore steps")
     seed: int | None = Field(None, ge=0, description="the searcher's seed; default: the job's seed")
+    private_selection: Literal["compose", "poisson"] = Field(
+        "compose", description="a private job: how the selected model's ε counts the search. compose: every "
+                               "trial's accountant history composed (any space, scheduler, searcher); poisson: "
+                               "Papernot & Steinke (2022) — the number of trials is drawn from a Poisson "
+                               "distribution of mean num_samples, and only the best trial's model and score are "
+                               "released (random search, fifo, one objective, privacy plan fixed)")
+    allow_nonprivate_objective: bool = Field(
+        False, description="a private job: allow an objective that reads the training data without noise "
+                           "(final.train.*, mia.*, a fact-world stream's accuracies); the selection then "
+                           "leaks what the ε does not count")
 
     @field_validator("space")
     @classmethod
@@ -206,6 +216,7 @@ def metric_problems(spec) -> list[str]:
                             f"is known only at the end; per {UNIT[kind]}: {', '.join(PROGRESS[kind])}")
         if kind == "train" and spec.eval.eval_every is None:
             problems.append(f"eval.eval_every: {tune.scheduler} needs results while a trial trains; set it")
+    problems += private_search_problems(spec)
     if tune.scheduler == "pbt" and kind != "rl":
         problems.append(f"tune.scheduler: pbt restores trials from checkpoints at every report; kind {kind} "
                         "checkpoints at task ends only: use asha or fifo")
@@ -217,6 +228,49 @@ def metric_problems(spec) -> list[str]:
             if count != 1:
                 problems.append(f"{field}: a search trains one agent on one environment setting with one seed per "
                                 f"trial ({count} given)")
+    return problems
+
+
+# Objectives that read the training data without noise, per kind (a fact-world stream's tasks are
+# scored on the facts they trained on: retention is the question there).
+NONPRIVATE_OBJECTIVES = {
+    "train": lambda spec, metric: metric.startswith(("final.train.", "mia.")),
+    "continual": lambda spec, metric: spec.stream.source == "factworld" and metric not in ("general_loss",
+                                                                                            "cost.wall_s"),
+}
+# Fields a `poisson` search may not vary: every trial must be the same (λ, ε)-RDP algorithm.
+PLAN_FIELDS = ("privacy.", "training.steps", "training.batch_size", "training.grad_accum", "data.", "stream.",
+               "seed", "scaling.")
+
+
+def private_search_problems(spec) -> list[str]:
+    """A search over a private job: objectives that read the training data outside DP-SGD, and what a
+    `poisson` selection (Papernot & Steinke, 2022) needs."""
+    tune, kind = spec.tune, spec.kind
+    if getattr(spec, "privacy", None) is None:
+        if tune.private_selection != "compose":
+            return [f"tune.private_selection: {tune.private_selection} accounts a private search; this job has no "
+                    "privacy section"]
+        return []
+    problems = []
+    reads = NONPRIVATE_OBJECTIVES.get(kind, lambda spec, metric: False)
+    if not tune.allow_nonprivate_objective:
+        for metric in tune.metrics:
+            if reads(spec, metric):
+                problems.append(f"tune.metric: {metric} reads the training data without noise, so choosing by it "
+                                "leaks what ε does not count; pick an objective on data the model never trained "
+                                "on (e.g. final.holdout.*), or set tune.allow_nonprivate_objective: true")
+    if tune.private_selection == "poisson":
+        if tune.search != "random" or tune.scheduler != "fifo" or len(tune.metrics) != 1:
+            problems.append("tune.private_selection: poisson runs independent random trials to the end and "
+                            "releases the best by one objective: use search random, scheduler fifo, one metric")
+        if any("grid" in d for d in tune.space.values()):
+            problems.append("tune.private_selection: poisson draws every trial from the same distribution: "
+                            "no grid dimensions (use choice)")
+        fixed = [p for p in tune.space if p.startswith(PLAN_FIELDS) or p in tuple(f.rstrip(".") for f in PLAN_FIELDS)]
+        if fixed:
+            problems.append(f"tune.space: {', '.join(fixed)}: a poisson selection needs every trial to spend the "
+                            "same budget; search these with private_selection: compose")
     return problems
 
 

@@ -3,13 +3,16 @@
 A checkpoint directory is a transformers model (`save_pretrained`, loadable anywhere),
 the prompt format the model was trained on, and `trainer_state.pt`: where the run is
 (method, task, step), the weights as the loop holds them, optimizer and schedule, the
-method's state, what the backend carries across tasks, and the results so far. Every
+method's state, what the backend carries across tasks, the results so far and, for a
+private run, its secret (what its noise and batches derive from). The trainer state is
+written owner-only (0600): it is the one place that secret lives. Every
 rank calls `save_checkpoint` (ZeRO-3 gathers the weights collectively); rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,7 +71,7 @@ def prompt_format(eos_token_id: int | None) -> dict:
 
 def save_checkpoint(session, model_config: dict, model, backend, *, position: Position, results: list[MethodResult],
                     method_state: dict, carried: dict, baseline: dict | None, window: list[float],
-                    metrics: dict) -> dict:
+                    metrics: dict, secret: int | None = None) -> dict:
     """Report a checkpoint (every rank must call); returns the model's full state dict.
 
     `model` is the unwrapped model as the method left it (after a task, e.g. with LoRA
@@ -97,8 +100,18 @@ def save_checkpoint(session, model_config: dict, model, backend, *, position: Po
             "results": [asdict(r) for r in results],
             "baseline": baseline,
             "window": list(window),
+            "secret": None if secret is None else f"{secret:x}",
         }, Path(tmp) / STATE_FILE)
-        session.report(metrics, checkpoint_dir=tmp)
+        # The copy Ray (or the local session) persists keeps this mode: nobody but the owner reads the secret.
+        os.chmod(Path(tmp) / STATE_FILE, 0o600)
+        # Ray's copy into storage does not keep file modes: a private run's persisted files are made
+        # owner-only (umask 077) while it copies them, as the local session's copy keeps 0600 itself.
+        previous = os.umask(0o077) if secret is not None else None
+        try:
+            session.report(metrics, checkpoint_dir=tmp)
+        finally:
+            if previous is not None:
+                os.umask(previous)
     return full_state
 
 
@@ -112,6 +125,7 @@ class SavedState:
     results: list[MethodResult]
     baseline: dict | None
     window: list[float]
+    secret: int | None = None
 
 
 def load_checkpoint(checkpoint_dir: str | None) -> SavedState | None:
@@ -125,4 +139,4 @@ def load_checkpoint(checkpoint_dir: str | None) -> SavedState | None:
     return SavedState(position=Position(**raw["position"]), model=raw["model"], backend=raw["backend"],
                       carried=raw.get("carried") or {}, method=raw["method"],
                       results=[MethodResult(**r) for r in raw["results"]], baseline=raw["baseline"],
-                      window=raw["window"])
+                      window=raw["window"], secret=int(raw["secret"], 16) if raw.get("secret") else None)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from palimpsest.models import build_model, count_parameters, unwrap
-from palimpsest.privacy import epsilon_spent
+from palimpsest.privacy import epsilon_spent, fresh_secret, method_secret
 from palimpsest.train.backends import make_backend
 from palimpsest.train.checkpoint import MethodResult, Position, SavedState, load_checkpoint, save_checkpoint
 from palimpsest.train.config import LoopConfig, TaskEnd
@@ -63,10 +63,19 @@ class _Run:
 
     def __init__(self, config: LoopConfig, session: TrainSession, saved: SavedState | None):
         self.config, self.session = config, session
+        self.secret = _run_secret(config, session, saved)
         self.results: list[MethodResult] = saved.results if saved else []
         self.baseline: dict | None = saved.baseline if saved else None
         self.window = torch.tensor(saved.window if saved else [0.0, 0.0], dtype=torch.float64, device=session.device)
         self.clock = time.perf_counter()
+
+    def noise_seed(self, method: int) -> int | None:
+        """What method `method`'s DP noise and Poisson batches derive from (None: not private)."""
+        if self.config.privacy is None:
+            return None
+        if self.config.privacy.reproducible:
+            return self.config.seed  # the public seed: the run says its guarantee is void
+        return method_secret(self.secret, method)
 
     def tick(self, result: MethodResult) -> None:
         """Add the time since the last tick to `result.wall_s` (checkpointed, so resumes add up)."""
@@ -175,7 +184,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         if mid_task:
             unwrap(ctx.model).load_state_dict(saved.model)
         backend = make_backend(ctx.model, opt, world_size=session.world_size, device=session.device, carried=carried,
-                               privacy=config.privacy)
+                               privacy=config.privacy, noise_seed=run.noise_seed(index))
         if mid_task and saved.backend:
             backend.load_state_dict(saved.backend)
         backend.model.train()
@@ -187,7 +196,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             return save_checkpoint(session, model_cfg, ctx.model, backend, position=position,
                                    results=run.results, method_state=method.state_dict(),
                                    carried=backend.carry_over(), baseline=run.baseline,
-                                   window=run.window.tolist(), metrics={"method": spec.name, **metrics})
+                                   window=run.window.tolist(), metrics={"method": spec.name, **metrics},
+                                   secret=run.secret)
 
         for step in range(first, opt.steps):
             _maybe_inject_failure(config.fail_at, index, task, step, session.rank)
@@ -238,6 +248,23 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
             ctx.model = build_model(model_cfg).to(session.device)
             ctx.model.load_state_dict(full_state)
+
+
+def _run_secret(config: LoopConfig, session: TrainSession, saved: SavedState | None) -> int | None:
+    """A private run's secret: its checkpoint's (a restart or resume replays the same noise), else a fresh one.
+
+    Rank 0 draws it from OS entropy and sends it to the other ranks (they must draw the
+    same Poisson batches; only rank 0 adds noise under DPDDP). None when the run is not
+    private or is `reproducible` (its noise derives from the public seed).
+    """
+    if config.privacy is None or config.privacy.reproducible:
+        return None
+    if saved is not None and saved.secret is not None:
+        return saved.secret
+    box = [fresh_secret() if session.rank == 0 else None]
+    if session.world_size > 1:
+        dist.broadcast_object_list(box, src=0, device=session.device)
+    return box[0]
 
 
 def _seed_step(seed: int, device) -> None:

@@ -3,13 +3,16 @@
 What `PrivacyEngine.make_private` assembles, assembled here because the loop, not a
 DataLoader, draws the batches:
 - the batch: Opacus's `UniformWithReplacementSampler` (Poisson sampling: each example of
-  the task joins with probability q, seeded by (seed, task, step) so a restart replays it);
+  the task joins with probability q, drawn from (noise_seed, task, step) so a restart
+  replays it);
 - per-example gradients: a GradSampleModule of `grad_sample_mode` (hooks, functorch,
   ghost, ghost_fsdp), around `DifferentiallyPrivateDistributedDataParallel` with several
   workers, or around Opacus's `FSDP2Wrapper` (ghost_fsdp: the weights are sharded);
 - clipping and noise: the DP optimizer `get_optimizer_class` names for that mode, with
   `expected_batch_size` = q·N / workers (each worker divides its part; the all-reduce
-  averages), noise from a generator seeded by (seed, task, step);
+  averages), noise from a generator seeded by (noise_seed, task, step). `noise_seed` is
+  the method's secret (`palimpsest.privacy.method_secret`), never the public job seed
+  unless the job asked for `privacy.reproducible` (and was told it voids the guarantee);
 - accounting: an Opacus accountant stepped once per optimizer step; its history is the
   state the backend carries across tasks and into every checkpoint, so a resumed run
   continues the same ε.
@@ -38,12 +41,13 @@ class PrivateBackend(Backend):
     uneven_batches = True
 
     def __init__(self, model: torch.nn.Module, training: Optimisation, plan: PrivacyPlan, *, world_size: int,
-                 device: torch.device, carried: dict | None = None):
+                 device: torch.device, carried: dict | None = None, noise_seed: int):
         from opacus.accountants import create_accountant
         from opacus.grad_sample.utils import wrap_model
         from opacus.optimizers import get_optimizer_class
 
         self.plan, self.mode, self.world_size = plan, plan.grad_sample_mode, world_size
+        self._noise_seed = int(noise_seed)  # secret: never logged, never in a summary
         # Opacus's hooks sit on modules whose inputs (token ids) need no gradient, and the
         # FSDP2-wrapped model returns views; both are expected here, neither is a fault.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -86,11 +90,11 @@ class PrivateBackend(Backend):
 
         items = ctx.tasks[ctx.task]
         self.sample_rate = self.plan.sample_rates[ctx.task]
-        draw = torch.Generator().manual_seed(derive_seed(ctx.seed, "poisson", ctx.task, step))
+        draw = torch.Generator().manual_seed(derive_seed(self._noise_seed, "poisson", ctx.task, step))
         sampler = UniformWithReplacementSampler(num_samples=len(items), sample_rate=self.sample_rate,
                                                 generator=draw, steps=1)
         (indices,) = list(sampler)
-        self.generator.manual_seed(derive_seed(ctx.seed, "dp-noise", ctx.task, step))
+        self.generator.manual_seed(derive_seed(self._noise_seed, "dp-noise", ctx.task, step))
         return StepBatch.of_task([items[i] for i in indices])
 
     def backward(self, loss: torch.Tensor) -> None:
