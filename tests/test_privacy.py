@@ -7,6 +7,8 @@ N(0, σ²C²I), divided by the expected lot size.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,85 @@ def test_every_release_draws_independent_noise_and_the_public_seed_shares_it(tmp
             assert at_two_epsilons == pytest.approx(1.0, abs=1e-6)
         else:
             assert abs(at_two_epsilons) < 0.05 and abs(two_methods) < 0.05
+
+
+def test_delta_at_exactly_one_over_n_is_refused_and_just_below_is_accepted():
+    n = 100
+    with pytest.raises(BudgetError, match="privacy.delta"):
+        make_plan(PrivacySpec(epsilon=8.0, delta=1.0 / n), task_sizes=[n], batch_size=10, steps_per_task=5)
+    plan = make_plan(PrivacySpec(epsilon=8.0, delta=np.nextafter(1.0 / n, 0)), task_sizes=[n], batch_size=10,
+                     steps_per_task=5)
+    assert plan.delta < 1.0 / n
+
+
+def test_the_summary_epsilon_is_the_accountants_real_history_not_the_plan(tmp_path):
+    """A plan made for 12 steps, a loop that takes 5: the summary reports the 5 steps the accountant saw."""
+    from palimpsest.train.loop import run_without_ray
+
+    config = private_config(reproducible=False, steps=12)
+    config = config.with_(optimisation=dataclasses.replace(config.optimisation, steps=5))
+    (result,) = run_without_ray(config, tmp_path / "run")["methods"]
+    plan = config.privacy
+    sigma, rate = plan.noise_multiplier, plan.sample_rates[0]
+    assert result["privacy"]["history"] == [[sigma, rate, 5]]
+    assert result["privacy"]["steps"] == 5
+    assert result["privacy"]["epsilon"] == pytest.approx(epsilon_spent([(sigma, rate, 5)], plan.delta, "rdp"))
+    assert result["privacy"]["epsilon"] < 0.8 * epsilon_spent(plan.history(), plan.delta, "rdp")
+
+
+# --------------------------------------------------------------------------- person-level privacy
+
+
+def test_person_level_plans_count_people_and_refuse_examples_without_a_person():
+    from palimpsest.data import QAExample
+    from palimpsest.privacy import people_of
+
+    task = [QAExample(f"q{i}", "a", entity=f"p{i % 7}") for i in range(21)]  # 7 people, 3 facts each
+    groups, total = people_of([task, task[:6]])
+    assert total == 7 and len(groups[0]) == 7 and groups[0][0] == [0, 7, 14] and len(groups[1]) == 6
+    plan = make_plan(PrivacySpec(epsilon=8.0, accountant="rdp", unit="person"), task_sizes=[7], batch_size=2,
+                     steps_per_task=5, total=7)
+    assert plan.sample_rates == (2 / 7,) and plan.dataset_size == 7 and plan.delta == pytest.approx(1 / 70)
+    assert plan.summary(plan.history(), 1.0)["unit"] == "person"
+    with pytest.raises(BudgetError, match="in people"):
+        make_plan(PrivacySpec(epsilon=8.0, unit="person"), task_sizes=[7], batch_size=8, steps_per_task=5, total=7)
+    with pytest.raises(BudgetError, match="privacy.unit: person"):
+        people_of([task + [QAExample("who?", "a")]])
+
+
+def test_person_level_batches_poisson_sample_people_and_take_one_of_their_examples():
+    """Each person joins a lot with probability q = B/P, with exactly one of their examples, drawn uniformly."""
+    people, per_person, batch = 10, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5], 4
+    groups, start = [], 0
+    for count in per_person:
+        groups.append(list(range(start, start + count)))
+        start += count
+    task = qa_items(start)
+    plan = dataclasses.replace(plan_for(batch=batch, n=people), unit="person")
+    backend = PrivateBackend(tiny_model(), Optimisation(steps=5, batch_size=batch), plan, world_size=1,
+                             device=torch.device("cpu"), noise_seed=11, people=[groups])
+    ctx = context(backend.model, task, batch)
+    index = {item: i for i, item in enumerate(task)}
+    owner = {i: p for p, members in enumerate(groups) for i in members}
+    draws = [[index[it] for _, it in backend.choose_batch(make_method("naive"), ctx, step).flat()]
+             for step in range(800)]
+    for draw in draws:  # never two examples of one person in a lot
+        assert len({owner[i] for i in draw}) == len(draw)
+    sizes = np.array([len(d) for d in draws])  # Binomial(10, 0.4): mean 4, std 1.55
+    assert abs(sizes.mean() - batch) < 0.25 and 1.3 < sizes.std() < 1.8
+    joined = np.bincount([owner[i] for d in draws for i in d], minlength=people)
+    assert np.all(np.abs(joined - 0.4 * 800) < 4 * np.sqrt(800 * 0.24))  # people, not examples, are sampled
+    five = np.bincount([i - groups[4][0] for d in draws for i in d if owner[i] == 4], minlength=5)
+    assert five.min() > 0.5 * five.mean()  # the person with 5 facts: each of them used
+
+
+def test_the_person_of_a_record_comes_from_person_field_or_a_known_key(tmp_path):
+    from palimpsest.data import DataError, load_qa_file
+
+    path = tmp_path / "facts.jsonl"
+    path.write_text('{"question": "q1", "answer": "a", "author": "Ann", "user": 7}\n'
+                    '{"question": "q2", "answer": "b", "author": "Bo", "user": 8}\n')
+    assert [e.entity for e in load_qa_file(path)] == ["Ann", "Bo"]  # TOFU-style author field
+    assert [e.entity for e in load_qa_file(path, person_key="user")] == ["7", "8"]
+    with pytest.raises(DataError, match="person_field"):
+        load_qa_file(path, person_key="owner")

@@ -65,17 +65,27 @@ def test_dpddp_and_fsdp2_on_two_workers_match_one_worker_and_a_restart_keeps_the
     one = run_spec(private_spec(scaling={"num_workers": 1}, privacy=SEEDED), tmp_path / "one", use_ray=False)
     ddp = run_spec(private_spec(privacy=SEEDED), tmp_path / "ddp")
     fsdp = run_spec(private_spec(privacy={**SEEDED, "grad_sample_mode": "ghost_fsdp"}), tmp_path / "fsdp")
-    for summary, name in ((one, "one"), (ddp, "ddp"), (fsdp, "fsdp")):
+    # Ghost clipping and functorch per-example gradients under DPDDP: the same ε and, within tolerance, curve.
+    ghost = run_spec(private_spec(privacy={**SEEDED, "grad_sample_mode": "ghost"}), tmp_path / "ghost")
+    functorch = run_spec(private_spec(privacy={**SEEDED, "grad_sample_mode": "functorch"}), tmp_path / "functorch")
+    for summary, name in ((one, "one"), (ddp, "ddp"), (fsdp, "fsdp"), (ghost, "ghost"), (functorch, "functorch")):
         assert_private(summary, tmp_path / name)
         assert summary["privacy"]["guarantee"] == "none: noise and batches derive from the public seed"
         summary["name_dir"] = name
-    assert ddp["privacy"]["epsilon"] == one["privacy"]["epsilon"] == fsdp["privacy"]["epsilon"]
+    assert ddp["privacy"]["epsilon"] == one["privacy"]["epsilon"] == fsdp["privacy"]["epsilon"] \
+        == ghost["privacy"]["epsilon"] == functorch["privacy"]["epsilon"]
     assert ddp["privacy"]["noise_multiplier"] == one["privacy"]["noise_multiplier"]
     curve = [v for _, v in records(tmp_path / "ddp", "train_loss")]
     assert curve[-1] < curve[0]  # it learns
     np.testing.assert_allclose([v for _, v in records(tmp_path / "fsdp", "train_loss")], curve, rtol=1e-3)
-    np.testing.assert_allclose([v for _, v in records(tmp_path / "one", "train_loss")], curve, rtol=1e-3)
+    for name in ("one", "ghost", "functorch"):
+        np.testing.assert_allclose([v for _, v in records(tmp_path / name, "train_loss")], curve, rtol=1e-3,
+                                   err_msg=name)
     assert (tmp_path / "fsdp" / "checkpoints" / "final" / "model.safetensors").is_file()
+    from palimpsest.report import write_report
+
+    first = write_report(RunFolder(tmp_path / "one")).read_text().splitlines()[0]
+    assert first.startswith("**Privacy guarantee: none: noise and batches derive from the public seed**")
 
     # FSDP2, seeded: the restarted run replays the uninterrupted one exactly (gathered, re-sharded state).
     # DPDDP, secret: the restart continues the same run's secret from its checkpoint.
@@ -140,12 +150,27 @@ def test_a_private_continual_stream_composes_every_task_into_one_budget(tmp_path
     one_task = epsilon_spent([(blocks[0]["noise_multiplier"], blocks[0]["sample_rate"], 10)], blocks[0]["delta"],
                              "rdp")
     assert blocks[0]["epsilon"] > one_task * 1.2  # the second task's steps count too
+    # releasing the three methods' models together: the three histories composed, by the accountant
+    released = summary["privacy"]
+    sigma, rate = blocks[0]["noise_multiplier"], blocks[0]["sample_rate"]
+    three = epsilon_spent([(sigma, rate, 20)] * 3, blocks[0]["delta"], "rdp")
+    assert released["released_epsilon"] == pytest.approx(three) and released["models"] == 3
+    assert released["released_epsilon"] > 1.3 * blocks[0]["epsilon"]
+    assert "3 models released together" in released["guarantee"]
+    from palimpsest.report import write_report
+
+    report = write_report(RunFolder(tmp_path / "cl")).read_text()
+    assert f"every model of this job released together: ε {three:.4g}" in report
+    assert not report.startswith("**Privacy guarantee: none")
 
 
 def test_a_train_job_reports_membership_inference_and_draws_it(tmp_path):
+    """A model that memorised its facts: members score above non-members (a swapped pair reads below 0.5)."""
     summary = run_spec(private_spec(scaling={"num_workers": 1}, privacy=None, data={"num_entities": 40},
-                                    training={"steps": 6}), tmp_path / "mia", use_ray=False)
+                                    training={"steps": 60, "lr": 1e-2, "log_every": 20, "checkpoint_every": None}),
+                       tmp_path / "mia", use_ray=False)
     mia = summary["mia"]
+    assert mia["attacks"]["loss"]["auc"] > max(0.9, mia["untrained_auc"]["loss"] + 0.2), mia
     assert set(mia["attacks"]) == {"loss", "zlib", "min_k"} == set(mia["untrained_auc"])
     assert mia["non_member_set"] == "people never trained on" and summary["privacy"] is None
     # 8 people are never trained on (4 holdout, 4 forget10); eval.max_examples 24 caps each side at 6 people

@@ -61,7 +61,7 @@ def guarantee(plan: "PrivacyPlan", epsilon: float) -> str:
     if plan.reproducible:
         return GUARANTEE_NONE
     return (f"({epsilon:.4g}, {plan.delta:.3g})-DP per {plan.unit}: noise and Poisson batches from a per-run "
-            "secret kept only in the run's Ray checkpoints")
+            "secret kept only in the run's checkpoints (ray/, owner-only)")
 
 
 class BudgetError(ValueError):
@@ -209,21 +209,27 @@ def calibrate(*, epsilon: float, delta: float, sample_rates, steps_per_task: int
     raise BudgetError(f"privacy.epsilon: could not find a noise multiplier with ε ≤ {epsilon}")
 
 
-def make_plan(privacy, *, task_sizes: list[int], batch_size: int, steps_per_task: int) -> PrivacyPlan:
-    """Calibrate the spec's `privacy` section for tasks of `task_sizes` examples.
+def make_plan(privacy, *, task_sizes: list[int], batch_size: int, steps_per_task: int,
+              total: int | None = None) -> PrivacyPlan:
+    """Calibrate the spec's `privacy` section for tasks of `task_sizes` units (examples, or people).
+
+    `total`: the units under protection over all tasks (default: their sum; people who appear
+    in several tasks count once).
 
     Raises:
         BudgetError: δ ≥ 1/N, a batch larger than a task, or an unreachable ε.
     """
-    total = sum(task_sizes)
+    unit = getattr(privacy, "unit", "example")
+    units = "people" if unit == "person" else "examples"
+    total = sum(task_sizes) if total is None else total
     delta = privacy.delta if privacy.delta is not None else default_delta(total)
     if delta >= 1.0 / total:
-        raise BudgetError(f"privacy.delta: {delta:g} must be below 1/N = {1.0 / total:.3g} (N = {total} examples); "
-                          "a δ that large allows releasing an example outright. Default: 1/(10·N)")
+        raise BudgetError(f"privacy.delta: {delta:g} must be below 1/N = {1.0 / total:.3g} (N = {total} {units}); "
+                          f"a δ that large allows releasing one of the {units} outright. Default: 1/(10·N)")
     small = [i for i, size in enumerate(task_sizes) if size < batch_size]
     if small:
-        raise BudgetError(f"training.batch_size: {batch_size} (the expected Poisson batch) exceeds the "
-                          f"{task_sizes[small[0]]} examples of task {small[0]}; the sample rate must be ≤ 1")
+        raise BudgetError(f"training.batch_size: {batch_size} (the expected Poisson batch, in {units}) exceeds the "
+                          f"{task_sizes[small[0]]} {units} of task {small[0]}; the sample rate must be ≤ 1")
     rates = tuple(batch_size / size for size in task_sizes)
     sigma = calibrate(epsilon=privacy.epsilon, delta=delta, sample_rates=rates, steps_per_task=steps_per_task,
                       accountant=privacy.accountant)
@@ -231,4 +237,25 @@ def make_plan(privacy, *, task_sizes: list[int], batch_size: int, steps_per_task
                        max_grad_norm=privacy.max_grad_norm, accountant=privacy.accountant,
                        grad_sample_mode=privacy.grad_sample_mode, sample_rates=rates, expected_batch_size=batch_size,
                        steps_per_task=steps_per_task, dataset_size=total,
-                       reproducible=bool(getattr(privacy, "reproducible", False)))
+                       reproducible=bool(getattr(privacy, "reproducible", False)), unit=unit)
+
+
+def people_of(tasks) -> tuple[list[list[list[int]]], int]:
+    """Per task, the indices of each person's examples (people in first-seen order), and how many distinct
+    people all tasks hold. An example's person is its `entity`.
+
+    Raises:
+        BudgetError: an example names no person (privacy.unit: person cannot sample it).
+    """
+    groups, everyone = [], set()
+    for t, task in enumerate(tasks):
+        by_person: dict[str, list[int]] = {}
+        for i, example in enumerate(task):
+            if not example.entity:
+                raise BudgetError(f"privacy.unit: person needs the person of every training example; example {i} of "
+                                  f"task {t} ({example.question[:60]!r}) names none: give data.person_field (the "
+                                  "record key naming the person), or use unit: example")
+            by_person.setdefault(example.entity, []).append(i)
+        groups.append(list(by_person.values()))
+        everyone.update(by_person)
+    return groups, len(everyone)

@@ -547,8 +547,8 @@ def write_report(folder: RunFolder) -> Path:
                   f"{privacy['accountant']} accountant; each alone: "
                   + ", ".join(f"{e:.4g}" for e in privacy["per_model_epsilon"]) + f"). Guarantee: {privacy['guarantee']}"]
     elif privacy:
-        lines += [f"- privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP per training "
-                  f"{privacy.get('unit', 'example')} "
+        unit = "person" if privacy.get("unit") == "person" else "training example"
+        lines += [f"- privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP per {unit} "
                   f"(target ε {privacy['epsilon_target']:g}; σ {privacy['noise_multiplier']:.4g}, clipping norm "
                   f"{privacy['max_grad_norm']:g}, sample rate {privacy['sample_rate']}, {privacy['steps']} steps, "
                   f"{privacy['accountant']} accountant, {privacy['grad_sample_mode']} per-example gradients)"]

@@ -77,7 +77,7 @@ def export_tofu_folder(world, folder: str | os.PathLike, *, retain_eval: int = 4
 
 
 def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",
-                 answer_key: str = "answer") -> list[QAExample]:
+                 answer_key: str = "answer", person_key: str | None = None) -> list[QAExample]:
     """Load question/answer examples from a .json, .jsonl or .parquet file.
 
     A .json file may be a JSON list of objects or JSON Lines (as TOFU's are).
@@ -87,6 +87,8 @@ def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",
         path: the file.
         question_key: field holding the question.
         answer_key: field holding the answer.
+        person_key: field naming the person an example is about (kept as `entity`: person-level
+            privacy samples people by it); default: `entity`, `author` or `person`, when present.
 
     Raises:
         DataError: no such file, an unknown extension, malformed content, or a record
@@ -107,11 +109,12 @@ def load_qa_file(path: str | os.PathLike, *, question_key: str = "question",
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"{path}: cannot read: {err}") from err
         records = _json_records(path, text) if suffix == ".json" else _json_lines_records(path, text)
-    return [_to_example(record, f"{path}: {where}", question_key, answer_key) for where, record in records]
+    return [_to_example(record, f"{path}: {where}", question_key, answer_key, person_key) for where, record in records]
 
 
 def load_hf_qa(name: str, *, split: str = "train", subset: str | None = None, question_key: str = "question",
-               answer_key: str = "answer", data_files=None, cache_dir: str | None = None) -> list[QAExample]:
+               answer_key: str = "answer", data_files=None, cache_dir: str | None = None,
+               person_key: str | None = None) -> list[QAExample]:
     """Load question/answer examples with `datasets.load_dataset(name, subset, split=split, ...)`.
 
     Works for hub names and for packaged builders such as "json" or "parquet" with
@@ -123,6 +126,7 @@ def load_hf_qa(name: str, *, split: str = "train", subset: str | None = None, qu
         subset: configuration name (TOFU's are "forget01", "retain99", ...).
         question_key: column holding the question.
         answer_key: column holding the answer.
+        person_key: column naming the person an example is about (see `load_qa_file`).
         data_files: passed to `load_dataset` for packaged builders.
         cache_dir: where `datasets` caches; its default when None.
 
@@ -136,10 +140,11 @@ def load_hf_qa(name: str, *, split: str = "train", subset: str | None = None, qu
         dataset = datasets.load_dataset(name, subset, split=split, data_files=data_files, cache_dir=cache_dir)
     except Exception as err:  # the library raises many types; callers need one
         raise DataError(f"{label}: cannot load: {type(err).__name__}: {err}") from err
-    missing = [key for key in (question_key, answer_key) if key not in dataset.column_names]
+    missing = [key for key in (question_key, answer_key, person_key) if key and key not in dataset.column_names]
     if missing:
         raise DataError(f"{label}: missing column(s) {missing}; columns are {dataset.column_names}")
-    return [_to_example(row, f"{label}: record {i}", question_key, answer_key) for i, row in enumerate(dataset, 1)]
+    return [_to_example(row, f"{label}: record {i}", question_key, answer_key, person_key)
+            for i, row in enumerate(dataset, 1)]
 
 
 def _json_records(path: Path, text: str) -> Iterator[tuple[str, object]]:
@@ -176,7 +181,11 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, object]]:
     return ((f"record {i}", row) for i, row in enumerate(rows, 1))
 
 
-def _to_example(record: object, where: str, question_key: str, answer_key: str) -> QAExample:
+PERSON_KEYS = ("entity", "author", "person")  # read as the example's person when no person key is named
+
+
+def _to_example(record: object, where: str, question_key: str, answer_key: str,
+                person_key: str | None = None) -> QAExample:
     """One record to a QAExample; `where` names the file and line/record for errors."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object, got {type(record).__name__}")
@@ -198,10 +207,15 @@ def _to_example(record: object, where: str, question_key: str, answer_key: str) 
     else:
         raise DataError(f"{where}: 'perturbed_answer' must be a list of strings")
     optional = {}
-    for key in ("entity", "attribute"):
+    if person_key is not None and person_key not in record:
+        raise DataError(f"{where}: missing key {person_key!r} (data.person_field; keys present: {sorted(record)})")
+    person = person_key or next((key for key in PERSON_KEYS if record.get(key) is not None), "entity")
+    for field, key in (("entity", person), ("attribute", "attribute")):
         value = record.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and field == "entity":
+            value = str(value)  # a numeric person id
         if value is not None and not isinstance(value, str):
             raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
-        optional[key] = value
+        optional[field] = value
     return QAExample(question=record[question_key], answer=record[answer_key], paraphrased_answer=paraphrase,
                      perturbed_answers=perturbed, **optional)

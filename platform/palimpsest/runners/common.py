@@ -66,9 +66,10 @@ def method_runs(family: str, methods) -> list[MethodRun]:
 def load_dataset_spec(data) -> list:
     """Examples of a `file` or `hf` data section."""
     if data.source == "file":
-        return load_qa_file(data.path, question_key=data.question_key, answer_key=data.answer_key)
+        return load_qa_file(data.path, question_key=data.question_key, answer_key=data.answer_key,
+                            person_key=data.person_field)
     return load_hf_qa(data.name, split=data.split, subset=data.subset, data_files=data.data_files,
-                      question_key=data.question_key, answer_key=data.answer_key)
+                      question_key=data.question_key, answer_key=data.answer_key, person_key=data.person_field)
 
 
 def text_items(tokenizer, texts) -> list[TokenizedQA]:
@@ -90,13 +91,20 @@ def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, gene
     """The runner → loop contract for `spec` (the one place a LoopConfig is built from a spec)."""
     training = spec.training
     privacy = getattr(spec, "privacy", None)
-    plan = None
+    plan = people = None
     if privacy is not None:
         from palimpsest.privacy import BudgetError, make_plan
 
+        from palimpsest.privacy import people_of
+
         try:
-            plan = make_plan(privacy, task_sizes=[len(task) for task in tasks], batch_size=training.batch_size,
-                             steps_per_task=training.steps)
+            if privacy.unit == "person":
+                people, total = people_of(tasks)
+                plan = make_plan(privacy, task_sizes=[len(groups) for groups in people],
+                                 batch_size=training.batch_size, steps_per_task=training.steps, total=total)
+            else:
+                plan = make_plan(privacy, task_sizes=[len(task) for task in tasks], batch_size=training.batch_size,
+                                 steps_per_task=training.steps)
         except BudgetError as error:
             raise DataError(str(error)) from None
     return LoopConfig(
@@ -117,6 +125,7 @@ def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, gene
         general=list(general),
         methods=list(methods),
         privacy=plan,
+        task_people=people if plan is not None and plan.unit == "person" else None,
         threads=max(1, int(spec.scaling.cpus_per_worker)),
     )
 

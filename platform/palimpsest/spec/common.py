@@ -136,6 +136,9 @@ class FileData(Strict):
     eval_path: str | None = Field(None, description="optional held-out file evaluated beside the training set")
     question_key: str = "question"
     answer_key: str = "answer"
+    person_field: str | None = Field(None, description="record key naming the person an example is about "
+                                                       "(privacy.unit: person); default: entity, author or person "
+                                                       "when present")
 
     @field_validator("path", "eval_path")
     @classmethod
@@ -154,6 +157,9 @@ class HFData(Strict):
     data_files: str | list[str] | None = None
     question_key: str = "question"
     answer_key: str = "answer"
+    person_field: str | None = Field(None, description="column naming the person an example is about "
+                                                       "(privacy.unit: person); default: entity, author or person "
+                                                       "when present")
 
     @field_validator("data_files")
     @classmethod
@@ -214,6 +220,13 @@ class PrivacySettings(Strict):
     grad_sample_mode: Literal["hooks", "ghost", "functorch", "ghost_fsdp"] = Field(
         "hooks", description="per-example gradients: hooks, functorch, ghost clipping (no per-example gradients "
                              "stored), or ghost_fsdp (ghost clipping on FSDP2-sharded weights, 2+ workers)")
+    unit: Literal["example", "person"] = Field(
+        "example", description="what the guarantee protects. example: each training example (a person with k "
+                               "facts gets about kε); person: each person — every step Poisson-samples people "
+                               "(q = batch_size / people) and trains on one of each sampled person's examples, "
+                               "so one clipped gradient per person bounds their contribution; the accountant and "
+                               "δ count people. Needs each example's person (fact world: its entity; files: "
+                               "data.person_field)")
     reproducible: bool = Field(
         False, description="draw the noise and the Poisson batches from the job's public seed, so a rerun "
                            "gives the same weights. VOIDS the guarantee: anyone with the seed and the data "

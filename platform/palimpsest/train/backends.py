@@ -125,11 +125,13 @@ class DDPBackend(Backend):
 
 
 def make_backend(model: torch.nn.Module, training: Optimisation, *, world_size: int, device,
-                 carried: dict | None = None, privacy=None, noise_seed: int | None = None) -> Backend:
+                 carried: dict | None = None, privacy=None, noise_seed: int | None = None,
+                 people: list | None = None) -> Backend:
     """The backend `training.backend` names (DP-SGD when `privacy` is a plan), wrapping `model` for one task.
 
     `noise_seed`: what a private backend draws its noise and Poisson batches from (the
-    method's secret, or the public seed of a `reproducible` run).
+    method's secret, or the public seed of a `reproducible` run). `people`: per task, each
+    person's item indices (person-level privacy samples people, then one example each).
     """
     if privacy is not None:  # imported only when asked for: opacus is slow to import
         from palimpsest.train.private_backend import PrivateBackend
@@ -137,7 +139,7 @@ def make_backend(model: torch.nn.Module, training: Optimisation, *, world_size: 
         if noise_seed is None:
             raise ValueError("a private backend needs its noise_seed (the run's secret or, reproducible, its seed)")
         return PrivateBackend(model, training, privacy, world_size=world_size, device=device, carried=carried,
-                              noise_seed=noise_seed)
+                              noise_seed=noise_seed, people=people)
     if training.backend == "deepspeed":  # imported only when asked for: deepspeed is slow to import
         from palimpsest.train.deepspeed_backend import DeepSpeedBackend
 

@@ -116,6 +116,8 @@ class LoopConfig:
     task_end: object | None = None
     methods: list[MethodRun] = field(default_factory=lambda: [NAIVE])
     privacy: object | None = None  # a `palimpsest.privacy.PrivacyPlan`: train with DP-SGD
+    # privacy.unit person: per task, the item indices of each person (`palimpsest.privacy.people_of`)
+    task_people: list[list[list[int]]] | None = None
     threads: int = 1
     resume_from: str | None = None
     fail_at: FailAt | None = None

@@ -4,7 +4,13 @@ What `PrivacyEngine.make_private` assembles, assembled here because the loop, no
 DataLoader, draws the batches:
 - the batch: Opacus's `UniformWithReplacementSampler` (Poisson sampling: each example of
   the task joins with probability q, drawn from (noise_seed, task, step) so a restart
-  replays it);
+  replays it). Person-level privacy (`plan.unit == "person"`) samples people instead, with
+  q = B / people, and trains on one example of each sampled person, drawn at random from
+  the same secret: with per-example clipping a person moves the sum by at most C, whatever
+  their number of examples. This is dp-transformers' user-level construction
+  (`dp_transformers.sampler.PoissonAuthorSampler` over an `author_mapping`); where it
+  cycles through an author's examples in order, we draw one at random, as the issue
+  asked — the bound on a person's contribution, and so the accounting, is the same;
 - per-example gradients: a GradSampleModule of `grad_sample_mode` (hooks, functorch,
   ghost, ghost_fsdp), around `DifferentiallyPrivateDistributedDataParallel` with several
   workers, or around Opacus's `FSDP2Wrapper` (ghost_fsdp: the weights are sharded);
@@ -41,13 +47,16 @@ class PrivateBackend(Backend):
     uneven_batches = True
 
     def __init__(self, model: torch.nn.Module, training: Optimisation, plan: PrivacyPlan, *, world_size: int,
-                 device: torch.device, carried: dict | None = None, noise_seed: int):
+                 device: torch.device, carried: dict | None = None, noise_seed: int, people: list | None = None):
         from opacus.accountants import create_accountant
         from opacus.grad_sample.utils import wrap_model
         from opacus.optimizers import get_optimizer_class
 
         self.plan, self.mode, self.world_size = plan, plan.grad_sample_mode, world_size
         self._noise_seed = int(noise_seed)  # secret: never logged, never in a summary
+        if plan.unit == "person" and people is None:
+            raise ValueError("person-level privacy needs each task's people (LoopConfig.task_people)")
+        self.people = people if plan.unit == "person" else None
         # Opacus's hooks sit on modules whose inputs (token ids) need no gradient, and the
         # FSDP2-wrapped model returns views; both are expected here, neither is a fault.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -90,10 +99,14 @@ class PrivateBackend(Backend):
 
         items = ctx.tasks[ctx.task]
         self.sample_rate = self.plan.sample_rates[ctx.task]
+        groups = self.people[ctx.task] if self.people is not None else None
         draw = torch.Generator().manual_seed(derive_seed(self._noise_seed, "poisson", ctx.task, step))
-        sampler = UniformWithReplacementSampler(num_samples=len(items), sample_rate=self.sample_rate,
-                                                generator=draw, steps=1)
+        sampler = UniformWithReplacementSampler(num_samples=len(groups) if groups is not None else len(items),
+                                                sample_rate=self.sample_rate, generator=draw, steps=1)
         (indices,) = list(sampler)
+        if groups is not None:  # the sampled people, one example of each
+            pick = torch.Generator().manual_seed(derive_seed(self._noise_seed, "person-example", ctx.task, step))
+            indices = [groups[p][int(torch.randint(len(groups[p]), (1,), generator=pick))] for p in indices]
         self.generator.manual_seed(derive_seed(self._noise_seed, "dp-noise", ctx.task, step))
         return StepBatch.of_task([items[i] for i in indices])
 
