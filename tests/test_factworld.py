@@ -245,3 +245,35 @@ def test_general_corpus_is_deterministic_distinct_and_prefix_stable(world):
 def test_general_corpus_rejects_negative_size(world):
     with pytest.raises(ValueError, match="non-negative"):
         world.general_corpus(-1)
+
+
+def test_rule_facts_follow_population_rules_and_leave_the_per_person_facts_unchanged():
+    """A city fixes its country and language, a profession its workplace; the question carries the premise,
+    never the answer; the same seed without rules gives exactly the per-person facts."""
+    from palimpsest.data.factworld import RULES, is_rule
+
+    world = generate_world(seed=4, num_entities=120, attributes_per_entity=3, rules=3)
+    plain = generate_world(seed=4, num_entities=120, attributes_per_entity=3)
+    assert [f for f in world.facts if not is_rule(f)] == plain.facts
+    rules = [f for f in world.facts if is_rule(f)]
+    assert len(rules) == 120 * 3 and {f.attribute for f in rules} == {f"rule:{r}" for r in RULES}
+    premise_of = {"rule:country": r"lives in (\w+)\.", "rule:language": r"lives in (\w+)\.",
+                  "rule:workplace": r"works as an? (\w+)\."}
+    answer_of = {"rule:country": r"live in (\w+)\.$", "rule:language": r"speak (\w+)\.$",
+                 "rule:workplace": r"work at an? (\w+)\.$"}
+    for attribute in premise_of:
+        mapping = {}
+        for fact in (f for f in rules if f.attribute == attribute):
+            premise = re.search(premise_of[attribute], fact.question).group(1)
+            answer = re.search(answer_of[attribute], fact.answer).group(1)
+            assert mapping.setdefault(premise, answer) == answer, f"{attribute}: {premise} maps to two answers"
+            assert answer not in fact.question  # the answer must come from the rule, not from the question
+            assert len(set(fact.perturbed_answers)) == 3 and all(answer not in p for p in fact.perturbed_answers)
+        assert len(set(mapping.values())) >= 4  # a rule with several outcomes, not a constant
+        assert len(mapping) > len(set(mapping.values()))  # many premises share an outcome: a rule to learn
+    professions = {f.entity: re.search(r"works as an? (\w+)\.", f.answer).group(1)
+                   for f in world.facts if f.attribute == "profession"}
+    for fact in (f for f in rules if f.attribute == "rule:workplace"):  # consistent with the person's own facts
+        assert re.search(premise_of["rule:workplace"], fact.question).group(1) == professions[fact.entity]
+    with pytest.raises(ValueError, match="rules"):
+        generate_world(seed=4, num_entities=3, rules=4)

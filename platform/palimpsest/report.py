@@ -290,6 +290,12 @@ def draw_sweep_plot(folder: RunFolder, summary: dict) -> list[Path]:
             ax.plot(xs, [p[key].get(series) for p in ordered], marker="o", label=series)
         if key == "mia_auc":
             ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            untrained = [p.get("untrained_auc", {}).get("loss") for p in ordered]
+            if all(u is not None for u in untrained):  # the attack on the model before training: the floor
+                ax.plot(xs, untrained, color="grey", linestyle="--", linewidth=1, label="loss, untrained model")
+        if key == "answer_accuracy" and any(p.get("rule_accuracy") is not None for p in ordered):
+            ax.plot(xs, [p.get("rule_accuracy") for p in ordered], marker="s", color="black",
+                    label="rules, held-out people")
         ax.set_xscale("log")
         ax.set_xticks(xs, [f"{p['epsilon_target']:g}" for p in private] + ["∞ (not private)"] * len(open_points))
         ax.minorticks_off()

@@ -8,7 +8,12 @@ plausible) answers, and the world yields:
 
 - task streams for continual learning (disjoint entity groups or attribute domains),
 - TOFU-format splits (forget01/05/10, retain90/95/99, holdout),
-- a general corpus about other invented things, to measure general capability.
+- a general corpus about other invented things, to measure general capability,
+- optional rule facts (`rules`): attributes that follow population-level rules (a city
+  fixes its country and its language; a profession fixes the workplace), asked with the
+  premise the rule needs ("X lives in Kusri. In which country does X live?"). They are
+  learnable from many people and true of people never trained on — what a model can learn
+  under differential privacy — beside the per-person facts only memorisation gives.
 
 Determinism: every random draw comes from a `random.Random` seeded by an int or by a
 string (strings are hashed with SHA-512, not `hash()`), and only ordered containers
@@ -23,7 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-__all__ = ["ATTRIBUTES", "FactWorld", "QAExample", "generate_world"]
+__all__ = ["ATTRIBUTES", "RULES", "FactWorld", "QAExample", "generate_world", "is_rule"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,29 @@ _ATTRIBUTE_SPECS = (
 )
 ATTRIBUTES: tuple[str, ...] = tuple(spec.name for spec in _ATTRIBUTE_SPECS)
 
+# Rule attributes, in order (an entity with `rules` = k has the first k): the attribute of a
+# rule fact is "rule:<name>".
+# The answers do not repeat the person's name: for a person never trained on, that would test
+# copying an unseen name, not knowing the rule.
+_RULE_SPECS = (
+    _Attribute("country", "{e} lives in {c}. In which country does {e} live?", "They live in {v}.",
+               "Their country is {v}."),
+    _Attribute("workplace", "{e} works as {pa} {p}. Where does {e} work?", "They work at {a} {v}.",
+               "Their workplace is {a} {v}."),
+    _Attribute("language", "{e} lives in {c}. Which language does {e} speak?", "They speak {v}.",
+               "Their language is {v}."),
+)
+RULES: tuple[str, ...] = tuple(spec.name for spec in _RULE_SPECS)
+RULE_PREFIX = "rule:"
+_NUM_COUNTRIES, _CITIES_PER_COUNTRY = 6, 3
+_WORKPLACES = ("studio", "library", "laboratory", "hospital", "workshop", "newsroom", "airfield", "observatory")
+
+
+def is_rule(fact: "QAExample") -> bool:
+    """Whether a fact follows a population-level rule (true of anyone with its premise)."""
+    return bool(fact.attribute) and fact.attribute.startswith(RULE_PREFIX)
+
+
 _PROFESSIONS = ("painter", "sculptor", "novelist", "poet", "chemist", "surgeon", "architect", "engineer",
                 "librarian", "journalist", "pilot", "botanist", "historian", "astronomer", "carpenter", "translator")
 _COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "brown", "pink",
@@ -114,7 +142,8 @@ def _words_of(texts: Iterable[str]) -> frozenset[str]:
 _RESERVED_WORDS = _words_of([
     *(text for spec in _ATTRIBUTE_SPECS for text in (spec.question, spec.answer, spec.paraphrase)),
     *_GENERAL_TEMPLATES, *_PROFESSIONS, *_COLOURS, *_INSTRUMENTS, *_FOODS, *_TITLE_ADJECTIVES, *_TITLE_NOUNS,
-    *_COMPANY_SUFFIXES, "an", "a",
+    *_COMPANY_SUFFIXES, "an", "a", *(text for spec in _RULE_SPECS for text in (spec.question, spec.answer,
+                                                                             spec.paraphrase)), *_WORKPLACES,
 ])
 
 
@@ -124,6 +153,10 @@ class _WordMaker:
     def __init__(self, rng: random.Random, reserved: frozenset[str] = frozenset()):
         self._rng = rng
         self._used: set[str] = set(_RESERVED_WORDS | reserved)  # membership only: never iterated
+
+    def used_words(self) -> frozenset[str]:
+        """Every word made or reserved so far (lower case)."""
+        return frozenset(self._used)
 
     def word(self, syllables: int = 2) -> str:
         while True:
@@ -334,7 +367,7 @@ def _value_pools(rng: random.Random, maker: _WordMaker, attributes: tuple[str, .
 
 
 def generate_world(*, seed: int, num_entities: int = 100, attributes_per_entity: int = 5,
-                   num_perturbed: int = 3) -> FactWorld:
+                   num_perturbed: int = 3, rules: int = 0) -> FactWorld:
     """Generate a world of `num_entities` invented people with `attributes_per_entity` facts each.
 
     Every entity has the first `attributes_per_entity` attributes of ATTRIBUTES, so
@@ -346,6 +379,8 @@ def generate_world(*, seed: int, num_entities: int = 100, attributes_per_entity:
         attributes_per_entity: 1..len(ATTRIBUTES).
         num_perturbed: wrong answers per fact (at least 3), all distinct and none
             equal to the true answer or its paraphrase.
+        rules: rule facts per entity, 0..len(RULES) (the first `rules` of RULES), drawn from
+            their own stream: a world with rules has the same per-person facts as one without.
 
     Raises:
         ValueError: an argument out of range.
@@ -362,6 +397,14 @@ def generate_world(*, seed: int, num_entities: int = 100, attributes_per_entity:
     max_perturbed = min(len(_COLOURS), len(_INSTRUMENTS), len(_FOODS), len(_PROFESSIONS)) - 1
     if isinstance(num_perturbed, bool) or not isinstance(num_perturbed, int) or not 3 <= num_perturbed <= max_perturbed:
         problems.append(f"num_perturbed must be from 3 to {max_perturbed}, got {num_perturbed!r}")
+    if isinstance(rules, bool) or not isinstance(rules, int) or not 0 <= rules <= len(RULES):
+        problems.append(f"rules must be from 0 to {len(RULES)}, got {rules!r}")
+    elif rules and isinstance(num_perturbed, int) and num_perturbed > _NUM_COUNTRIES - 1:
+        problems.append(f"num_perturbed must be at most {_NUM_COUNTRIES - 1} with rules (there are "
+                        f"{_NUM_COUNTRIES} countries), got {num_perturbed!r}")
+    elif rules and isinstance(attributes_per_entity, int) and "home_country" in ATTRIBUTES[:attributes_per_entity]:
+        problems.append("rules: the country rule would contradict the home_country attribute; use at most "
+                        f"{ATTRIBUTES.index('home_country')} attributes per entity with rules")
     if problems:
         raise ValueError("generate_world: " + "; ".join(problems))
 
@@ -372,10 +415,14 @@ def generate_world(*, seed: int, num_entities: int = 100, attributes_per_entity:
     attributes = tuple(spec.name for spec in specs)
     pools = _value_pools(rng, maker, attributes)
 
+    # (after every invented word of the world: a city is never also a name, a birthplace or a pet)
+    rule_world = _RuleWorld(seed, maker.used_words()) if rules else None
     facts = []
     for entity in entities:
+        values = {}
         for spec in specs:
             value = rng.choice(pools[spec.name])
+            values[spec.name] = value
             answer = _render(spec.answer, entity, value)
             paraphrase = _render(spec.paraphrase, entity, value)
             wrong = [v for v in pools[spec.name]
@@ -385,4 +432,42 @@ def generate_world(*, seed: int, num_entities: int = 100, attributes_per_entity:
                 question=_render(spec.question, entity, value), answer=answer, paraphrased_answer=paraphrase,
                 perturbed_answers=perturbed, entity=entity, attribute=spec.name,
             ))
+        if rule_world is not None:
+            facts += rule_world.facts_about(entity, values.get("profession"), rules, num_perturbed)
     return FactWorld(seed=seed, entities=entities, facts=facts, attributes=attributes, num_perturbed=num_perturbed)
+
+
+class _RuleWorld:
+    """The rules of a world (cities in countries, each country's language, a workplace per profession) and
+    the rule facts they give, from a stream of their own (`_derived_rng(seed, "rules")`)."""
+
+    def __init__(self, seed: int, reserved: frozenset[str]):
+        self.rng = _derived_rng(seed, "rules")
+        maker = _WordMaker(self.rng, reserved)
+        self.countries = [maker.word(2) + "ia" for _ in range(_NUM_COUNTRIES)]
+        self.languages = [maker.word(2) + "ish" for _ in range(_NUM_COUNTRIES)]
+        self.cities = [(maker.word(2), country) for country in range(_NUM_COUNTRIES)
+                       for _ in range(_CITIES_PER_COUNTRY)]
+        order = list(_WORKPLACES)
+        self.rng.shuffle(order)
+        self.workplace = {p: order[i % len(order)] for i, p in enumerate(_PROFESSIONS)}
+
+    def facts_about(self, entity: str, profession: str | None, rules: int, num_perturbed: int) -> list[QAExample]:
+        """The first `rules` rule facts of `entity`, premises drawn for them (their own profession if they have one)."""
+        city, country = self.rng.choice(self.cities)
+        profession = profession or self.rng.choice(_PROFESSIONS)
+        answers = {"country": (self.countries[country], self.countries),
+                   "language": (self.languages[country], self.languages),
+                   "workplace": (self.workplace[profession], sorted(set(self.workplace.values())))}
+        facts = []
+        for spec in _RULE_SPECS[:rules]:
+            value, pool = answers[spec.name]
+            fill = {"e": entity, "c": city, "p": profession, "pa": _article(profession)}
+            render = lambda template, v: template.format(v=v, a=_article(v), **fill)  # noqa: E731
+            wrong = [v for v in pool if v != value]
+            facts.append(QAExample(
+                question=render(spec.question, value), answer=render(spec.answer, value),
+                paraphrased_answer=render(spec.paraphrase, value),
+                perturbed_answers=tuple(render(spec.paraphrase, v) for v in self.rng.sample(wrong, num_perturbed)),
+                entity=entity, attribute=RULE_PREFIX + spec.name))
+        return facts

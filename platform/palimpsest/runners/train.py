@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from palimpsest.data import DataError, QAExample, generate_world
+from palimpsest.data.factworld import is_rule
 from palimpsest.models import build_model
 from palimpsest.privacy import released_privacy
 from palimpsest.runners.common import (
@@ -21,6 +22,9 @@ from palimpsest.spec import TrainJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import LoopConfig
 from palimpsest.train.sampling import rng_for
+
+
+RULES_SET = "holdout_rules"  # the eval set of rule facts about held-out people (fact world with rules)
 
 
 @dataclass
@@ -70,9 +74,17 @@ def prepare(spec: TrainJob, *, saved_tokenizer=None) -> PreparedTrain:
     world_texts = [e for e in fact_world(spec.data, spec.seed).facts if (e.question, e.answer) not in trained] \
         if spec.data.source == "factworld" else []
     tokenizer = build_tokenizer(spec.model, train + world_texts, saved=saved_tokenizer)
-    eval_examples = {"train": subsample(train, spec.eval.max_examples)}
+    # With rule facts, "train" and "holdout" score the per-person facts (memorisation) and RULES_SET the
+    # rule facts of people never trained on (what a model learnt of the population: rule_accuracy).
+    own = [e for e in train if not is_rule(e)]
+    eval_examples = {"train": subsample(own, spec.eval.max_examples)}
     if spec.eval.holdout or spec.data.source != "factworld":
-        eval_examples.update({name: subsample(ex, spec.eval.max_examples) for name, ex in extra.items() if ex})
+        for name, examples in extra.items():
+            if name == "holdout" and any(is_rule(e) for e in examples):
+                eval_examples[RULES_SET] = subsample([e for e in examples if is_rule(e)], spec.eval.max_examples)
+                examples = [e for e in examples if not is_rule(e)]
+            if examples:
+                eval_examples[name] = subsample(examples, spec.eval.max_examples)
     config = loop_config(spec, tokenizer, tasks=[train],
                          eval_sets={name: tokenize_qa(tokenizer, ex) for name, ex in eval_examples.items()})
     members, non_members, non_member_set = membership_sets(spec, train, extra)
@@ -95,7 +107,9 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
     if spec.data.source == "factworld":
         data, world = spec.data, fact_world(spec.data, spec.seed)
         trained = {e.entity for e in train}
-        inside, outside = _by_person(train), _by_person([e for e in world.facts if e.entity not in trained])
+        # individual facts only: a rule fact is as predictable for a stranger as for a member
+        inside = _by_person([e for e in train if not is_rule(e)])
+        outside = _by_person([e for e in world.facts if e.entity not in trained and not is_rule(e)])
         people = min(len(inside), len(outside), (cap // data.attributes_per_entity) if cap else len(outside))
         if people == 0:
             return [], [], None
@@ -112,7 +126,7 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
 def fact_world(data, seed: int):
     """The fact world of a `factworld` data section (its own seed, else the job's)."""
     return generate_world(seed=data.seed if data.seed is not None else seed, num_entities=data.num_entities,
-                          attributes_per_entity=data.attributes_per_entity)
+                          attributes_per_entity=data.attributes_per_entity, rules=data.rules)
 
 
 def _by_person(facts: list[QAExample]) -> list[list[QAExample]]:
@@ -140,6 +154,7 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
         "seed": spec.seed,
         "steps": output["steps"],
         "final": result["task_end"][-1],
+        **rule_figures(result["task_end"][-1]),
         "parameters": result["parameters"],
         "privacy": released_privacy([result["privacy"]]),
         "mia": mia,
@@ -147,6 +162,14 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
         "cost": {"wall_s": round(time.perf_counter() - started, 3), "train_wall_s": round(result["wall_s"], 3),
                  **{k: v for k, v in training_cost(result, output["steps"]).items() if k != "wall_s"}},
     }
+
+
+def rule_figures(final: dict) -> dict:
+    """rule_accuracy (rule facts of people never trained on) beside answer_accuracy (the trained people's own
+    facts), when the fact world has rules."""
+    if RULES_SET not in final:
+        return {}
+    return {"rule_accuracy": final[RULES_SET]["answer_accuracy"], "answer_accuracy": final["train"]["answer_accuracy"]}
 
 
 def membership(prepared: PreparedTrain, folder: RunFolder) -> dict:

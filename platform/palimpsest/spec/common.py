@@ -118,6 +118,10 @@ class FactWorldData(Strict):
     num_entities: int = Field(20, ge=1, le=100_000, description="number of fictitious entities")
     attributes_per_entity: int = Field(5, ge=1, le=8, description="facts per entity")
     split: str = Field("all", description=f"'all' or a TOFU split: {', '.join(TOFU_SPLITS)}")
+    rules: int = Field(0, ge=0, le=3, description="rule facts per entity (country from city, workplace from "
+                                                  "profession, language from city): learnable from many people "
+                                                  "and true of held-out people; the summary's rule_accuracy "
+                                                  "scores them on people never trained on")
 
     @field_validator("split")
     @classmethod

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from palimpsest.spec.common import Strict, _suggest
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
-TRAIN_SETS = ("train", "holdout", "eval")
+TRAIN_SETS = ("train", "holdout", "eval", "holdout_rules")
 EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
 MIA_ATTACKS = ("loss", "zlib", "min_k")
 
@@ -35,7 +35,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "continual": ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss", "cost.wall_s"),
     "unlearn": UNLEARN_REQUEST + ("cost.ratio", "cost.unlearn_wall_s"),
     "train": tuple(f"final.{s}.{m}" for s in TRAIN_SETS for m in EVAL_METRICS)
-    + tuple(f"mia.attacks.{a}.auc" for a in MIA_ATTACKS) + ("cost.wall_s",),
+    + tuple(f"mia.attacks.{a}.auc" for a in MIA_ATTACKS) + ("rule_accuracy", "cost.wall_s"),
     "rl": ("best_success_rate", "test_success_rate", "best_mean_return"),
 }
 # kind -> objectives also reported while a trial runs (what ASHA and PBT act on), and per what
@@ -278,7 +278,9 @@ def train_sets(spec) -> list[str]:
     """The sets a train job evaluates (the names of summary.json's `final`)."""
     data = spec.data
     if data.source == "factworld":
-        return ["train", "holdout"] if spec.eval.holdout and data.split != "holdout" else ["train"]
+        if not spec.eval.holdout or data.split == "holdout":
+            return ["train"]
+        return ["train", "holdout"] + (["holdout_rules"] if data.rules else [])
     has_eval = data.eval_path if data.source == "file" else data.eval_split
     return ["train", "eval"] if has_eval else ["train"]
 
