@@ -277,3 +277,30 @@ def test_rule_facts_follow_population_rules_and_leave_the_per_person_facts_uncha
         assert re.search(premise_of["rule:workplace"], fact.question).group(1) == professions[fact.entity]
     with pytest.raises(ValueError, match="rules"):
         generate_world(seed=4, num_entities=3, rules=4)
+
+
+def test_a_continual_stream_with_rules_keeps_people_apart_for_rule_accuracy():
+    """Tasks train on rule and individual facts of their people; task eval sets score the individual facts;
+    rule_accuracy's set holds rule facts of people in no task."""
+    from palimpsest.data.factworld import is_rule
+    from palimpsest.runners.continual import load_stream
+    from palimpsest.spec import parse_spec
+
+    spec = parse_spec({"kind": "continual", "name": "r", "seed": 3, "methods": ["naive"],
+                       "stream": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2,
+                                  "num_tasks": 3, "rules": 2}})
+    stream = load_stream(spec)
+    trained = {f.entity for task in stream.train for f in task}
+    assert len(trained) == 30 and all(any(is_rule(f) for f in task) for task in stream.train)
+    assert not any(is_rule(f) for task in stream.evaluation for f in task)
+    assert len(stream.rules_eval) == 3 * 2 and all(is_rule(f) for f in stream.rules_eval)
+    assert not {f.entity for f in stream.rules_eval} & trained
+    plain = load_stream(parse_spec({**spec.model_dump(mode="json"),
+                                    "stream": {**spec.stream.model_dump(), "rules": 0}}))
+    assert plain.rules_eval == [] and plain.evaluation == plain.train
+
+
+def test_a_large_world_is_generated_although_the_one_syllable_words_run_out():
+    """Half the second names have one syllable; a few thousand people use them all up (the draw once never ended)."""
+    world = generate_world(seed=1, num_entities=2500, attributes_per_entity=1)
+    assert len(set(world.entities)) == 2500

@@ -132,3 +132,40 @@ def test_the_trial_count_is_poisson_with_the_requested_mean_and_not_seeded():
     expected = stats.poisson.pmf(np.arange(30), 6.0) * len(draws)
     assert stats.chisquare(counts[:14], expected[:14] * counts[:14].sum() / expected[:14].sum()).pvalue > 1e-4
     assert len({tuple(poisson_trial_count(6.0) for _ in range(10)) for _ in range(5)}) > 1
+
+
+@pytest.mark.integration
+def test_a_private_search_reports_the_selected_models_epsilon_with_every_trial_composed(tmp_path, ray_session):
+    """Two private trials on a real Ray: each plans its budget before training, the search composes both
+    for the selected model (summary and best.yaml), and an objective on training data is refused."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from palimpsest.cli import app
+
+    document = private_search(space={"training.lr": {"grid": [3e-3, 1e-2]}}, num_samples=1,
+                              max_concurrent_trials=2)
+    document["training"].update(steps=6, log_every=6)
+    document["eval"] = {"max_examples": 16}
+    job = tmp_path / "search.yaml"
+    job.write_text(yaml.safe_dump(document))
+    folder = tmp_path / "search"
+    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((folder / "summary.json").read_text())
+    privacy = summary["privacy"]
+    trials = [json.loads((Path(r["run_folder"]) / "summary.json").read_text()) for r in summary["rows"]]
+    assert all(t["status"] == "ok" and t[PLANNED]["history"] == t["privacy"]["history"] for t in trials)
+    one = trials[0]["privacy"]
+    both = epsilon_spent([tuple(h) for t in trials for h in t["privacy"]["history"]], one["delta"], "rdp")
+    assert privacy["selection"] == "compose" and privacy["trials_composed"] == 2
+    assert privacy["selected_epsilon"] == pytest.approx(both) and both > 1.3 * one["epsilon"]
+    header = (folder / "best.yaml").read_text().splitlines()[2]
+    assert header.startswith("# privacy: the selected model is") and f"{both:.4g}" in header
+    assert "Privacy of the selected model" in (folder / "report.md").read_text()
+
+    document["tune"]["metric"] = "final.train.loss"
+    job.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(tmp_path / "refused")])
+    assert result.exit_code == 2 and "reads the training data without noise" in result.output
+    assert not (tmp_path / "refused").exists()

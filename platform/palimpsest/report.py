@@ -104,9 +104,9 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     if summary.get("kind") == "privacy_sweep":
         points = summary.get("points") or []
         splits = list(points[0]["answer_accuracy"]) if points else []
-        header = ["ε target", "ε spent", "σ", "loss-MIA AUC", *(f"{s} accuracy" for s in splits), "s/step"]
+        header = ["ε target", "ε spent", "σ", "lr", "loss-MIA AUC", *(f"{s} accuracy" for s in splits), "s/step"]
         rows = [[_fmt(p["epsilon_target"]) if p["epsilon_target"] is not None else "not private", _fmt(p["epsilon"]),
-                 _fmt(p["noise_multiplier"]), _fmt(p["mia_auc"].get("loss")),
+                 _fmt(p["noise_multiplier"]), _fmt(p.get("lr")), _fmt(p["mia_auc"].get("loss")),
                  *(_fmt(p["answer_accuracy"].get(s)) for s in splits), _fmt(p["step_s"])] for p in points]
         return header, rows
     header = ["split", "examples", *EVAL_METRICS]

@@ -159,6 +159,9 @@ class _WordMaker:
         return frozenset(self._used)
 
     def word(self, syllables: int = 2) -> str:
+        """A new word of `syllables` syllables; one syllable more once that many tries found none free
+        (a large world uses up the one-syllable words: without this, the draw never ends)."""
+        tries = 0
         while True:
             word = "".join(
                 self._rng.choice(_ONSETS) + self._rng.choice(_VOWELS) + self._rng.choice(_CODAS)
@@ -167,6 +170,12 @@ class _WordMaker:
             if len(word) >= 3 and word.lower() not in self._used:
                 self._used.add(word.lower())
                 return word
+            tries += 1
+            if tries == _MAX_TRIES:
+                syllables, tries = syllables + 1, 0
+
+
+_MAX_TRIES = 2000  # draws of one length before a word gets a syllable more
 
 
 def _article(value: str) -> str:

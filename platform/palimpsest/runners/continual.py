@@ -18,9 +18,10 @@ replay), one the general loss is measured on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from palimpsest.data import DataError, QAExample, generate_world
+from palimpsest.data import DataError, FactWorld, QAExample, generate_world
+from palimpsest.data.factworld import is_rule, percent_ceil
 from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
 )
@@ -29,6 +30,7 @@ from palimpsest.runners.common import (
 )
 from palimpsest.runners.common import method_runs as checked_method_runs
 from palimpsest.privacy import released_privacy
+from palimpsest.runners.train import RULES_SET
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import ContinualJob
 from palimpsest.train.batching import tokenize_qa
@@ -49,6 +51,7 @@ class Stream:
     measured_on: list[str]  # per task, in words
     general_replay: list[str]  # general sentences methods may train on
     general_eval: list[str]  # general sentences the general loss is measured on (never trained on)
+    rules_eval: list[QAExample] = field(default_factory=list)  # rule facts of people never trained on
 
 
 @dataclass
@@ -76,14 +79,22 @@ def load_stream(spec: ContinualJob) -> Stream:
     """The tasks' training and evaluation examples and the two general pools."""
     stream = spec.stream
     if stream.source == "factworld":
+        held = percent_ceil(stream.num_entities, 10) if stream.rules else 0
         world = generate_world(seed=stream.seed if stream.seed is not None else spec.seed,
-                               num_entities=stream.num_entities, attributes_per_entity=stream.attributes_per_entity)
+                               num_entities=stream.num_entities + held,
+                               attributes_per_entity=stream.attributes_per_entity, rules=stream.rules)
+        # With rules, the last `held` people are never trained on: their rule facts give rule_accuracy.
+        trained = world.entities[: stream.num_entities]
+        outside = [f for f in world.facts_of(world.entities[stream.num_entities:]) if is_rule(f)]
+        world = FactWorld(seed=world.seed, entities=trained, facts=world.facts_of(trained),
+                          attributes=world.attributes, num_perturbed=world.num_perturbed)
         tasks = world.task_stream(stream.num_tasks, by=stream.by)
         # general_corpus(n) gives n distinct sentences: the first ones are scored, the rest replayable.
         general = world.general_corpus(stream.general_samples + stream.general_replay_samples)
-        return Stream(train=tasks, evaluation=tasks,
+        return Stream(train=tasks, evaluation=[[f for f in task if not is_rule(f)] for task in tasks],
                       measured_on=["its own trained facts (fact world: retention of memorised facts)"] * len(tasks),
-                      general_replay=general[stream.general_samples:], general_eval=general[: stream.general_samples])
+                      general_replay=general[stream.general_samples:], general_eval=general[: stream.general_samples],
+                      rules_eval=outside)
     train, evaluation, measured_on = [], [], []
     for task in stream.tasks:
         examples = load_dataset_spec(task)
@@ -136,6 +147,8 @@ def prepare(spec: ContinualJob, *, saved_tokenizer=None) -> PreparedContinual:
                  for name, task in zip(names, stream.evaluation)}
     if stream.general_eval:
         eval_sets[GENERAL_EVAL] = text_items(tokenizer, stream.general_eval)
+    if stream.rules_eval:
+        eval_sets[RULES_SET] = tokenize_qa(tokenizer, subsample(stream.rules_eval, spec.eval.max_examples))
     config = loop_config(spec, tokenizer, tasks=stream.train, eval_sets=eval_sets, task_eval_names=names,
                          general=text_items(tokenizer, stream.general_replay), methods=methods, periodic="seen",
                          baseline=spec.eval.fwt_baseline)
@@ -168,6 +181,8 @@ def summarise_method(result: dict, baseline: dict, task_names: list[str], *, per
         "parameters": result["parameters"],
         "privacy": result.get("privacy"),
     }
+    if RULES_SET in result["task_end"][-1]:  # rule facts of people never trained on, after the last task
+        block["rule_accuracy"] = result["task_end"][-1][RULES_SET][METRIC]
     if periodic:
         curves = {k: [(r["step"], r["value"]) for r in result["records"] if r["split"] == name and r["metric"] == METRIC]
                   for k, name in enumerate(task_names)}

@@ -90,6 +90,7 @@ def _row(point: Point, summary: dict) -> dict:
         "epsilon_target": point.epsilon,
         "epsilon": privacy.get("epsilon"),
         "noise_multiplier": privacy.get("noise_multiplier"),
+        "lr": point.spec.training.lr,
         "guarantee": privacy.get("guarantee"),
         "mia_auc": {name: attack["auc"] for name, attack in (mia.get("attacks") or {}).items()},
         "untrained_auc": mia.get("untrained_auc") or {},

@@ -75,10 +75,15 @@ class FactWorldStream(Strict):
     by: Literal["entity", "attribute"] = "entity"
     general_samples: int = Field(64, ge=0, description="general sentences never trained on: the general loss")
     general_replay_samples: int = Field(64, ge=0, description="other general sentences methods may train on (GeRe)")
+    rules: int = Field(0, ge=0, le=3, description="rule facts per entity (fact world rules); with rules, 10% more "
+                                                  "people (at least one) are generated and never trained on, and "
+                                                  "each method's rule_accuracy scores their rule facts")
 
     @model_validator(mode="after")
     def _enough_groups(self):
         groups = self.num_entities if self.by == "entity" else self.attributes_per_entity
+        if self.rules and self.by != "entity":
+            raise ValueError("rules: rule facts go with their people's tasks; use by: entity")
         if self.num_tasks > groups:
             raise ValueError(f"num_tasks: {self.num_tasks} tasks need at least as many {self.by} groups "
                              f"(have {groups})")
@@ -192,6 +197,10 @@ class PrivacySweepJob(Strict):
                                                                                   "every private point")
     epsilons: list[Annotated[float, Field(gt=0, allow_inf_nan=False)] | None] = Field(
         min_length=1, description="the budgets to train at; null trains without privacy (the reference point)")
+    private_lr: float | None = Field(
+        None, gt=0, description="learning rate of the private points (DP-SGD's clipped, noisy updates usually "
+                                "need a larger one than non-private training); default: job.training.lr. The "
+                                "not-private point keeps job.training.lr, so neither side is handicapped")
     tune: TuneSpec | None = Field(None, description="refused: a privacy sweep is a sweep already")
 
     @field_validator("epsilons")
@@ -222,6 +231,8 @@ class PrivacySweepJob(Strict):
             if epsilon is not None:  # per-example clipping replaces the job's global clipping
                 document["privacy"] = {**self.privacy.model_dump(), "epsilon": epsilon}
                 document["training"]["max_grad_norm"] = None
+                if self.private_lr is not None:
+                    document["training"]["lr"] = self.private_lr
             found.append(("not-private" if epsilon is None else f"epsilon-{epsilon:g}", epsilon, document))
         return found
 

@@ -32,7 +32,8 @@ UNLEARN_REQUEST = ("forget_quality", "model_utility", "forget_rouge", "forget_tr
                    "mia.loss", "mia.zlib", "mia.min_k")
 # kind -> objectives a finished trial reports (keys of its summary.json, nested keys dotted)
 METRICS: dict[str, tuple[str, ...]] = {
-    "continual": ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss", "cost.wall_s"),
+    "continual": ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss", "rule_accuracy",
+                  "cost.wall_s"),
     "unlearn": UNLEARN_REQUEST + ("cost.ratio", "cost.unlearn_wall_s"),
     "train": tuple(f"final.{s}.{m}" for s in TRAIN_SETS for m in EVAL_METRICS)
     + tuple(f"mia.attacks.{a}.auc" for a in MIA_ATTACKS) + ("rule_accuracy", "cost.wall_s"),
@@ -235,8 +236,8 @@ def metric_problems(spec) -> list[str]:
 # scored on the facts they trained on: retention is the question there).
 NONPRIVATE_OBJECTIVES = {
     "train": lambda spec, metric: metric.startswith(("final.train.", "mia.")),
-    "continual": lambda spec, metric: spec.stream.source == "factworld" and metric not in ("general_loss",
-                                                                                            "cost.wall_s"),
+    "continual": lambda spec, metric: spec.stream.source == "factworld" and metric not in (
+        "general_loss", "rule_accuracy", "cost.wall_s"),
 }
 # Fields a `poisson` search may not vary: every trial must be the same (λ, ε)-RDP algorithm.
 PLAN_FIELDS = ("privacy.", "training.steps", "training.batch_size", "training.grad_accum", "data.", "stream.",
