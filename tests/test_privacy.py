@@ -211,6 +211,8 @@ def test_a_private_run_resumed_mid_task_continues_the_same_epsilon_and_replays_e
     assert a["privacy"]["epsilon"] == pytest.approx(epsilon_spent(plan.history(), plan.delta, "rdp"))
     assert a["privacy"]["epsilon"] <= 6.0
     assert b["records"] == a["records"] and b["task_end"] == a["task_end"]
+    full_weights, resumed_weights = final_weights(tmp_path / "full"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)  # the run's own secret
 
 
 def test_methods_declared_private_see_training_data_only_through_dp_sgd():

@@ -503,6 +503,15 @@ def tune_notes(summary: dict) -> list[str]:
     return lines
 
 
+def _secret_noise(node) -> bool:
+    """Whether any privacy block in a summary drew its noise from a per-run secret."""
+    if isinstance(node, dict):
+        return node.get("reproducible") is False or any(_secret_noise(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_secret_noise(v) for v in node)
+    return False
+
+
 def _guarantee_void(node) -> bool:
     """Whether any privacy block in a summary drew its noise from the public seed."""
     if isinstance(node, dict):
@@ -560,6 +569,10 @@ def write_report(folder: RunFolder) -> Path:
                   f"{privacy['accountant']} accountant, {privacy['grad_sample_mode']} per-example gradients)"]
         if privacy.get("guarantee"):
             lines += [f"- guarantee: {privacy['guarantee']}"]
+    if summary.get("rule_accuracy") is not None:
+        lines += [f"- rule accuracy on people never trained on: {summary['rule_accuracy']:.3f} (what was learnt of "
+                  f"the population); answer accuracy on the trained people's own facts: "
+                  f"{summary['answer_accuracy']:.3f} (memorisation)"]
     mia = summary.get("mia") or {}
     if mia.get("attacks"):
         aucs = ", ".join(f"{name} {a['auc']:.3f}" for name, a in mia["attacks"].items())
@@ -602,6 +615,9 @@ def write_report(folder: RunFolder) -> Path:
         command = "tune" if summary.get("kind") == "tune" else "run"
         lines += ["", "## Reproduce", "", "```", f"palimpsest {command} {folder.path / 'spec.yaml'}", "```",
                   "", f"git {info.get('git_commit')}; Python {info.get('python')}; {versions}"]
+        if _secret_noise(summary):
+            lines += ["", "This reruns the recipe. Its DP noise and batches come from a secret drawn at the run's "
+                          "start, so the rerun's weights differ (the secret is what the guarantee rests on)."]
     path = folder.path / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -126,7 +126,7 @@ def membership_sets(spec: TrainJob, train: list[QAExample], extra: dict) -> tupl
 def fact_world(data, seed: int):
     """The fact world of a `factworld` data section (its own seed, else the job's)."""
     return generate_world(seed=data.seed if data.seed is not None else seed, num_entities=data.num_entities,
-                          attributes_per_entity=data.attributes_per_entity, rules=data.rules)
+                          attributes_per_entity=data.attributes_per_entity, rules=getattr(data, "rules", 0))
 
 
 def _by_person(facts: list[QAExample]) -> list[list[QAExample]]:
