@@ -287,6 +287,8 @@ def draw_sweep_plot(folder: RunFolder, summary: dict) -> list[Path]:
               (axes[1], "answer_accuracy", "answer accuracy (exact match)")]
     for ax, key, title in panels:
         for series in ordered[0][key]:
+            if key == "answer_accuracy" and series == "holdout_rules":
+                continue  # drawn below as the rules' own line
             ax.plot(xs, [p[key].get(series) for p in ordered], marker="o", label=series)
         if key == "mia_auc":
             ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)

@@ -143,7 +143,8 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
                               "error": f"{type(error).__name__}: {error}", "trial_config": config, **planned})
         _to_bucket(spec, folder, finished=False)
         raise
-    summary.update({"resumed": resumed, "trial_config": config, WALL: round(time.perf_counter() - started, 3)})
+    summary.update({"resumed": resumed, "trial_config": config, WALL: round(time.perf_counter() - started, 3),
+                    **planned})
     folder.write_summary(summary)
     write_report(folder)
     _to_bucket(spec, folder, finished=True)
