@@ -184,3 +184,25 @@ def test_pretrained_folder_without_config_exits_2(tmp_path):
     result = run_cli(write_job(tmp_path, model={"pretrained": str(empty)}), "--no-ray", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "config.json" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_rule_accuracy_scores_rule_facts_of_people_never_trained_on_and_mia_attacks_individual_facts():
+    from palimpsest.data.factworld import is_rule
+    from palimpsest.runners.train import RULES_SET, fact_world, prepare
+    from palimpsest.spec import parse_spec
+
+    spec = parse_spec({"kind": "train", "name": "rules", "seed": 2,
+                       "data": {"source": "factworld", "num_entities": 60, "attributes_per_entity": 1, "rules": 2,
+                                "split": "retain90"},
+                       "training": {"steps": 2, "batch_size": 4}})
+    prepared = prepare(spec)
+    world = fact_world(spec.data, spec.seed)
+    trained = {f.entity for f in world.tofu_splits()["retain90"]}
+    config = prepared.worker_config
+    assert set(config.eval_sets) == {"train", "holdout", RULES_SET}
+    # the 6 holdout people: their 2 rule facts each, their 1 individual fact each (not a trained person's)
+    assert len(config.eval_sets[RULES_SET]) == 6 * 2 and len(config.eval_sets["holdout"]) == 6
+    rules = [f for f in world.facts if is_rule(f) and f.entity not in trained]
+    assert len(rules) > len(config.eval_sets[RULES_SET])  # holdout only, not forget10's people
+    assert not any(is_rule(e) for e in prepared.members + prepared.non_members)
+    assert {e.entity for e in prepared.members} <= trained and not {e.entity for e in prepared.non_members} & trained

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from palimpsest.spec.common import GUARANTEE_NONE  # the one wording, shared with `validate`
+
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks", "ghost", "functorch", "ghost_fsdp")
 
 
-GUARANTEE_NONE = "none: noise and batches derive from the public seed"
 SECRET_BITS = 256
 
 
@@ -137,13 +138,14 @@ def released_epsilon(histories, delta: float, accountant: str) -> float:
     return epsilon_spent([tuple(entry) for history in histories for entry in history], delta, accountant)
 
 
-def released_privacy(blocks: list[dict | None]) -> dict | None:
+def released_privacy(blocks: list[dict | None], *, merge_single: bool = True) -> dict | None:
     """The job-level `privacy` block: what releasing every model of a job together spends.
 
     `blocks` are the per-model privacy blocks (`PrivacyPlan.summary`), None for a model
     trained on the same data without privacy. The accountant's histories are composed
     (`released_epsilon`); a model trained without privacy, or any drawn from the public
     seed, leaves the whole release without a guarantee, and the block says so.
+    `merge_single`: a job of one model gets that model's own block with `released_epsilon` added.
     """
     private = [b for b in blocks if b]
     if not private:
@@ -151,6 +153,8 @@ def released_privacy(blocks: list[dict | None]) -> dict | None:
     delta, accountant, unit = private[0]["delta"], private[0]["accountant"], private[0].get("unit", "example")
     released = released_epsilon([_history_of(b) for b in private], min(b["delta"] for b in private), accountant)
     plain = len(blocks) - len(private)
+    if merge_single and len(blocks) == 1:
+        return {**private[0], "released_epsilon": released, "models": 1, "not_private_models": 0}
     if any(b.get("reproducible") for b in private):
         meaning = GUARANTEE_NONE
     elif plain:
@@ -158,8 +162,6 @@ def released_privacy(blocks: list[dict | None]) -> dict | None:
                    f"the {len(private)} private models together are ({released:.4g}, {delta:.3g})-DP per {unit}")
     else:
         meaning = f"({released:.4g}, {delta:.3g})-DP per {unit} for all {len(private)} models released together"
-    if len(blocks) == 1:  # one model: its own block, which says what it releases
-        return {**private[0], "released_epsilon": released, "models": 1, "not_private_models": 0}
     return {"released_epsilon": released, "delta": delta, "accountant": accountant, "unit": unit,
             "models": len(private), "not_private_models": plain,
             "per_model_epsilon": [b["epsilon"] for b in private],

@@ -21,15 +21,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from palimpsest.privacy import GUARANTEE_NONE, released_privacy
+from palimpsest.privacy import GUARANTEE_NONE, epsilon_spent, released_privacy
 
 PLANNED = "privacy_planned"  # in a trial's summary while it runs: its calibrated plan and whole planned history
 
 
 def planned_block(plan) -> dict:
     """A trial's privacy block before it trains: the whole planned history (what it spends if it finishes)."""
-    from palimpsest.privacy import epsilon_spent
-
     history = plan.history()
     return plan.summary(history, epsilon_spent(history, plan.delta, plan.accountant))
 
@@ -54,10 +52,7 @@ def search_privacy(spec, rows: list[dict]) -> dict | None:
         return None
     if spec.tune.private_selection == "poisson":
         return poisson_selection(spec, blocks)
-    composed = released_privacy(blocks)
-    if len(blocks) == 1:
-        composed = {key: composed[key] for key in ("released_epsilon", "delta", "accountant", "unit", "guarantee")}
-        composed.update(models=1, per_model_epsilon=[blocks[0]["epsilon"]])
+    composed = released_privacy(blocks, merge_single=False)
     return {**composed, "selection": "compose", "trials_composed": len(blocks),
             "selected_epsilon": composed["released_epsilon"],
             "note": "the selected model's ε counts every trial (their histories composed): the selection read "

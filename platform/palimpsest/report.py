@@ -505,22 +505,23 @@ def tune_notes(summary: dict) -> list[str]:
     return lines
 
 
-def _secret_noise(node) -> bool:
+def _any_dict(node, test) -> bool:
+    """Whether any dict nested in a summary satisfies `test` (privacy blocks sit at several depths)."""
+    if isinstance(node, dict):
+        return test(node) or any(_any_dict(v, test) for v in node.values())
+    if isinstance(node, list):
+        return any(_any_dict(v, test) for v in node)
+    return False
+
+
+def _secret_noise(summary: dict) -> bool:
     """Whether any privacy block in a summary drew its noise from a per-run secret."""
-    if isinstance(node, dict):
-        return node.get("reproducible") is False or any(_secret_noise(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_secret_noise(v) for v in node)
-    return False
+    return _any_dict(summary, lambda block: block.get("reproducible") is False)
 
 
-def _guarantee_void(node) -> bool:
+def _guarantee_void(summary: dict) -> bool:
     """Whether any privacy block in a summary drew its noise from the public seed."""
-    if isinstance(node, dict):
-        return node.get("guarantee") == GUARANTEE_NONE or any(_guarantee_void(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_guarantee_void(v) for v in node)
-    return False
+    return _any_dict(summary, lambda block: block.get("guarantee") == GUARANTEE_NONE)
 
 
 def write_report(folder: RunFolder) -> Path:

@@ -65,8 +65,9 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
             summary = train.run(job, point.prepared, child, use_ray=use_ray)
             child.write_summary(summary)
             write_report(child)
-        rows.append(_row(point, child.read_summary()))
-        blocks.append(child.read_summary().get("privacy"))
+        finished = child.read_summary()
+        rows.append(_row(point, finished))
+        blocks.append(finished.get("privacy"))
     return {
         "status": "ok",
         "kind": "privacy_sweep",

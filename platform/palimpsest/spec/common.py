@@ -285,6 +285,7 @@ def void_guarantees(spec) -> list[str]:
     return found
 
 
+GUARANTEE_NONE = "none: noise and batches derive from the public seed"  # summary.json → privacy.guarantee
 GUARANTEE_VOID_WARNING = ("true: the noise and Poisson batches derive from the public seed, so the printed ε "
-                          "guarantees nothing (privacy.guarantee: none: noise and batches derive from the public "
-                          "seed); leave it false for a model you release")
+                          f"guarantees nothing (privacy.guarantee: {GUARANTEE_NONE}); leave it false for a model "
+                          "you release")

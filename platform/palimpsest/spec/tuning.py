@@ -268,7 +268,7 @@ def private_search_problems(spec) -> list[str]:
         if any("grid" in d for d in tune.space.values()):
             problems.append("tune.private_selection: poisson draws every trial from the same distribution: "
                             "no grid dimensions (use choice)")
-        fixed = [p for p in tune.space if p.startswith(PLAN_FIELDS) or p in tuple(f.rstrip(".") for f in PLAN_FIELDS)]
+        fixed = [p for p in tune.space if any(p == f.rstrip(".") or p.startswith(f) for f in PLAN_FIELDS)]
         if fixed:
             problems.append(f"tune.space: {', '.join(fixed)}: a poisson selection needs every trial to spend the "
                             "same budget; search these with private_selection: compose")

@@ -102,8 +102,7 @@ def save_checkpoint(session, model_config: dict, model, backend, *, position: Po
             "window": list(window),
             "secret": None if secret is None else f"{secret:x}",
         }, Path(tmp) / STATE_FILE)
-        # The copy Ray (or the local session) persists keeps this mode: nobody but the owner reads the secret.
-        os.chmod(Path(tmp) / STATE_FILE, 0o600)
+        os.chmod(Path(tmp) / STATE_FILE, 0o600)  # the local session's copy keeps it; Ray's gets the umask below
         # Ray's copy into storage does not keep file modes: a private run's persisted files are made
         # owner-only (umask 077) while it copies them, as the local session's copy keeps 0600 itself.
         previous = os.umask(0o077) if secret is not None else None

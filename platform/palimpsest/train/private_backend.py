@@ -9,8 +9,9 @@ DataLoader, draws the batches:
   the same secret: with per-example clipping a person moves the sum by at most C, whatever
   their number of examples. This is dp-transformers' user-level construction
   (`dp_transformers.sampler.PoissonAuthorSampler` over an `author_mapping`); where it
-  cycles through an author's examples in order, we draw one at random, as the issue
-  asked — the bound on a person's contribution, and so the accounting, is the same;
+  cycles through an author's examples in order, we draw one at random (stateless, so a
+  restart replays it) — the bound on a person's contribution, and so the accounting, is
+  the same;
 - per-example gradients: a GradSampleModule of `grad_sample_mode` (hooks, functorch,
   ghost, ghost_fsdp), around `DifferentiallyPrivateDistributedDataParallel` with several
   workers, or around Opacus's `FSDP2Wrapper` (ghost_fsdp: the weights are sharded);
