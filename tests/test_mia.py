@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from palimpsest.metrics.mia import attack_scores, membership_inference, plot_mia, token_log_probs
+from palimpsest.metrics.mia import attack_scores, membership_inference, plot_mia, token_log_probs, token_statistics
 from synthetic import EOS, PAD, qa_items, tiny_model
 
 # Ten tokens whose two lowest (-4.0, -3.0) are neither the first two, nor the last two, nor near the mean.
@@ -146,3 +146,38 @@ def test_empty_side_or_empty_sequence_or_mismatched_texts_is_refused():
         attack_scores([np.array([])], ["a"])
     with pytest.raises(ValueError, match="differ in length"):
         attack_scores(one, ["a", "b"])
+
+
+def test_token_statistics_standardise_each_answer_token_against_the_models_own_distribution():
+    """Min-K%++ (Zhang et al. 2024, eq. 2) and the argmax hits, at the answer tokens without the closing eos."""
+    model, items = tiny_model(seed=4), qa_items(n=7, seed=8)
+    got = token_statistics(model, items, pad_id=PAD, eos_id=EOS, batch_size=3)
+    reference = token_log_probs(model, items, pad_id=PAD, eos_id=EOS)
+    model.eval()
+    with torch.no_grad():
+        for item, stats, log_probs in zip(items, got, reference):
+            sequence = torch.tensor([[*item.prompt, *item.answer, EOS]])
+            rows = torch.log_softmax(model(input_ids=sequence).logits[0, :-1].double(), dim=-1)
+            rows = rows[len(item.prompt) - 1 : -1]  # predictions of the answer tokens, not of the eos
+            truth = torch.tensor(item.answer)
+            expected_z = []
+            for row, token in zip(rows, truth):
+                mean = float((row.exp() * row).sum())
+                std = float(((row.exp() * row**2).sum() - mean**2) ** 0.5)
+                expected_z.append((float(row[token]) - mean) / std)
+            assert len(stats["z"]) == len(item.answer) == len(stats["hits"])
+            assert stats["z"] == pytest.approx(expected_z, rel=1e-6)
+            assert stats["hits"].tolist() == (rows.argmax(-1) == truth).tolist()
+            np.testing.assert_allclose(stats["log_probs"], log_probs, rtol=1e-6)
+
+
+def test_min_k_plus_plus_averages_the_lowest_z_and_min_k_can_leave_out_the_eos():
+    z = TEN * 0.5
+    scores = attack_scores([TEN], ["x"], k=0.2, z_scores=[z])
+    assert scores["min_k_plus_plus"][0] == pytest.approx(-1.75)  # the two lowest z: -2.0, -1.5
+    with_eos = np.r_[TEN, -9.0]  # a closing eos the model finds unlikely
+    assert attack_scores([with_eos], ["x"], k=0.2)["min_k"][0] == pytest.approx(-6.5)
+    assert attack_scores([with_eos], ["x"], k=0.2, min_k_without_eos=True)["min_k"][0] == pytest.approx(-3.5)
+    assert "min_k_plus_plus" not in attack_scores([TEN], ["x"])
+    with pytest.raises(ValueError, match="z_scores"):
+        attack_scores([TEN], ["x"], z_scores=[])

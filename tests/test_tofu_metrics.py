@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from palimpsest.metrics.tofu import (
-    answer_probability, forget_quality, forget_truth_ratio_score, model_utility, privleak, retain_truth_ratio_score,
-    rouge_l_recall, truth_ratios,
+    answer_probability, exact_memorization, extraction_strength, forget_quality, forget_truth_ratio_score,
+    model_utility, privleak, retain_truth_ratio_score, rouge_l_recall, truth_ratios,
 )
 
 
@@ -51,6 +51,23 @@ def test_rouge_l_is_recall_against_the_reference_with_stemming():
 def test_model_utility_is_the_harmonic_mean_and_privleak_the_relative_auc_gap():
     assert model_utility({"retain_probability": 0.5, "retain_rouge": 1.0}) == pytest.approx(2 / 3)  # mean: 0.75
     assert model_utility({"a": 0.0, "b": 1.0}) == 0.0
-    assert privleak(0.6, 0.5) == pytest.approx(20.0)
-    assert privleak(0.4, 0.5) == pytest.approx(-20.0)
-    assert privleak(0.3, 0.0) is None  # undefined, not a ZeroDivisionError
+    # MUSE's sign, as open-unlearning: AUCs as 1 − AUC, relative to the retain model's.
+    assert privleak(1.0, 0.5) == pytest.approx(-100.0)  # a memorised target
+    assert privleak(0.5, 0.5) == pytest.approx(0.0)
+    assert privleak(0.6, 0.5) == pytest.approx(-20.0)  # leaks more than retraining: negative
+    assert privleak(0.3, 0.5) == pytest.approx(40.0)  # over-unlearned: positive
+    assert privleak(0.8, 0.6) == pytest.approx(-50.0)  # (0.2 − 0.4) / 0.4, not (0.6 − 0.8) / 0.6
+    assert privleak(0.3, 1.0) is None  # undefined, not a ZeroDivisionError
+
+
+def test_exact_memorization_and_extraction_strength_as_open_unlearning():
+    hits = [[True, True, False, True, True], [False] * 4, [True] * 3]
+    assert exact_memorization(hits) == pytest.approx((0.8 + 0.0 + 1.0) / 3)
+    # The first suffix wholly predicted starts at k = 3 of 5 (ES 0.4); none at all leaves the reference's loop at
+    # k = n − 1 (ES 1/4); all predicted: k = 0 (ES 1).
+    assert extraction_strength(hits) == pytest.approx((0.4 + 0.25 + 1.0) / 3)
+    assert extraction_strength([[True, False]]) == pytest.approx(0.5)  # only the last token missed: k = 1
+    assert extraction_strength([[False, True]]) == pytest.approx(0.5)  # only the last token hit: k = 1
+    assert exact_memorization([[], [True, False]]) == pytest.approx(0.5)  # empty items are left out
+    assert extraction_strength([[], [True]]) == pytest.approx(0.5)  # but score 0 in ES
+    assert exact_memorization([[]]) is None

@@ -56,3 +56,75 @@ def test_the_summary_takes_utility_over_the_other_splits_only():
                                              for k in ("probability", "rouge_l", "truth_ratio")}
     assert summary["forget_quality"] == pytest.approx(forget_quality([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]))
     assert summary["forget_rouge_l"] == 0.9
+
+
+def test_generation_runs_to_eos_so_a_long_winded_true_answer_keeps_its_rouge(setup):
+    """Done-means 7 (#22): the old cap (longest reference + 1 tokens) cut a model that says more before the answer,
+    which read as forgetting; open-unlearning generates up to 200 new tokens."""
+    import torch
+
+    from palimpsest.train.batching import tokenize_qa
+    from palimpsest.unlearn.evaluation import generate_answers
+    from palimpsest.metrics.tofu import rouge_l_recall
+
+    _, tokenizer, facts = setup
+    model = build_model(model_config({"preset": "tiny-llama"}, vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
+                                     bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=1))
+    fact = facts[0]
+    words = set(fact.answer.lower().rstrip(".").split())
+    others = [e.answer for e in facts if not words & set(e.answer.lower().rstrip(".").split())]
+    preamble = " ".join(others[:2])  # sentences sharing no word with the answer, then the answer itself
+    (item,) = tokenize_qa(tokenizer, [QAExample(fact.question, f"{preamble} {fact.answer}")])
+    ids = torch.tensor([list(item.prompt) + list(item.answer) + [tokenizer.eos_token_id]])
+    labels = ids.clone()
+    labels[0, : len(item.prompt)] = -100
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):  # memorise the one long-winded answer
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+    (reference,) = tokenize_qa(tokenizer, [fact])
+    capped, full = (generate_answers(model, tokenizer, [fact], max_new_tokens=cap)
+                    for cap in (len(reference.answer) + 1, 200))
+    assert full[0] == f"{preamble} {fact.answer}"  # it ran to its eos, not to the cap
+    assert rouge_l_recall(full, [fact.answer]) == 1.0
+    assert rouge_l_recall(capped, [fact.answer]) < 0.5  # what the old cap reported
+    assert split_scores(model, tokenizer, [fact], forget=False)["rouge_l"] == 1.0  # the default is the full length
+
+
+def _memorise(tokenizer, examples, *, seed: int, steps: int = 150):
+    """A tiny Llama trained on `examples` until it knows them (plain full-batch Adam)."""
+    import torch
+
+    from palimpsest.train.batching import collate_qa, tokenize_qa
+
+    model = build_model(model_config({"preset": "tiny-llama"}, vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
+                                     bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=seed))
+    batch = collate_qa(tokenize_qa(tokenizer, examples), pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_privleak_reads_about_minus_100_for_a_memorised_target_against_its_retain_model(setup):
+    """Done-means 2 (#22): MUSE's sign. The target memorised the forget people; the retain model never saw them."""
+    from palimpsest.unlearn.evaluation import model_scores, request_metrics
+
+    _, tokenizer, facts = setup
+    people = [facts[i : i + 3] for i in range(0, len(facts), 3)]
+    forget, retain, holdout = people[0] + people[1], people[2] + people[3], people[4] + people[5]
+    sets = {"forget": forget, "retain": retain, "holdout": holdout}
+    target = model_scores(_memorise(tokenizer, forget + retain, seed=1), tokenizer, sets)
+    reference = model_scores(_memorise(tokenizer, retain, seed=1), tokenizer, sets)
+    assert target["mia"]["min_k"] == 1.0  # memorised: every forget item scores above every holdout item
+    got = request_metrics(target, reference)
+    assert got["privleak"] == pytest.approx(-100.0, abs=1e-6)
+    assert request_metrics(reference, reference)["privleak"] == pytest.approx(0.0)
+    assert set(got["privleak_by_attack"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
+    # Measured: EM 0.93 / ES 0.66 for the target, 0.18 / 0.10 for the retain model.
+    assert got["exact_memorization"] > reference["memorization"]["exact_memorization"] + 0.5
+    assert got["extraction_strength"] > reference["memorization"]["extraction_strength"] + 0.3

@@ -18,6 +18,7 @@ from palimpsest.cli import app
 from palimpsest.runners import unlearn
 from palimpsest.runtime import RunFolder
 from palimpsest.spec import parse_spec
+from palimpsest.train.config import FailAt
 from palimpsest.unlearn.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,11 +52,11 @@ def unlearn_spec(tmp_path: Path, **overrides) -> dict:
     return spec
 
 
-def run_spec(document: dict, out: Path, *, use_ray: bool = True) -> dict:
+def run_spec(document: dict, out: Path, *, use_ray: bool = True, fail_at: FailAt | None = None) -> dict:
     spec = parse_spec(document)
     prepared = unlearn.prepare(spec)
     folder = RunFolder.create(spec.name, out)
-    summary = unlearn.run(spec, prepared, folder, use_ray=use_ray)
+    summary = unlearn.run(spec, prepared, folder, use_ray=use_ray, fail_at=fail_at)
     folder.write_summary(summary)
     return summary
 
@@ -76,7 +77,7 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
     assert list(summary["methods"]) == labels
     for name, block in summary["methods"].items():
         assert 0 <= block["forget_quality"] <= 1 and block["model_utility"] >= 0, name
-        assert set(block["mia"]) == {"loss", "zlib", "min_k"} and block["epsilon"] == 8.0
+        assert set(block["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"} and block["epsilon"] == 8.0
         assert [r["id"] for r in block["requests"]] == ["r1", "r2"]
         assert block["cost"]["ratio"] > 0 and block["cost"]["retrain_wall_s"] > 0
         for request in block["requests"]:
@@ -87,7 +88,7 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
     assert summary["methods"]["dp2u"]["cost"]["flops_ratio"] == pytest.approx(0.5, abs=0.03)
     assert summary["target"]["privacy"]["epsilon"] <= 8.0
     state = Ledger(out / "ledger.jsonl").state()
-    assert {(m, r) for (m, r), record in state.items() if record["status"] == "done"} == \
+    assert {(m, r) for (m, r, _), record in state.items() if record["status"] == "done"} == \
         {(m, r) for m in labels for r in ("r1", "r2")}
     cosines = [row["value"] for row in metric_rows(out) if row["metric"] == "gu_max_abs_cos"]
     assert len(cosines) == 2 * 2 * 4 and max(cosines) < 1e-5  # 2 GU methods × 2 requests × 4 steps
@@ -127,7 +128,8 @@ def _cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
 
 
 def _statuses(path: Path) -> dict:
-    return {request: record["status"] for (_, request), record in Ledger(path).state().items()} if path.exists() else {}
+    return {request: record["status"] for (_, request, _), record in Ledger(path).state().items()} \
+        if path.exists() else {}
 
 
 def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path):
@@ -159,7 +161,7 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
     summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert [r["id"] for r in summary["request_metrics"]] == ["r1", "r2", "r3"]
     # The second run served request 2 from the model request 1 left, which the ledger names.
-    r1 = Ledger(ledger).state()[("npo", "r1")]
+    (r1,) = [r for (m, i, _), r in Ledger(ledger).state().items() if (m, i) == ("npo", "r1")]
     assert str(tmp_path / "first") in r1["checkpoint"]
 
     before = ledger.read_bytes()
@@ -175,6 +177,38 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
                               str(tmp_path / "fourth")], cwd=tmp_path, capture_output=True, text=True)
     assert refused.returncode == 2 and "other items" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "fourth").exists() and ledger.read_bytes() == before
+
+
+def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration_is_refused(tmp_path, capfd):
+    """Done-means 5 and 11 (#22): serving that raises → `failed` with the error; the rerun says what it skipped and
+    serves the rest; the same ids under another unlearning lr are refused naming the field, unless serve_again."""
+    ledger = tmp_path / "ledger.jsonl"
+    document = unlearn_spec(tmp_path, ledger=str(ledger), eval={"max_examples": 4, "batch_size": 32},
+                            training={"steps": 2, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant"})
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_spec(document, tmp_path / "first", use_ray=False,
+                 fail_at=FailAt(task=1, step=1, marker=str(tmp_path / "marker")))
+    (r1,), (r2,) = ([r for r in Ledger(ledger).state().values() if r["id"] == i] for i in ("r1", "r2"))
+    assert (r1["status"], r2["status"]) == ("done", "failed") and "injected failure" in r2["error"]
+
+    summary = run_spec(document, tmp_path / "second", use_ray=False)
+    assert [(r["id"], r["status"]) for r in summary["request_metrics"]] == [("r1", "skipped"), ("r2", "served")]
+    assert "r1 by npo: already served at " in capfd.readouterr().out
+    assert _statuses(ledger) == {"r1": "done", "r2": "done"}
+
+    before = ledger.read_bytes()
+    document["training"]["lr"] = 2e-3
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(document))
+    refused = CliRunner().invoke(app, ["run", str(job), "--no-ray", "--out", str(tmp_path / "third")])
+    assert refused.exit_code == 2 and "another configuration" in refused.output, refused.output
+    assert "unlearning.lr: 0.001 → 0.002" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "third").exists() and ledger.read_bytes() == before
+
+    summary = run_spec({**document, "ledger_mode": "serve_again"}, tmp_path / "fourth", use_ray=False)
+    assert [r["status"] for r in summary["request_metrics"]] == ["served", "served"]
+    hashes = {(r["id"], r["config_hash"]) for r in Ledger(ledger).state().values() if r["status"] == "done"}
+    assert len(hashes) == 4  # both configurations' results, each under its own key
 
 
 BAD = [

@@ -722,13 +722,14 @@ def ledger(path: Path = typer.Argument(..., help="a ledger.jsonl (a run folder's
     except LedgerError as error:
         _fail_input([str(error)])
     table = Table(title=f"{path} — {len(state)} request(s)")
-    for column in ("id", "status", "method", "ε", "items", "items hash", "time", "checkpoint / error"):
+    for column in ("id", "status", "method", "ε", "items", "items hash", "config", "time", "checkpoint / error"):
         table.add_column(column)
     for record in state.values():
         where = record.get("checkpoint") or record.get("error") or ""
         epsilon = "—" if record.get("epsilon") is None else f"{record['epsilon']:g}"
+        config = (record.get("config_hash") or "—")[7:19]
         table.add_row(record["id"], record["status"], record["method"], epsilon, str(record.get("items", "")),
-                      record["items_hash"][:19] + "…", record.get("time", ""), str(where))
+                      record["items_hash"][:19] + "…", config, record.get("time", ""), str(where))
     out.print(table)
 
 

@@ -448,7 +448,8 @@ def unlearn_notes(summary: dict) -> list[str]:
     lines = ["", "Forget quality: KS-test p-value between the forget-set truth ratios of the model and of the retain "
              "model of that point (TOFU); model utility: harmonic mean of answer probability, ROUGE-L recall and "
              "truth-ratio score on retain and holdout; MIA AUC: forget (members) vs holdout (non-members), larger "
-             "leaks more; privleak = 100·(AUC − AUC_retain)/AUC_retain (MUSE, min-k%); cost ratio: the requests' "
+             "leaks more; privleak = 100·((1 − AUC) − (1 − AUC_retain))/(1 − AUC_retain) (MUSE as open-unlearning, "
+             "min-k% k = 0.4: a memorised model ≈ −100, 0 ideal, positive over-unlearned); cost ratio: the requests' "
              "training against the retain models' (wall time; 6·N·D FLOPs).", ""]
     lines += [f"- {split}: {what}" for split, what in (summary.get("eval_sets") or {}).items()]
     lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"

@@ -34,7 +34,7 @@ from palimpsest.runtime import RunFolder, atomic_write_text
 from palimpsest.storage import finish_upload, is_uri, join
 from palimpsest.spec import dump_spec, parse_spec
 from palimpsest.spec.loading import base_document
-from palimpsest.spec.tuning import units, with_values
+from palimpsest.spec.tuning import UNLEARN_REQUEST, units, with_values
 
 TRIALS_DIR = "trials"
 FINISHED = "finished"  # a trial that ran to its end (its summary's figures are its result)
@@ -69,9 +69,7 @@ def progress_metrics(kind: str, report: dict, last_unit: int) -> dict | None:
         return {**found, "task": report["task_end"]}
     if kind == "unlearn" and "task_end" in report and report["task_end"] < last_unit:
         hook = report.get("hook") or {}
-        names = {name: name.replace("mia.", "mia_") for name in
-                 ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "privleak",
-                  "mia.loss", "mia.zlib", "mia.min_k")}
+        names = {name: name.replace("mia.", "mia_") for name in UNLEARN_REQUEST}
         return {**{name: hook[key] for name, key in names.items() if hook.get(key) is not None},
                 "request": report["task_end"]}
     if kind == "train" and "task" in report and "task_end" not in report:

@@ -8,6 +8,10 @@ Three attacks, each a score per example oriented so that HIGHER means "more like
   the entropy in bytes as in their code.
 - min_k: Shi et al., "Detecting Pretraining Data from Large Language Models", 2023,
   Min-K% Prob (eq. 1) — the mean of the k-fraction lowest token log-probabilities.
+- min_k_plus_plus (when z-scores are given): Zhang et al., "Min-K%++: Improved Baseline for
+  Detecting Pre-Training Data from Large Language Models", 2024 (eq. 2) — Min-K% over each
+  token's log-probability standardised by the mean and standard deviation of the log-
+  probability under the model's own next-token distribution at that position.
 
 Each attack is summarised by ROC AUC and, following Carlini et al., "Membership Inference
 Attacks From First Principles", 2022, by the true-positive rate at 1% false-positive rate.
@@ -24,7 +28,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from palimpsest.models import unwrap
-from palimpsest.train.batching import TokenizedQA, collate_qa, token_losses
+from palimpsest.train.batching import IGNORE_INDEX, TokenizedQA, collate_qa, token_losses
 
 ATTACKS = ("loss", "zlib", "min_k")
 LOW_FPR = 0.01
@@ -48,13 +52,51 @@ def token_log_probs(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int
     return out
 
 
-def attack_scores(log_probs: list[np.ndarray], texts: list[str], *, k: float = 0.2) -> dict[str, np.ndarray]:
-    """Score every example under each attack in `ATTACKS`; higher means "more likely a member".
+@torch.no_grad()
+def token_statistics(model, items: list[TokenizedQA], *, pad_id: int, eos_id: int, batch_size: int = 64,
+                     device="cpu") -> list[dict[str, np.ndarray]]:
+    """Per item, teacher-forced: `log_probs` of the answer tokens and closing eos (as `token_log_probs`), and
+    over the answer tokens WITHOUT the closing eos (open-unlearning's `tokenwise_vocab_logprobs` positions):
+    `z`, Min-K%++'s standardised log-probability (log p(x_t) − μ_t) / σ_t, with μ_t and σ_t² the mean and
+    variance of log p under the model's own distribution at t (σ_t² clamped at 1e-6, as the reference),
+    and `hits`, whether the argmax prediction is the true token.
+    """
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    out: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in collate_qa(items[start : start + batch_size], pad_id=pad_id,
+                                                         eos_id=eos_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        for row in range(targets.size(0)):
+            positions = (targets[row] != IGNORE_INDEX).nonzero().squeeze(1)
+            log_p = torch.log_softmax(logits[row, positions].double(), dim=-1)  # (n, V), t predicts t+1
+            truth = targets[row, positions]
+            token = log_p.gather(1, truth[:, None]).squeeze(1)
+            probs = log_p.exp()
+            mean = (probs * log_p).sum(-1)
+            variance = ((probs * log_p.square()).sum(-1) - mean.square()).clamp_min(1e-6)
+            z = (token - mean) / variance.sqrt()
+            hits = log_p.argmax(-1) == truth
+            out.append({"log_probs": token.cpu().numpy(), "z": z[:-1].cpu().numpy(),
+                        "hits": hits[:-1].cpu().numpy()})
+    model.train(was_training)
+    return out
+
+
+def attack_scores(log_probs: list[np.ndarray], texts: list[str], *, k: float = 0.2, z_scores: list | None = None,
+                  min_k_without_eos: bool = False) -> dict[str, np.ndarray]:
+    """Score every example under each attack in `ATTACKS` (and Min-K%++ given z-scores); higher: "a member".
 
     Args:
         log_probs: per example, the log-probabilities of its scored tokens (see `token_log_probs`).
         texts: per example, the scored text (the answer string), for the zlib entropy.
-        k: fraction of lowest-probability tokens Min-K% averages, in (0, 1].
+        k: fraction of lowest-probability tokens Min-K% (and Min-K%++) averages, in (0, 1].
+        z_scores: per example, Min-K%++'s standardised log-probabilities (`token_statistics`'s `z`).
+        min_k_without_eos: Min-K% over all but the last scored token (the closing eos), as
+            open-unlearning's `tokenwise_logprobs` ("-1 to ignore eos prediction").
 
     Returns:
         {attack: (N,) float64 scores}.
@@ -73,8 +115,19 @@ def attack_scores(log_probs: list[np.ndarray], texts: list[str], *, k: float = 0
     zlib_entropy = np.array([len(zlib.compress(text.encode("utf-8"))) for text in texts], dtype=np.float64)
     # Shi et al.'s code keeps int(len * k) tokens; our answers are a few tokens long, where
     # that is often 0 (an empty mean), so keep at least the single least likely token.
-    min_k = np.array([np.sort(lp)[: max(1, int(len(lp) * k))].mean() for lp in log_probs], dtype=np.float64)
-    return {"loss": -mean_nll, "zlib": -mean_nll / zlib_entropy, "min_k": min_k}
+    scored = [lp[:-1] if min_k_without_eos and len(lp) > 1 else lp for lp in log_probs]
+    scores = {"loss": -mean_nll, "zlib": -mean_nll / zlib_entropy, "min_k": _lowest_mean(scored, k)}
+    if z_scores is not None:
+        if len(z_scores) != len(log_probs):
+            raise ValueError(f"z_scores and log_probs differ in length: {len(z_scores)} vs {len(log_probs)}")
+        scores["min_k_plus_plus"] = _lowest_mean(z_scores, k)
+    return scores
+
+
+def _lowest_mean(rows: list[np.ndarray], k: float) -> np.ndarray:
+    """Per row, the mean of its int(len·k) lowest values (at least one; 0 for an empty row, as the reference)."""
+    return np.array([np.sort(row)[: max(1, int(len(row) * k))].mean() if len(row) else 0.0 for row in rows],
+                    dtype=np.float64)
 
 
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_limit: float = LOW_FPR) -> float:
@@ -89,7 +142,8 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr_limit: float = LOW_FP
 
 def membership_inference(member_log_probs: list[np.ndarray], member_texts: list[str],
                          non_member_log_probs: list[np.ndarray], non_member_texts: list[str], *, k: float = 0.2,
-                         return_scores: bool = False):
+                         return_scores: bool = False, member_z: list | None = None, non_member_z: list | None = None,
+                         min_k_without_eos: bool = False):
     """AUC and TPR at 1% FPR of each attack, separating members (label 1) from non-members (label 0).
 
     Returns:
@@ -104,11 +158,13 @@ def membership_inference(member_log_probs: list[np.ndarray], member_texts: list[
     if not member_log_probs or not non_member_log_probs:
         raise ValueError(f"membership inference needs members and non-members, got "
                          f"{len(member_log_probs)} and {len(non_member_log_probs)}")
-    scores = {"members": attack_scores(member_log_probs, member_texts, k=k),
-              "non_members": attack_scores(non_member_log_probs, non_member_texts, k=k)}
+    scores = {"members": attack_scores(member_log_probs, member_texts, k=k, z_scores=member_z,
+                                       min_k_without_eos=min_k_without_eos),
+              "non_members": attack_scores(non_member_log_probs, non_member_texts, k=k, z_scores=non_member_z,
+                                           min_k_without_eos=min_k_without_eos)}
     labels = np.r_[np.ones(len(member_log_probs)), np.zeros(len(non_member_log_probs))]
     attacks = {}
-    for name in ATTACKS:
+    for name in scores["members"]:
         both = np.r_[scores["members"][name], scores["non_members"][name]]
         attacks[name] = {"auc": round(float(roc_auc_score(labels, both)), 4),
                          "tpr_at_1pct_fpr": round(tpr_at_fpr(labels, both), 4)}

@@ -18,10 +18,17 @@ Per item, `avg_loss` is the mean token NLL of an answer given its question (what
 - ROUGE-L recall of the greedy answer against the reference (`rouge-score`, stemming on);
 - model utility = harmonic mean of the probability, ROUGE-L and truth-ratio scores over
   the non-forget splits;
-- privleak = 100 · (AUC_unlearned − AUC_retain) / AUC_retain over a membership-inference
-  AUC oriented so that larger means more leakage (forget as members, holdout as
-  non-members): 0 is ideal, positive leaks more than the retain model, negative is the
-  over-unlearning MUSE also flags.
+- privleak, MUSE's, exactly as open-unlearning's `privacy.py::privleak`: the Min-K% (k = 0.4)
+  AUC of forget (members) against holdout (non-members) — large when the forget set is
+  memorised — is reported as 1 − AUC (MUSE's convention), and privleak =
+  100 · ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain). A memorised target scores about
+  −100, a model the retain model cannot be told from 0, and a positive value is
+  over-unlearning (the forget set now looks LESS likely than never-seen data);
+- exact memorization and extraction strength (open-unlearning's `memorization.py`), from
+  the teacher-forced argmax hits on the answer tokens (without the closing eos): EM = the
+  fraction of hits; ES = 1 − k/n for the smallest k whose suffix is all hits (Carlini et
+  al., "Quantifying Memorization Across Neural Language Models", 2023, as the reference
+  computes it: no suffix at all also gives k = n − 1).
 """
 
 from __future__ import annotations
@@ -88,10 +95,44 @@ def model_utility(scores: Mapping[str, float]) -> float:
 
 
 def privleak(auc_unlearned: float, auc_retain: float) -> float | None:
-    """MUSE's PrivLeak in percent: 100 · (AUC_unlearned − AUC_retain) / AUC_retain (0 is ideal).
+    """MUSE's PrivLeak in percent, as open-unlearning: 100 · ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain).
 
-    None when the retain model's AUC is 0 (the ratio is undefined; tiny sets only).
+    AUCs are forget-vs-holdout membership AUCs (1: the forget set is memorised). A memorised
+    target scores about −100, 0 is ideal, positive is over-unlearning. The reference adds
+    1e-10 to the denominator; so does this. None when the retain model's AUC is 1 (the
+    reference would divide by 1e-10; tiny sets only).
     """
-    if auc_retain == 0:
+    score, reference = 1.0 - auc_unlearned, 1.0 - auc_retain
+    if reference == 0:
         return None
-    return 100.0 * (auc_unlearned - auc_retain) / auc_retain
+    return (score - reference) / (reference + 1e-10) * 100.0
+
+
+def exact_memorization(hits: Sequence[Sequence[bool]]) -> float | None:
+    """Mean over items of the fraction of answer tokens the model predicts (argmax, teacher-forced).
+
+    Items with no tokens are left out, as the reference; None when every item is empty.
+    """
+    rates = [float(np.mean(row)) for row in hits if len(row)]
+    return float(np.mean(rates)) if rates else None
+
+
+def extraction_strength(hits: Sequence[Sequence[bool]]) -> float:
+    """Mean over items of 1 − k/n, k the first start whose whole suffix is predicted (open-unlearning's loop).
+
+    As the reference: the loop over k in range(n) ends at k = n − 1 when no suffix matches,
+    so a wholly missed item scores 1/n; an item with no tokens scores 0.
+    """
+    values = []
+    for row in hits:
+        row = np.asarray(row, dtype=bool)
+        n = len(row)
+        if n == 0:
+            values.append(0.0)
+            continue
+        k = 0
+        for k in range(n):
+            if row[k:].all():
+                break
+        values.append(1.0 - k / n)
+    return float(np.mean(values))

@@ -35,7 +35,7 @@ from palimpsest.runtime import RunFolder
 from palimpsest.spec.jobs import UnlearnJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
-from palimpsest.unlearn.ledger import Ledger, LedgerError
+from palimpsest.unlearn.ledger import Ledger, LedgerError, config_hash, content_hash
 
 
 def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
@@ -52,8 +52,10 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     recipe = {"model": base, "training": spec.target.training.model_dump(mode="json"), "seed": spec.seed,
               "vocab": vocab}
+    configs = request_configs(spec, recipe, train, points)
     if spec.ledger:  # a ledger kept across runs must agree with the job before anything runs
-        _resume_points(Ledger(spec.ledger), _method_runs(spec, unlearning=None, original=None), points)
+        _resume_points(Ledger(spec.ledger), _method_runs(spec, unlearning=None, original=None), points, configs,
+                       spec.ledger_mode)
     if spec.target.privacy is not None:  # calibrate σ now: an impossible budget is refused before any folder
         loop_config(as_train(spec, spec.target.training, spec.target.privacy), tokenizer, tasks=[train],
                     eval_sets={})
@@ -61,7 +63,30 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     if spec.data.source != "factworld" and not (spec.model.tokenizer or spec.model.pretrained):
         notes.append("the tokenizer was fitted on the training data only: holdout items may take more tokens, "
                      "which the MIA can pick up; give model.tokenizer")
-    return PreparedUnlearn(tokenizer, train, points, base, recipe, notes)
+    return PreparedUnlearn(tokenizer, train, points, base, recipe, notes, configs)
+
+
+def request_configs(spec: UnlearnJob, recipe: dict, train, points: list[Point]) -> dict[str, list[dict]]:
+    """Per method label, per point: everything a served request's result depends on (the ledger's config).
+
+    The method and its resolved parameters, the unlearning recipe, the target's recipe (model,
+    training, seed, vocabulary), its data and privacy, the evaluation and its items, and the
+    requests served before this one: a ledger entry under another of these is another result.
+    """
+    privacy = spec.target.privacy.model_dump(mode="json") if spec.target.privacy else None
+    common = {"unlearning": spec.training.model_dump(mode="json"),
+              "target": {**recipe, "privacy": privacy, "data": content_hash(train)},
+              "epsilon": privacy["epsilon"] if privacy else None,
+              "eval": spec.eval.model_dump(mode="json")}
+    per_point = [{"earlier": [[p.request.id, p.request.items_hash] for p in points[:index]],
+                  "eval_items": {name: content_hash(items) for name, items in point.sets.items()}}
+                 for index, point in enumerate(points)]
+    configs = {}
+    for method, run in zip(spec.methods, _method_runs(spec, unlearning=None, original=None)):
+        identity = {"name": method.name, "params": run.params, "gu": method.gu,
+                    "gu_samples": method.gu_samples if method.gu else None}
+        configs[method.label] = [{"method": identity, **common, **point} for point in per_point]
+    return configs
 
 
 # ----------------------------------------------------------------------------- methods
@@ -101,9 +126,11 @@ class RequestEvaluator:
     references: list[dict]  # per point: the retain model's `model_scores`
     retain_costs: list[dict]  # per point: the retain model's training cost
     ledger_path: str
+    configs: dict[str, list[dict]]  # per method label, per point: the ledger's config
     export_root: str
     epsilon: float | None
     batch_size: int
+    max_new_tokens: int
     order: list[tuple[str, int]]  # (method label, first task) in the order the loop runs them
 
     def __call__(self, end: TaskEnd) -> list[dict]:
@@ -115,7 +142,8 @@ class RequestEvaluator:
         point = self.points[end.task]
         tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         device = next(end.model.parameters()).device
-        scores = model_scores(end.model, tokenizer, point.sets, batch_size=self.batch_size, device=device)
+        scores = model_scores(end.model, tokenizer, point.sets, batch_size=self.batch_size, device=device,
+                              max_new_tokens=self.max_new_tokens)
         metrics = request_metrics(scores, self.references[end.task])
         retain = self.retain_costs[end.task]
         flops = 6 * end.parameters["total"] * end.train_tokens
@@ -128,7 +156,8 @@ class RequestEvaluator:
         export_pretrained(end.model, target)
         tokenizer.save_pretrained(str(target))
         ledger = Ledger(self.ledger_path)
-        ledger.finish(point.request.id, end.method, metrics=metrics, checkpoint=str(target))
+        ledger.finish(point.request.id, end.method, config_hash(self.configs[end.method][end.task]), metrics=metrics,
+                      checkpoint=str(target))
         self._begin_next(ledger, end)
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
         flat.update({f"mia_{name}": v for name, v in metrics["mia"].items()})
@@ -139,36 +168,53 @@ class RequestEvaluator:
     def _begin_next(self, ledger: Ledger, end: TaskEnd) -> None:
         """The next request this run serves goes pending: this method's next, else the next method's first."""
         if end.task + 1 < len(self.points):
-            begin(ledger, self.points[end.task + 1].request, end.method, self.epsilon)
+            begin(ledger, self.points[end.task + 1].request, end.method, self.configs[end.method][end.task + 1],
+                  self.epsilon)
             return
         labels = [label for label, _ in self.order]
         following = labels.index(end.method) + 1 if end.method in labels else len(labels)
         if following < len(self.order):
             label, first = self.order[following]
-            begin(ledger, self.points[first].request, label, self.epsilon)
+            begin(ledger, self.points[first].request, label, self.configs[label][first], self.epsilon)
 
 
-def begin(ledger: Ledger, request: Request, method: str, epsilon: float | None) -> None:
-    """Mark `request` pending for `method`, unless it already is (a resumed run serves it on)."""
-    record = ledger.state().get((method, request.id))
+def begin(ledger: Ledger, request: Request, method: str, config: dict, epsilon: float | None) -> None:
+    """Mark `request` pending for `method` under `config`, unless it already is (a resumed run serves it on)."""
+    record = ledger.latest(method, request.id, config_hash(config))
     if record is None or record["status"] != "pending":
-        ledger.begin(request.id, request.items_hash, method=method, epsilon=epsilon, items=len(request.items))
+        ledger.begin(request.id, request.items_hash, method=method, config=config, epsilon=epsilon,
+                     items=len(request.items))
 
 
-def _resume_points(ledger: Ledger, runs: list[MethodRun],
-                   points: list[Point]) -> list[tuple[MethodRun, int, str | None]]:
+def mark_failed(ledger: Ledger, configs: dict[str, list[dict]], points: list[Point], error: BaseException) -> None:
+    """The request this run was serving when `error` stopped it is `failed`, with the error.
+
+    Only requests of this job's configurations are touched; a Ctrl-C leaves them pending
+    (the next run serves them on).
+    """
+    ours = {config_hash(config) for per_point in configs.values() for config in per_point}
+    for record in ledger.pending():
+        if record.get("config_hash") in ours and any(p.request.id == record["id"] for p in points):
+            ledger.fail(record["id"], record["method"], record["config_hash"], f"{type(error).__name__}: {error}")
+
+
+def _resume_points(ledger: Ledger, runs: list[MethodRun], points: list[Point], configs: dict[str, list[dict]],
+                   mode: str) -> list[tuple[MethodRun, int, str | None]]:
     """(method, first request to serve, the model to serve it from) per method, as the ledger says.
 
-    Requests a method has done are skipped; it starts from the checkpoint of its last done one.
+    Requests a method has done under this job's configuration are skipped; it starts from
+    the checkpoint of its last done one.
 
     Raises:
-        DataError: a request is done after one that is not (the ledger and the job disagree on the order),
+        DataError: a request was recorded with other items or (mode refuse) under another configuration,
+            a request is done after one that is not (the ledger and the job disagree on the order),
             or the checkpoint of the last done request is gone.
     """
     updated = []
     for run in runs:
         try:
-            done = [ledger.decide(p.request.id, p.request.items_hash, run.name).action == "skip" for p in points]
+            done = [ledger.decide(p.request.id, p.request.items_hash, run.name, configs[run.name][i],
+                                  mode=mode).action == "skip" for i, p in enumerate(points)]
         except LedgerError as error:
             raise DataError(f"ledger: {error}") from None
         first = done.index(False) if False in done else len(points)
@@ -178,7 +224,8 @@ def _resume_points(ledger: Ledger, runs: list[MethodRun],
                             f"{points[first].request.id!r} not; serve requests in the order the ledger has them")
         model = None
         if first:
-            checkpoint = ledger.state()[(run.name, points[first - 1].request.id)].get("checkpoint")
+            checkpoint = ledger.latest(run.name, points[first - 1].request.id,
+                                       config_hash(configs[run.name][first - 1])).get("checkpoint")
             if not checkpoint or not (Path(checkpoint) / "config.json").is_file():
                 raise DataError(f"ledger: the model after request {points[first - 1].request.id!r} of {run.name} "
                                 f"({checkpoint}) is gone; serve the requests again under new ids")
@@ -188,7 +235,8 @@ def _resume_points(ledger: Ledger, runs: list[MethodRun],
 
 
 def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool = True,
-        progress=None) -> dict:
+        progress=None, fail_at=None) -> dict:
+    """Serve the job's requests; `fail_at` (a `train.config.FailAt`) is the tests' injected failure."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar per model the driver scores
@@ -200,7 +248,12 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     original = loop_config(as_train(spec, spec.target.training, None), prepared.tokenizer, tasks=[[]],
                            eval_sets={})
     runs = _method_runs(spec, unlearning=unlearning.optimisation, original=original.optimisation)
-    plan = _resume_points(ledger, runs, prepared.points)
+    plan = _resume_points(ledger, runs, prepared.points, prepared.configs, spec.ledger_mode)
+    for run, first, _ in plan:
+        for index, point in enumerate(prepared.points[:first]):
+            served = ledger.latest(run.name, point.request.id, config_hash(prepared.configs[run.name][index]))
+            print(f"[palimpsest] {point.request.id} by {run.name}: already served at {served['time']}, skipped",
+                  flush=True)
     # Every method stays in the loop's list (a method done with every request starts past the last
     # task), so the method indices in this run's checkpoints mean the same methods on a resume.
     pending = [first < len(prepared.points) for _, first, _ in plan]
@@ -213,12 +266,13 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     references, target_points, retain_points = [], [], []
     target = build_model(pretrained_config(prepared.base_model, target_dir))
     for point, (path, _) in zip(prepared.points, retained):
-        reference = model_scores(build_model(pretrained_config(prepared.base_model, path)), prepared.tokenizer, point.sets,
-                                 batch_size=spec.eval.batch_size)
+        reference = model_scores(build_model(pretrained_config(prepared.base_model, path)), prepared.tokenizer,
+                                 point.sets, batch_size=spec.eval.batch_size, max_new_tokens=spec.eval.max_new_tokens)
         references.append(reference)
         retain_points.append(request_metrics(reference, reference))
         target_points.append(request_metrics(model_scores(target, prepared.tokenizer, point.sets,
-                                                          batch_size=spec.eval.batch_size), reference))
+                                                          batch_size=spec.eval.batch_size,
+                                                          max_new_tokens=spec.eval.max_new_tokens), reference))
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
     if any(pending):
         target_cfg = pretrained_config(prepared.base_model, target_dir)
@@ -228,36 +282,49 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
         evaluator = RequestEvaluator(
             tokenizer_dir=str(folder.tokenizer), points=prepared.points, references=references,
             retain_costs=[meta["cost"] for _, meta in retained], ledger_path=str(ledger_path),
+            configs=prepared.configs,
             export_root=str(folder.path / "requests"), epsilon=epsilon, batch_size=spec.eval.batch_size,
+            max_new_tokens=spec.eval.max_new_tokens,
             order=[(m.name, m.first_task) for m in methods if m.first_task < len(prepared.points)])
         config = unlearning.with_(
             model=target_cfg, models={"base": prepared.base_model, "target": target_cfg}, methods=methods,
             tasks=[tokenize_qa(prepared.tokenizer, p.request.items) for p in prepared.points],
             pools={RETAIN_POOL: [tokenize_qa(prepared.tokenizer, p.remaining) for p in prepared.points]},
-            task_end=evaluator)
+            task_end=evaluator, fail_at=fail_at)
         first = methods[pending.index(True)]
-        begin(ledger, prepared.points[first.first_task].request, first.name, epsilon)
-        output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray, progress=progress)
+        begin(ledger, prepared.points[first.first_task].request, first.name,
+              prepared.configs[first.name][first.first_task], epsilon)
+        try:
+            output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray, progress=progress)
+        except Exception as error:  # a Ctrl-C (KeyboardInterrupt) leaves the request pending, to serve on
+            mark_failed(ledger, prepared.configs, prepared.points, error)
+            raise
         folder.write_metrics([{**r, "method": result["name"]} for result in output["methods"]
                               for r in result["records"]])
     else:
         folder.write_metrics([])
     return summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon,
-                     started=started, skipped=[run.name for run, first, _ in plan if first == len(prepared.points)])
+                     started=started, firsts={run.name: first for run, first, _ in plan})
 
 
 # ----------------------------------------------------------------------------- summary
 
-SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "mia", "privleak")
+SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "mia", "privleak",
+                "extraction_strength", "exact_memorization")
 
 
 def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon, *,
-              started, skipped) -> dict:
+              started, firsts: dict[str, int]) -> dict:
+    """The run's summary; `firsts[label]`: the first request that method served in this run (earlier: skipped)."""
     state = ledger.state()
     methods = {}
     for run in runs:
-        requests = [{"id": p.request.id, "items": len(p.request.items), **state[(run.name, p.request.id)]["metrics"],
-                     "checkpoint": state[(run.name, p.request.id)]["checkpoint"]} for p in prepared.points]
+        records = [state[(run.name, p.request.id, config_hash(prepared.configs[run.name][i]))]
+                   for i, p in enumerate(prepared.points)]
+        requests = [{"id": p.request.id, "items": len(p.request.items), **record["metrics"],
+                     "checkpoint": record["checkpoint"], "served_at": record["time"],
+                     "status": "skipped" if index < firsts[run.name] else "served"}
+                    for index, (p, record) in enumerate(zip(prepared.points, records))]
         last = requests[-1]
         served = [r["cost"] for r in requests]
         unlearn_wall = sum(c["unlearn_wall_s"] for c in served)
@@ -289,7 +356,7 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         "retain_models": [{"id": p.request.id, "path": str(path), "cost": meta["cost"],
                            **{key: scores[key] for key in ("model_utility", "forget_rouge", "forget_truth_ratio", "mia")}}
                           for p, (path, meta), scores in zip(prepared.points, retained, retain_points)],
-        "skipped": skipped,
+        "skipped": [name for name, first in firsts.items() if first == len(prepared.points)],
         "methods": methods,
         "table": [{"method": name, **{k: block[k] for k in ("forget_quality", "model_utility", "forget_rouge",
                                                               "privleak")},

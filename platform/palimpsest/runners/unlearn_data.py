@@ -46,6 +46,7 @@ class PreparedUnlearn:
     base_model: dict  # what the target is trained from (model_config)
     recipe: dict  # what the trained models depend on besides their data (the cache key's part)
     notes: list[str] = field(default_factory=list)
+    configs: dict[str, list[dict]] = field(default_factory=dict)  # per method label, per point: the ledger's config
 
 
 def _tofu_file(folder: Path, name: str) -> Path | None:

@@ -321,6 +321,13 @@ class UnlearnMethodSpec(MethodSpec):
         return f"{self.name}+gu" if self.gu else self.name
 
 
+class UnlearnEvalSpec(EvalSpec):
+    """Unlearning evaluation: TOFU's metrics on the forget / retain / holdout sets of each point."""
+
+    max_new_tokens: int = Field(200, ge=1, le=4096, description="greedy generation for ROUGE-L stops at eos or "
+                                                                "after this many tokens (open-unlearning: 200)")
+
+
 class UnlearnJob(_Job):
     """`kind: unlearn` — train a target, serve a sequence of forget requests with each method, compare to retraining."""
 
@@ -331,10 +338,15 @@ class UnlearnJob(_Job):
     requests: list[ForgetRequest] = Field(default_factory=lambda: [ForgetRequest(id="forget10", split="forget10")],
                                           min_length=1, description="forget requests, served in order")
     methods: list[UnlearnMethodSpec] = Field(min_length=1, description="each serves every request, from the target")
+    eval: UnlearnEvalSpec = Field(default_factory=UnlearnEvalSpec)
     ledger: str | None = Field(None, description="the request ledger (JSON Lines); default: ledger.jsonl in the run "
                                                  "folder. Name a path to keep it across runs")
     cache: str | None = Field(None, description="where trained target and retain models are kept for reuse, by "
                                                 "content hash; default: .palimpsest-cache in the current folder")
+    ledger_mode: Literal["refuse", "serve_again"] = Field(
+        "refuse", description="a request the ledger has under another configuration (method parameters, recipes, "
+                              "data, ε, model, evaluation): refuse it, naming what differs, or serve_again, recording "
+                              "a new entry beside the old one")
 
     _names_or_mappings = field_validator("methods", mode="before")(lambda value: _method_entries(value))
 

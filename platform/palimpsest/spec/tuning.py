@@ -29,7 +29,8 @@ EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
 MIA_ATTACKS = ("loss", "zlib", "min_k")
 
 UNLEARN_REQUEST = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "privleak",
-                   "mia.loss", "mia.zlib", "mia.min_k")
+                   "extraction_strength", "exact_memorization", "mia.loss", "mia.zlib", "mia.min_k",
+                   "mia.min_k_plus_plus")
 # kind -> objectives a finished trial reports (keys of its summary.json, nested keys dotted)
 METRICS: dict[str, tuple[str, ...]] = {
     "continual": ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss", "rule_accuracy",

@@ -1,7 +1,8 @@
 """TOFU-style evaluation of a model on question/answer splits (what each forget request is judged by).
 
 `split_scores` runs the model on one split: per item the avg loss (mean token NLL) of the
-answer, of the paraphrased answer and of each perturbed answer, and the greedy answer;
+answer, of the paraphrased answer and of each perturbed answer, and the greedy answer (to
+eos or `max_new_tokens`, 200 as open-unlearning);
 from those, with `metrics.tofu`: answer probability, ROUGE-L recall, truth ratios and the
 split's truth-ratio score (forget side: mean min(R, 1/R); other splits: mean max(0, 1 − R)).
 `unlearning_summary` combines splits into forget quality, model utility and forget ROUGE.
@@ -18,6 +19,9 @@ from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.evaluate import answer_log_likelihoods, greedy_answers
 
 
+DEFAULT_MAX_NEW_TOKENS = 200  # open-unlearning's configs/generation/default.yaml
+
+
 def avg_losses(model, tokenizer, questions: list[str], answers: list[str], *, batch_size: int = 64,
                device="cpu") -> list[float]:
     """Mean token NLL of each answer (and the closing eos) given its question, teacher-forced."""
@@ -27,8 +31,19 @@ def avg_losses(model, tokenizer, questions: list[str], answers: list[str], *, ba
     return [-log_likelihood / count for log_likelihood, count in pairs]
 
 
+def generate_answers(model, tokenizer, examples: list[QAExample], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     batch_size: int = 64, device="cpu") -> list[str]:
+    """Each question's greedy answer, decoded: batched, to eos or `max_new_tokens` (open-unlearning's 200)."""
+    items = tokenize_qa(tokenizer, examples)
+    generated = []
+    for start in range(0, len(items), batch_size):
+        generated += greedy_answers(model, items[start : start + batch_size], pad_id=tokenizer.pad_token_id,
+                                    eos_id=tokenizer.eos_token_id, device=device, max_new_tokens=max_new_tokens)
+    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
+
+
 def split_scores(model, tokenizer, examples: list[QAExample], *, forget: bool, batch_size: int = 64,
-                 device="cpu") -> dict:
+                 device="cpu", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict:
     """TOFU's per-split scores; `forget` picks the truth-ratio summary of the forget side.
 
     Raises:
@@ -50,12 +65,8 @@ def split_scores(model, tokenizer, examples: list[QAExample], *, forget: bool, b
     for (row, _, _), loss in zip(flat, flat_loss):
         perturbed_loss[row].append(loss)
     ratios = truth_ratios(paraphrased_loss, perturbed_loss)
-    items = tokenize_qa(tokenizer, examples)
-    generated = []
-    for start in range(0, len(items), batch_size):
-        generated += greedy_answers(model, items[start : start + batch_size], pad_id=tokenizer.pad_token_id,
-                                    eos_id=tokenizer.eos_token_id, device=device)
-    predictions = [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
+    predictions = generate_answers(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   device=device)
     return {
         "probability": answer_probability(answer_loss),
         "rouge_l": rouge_l_recall(predictions, [e.answer for e in examples]),
@@ -79,34 +90,49 @@ def unlearning_summary(scores: dict[str, dict], *, forget_split: str, retain_mod
     }
 
 
-MIA_ATTACKS = ("loss", "zlib", "min_k")
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 PRIVLEAK_ATTACK = "min_k"  # MUSE's PrivLeak uses Min-K% Prob
+MIN_K = 0.4  # open-unlearning's configs/eval/{tofu,muse}_metrics/mia_min_k.yaml (the attack's own default is 0.2)
 
 
-def model_scores(model, tokenizer, sets: dict[str, list[QAExample]], *, batch_size: int = 64, device="cpu") -> dict:
-    """A model on one point of a request sequence: TOFU scores per split and MIA AUC (forget vs holdout).
+def model_scores(model, tokenizer, sets: dict[str, list[QAExample]], *, batch_size: int = 64, device="cpu",
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict:
+    """A model on one point of a request sequence: TOFU scores per split, MIA AUC (forget vs holdout) and
+    the forget set's exact memorization and extraction strength.
 
     `sets` holds "forget" (everything forgotten so far), "retain" (a sample of what
-    remains) and "holdout" (never trained on), each in TOFU format.
+    remains) and "holdout" (never trained on), each in TOFU format. The attacks are
+    open-unlearning's: Min-K% and Min-K%++ with k = 0.4 over the answer tokens without the
+    closing eos, loss and zlib over all of them.
     """
-    from palimpsest.metrics.mia import membership_inference, token_log_probs
+    from palimpsest.metrics.mia import membership_inference, token_statistics
+    from palimpsest.metrics.tofu import exact_memorization, extraction_strength
 
     splits = {name: split_scores(model, tokenizer, examples, forget=name == "forget", batch_size=batch_size,
-                                 device=device) for name, examples in sets.items()}
+                                 device=device, max_new_tokens=max_new_tokens) for name, examples in sets.items()}
     ids = {"pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "batch_size": batch_size,
            "device": device}
     members, others = sets["forget"], sets["holdout"]
-    mia = membership_inference(token_log_probs(model, tokenize_qa(tokenizer, members), **ids), [e.answer for e in members],
-                               token_log_probs(model, tokenize_qa(tokenizer, others), **ids), [e.answer for e in others])
-    return {"splits": splits, "mia": {name: mia["attacks"][name]["auc"] for name in MIA_ATTACKS}}
+    forget = token_statistics(model, tokenize_qa(tokenizer, members), **ids)
+    holdout = token_statistics(model, tokenize_qa(tokenizer, others), **ids)
+    mia = membership_inference([t["log_probs"] for t in forget], [e.answer for e in members],
+                               [t["log_probs"] for t in holdout], [e.answer for e in others], k=MIN_K,
+                               member_z=[t["z"] for t in forget], non_member_z=[t["z"] for t in holdout],
+                               min_k_without_eos=True)
+    hits = [t["hits"] for t in forget]
+    return {"splits": splits, "mia": {name: mia["attacks"][name]["auc"] for name in MIA_ATTACKS},
+            "memorization": {"exact_memorization": exact_memorization(hits),
+                             "extraction_strength": extraction_strength(hits)}}
 
 
 def request_metrics(scores: dict, reference: dict) -> dict:
     """What one request left behind, against the retain model of that point (`reference`, from `model_scores`).
 
     Forget quality, model utility (over retain and holdout), forget ROUGE-L / truth ratio /
-    probability, MIA AUC per attack (forget vs holdout: larger leaks more) and privleak =
-    100·(AUC − AUC_retain)/AUC_retain per attack, `privleak` itself on min-k% as MUSE.
+    probability, exact memorization and extraction strength of the forget set, MIA AUC per
+    attack (forget vs holdout: larger leaks more) and MUSE's privleak per attack
+    (`metrics.tofu.privleak`: a memorised model ≈ −100, 0 ideal, positive over-unlearned),
+    `privleak` itself on Min-K% (k = 0.4) as MUSE and open-unlearning.
     """
     from palimpsest.metrics.tofu import privleak
 
@@ -119,6 +145,7 @@ def request_metrics(scores: dict, reference: dict) -> dict:
         "forget_rouge": summary["forget_rouge_l"],
         "forget_truth_ratio": summary["forget_truth_ratio"],
         "forget_probability": scores["splits"]["forget"]["probability"],
+        **scores["memorization"],
         "utility_parts": summary["utility_parts"],
         "mia": dict(scores["mia"]),
         "privleak": leaks[PRIVLEAK_ATTACK],
