@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from palimpsest.metrics.tofu import (
-    answer_probability, exact_memorization, extraction_strength, forget_quality, forget_truth_ratio_score,
-    model_utility, privleak, retain_truth_ratio_score, rouge_l_recall, truth_ratios,
+    answer_probability, exact_memorization, extraction_strength, forget_quality, forget_quality_floor,
+    forget_truth_ratio_score, model_utility, privleak, retain_truth_ratio_score, rouge_l_recall, smallest_forget_set,
+    truth_ratios,
 )
 
 
@@ -71,3 +72,19 @@ def test_exact_memorization_and_extraction_strength_as_open_unlearning():
     assert exact_memorization([[], [True, False]]) == pytest.approx(0.5)  # empty items are left out
     assert extraction_strength([[], [True]]) == pytest.approx(0.5)  # but score 0 in ES
     assert exact_memorization([[]]) is None
+
+
+def test_a_forget_set_too_small_for_the_ks_test_is_flagged_with_the_size_it_needs():
+    """Done-means 11 (#22): 3 items cannot give forget quality below 0.1 = 2 / C(6, 3)."""
+    from palimpsest.data import QAExample
+    from palimpsest.runners.unlearn import forget_set_warnings
+    from palimpsest.runners.unlearn_data import Point, Request
+
+    assert forget_quality_floor(3) == pytest.approx(2 / math.comb(6, 3))
+    assert forget_quality_floor(4) == pytest.approx(2 / math.comb(8, 4))
+    assert smallest_forget_set(0.05) == 4
+    items = [QAExample(f"q{i}?", f"a{i}.") for i in range(4)]
+    points = [Point(Request(name, items[:n], "h"), items[:n], [], {"forget": items[:n]}) for name, n in
+              (("r1", 3), ("r2", 4))]
+    (warning,) = forget_set_warnings(points)
+    assert warning.startswith("after request r1: the forget set has 3 scored item(s)") and "at least 4 items" in warning

@@ -25,15 +25,37 @@ def setup():
     return model, tokenizer, facts
 
 
+def _avg_loss(model, tokenizer, question: str, answer: str) -> float:
+    """The mean NLL of the answer's tokens and eos, from one unpadded forward pass (independent of the code under
+    test: no batching, no padding, no shared helper but the tokenizer)."""
+    import torch
+
+    from palimpsest.train.batching import tokenize_qa
+
+    (item,) = tokenize_qa(tokenizer, [QAExample(question, answer)])
+    sequence = torch.tensor([[*item.prompt, *item.answer, tokenizer.eos_token_id]])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=sequence).logits[0, :-1].double(), dim=-1)
+    labelled = log_probs[len(item.prompt) - 1 :].gather(1, sequence[0, len(item.prompt) :, None])
+    return float(-labelled.mean())
+
+
+def test_avg_loss_is_the_mean_token_nll_of_answer_and_eos(setup):
+    model, tokenizer, facts = setup
+    got = avg_losses(model, tokenizer, [f.question for f in facts[:5]], [f.answer for f in facts[:5]], batch_size=2)
+    expected = [_avg_loss(model, tokenizer, f.question, f.answer) for f in facts[:5]]
+    assert got == pytest.approx(expected, rel=1e-5)  # a sum, not divided by the token count, would be ~10× these
+
+
 def test_split_scores_put_the_paraphrased_answer_over_the_mean_perturbed_loss(setup):
     model, tokenizer, facts = setup
     split = facts[:5]
     scores = split_scores(model, tokenizer, split, forget=True, batch_size=4)
     first = split[0]
-    para = avg_losses(model, tokenizer, [first.question], [first.paraphrased_answer])[0]
-    perturbed = avg_losses(model, tokenizer, [first.question] * len(first.perturbed_answers),
-                           list(first.perturbed_answers))
-    assert scores["truth_ratios"][0] == pytest.approx(math.exp(para - np.mean(perturbed)), rel=1e-6)
+    para = _avg_loss(model, tokenizer, first.question, first.paraphrased_answer)
+    perturbed = [_avg_loss(model, tokenizer, first.question, a) for a in first.perturbed_answers]
+    assert scores["truth_ratios"][0] == pytest.approx(math.exp(para - np.mean(perturbed)), rel=1e-5)
+    assert scores["avg_loss"][0] == pytest.approx(_avg_loss(model, tokenizer, first.question, first.answer), rel=1e-5)
     assert scores["probability"] == pytest.approx(np.mean(np.exp(-np.array(scores["avg_loss"]))))
     ratios = np.array(scores["truth_ratios"])
     assert scores["truth_ratio"] == pytest.approx(np.mean(np.minimum(ratios, 1 / ratios)))

@@ -215,6 +215,8 @@ BAD = [
     ({"methods": ["npx"]}, "methods[0].name: unknown unlearning method 'npx'; did you mean 'npo'?"),
     ({"methods": ["dp2u"]}, "methods[0]: dp2u serves requests from an ε-DP target; give target.privacy"),
     ({"methods": [{"name": "retrain", "gu": True}]}, "methods[0].gu: retrain has no forget objective to project"),
+    ({"methods": [{"name": "rmu", "params": {"layer": 1}, "gu": True}]},
+     "methods[0].gu: GU replaces a method's retain term by α × the mean answer-NLL gradient"),
     ({"methods": [{"name": "npo", "gu": True}], "training": {"backend": "deepspeed"}},
      "methods[0].gu: GU projects whole per-sample gradients"),
     ({"methods": [{"name": "npo", "params": {"beta": 0}}]}, "methods[0].params.beta: must be float > 0"),

@@ -547,6 +547,8 @@ def _print_results(summary: dict, path: Path) -> None:
     cost = summary.get("cost", {})
     tokens = f" · {cost['train_tokens']} training tokens" if cost.get("train_tokens") is not None else ""
     out.print(f"wall {cost.get('wall_s')} s{tokens} · run folder {path}", highlight=False)
+    for warning in summary.get("warnings") or []:
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if summary.get("kind") == "tune" and summary.get("best_result") is None:
         out.print("no trial ran (a Poisson selection drew none): nothing to release", highlight=False)
     elif summary.get("kind") == "tune":

@@ -452,6 +452,7 @@ def unlearn_notes(summary: dict) -> list[str]:
              "min-k% k = 0.4: a memorised model ≈ −100, 0 ideal, positive over-unlearned); cost ratio: the requests' "
              "training against the retain models' (wall time; 6·N·D FLOPs).", ""]
     lines += [f"- {split}: {what}" for split, what in (summary.get("eval_sets") or {}).items()]
+    lines += [f"- **warning**: {warning}" for warning in summary.get("warnings") or []]
     lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"
                                                         if summary.get("skipped") else "")]
     target = summary.get("target") or {}

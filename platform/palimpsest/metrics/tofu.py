@@ -67,6 +67,21 @@ def forget_quality(unlearned_forget_ratios: Sequence[float], retain_model_forget
     return float(ks_2samp(np.asarray(unlearned_forget_ratios), np.asarray(retain_model_forget_ratios)).pvalue)
 
 
+def forget_quality_floor(items: int) -> float:
+    """The smallest forget quality `items` forget-set items can give: the KS p-value of two wholly separated samples."""
+    if items < 1:
+        raise ValueError(f"a forget set needs at least one item, got {items}")
+    return float(ks_2samp(np.arange(items), np.arange(items, 2 * items)).pvalue)
+
+
+def smallest_forget_set(level: float = 0.05) -> int:
+    """The fewest forget-set items with which forget quality can fall below `level` (4 at 0.05)."""
+    items = 1
+    while forget_quality_floor(items) >= level:
+        items += 1
+    return items
+
+
 def answer_probability(avg_loss: Sequence[float], false_avg_losses: Sequence[Sequence[float]] | None = None) -> float:
     """Mean over items of exp(−avg_loss), or of P(true) / (P(true) + Σ P(false)) given the false options."""
     p_true = np.exp(-np.asarray(avg_loss, dtype=np.float64))

@@ -313,6 +313,22 @@ SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_truth
                 "extraction_strength", "exact_memorization")
 
 
+def forget_set_warnings(points: list[Point]) -> list[str]:
+    """One line per point whose forget set is too small for its forget quality to mean anything."""
+    from palimpsest.metrics.tofu import forget_quality_floor, smallest_forget_set
+
+    needed = smallest_forget_set(0.05)
+    found = []
+    for point in points:
+        items = len(point.sets["forget"])
+        floor = forget_quality_floor(items)
+        if floor >= 0.05:
+            found.append(f"after request {point.request.id}: the forget set has {items} scored item(s), so forget "
+                         f"quality cannot fall below {floor:.3g} (the KS test of {items} against {items} values): "
+                         f"even the untouched target reads as forgotten at 0.05; it takes at least {needed} items")
+    return found
+
+
 def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon, *,
               started, firsts: dict[str, int]) -> dict:
     """The run's summary; `firsts[label]`: the first request that method served in this run (earlier: skipped)."""
@@ -364,6 +380,7 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                   for name, block in methods.items()],
         "cost": {"wall_s": round(time.perf_counter() - started, 3)},
         "notes": prepared.notes,
+        "warnings": forget_set_warnings(prepared.points),
     }
     if len(methods) == 1:  # DESIGN.md's keys at the top level when there is one method
         (only,) = methods.values()

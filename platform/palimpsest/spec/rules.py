@@ -84,10 +84,12 @@ def _unlearn_problems(document: dict, training, scaling, model) -> list[str]:
             problems += _rmu_layer_problems(i, info.resolve({k: v for k, v in (entry.get("params") or {}).items()
                                                              if k in {p.name for p in info.params}}), model)
         if entry.get("gu") is True:
+            allowed = ", ".join(n for n, m in known.items() if m.projectable and not m.gu_refusal)
             if not info.projectable:
-                allowed = ", ".join(n for n, m in known.items() if m.projectable)
                 problems.append(f"methods[{i}].gu: {info.name} has no forget objective to project; gu works with: "
                                 f"{allowed}")
+            elif info.gu_refusal:
+                problems.append(f"methods[{i}].gu: {info.gu_refusal} (gu works with: {allowed})")
             elif training and training.backend != "ddp":
                 problems.append(f"methods[{i}].gu: GU projects whole per-sample gradients, which DeepSpeed ZeRO "
                                 "partitions; use training.backend ddp")

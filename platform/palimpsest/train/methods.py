@@ -112,8 +112,10 @@ class MethodInfo:
     # clipped, noised per-example gradients and the Poisson sampler. Otherwise, why not.
     private: bool = False
     private_reason: str = "it does not state a private form"
-    # Unlearning: the method has a forget objective whose gradient GU can project (`gu: true`).
+    # Unlearning: the method has a forget objective whose gradient GU can project (`gu: true`),
+    # unless `gu_refusal` says why GU would train another objective than the method's.
     projectable: bool = False
+    gu_refusal: str = ""
     module: str = field(default="", compare=False)  # filled in by `discover`
 
     def defaults(self) -> dict[str, Any]:

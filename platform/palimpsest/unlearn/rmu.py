@@ -35,6 +35,9 @@ METHOD = MethodInfo(
     backends=("ddp", "zero0", "zero1", "zero2"),
     backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
     projectable=True,
+    gu_refusal="GU replaces a method's retain term by α × the mean answer-NLL gradient of retain items, so RMU "
+               "would lose its activation-matching retain loss and train another objective (with α = 1200 on an "
+               "NLL); serve rmu without gu",
 )
 
 
