@@ -150,3 +150,33 @@ def test_privleak_reads_about_minus_100_for_a_memorised_target_against_its_retai
     # Measured: EM 0.93 / ES 0.66 for the target, 0.18 / 0.10 for the retain model.
     assert got["exact_memorization"] > reference["memorization"]["exact_memorization"] + 0.5
     assert got["extraction_strength"] > reference["memorization"]["extraction_strength"] + 0.3
+
+
+def test_the_min_k_auc_is_open_unlearnings_k_04_over_the_answer_tokens_without_eos(setup):
+    """An independent computation: per item the mean of its int(0.4·n) least likely answer tokens (no eos)."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from palimpsest.train.batching import tokenize_qa
+    from palimpsest.unlearn.evaluation import model_scores
+
+    import copy
+
+    model, tokenizer, facts = setup
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # an eos whose probability swings from item to item: leaving it in would change the AUC
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 40
+    forget, holdout = facts[:9], facts[9:18]
+
+    def min_k(example) -> float:
+        (item,) = tokenize_qa(tokenizer, [example])
+        sequence = torch.tensor([[*item.prompt, *item.answer, tokenizer.eos_token_id]])
+        with torch.no_grad():
+            rows = torch.log_softmax(model(input_ids=sequence).logits[0, :-1].double(), dim=-1)
+        tokens = rows[len(item.prompt) - 1 : -1].gather(1, torch.tensor(item.answer)[:, None])[:, 0]
+        return float(tokens.sort().values[: max(1, int(len(tokens) * 0.4))].mean())
+
+    scores = [min_k(e) for e in forget + holdout]
+    expected = roc_auc_score([1] * 9 + [0] * 9, scores)
+    got = model_scores(model, tokenizer, {"forget": forget, "retain": facts[:2], "holdout": holdout})
+    assert got["mia"]["min_k"] == pytest.approx(expected, abs=1e-4)
