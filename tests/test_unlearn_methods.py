@@ -290,3 +290,51 @@ def test_readme_parameter_table_is_the_declarations():
     start = readme.index("<!-- parameter-table:unlearning -->") + len("<!-- parameter-table:unlearning -->\n")
     end = readme.index("<!-- /parameter-table -->", start)
     assert readme[start:end].strip() == parameter_table("unlearning"), "regenerate README's table"
+
+
+FLOP_CASES = [("grad_ascent", {}, False), ("grad_diff", {}, False), ("npo", {}, False), ("simnpo", {}, False),
+              ("rmu", {"layer": 1, "retain_weight": 10.0}, False), ("gs_lora", {"r": 4}, False),
+              ("retrain", {}, False), ("npo", {}, True)]
+
+
+@pytest.mark.parametrize("name, params, gu", FLOP_CASES, ids=[f"{n}{'+gu' if g else ''}" for n, _, g in FLOP_CASES])
+def test_the_flops_count_every_forward_and_backward_the_method_runs(name, params, gu, tmp_path):
+    """Done-means 3 (#22): reference and frozen models, GU's per-sample gradients and LoRA, against an independent
+    count of the model calls (a global hook on the token embedding: one call per forward pass of a model)."""
+    from palimpsest.unlearn.gu import wrap
+
+    run = unlearning_run(name, **params)
+    run = wrap(run, 3) if gu else run
+    calls: list[tuple[int, bool]] = []
+
+    def embedding_call(module, args):
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == TARGET["vocab_size"]:
+            calls.append((args[0].numel(), torch.is_grad_enabled()))
+
+    ends = []
+
+    class Keep(Recorder):
+        def __call__(self, end):
+            ends.append(end)
+            trainable = sum(p.numel() for p in end.model.parameters() if p.requires_grad)
+            ends[-1] = (end, sum(p.numel() for p in end.model.parameters()), trainable, list(calls))
+            calls.clear()
+            return []
+
+    cfg = config(run, steps=3).with_(task_end=Keep(), tasks=FORGET_SETS[:1], pools={RETAIN: REMAINING[:1]})
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(embedding_call)
+    try:
+        run_without_ray(cfg, tmp_path)
+    finally:
+        handle.remove()
+    ((end, total, trainable, seen),) = ends
+    if name == "rmu":  # RMU trains only down_proj of layers ℓ−2..ℓ (it restores requires_grad after the task)
+        trainable = sum(layer.mlp.down_proj.weight.numel() for layer in end.model.model.layers[:2])
+    if name == "gs_lora":
+        trainable = sum(p.numel() for n, p in end.model.named_parameters() if "lora_" in n)
+    expected = sum(2 * total * t + ((2 * total * t + 2 * trainable * t) if grad else 0) for t, grad in seen)
+    frozen_calls = sum(1 for _, grad in seen if not grad)
+    per_step = {"npo": 2, "rmu": 2}.get(name, 1) + (3 if gu else 0)
+    assert len(seen) == 3 * per_step  # the reference / frozen forward and GU's 3 per-sample passes are calls too
+    assert frozen_calls == (3 if name in ("npo", "rmu") else 0)
+    assert end.train_flops == pytest.approx(expected, rel=1e-12)

@@ -146,11 +146,10 @@ class RequestEvaluator:
                               max_new_tokens=self.max_new_tokens)
         metrics = request_metrics(scores, self.references[end.task])
         retain = self.retain_costs[end.task]
-        flops = 6 * end.parameters["total"] * end.train_tokens
+        flops = end.train_flops  # every forward and backward the method ran (reference, frozen, per-sample)
+        # Wall-time ratios are taken in the summary, against a retraining timed in this job (see `wall_ratios`).
         metrics["cost"] = {"unlearn_wall_s": round(end.wall_s, 3), "train_tokens": end.train_tokens,
-                           "train_flops": flops, "steps": end.steps, "retrain_wall_s": retain["wall_s"],
-                           "retrain_flops": retain["train_flops"],
-                           "ratio": round(end.wall_s / retain["wall_s"], 4) if retain["wall_s"] else None,
+                           "train_flops": flops, "steps": end.steps, "retrain_flops": retain["train_flops"],
                            "flops_ratio": round(flops / retain["train_flops"], 4) if retain["train_flops"] else None}
         target = Path(self.export_root) / end.method / point.request.id
         export_pretrained(end.model, target)
@@ -304,7 +303,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     else:
         folder.write_metrics([])
     return summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon,
-                     started=started, firsts={run.name: first for run, first, _ in plan})
+                     started=started, firsts={run.name: first for run, first, _ in plan}, started_in=folder.path.name)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -329,8 +328,58 @@ def forget_set_warnings(points: list[Point]) -> list[str]:
     return found
 
 
+def retrain_timings(methods: dict, retained: list, *, started_in: str) -> list[dict]:
+    """Per point, the retraining wall time a method's is divided by: one timed in THIS job on its workers.
+
+    The retain model when this job trained it, else the `retrain` method's serving of that
+    request in this job; otherwise none (a cached retain model's time was measured by
+    another job, maybe on another machine: it is shown apart, with where and when).
+    """
+    timings = []
+    for index, (_, meta) in enumerate(retained):
+        cost = meta["cost"]
+        retrain = (methods.get("retrain") or {}).get("requests", [])
+        served = retrain[index] if index < len(retrain) and retrain[index]["status"] == "served" else None
+        if meta.get("trained_in") == started_in:
+            timing = {"wall_s": cost["wall_s"], "timed": "the retain model, trained in this job"}
+        elif served is not None:
+            timing = {"wall_s": served["cost"]["unlearn_wall_s"], "timed": "the retrain method, in this job"}
+        else:
+            timing = {"wall_s": None, "timed": None}
+        if meta.get("trained_in") != started_in:
+            timing["cached"] = {key: cost.get(key) for key in ("wall_s", "measured_on", "measured_at")}
+        timings.append(timing)
+    return timings
+
+
+def method_cost(name: str, requests: list[dict], timed: list[dict], target_meta: dict) -> dict:
+    """A method's cost over the requests: wall time and FLOPs, each against retraining's (see `retrain_timings`).
+
+    dp2u needs a DP target trained for it: its FLOPs are also shown with that training
+    amortised over the requests served (`flops_ratio_with_base`).
+    """
+    costs = [r["cost"] for r in requests]
+    wall = sum(c["unlearn_wall_s"] for c in costs)
+    retrain_walls = [t["wall_s"] for t in timed]
+    retrain_wall = sum(retrain_walls) if None not in retrain_walls else None
+    flops, retrain_flops = sum(c["train_flops"] for c in costs), sum(c["retrain_flops"] for c in costs)
+    cost = {"unlearn_wall_s": round(wall, 3), "retrain_wall_s": None if retrain_wall is None else round(retrain_wall, 3),
+            "ratio": round(wall / retrain_wall, 4) if retrain_wall else None,
+            "retrain_timed": sorted({t["timed"] for t in timed if t["timed"]}) or None,
+            "train_flops": flops, "retrain_flops": retrain_flops,
+            "flops_ratio": round(flops / retrain_flops, 4) if retrain_flops else None}
+    cached = [t["cached"] for t in timed if "cached" in t]
+    if cached:
+        cost["cached_retrain"] = cached
+    if name == "dp2u" and target_meta.get("cost", {}).get("train_flops") is not None:
+        base = target_meta["cost"]["train_flops"]
+        cost["base_flops"] = base
+        cost["flops_ratio_with_base"] = round((flops + base) / retrain_flops, 4) if retrain_flops else None
+    return cost
+
+
 def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon, *,
-              started, firsts: dict[str, int]) -> dict:
+              started, firsts: dict[str, int], started_in: str) -> dict:
     """The run's summary; `firsts[label]`: the first request that method served in this run (earlier: skipped)."""
     state = ledger.state()
     methods = {}
@@ -341,19 +390,11 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                      "checkpoint": record["checkpoint"], "served_at": record["time"],
                      "status": "skipped" if index < firsts[run.name] else "served"}
                     for index, (p, record) in enumerate(zip(prepared.points, records))]
-        last = requests[-1]
-        served = [r["cost"] for r in requests]
-        unlearn_wall = sum(c["unlearn_wall_s"] for c in served)
-        retrain_wall = sum(c["retrain_wall_s"] for c in served)
-        methods[run.name] = {
-            **{key: last[key] for key in SUMMARY_KEYS},
-            "epsilon": epsilon,
-            "cost": {"unlearn_wall_s": round(unlearn_wall, 3), "retrain_wall_s": round(retrain_wall, 3),
-                     "ratio": round(unlearn_wall / retrain_wall, 4) if retrain_wall else None,
-                     "flops_ratio": round(sum(c["train_flops"] for c in served)
-                                          / max(sum(c["retrain_flops"] for c in served), 1), 4)},
-            "requests": requests,
-        }
+        methods[run.name] = {**{key: requests[-1][key] for key in SUMMARY_KEYS}, "epsilon": epsilon,
+                             "requests": requests}
+    timed = retrain_timings(methods, retained, started_in=started_in)
+    for name, block in methods.items():
+        block["cost"] = method_cost(name, block["requests"], timed, target_meta)
     target_last = target_points[-1]
     summary = {
         "status": "ok",

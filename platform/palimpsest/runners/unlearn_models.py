@@ -7,6 +7,8 @@ temporary folder and renamed, so a crash never leaves half of one.
 
 from __future__ import annotations
 
+import time
+
 import hashlib
 import json
 import os
@@ -75,9 +77,13 @@ def as_train(spec: UnlearnJob, training, privacy):
 
 
 def _cost(result: dict, index: int) -> dict:
-    tokens = result["task_tokens"][index]
-    return {"wall_s": round(result["task_wall_s"][index], 3), "train_tokens": tokens,
-            "train_flops": 6 * result["parameters"]["total"] * tokens, "steps": result["steps"]}
+    """Task `index`'s training cost: wall time, tokens and the FLOPs of every model call (`train.flops`), and
+    where and when it was measured (a cached model's time is another job's, maybe another machine's)."""
+    import socket
+
+    return {"wall_s": round(result["task_wall_s"][index], 3), "train_tokens": result["task_tokens"][index],
+            "train_flops": result["task_flops"][index], "steps": result["steps"],
+            "measured_on": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> tuple[Path, dict]:
@@ -91,7 +97,8 @@ def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder,
     output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-target",
                               use_ray=use_ray)
     (result,) = output["methods"]
-    meta = {"kind": "target", "cost": _cost(result, 0), "privacy": result["privacy"], "examples": len(prepared.train)}
+    meta = {"kind": "target", "cost": _cost(result, 0), "privacy": result["privacy"], "examples": len(prepared.train),
+            "trained_in": folder.path.name}
     return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
 
 
@@ -115,7 +122,8 @@ def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder
         (result,) = output["methods"]
         ends = {metrics["task_end"]: directory for directory, metrics in checkpoints if "task_end" in metrics}
         for task, i in enumerate(missing):
-            meta = {"kind": "retain", "cost": _cost(result, task), "examples": len(prepared.points[i].remaining)}
+            meta = {"kind": "retain", "cost": _cost(result, task), "examples": len(prepared.points[i].remaining),
+                    "trained_in": folder.path.name}
             _store(cache, keys[i], ends[task], prepared.tokenizer, meta)
     return [_cached(cache, key) for key in keys]
 

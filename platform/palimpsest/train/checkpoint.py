@@ -47,6 +47,11 @@ class MethodResult:
     steady_steps: int = 0
     steady_tokens: int = 0
     steady_wall_s: float = 0.0
+    # FLOPs of every model call the method made (`train.flops`): this rank's running total, the part
+    # of it already closed into tasks, and per finished task the sum over every rank.
+    flops_local: float = 0.0
+    flops_local_closed: float = 0.0
+    task_flops: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -80,6 +80,7 @@ class TaskEnd:
     train_tokens: int  # of this task
     wall_s: float  # of this task (summed over attempts)
     parameters: dict
+    train_flops: float = 0.0  # of this task: every model call the method made, on every rank (`train.flops`)
 
 
 @dataclass(frozen=True)

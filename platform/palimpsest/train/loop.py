@@ -28,6 +28,7 @@ from palimpsest.train.backends import make_backend
 from palimpsest.train.checkpoint import MethodResult, Position, SavedState, load_checkpoint, save_checkpoint
 from palimpsest.train.config import LoopConfig, TaskEnd
 from palimpsest.train.evaluate import evaluate_sets, metric_records
+from palimpsest.train.flops import FlopMeter
 from palimpsest.train.hooks import LoopContext
 from palimpsest.train.sampling import derive_seed
 from palimpsest.train.session import LocalSession, RaySession, TrainSession
@@ -167,6 +168,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                       pad_id=model_cfg["pad_id"], eos_id=model_cfg["eos_id"], device=session.device,
                       rank=session.rank, world_size=session.world_size, general=config.general,
                       models=config.models)
+    meter = FlopMeter()
     start_task, start_step = (saved.position.task, saved.position.step) if saved else (spec.first_task, 0)
     carried = saved.carried if saved else {}
     for task in range(start_task, len(config.tasks)):
@@ -178,9 +180,11 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             method.prepare_model(ctx)
         if resuming and not mid_task:
             unwrap(ctx.model).load_state_dict(saved.model)
-        with torch.random.fork_rng(devices=[]):
+        meter.watch(ctx.model)
+        with torch.random.fork_rng(devices=[]), meter.counting():
             torch.manual_seed(derive_seed(config.seed, "before-task", index, task))  # adapters init identically
             method.before_task(ctx)
+        meter.watch(ctx.model)  # a method may start from a model of its own (retraining)
         if mid_task:
             unwrap(ctx.model).load_state_dict(saved.model)
         backend = make_backend(ctx.model, opt, world_size=session.world_size, device=session.device, carried=carried,
@@ -209,8 +213,10 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             tokens = sum(len(it.prompt) + len(it.answer) + 1 for _, it in batch.flat())
             result.train_tokens += tokens
             steady.count(step, tokens)
-            grad_norm = train_step(ctx, method, backend, batch, accumulation=opt.grad_accum, window=run.window)
-            method.after_step(ctx, step + 1, batch)
+            with meter.counting():
+                grad_norm = train_step(ctx, method, backend, batch, accumulation=opt.grad_accum, window=run.window)
+                method.after_step(ctx, step + 1, batch)
+            result.flops_local, meter.flops = result.flops_local + meter.flops, 0.0
             done, stream_step = step + 1, ctx.stream_step(step + 1)
             if done == opt.steps:
                 steady.stop()  # before the last log line (a private run's ε is computed for it)
@@ -227,7 +233,9 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                 session.report({"method": spec.name, "task": task, "step": stream_step, "scores": evaluated})
             if opt.checkpoint_every and done % opt.checkpoint_every == 0:
                 checkpoint(Position(index, task, done), {"task": task, "step": done})
-        method.after_task(ctx)
+        with meter.counting():
+            method.after_task(ctx)
+        result.flops_local, meter.flops = result.flops_local + meter.flops, 0.0
         end_step = ctx.stream_step(opt.steps)
         evaluated = run.evaluate(ctx.model, list(config.eval_sets), replicated=backend.shards_parameters,
                                  result=result)
@@ -322,15 +330,27 @@ def _close_task(run: _Run, result: MethodResult, ctx: LoopContext, task: int, st
     run.tick(result)
     result.task_tokens.append(result.train_tokens - sum(result.task_tokens))
     result.task_wall_s.append(result.wall_s - sum(result.task_wall_s))
+    local, result.flops_local_closed = result.flops_local - result.flops_local_closed, result.flops_local
+    result.task_flops.append(_sum_over_ranks(local, run.session.device))
     if run.config.task_end is None or run.session.rank != 0:
         return []
     with torch.random.fork_rng(devices=[]):
         records = run.config.task_end(TaskEnd(
             method=result.name, task=task, model=unwrap(ctx.model), steps=steps,
-            train_tokens=result.task_tokens[-1], wall_s=result.task_wall_s[-1], parameters=result.parameters))
+            train_tokens=result.task_tokens[-1], wall_s=result.task_wall_s[-1], parameters=result.parameters,
+            train_flops=result.task_flops[-1]))
     result.records += records
     run.clock = time.perf_counter()  # the hook's own time is not the task's
     return records
+
+
+def _sum_over_ranks(value: float, device) -> float:
+    """`value` summed over the worker group (itself with one worker or without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
 
 
 def _privacy_spent(plan, history: list) -> dict:
