@@ -194,6 +194,11 @@ def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration
     summary = run_spec(document, tmp_path / "second", use_ray=False)
     assert [(r["id"], r["status"]) for r in summary["request_metrics"]] == [("r1", "skipped"), ("r2", "served")]
     assert "r1 by npo: already served at " in capfd.readouterr().out
+    # The retain models come from the first run's cache: no retraining was timed in this job, so no wall ratio;
+    # the cached time is shown apart, with where and when it was measured. FLOPs compare anywhere.
+    cost = summary["methods"]["npo"]["cost"]
+    assert cost["ratio"] is None and cost["retrain_timed"] is None and cost["flops_ratio"] > 0
+    assert [set(c) for c in cost["cached_retrain"]] == [{"wall_s", "measured_on", "measured_at"}] * 2
     assert _statuses(ledger) == {"r1": "done", "r2": "done"}
 
     before = ledger.read_bytes()
