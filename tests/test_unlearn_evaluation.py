@@ -67,17 +67,41 @@ def test_split_scores_put_the_paraphrased_answer_over_the_mean_perturbed_loss(se
         split_scores(model, tokenizer, [QAExample("q?", "a.")], forget=False)
 
 
-def test_the_summary_takes_utility_over_the_other_splits_only():
-    scores = {"forget": {"probability": 0.9, "rouge_l": 0.9, "truth_ratio": 0.2, "truth_ratios": [0.1, 0.2, 0.3]},
-              "retain": {"probability": 0.5, "rouge_l": 1.0, "truth_ratio": 0.5, "truth_ratios": []},
-              "holdout": {"probability": 0.25, "rouge_l": 0.5, "truth_ratio": 1.0, "truth_ratios": []}}
+def _block(probability, rouge, truth):
+    return {"probability": probability, "rouge_l": rouge, "truth_ratio": truth, "truth_ratios": []}
+
+
+def test_model_utility_is_tofus_nine_numbers_under_open_unlearnings_names_without_the_holdout():
+    scores = {"forget": {**_block(0.9, 0.9, 0.2), "truth_ratios": [0.1, 0.2, 0.3]},
+              "retain": _block(0.6, 0.6, 0.6), "real_authors": _block(0.6, 0.6, 0.6),
+              "world_facts": _block(0.6, 0.6, 0.6), "holdout": _block(0.02, 0.05, 0.01)}
     summary = unlearning_summary(scores, forget_split="forget", retain_model_forget_ratios=[0.4, 0.5, 0.6])
-    assert summary["model_utility"] == pytest.approx(model_utility(
-        {"a": 0.5, "b": 1.0, "c": 0.5, "d": 0.25, "e": 0.5, "f": 1.0}))
-    assert set(summary["utility_parts"]) == {f"{s}_{k}" for s in ("retain", "holdout")
-                                             for k in ("probability", "rouge_l", "truth_ratio")}
+    assert set(summary["utility_parts"]) == {
+        "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
+        "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio"}
+    assert summary["model_utility"] == pytest.approx(0.6)  # the never-trained holdout is the MIA's, not utility's
+    # Done-means 1 (#22): degrading every retain answer halves the retain parts and moves utility by >= 25%
+    # (the old 6-number utility, dominated by the near-zero holdout, moved 9%).
+    degraded = {**scores, "retain": _block(0.3, 0.3, 0.3)}
+    worse = unlearning_summary(degraded, forget_split="forget", retain_model_forget_ratios=[0.4, 0.5, 0.6])
+    assert worse["model_utility"] <= 0.75 * summary["model_utility"] + 1e-12
     assert summary["forget_quality"] == pytest.approx(forget_quality([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]))
     assert summary["forget_rouge_l"] == 0.9
+
+
+def test_real_authors_and_world_facts_are_scored_against_their_options(setup):
+    """open-unlearning's ra/wf: P(answer)/(P(answer) + Σ P(perturbed)), truth ratio of perturbed over the answer."""
+    model, tokenizer, facts = setup
+    fact = facts[3]
+    scores = split_scores(model, tokenizer, [QAExample(fact.question, fact.answer,
+                                                       perturbed_answers=fact.perturbed_answers)],
+                          forget=False, options=True)
+    true = math.exp(-_avg_loss(model, tokenizer, fact.question, fact.answer))
+    wrong = [math.exp(-_avg_loss(model, tokenizer, fact.question, a)) for a in fact.perturbed_answers]
+    assert scores["probability"] == pytest.approx(true / (true + sum(wrong)), rel=1e-5)
+    ratio = math.exp(np.mean([math.log(w) for w in wrong])) / true
+    assert scores["truth_ratios"][0] == pytest.approx(ratio, rel=1e-5)
+    assert scores["truth_ratio"] == pytest.approx(max(0.0, 1 - ratio), rel=1e-5, abs=1e-9)
 
 
 def test_generation_runs_to_eos_so_a_long_winded_true_answer_keeps_its_rouge(setup):

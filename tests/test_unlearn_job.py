@@ -278,6 +278,24 @@ def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
     assert len(prepared.train) == len((tmp_path / "tofu" / "full.json").read_text().splitlines())
     summary = run_spec(document, tmp_path / "run", use_ray=False)
     assert summary["status"] == "ok" and summary["methods"]["grad_diff"]["requests"][0]["id"] == "f5"
+    assert "not TOFU's 9-number model utility" in summary["utility"]  # no real-authors / world-facts files
+    assert set(summary["methods"]["grad_diff"]["requests"][0]["utility_parts"]) == \
+        {"retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio"}
+
+    # With TOFU's real_authors_perturbed and world_facts_perturbed (as the real release has them): 9 numbers.
+    from palimpsest.data import generate_world
+
+    public = generate_world(seed=99, num_entities=4, attributes_per_entity=2).facts
+    for name, items in (("real_authors_perturbed", public[:4]), ("world_facts_perturbed", public[4:])):
+        (tmp_path / "tofu" / f"{name}.json").write_text("".join(
+            json.dumps({"question": e.question, "answer": e.answer, "perturbed_answer": list(e.perturbed_answers)})
+            + "\n" for e in items))
+    summary = run_spec({**document, "ledger": str(tmp_path / "second.jsonl")}, tmp_path / "nine", use_ray=False)
+    parts = summary["methods"]["grad_diff"]["requests"][0]["utility_parts"]
+    assert set(parts) == {"retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised",
+                          "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio"}
+    assert summary["utility"].startswith("TOFU's: hmean of 9 numbers")
+    assert set(summary["eval_sets"]) == {"forget", "retain", "holdout", "real_authors", "world_facts"}
 
 
 @pytest.mark.slow

@@ -446,11 +446,12 @@ def draw_plots(folder: RunFolder) -> list[Path]:
 def unlearn_notes(summary: dict) -> list[str]:
     """What an unlearn report's table means, and each request as served."""
     lines = ["", "Forget quality: KS-test p-value between the forget-set truth ratios of the model and of the retain "
-             "model of that point (TOFU); model utility: harmonic mean of answer probability, ROUGE-L recall and "
-             "truth-ratio score on retain and holdout; MIA AUC: forget (members) vs holdout (non-members), larger "
+             "model of that point (TOFU); model utility: " + (summary.get("utility") or "see README") + "; "
+             "MIA AUC: forget (members) vs holdout (non-members), larger "
              "leaks more; privleak = 100·((1 − AUC) − (1 − AUC_retain))/(1 − AUC_retain) (MUSE as open-unlearning, "
              "min-k% k = 0.4: a memorised model ≈ −100, 0 ideal, positive over-unlearned); cost ratio: the requests' "
-             "training against the retain models' (wall time; 6·N·D FLOPs).", ""]
+             "training against a retraining timed in this job (wall time) and against the retain models' FLOPs "
+             "(every model call counted).", ""]
     lines += [f"- {split}: {what}" for split, what in (summary.get("eval_sets") or {}).items()]
     lines += [f"- **warning**: {warning}" for warning in summary.get("warnings") or []]
     lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"

@@ -35,6 +35,7 @@ from palimpsest.runtime import RunFolder
 from palimpsest.spec.jobs import UnlearnJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
+from palimpsest.unlearn.evaluation import OPTION_SPLITS
 from palimpsest.unlearn.ledger import Ledger, LedgerError, config_hash, content_hash
 
 
@@ -312,6 +313,22 @@ SUMMARY_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_truth
                 "extraction_strength", "exact_memorization")
 
 
+EVAL_SETS = {"forget": "every item requested so far (trained on, then forgotten)",
+             "retain": "trained items that remain (retention of trained facts, on purpose)",
+             "holdout": "people never trained on (the MIA's non-members; not in model utility)",
+             "real_authors": "TOFU's real authors (real_authors_perturbed): in model utility, with options",
+             "world_facts": "TOFU's world facts (world_facts_perturbed): in model utility, with options"}
+
+
+def utility_note(sets: dict) -> str:
+    """What this job's model utility is: TOFU's 9 numbers, or the retain parts alone (and why)."""
+    if all(split in sets for split in OPTION_SPLITS):
+        return "TOFU's: hmean of 9 numbers (retain, real authors, world facts × probability, ROUGE-L, truth ratio)"
+    missing = ", ".join(f"{split}_perturbed" for split in OPTION_SPLITS if split not in sets)
+    return (f"the retain parts of TOFU's (hmean of {3 * (1 + sum(s in sets for s in OPTION_SPLITS))} numbers): "
+            f"the data has no {missing}, so it is not TOFU's 9-number model utility")
+
+
 def forget_set_warnings(points: list[Point]) -> list[str]:
     """One line per point whose forget set is too small for its forget quality to mean anything."""
     from palimpsest.metrics.tofu import forget_quality_floor, smallest_forget_set
@@ -404,9 +421,8 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         "ledger": str(ledger.path),
         "requests": [{"id": p.request.id, "items": len(p.request.items), "items_hash": p.request.items_hash,
                       "forgotten": len(p.forgotten), "remaining": len(p.remaining)} for p in prepared.points],
-        "eval_sets": {"forget": "every item requested so far (trained on, then forgotten)",
-                      "retain": "trained items that remain (retention of trained facts, on purpose)",
-                      "holdout": "people never trained on"},
+        "eval_sets": {name: EVAL_SETS[name] for name in prepared.points[0].sets},
+        "utility": utility_note(prepared.points[0].sets),
         "target": {**{key: target_last[key] for key in SUMMARY_KEYS}, "privacy": target_meta.get("privacy"),
                    "cost": target_meta["cost"],
                    "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in target_points]},

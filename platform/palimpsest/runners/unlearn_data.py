@@ -72,7 +72,15 @@ def _load_tofu(spec: UnlearnJob) -> tuple[list[QAExample], list[QAExample], dict
     if holdout_file is None:
         raise DataError(f"data.holdout: no {spec.data.holdout}.json in {folder} (files: {', '.join(names)})")
     retain_file = _tofu_file(folder, "retain_perturbed")
-    return train, load_qa_file(holdout_file), {"folder": folder, "names": names}, \
+    public = {}  # TOFU's real-authors and world-facts splits, when the folder has them (the real release does)
+    for split, name in (("real_authors", "real_authors_perturbed"), ("world_facts", "world_facts_perturbed")):
+        found = _tofu_file(folder, name)
+        if found is not None:
+            items = [e for e in load_qa_file(found) if e.perturbed_answers]
+            if not items:
+                raise DataError(f"data.path: {found.name} has no item with perturbed_answer (TOFU format)")
+            public[split] = items
+    return train, load_qa_file(holdout_file), {"folder": folder, "names": names, "public": public}, \
         (load_qa_file(retain_file) if retain_file else None)
 
 
@@ -165,6 +173,7 @@ def load_points(spec: UnlearnJob) -> tuple[list[QAExample], list[Point], list[QA
                             "forget quality needs them (TOFU keeps them in <split>_perturbed.json)")
         retain_pool = [e for e in (retain_eval or []) if _key(e) not in forgotten] or _with_answers(remaining, versions)
         sets = {"forget": subsample(forget_eval, cap), "retain": subsample(retain_pool, cap),
-                "holdout": subsample(holdout, cap)}
+                "holdout": subsample(holdout, cap),
+                **{split: subsample(items, cap) for split, items in context.get("public", {}).items()}}
         points.append(Point(Request(request.id, items, content_hash(items)), gone, remaining, sets))
     return train, points, tokenizer_texts

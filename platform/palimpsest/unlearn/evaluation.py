@@ -5,7 +5,9 @@ answer, of the paraphrased answer and of each perturbed answer, and the greedy a
 eos or `max_new_tokens`, 200 as open-unlearning);
 from those, with `metrics.tofu`: answer probability, ROUGE-L recall, truth ratios and the
 split's truth-ratio score (forget side: mean min(R, 1/R); other splits: mean max(0, 1 − R)).
-`unlearning_summary` combines splits into forget quality, model utility and forget ROUGE.
+`unlearning_summary` combines splits into forget quality, model utility (TOFU's harmonic
+mean of 9 numbers over retain, real authors and world facts, as open-unlearning) and forget
+ROUGE.
 """
 
 from __future__ import annotations
@@ -42,22 +44,31 @@ def generate_answers(model, tokenizer, examples: list[QAExample], *, max_new_tok
     return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
 
 
+OPTION_SPLITS = ("real_authors", "world_facts")  # TOFU's: scored against their answer with options (see below)
+UTILITY_NAMES = {"retain": "retain", "real_authors": "ra", "world_facts": "wf"}  # open-unlearning's prefixes
+
+
 def split_scores(model, tokenizer, examples: list[QAExample], *, forget: bool, batch_size: int = 64,
-                 device="cpu", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict:
+                 device="cpu", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, options: bool = False) -> dict:
     """TOFU's per-split scores; `forget` picks the truth-ratio summary of the forget side.
 
+    `options` (TOFU's real-authors and world-facts splits, as open-unlearning's
+    `configs/eval/tofu_metrics/ra_*` / `wf_*`): the probability is normalised against the
+    perturbed answers, P(answer) / (P(answer) + Σ P(perturbed)), and the truth ratio puts
+    the perturbed answers over the answer itself (these splits have no paraphrase).
+
     Raises:
-        ValueError: an example lacks a paraphrased answer or perturbed answers (TOFU format).
+        ValueError: an example lacks a paraphrased answer (unless `options`) or perturbed answers (TOFU format).
     """
-    missing = [e.question for e in examples if not e.paraphrased_answer or not e.perturbed_answers]
+    missing = [e.question for e in examples if not (e.paraphrased_answer or options) or not e.perturbed_answers]
     if missing:
         raise ValueError(f"{len(missing)} examples lack paraphrased_answer / perturbed_answer (TOFU format), "
                          f"e.g. {missing[0]!r}")
     questions = [e.question for e in examples]
     answer_loss = avg_losses(model, tokenizer, questions, [e.answer for e in examples], batch_size=batch_size,
                              device=device)
-    paraphrased_loss = avg_losses(model, tokenizer, questions, [e.paraphrased_answer for e in examples],
-                                  batch_size=batch_size, device=device)
+    paraphrased_loss = answer_loss if options else avg_losses(
+        model, tokenizer, questions, [e.paraphrased_answer for e in examples], batch_size=batch_size, device=device)
     flat = [(row, q, a) for row, (q, e) in enumerate(zip(questions, examples)) for a in e.perturbed_answers]
     flat_loss = avg_losses(model, tokenizer, [q for _, q, _ in flat], [a for _, _, a in flat],
                            batch_size=batch_size, device=device)
@@ -68,7 +79,7 @@ def split_scores(model, tokenizer, examples: list[QAExample], *, forget: bool, b
     predictions = generate_answers(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    device=device)
     return {
-        "probability": answer_probability(answer_loss),
+        "probability": answer_probability(answer_loss, perturbed_loss if options else None),
         "rouge_l": rouge_l_recall(predictions, [e.answer for e in examples]),
         "truth_ratio": forget_truth_ratio_score(ratios) if forget else retain_truth_ratio_score(ratios),
         "truth_ratios": ratios.tolist(),
@@ -77,14 +88,31 @@ def split_scores(model, tokenizer, examples: list[QAExample], *, forget: bool, b
     }
 
 
+def utility_parts(scores: dict[str, dict]) -> dict[str, float]:
+    """TOFU's model-utility parts under open-unlearning's names, from the splits present.
+
+    retain: `retain_Q_A_Prob`, `retain_Q_A_ROUGE`, `retain_Truth_Ratio`; real authors and
+    world facts: `ra_` / `wf_` + `Q_A_Prob_normalised`, `Q_A_ROUGE`, `Truth_Ratio` — the 9
+    numbers of `configs/eval/tofu_metrics/model_utility.yaml`. The holdout (never-trained
+    people) is not part of it: it is the MIA's non-members.
+    """
+    parts = {}
+    for split, prefix in UTILITY_NAMES.items():
+        if split in scores:
+            block = scores[split]
+            probability = "Q_A_Prob_normalised" if split in OPTION_SPLITS else "Q_A_Prob"
+            parts.update({f"{prefix}_{probability}": block["probability"], f"{prefix}_Q_A_ROUGE": block["rouge_l"],
+                          f"{prefix}_Truth_Ratio": block["truth_ratio"]})
+    return parts
+
+
 def unlearning_summary(scores: dict[str, dict], *, forget_split: str, retain_model_forget_ratios: list[float]) -> dict:
-    """Forget quality, model utility (harmonic mean over the other splits' three scores) and forget ROUGE-L."""
-    utility_parts = {f"{split}_{key}": block[key] for split, block in scores.items() if split != forget_split
-                     for key in ("probability", "rouge_l", "truth_ratio")}
+    """Forget quality, model utility (`scipy.stats.hmean` of `utility_parts`) and forget ROUGE-L."""
+    parts = utility_parts(scores)
     return {
         "forget_quality": forget_quality(scores[forget_split]["truth_ratios"], retain_model_forget_ratios),
-        "model_utility": model_utility(utility_parts),
-        "utility_parts": utility_parts,
+        "model_utility": model_utility(parts),
+        "utility_parts": parts,
         "forget_rouge_l": scores[forget_split]["rouge_l"],
         "forget_truth_ratio": scores[forget_split]["truth_ratio"],
     }
@@ -109,7 +137,8 @@ def model_scores(model, tokenizer, sets: dict[str, list[QAExample]], *, batch_si
     from palimpsest.metrics.tofu import exact_memorization, extraction_strength
 
     splits = {name: split_scores(model, tokenizer, examples, forget=name == "forget", batch_size=batch_size,
-                                 device=device, max_new_tokens=max_new_tokens) for name, examples in sets.items()}
+                                 device=device, max_new_tokens=max_new_tokens, options=name in OPTION_SPLITS)
+              for name, examples in sets.items()}
     ids = {"pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "batch_size": batch_size,
            "device": device}
     members, others = sets["forget"], sets["holdout"]
@@ -128,7 +157,7 @@ def model_scores(model, tokenizer, sets: dict[str, list[QAExample]], *, batch_si
 def request_metrics(scores: dict, reference: dict) -> dict:
     """What one request left behind, against the retain model of that point (`reference`, from `model_scores`).
 
-    Forget quality, model utility (over retain and holdout), forget ROUGE-L / truth ratio /
+    Forget quality, model utility (TOFU's: retain, real authors, world facts), forget ROUGE-L / truth ratio /
     probability, exact memorization and extraction strength of the forget set, MIA AUC per
     attack (forget vs holdout: larger leaks more) and MUSE's privleak per attack
     (`metrics.tofu.privleak`: a memorised model ≈ −100, 0 ideal, positive over-unlearned),
