@@ -77,7 +77,8 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
     assert list(summary["methods"]) == labels
     for name, block in summary["methods"].items():
         assert 0 <= block["forget_quality"] <= 1 and block["model_utility"] >= 0, name
-        assert set(block["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"} and block["epsilon"] == 8.0
+        assert set(block["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
+        assert block["epsilon"] == (8.0 if name == "dp2u" else None)  # only dp2u's model is the DP base's
         assert [r["id"] for r in block["requests"]] == ["r1", "r2"]
         assert block["cost"]["ratio"] > 0 and block["cost"]["retrain_wall_s"] > 0
         for request in block["requests"]:
@@ -86,7 +87,13 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
     assert summary["methods"]["retrain"]["forget_quality"] == 1.0 and summary["methods"]["retrain"]["privleak"] == 0
     assert summary["methods"]["retrain"]["cost"]["flops_ratio"] == 1.0
     assert summary["methods"]["dp2u"]["cost"]["flops_ratio"] == pytest.approx(0.5, abs=0.03)
-    assert summary["target"]["privacy"]["epsilon"] <= 8.0
+    # DP2Unlearning's setup: a DP base (ε-DP on everything), the deployed target = the base fine-tuned without noise.
+    assert summary["dp_base"]["privacy"]["epsilon"] <= 8.0 and summary["target"]["privacy"] is None
+    assert "no DP guarantee" in summary["target"]["made"] and Path(summary["dp_base"]["path"]).is_dir()
+    assert 0 <= summary["dp_base"]["forget_quality"] <= 1 and summary["dp_base"]["model_utility"] >= 0
+    dp2u = summary["methods"]["dp2u"]["cost"]
+    # The base (40 steps on everything) counted once over the 2 requests: about half a retraining more.
+    assert dp2u["flops_ratio_with_base"] == pytest.approx(dp2u["flops_ratio"] + 0.5, abs=0.1)
     state = Ledger(out / "ledger.jsonl").state()
     assert {(m, r) for (m, r, _), record in state.items() if record["status"] == "done"} == \
         {(m, r) for m in labels for r in ("r1", "r2")}
@@ -218,7 +225,7 @@ def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration
 
 BAD = [
     ({"methods": ["npx"]}, "methods[0].name: unknown unlearning method 'npx'; did you mean 'npo'?"),
-    ({"methods": ["dp2u"]}, "methods[0]: dp2u serves requests from an ε-DP target; give target.privacy"),
+    ({"methods": ["dp2u"]}, "methods[0]: dp2u serves requests from an ε-DP base; give target.privacy"),
     ({"methods": [{"name": "retrain", "gu": True}]}, "methods[0].gu: retrain has no forget objective to project"),
     ({"methods": [{"name": "rmu", "params": {"layer": 1}, "gu": True}]},
      "methods[0].gu: GU replaces a method's retain term by α × the mean answer-NLL gradient"),

@@ -338,3 +338,9 @@ def test_the_flops_count_every_forward_and_backward_the_method_runs(name, params
     assert len(seen) == 3 * per_step  # the reference / frozen forward and GU's 3 per-sample passes are calls too
     assert frozen_calls == (3 if name in ("npo", "rmu") else 0)
     assert end.train_flops == pytest.approx(expected, rel=1e-12)
+
+
+def test_dp2u_unlearns_from_the_dp_base_and_retrain_from_the_base():
+    """DP2Unlearning fine-tunes the DP base, never the deployed target (which saw everything without noise)."""
+    assert load_method_class(UNLEARNING["dp2u"]).start_from == "dp_base"
+    assert load_method_class(UNLEARNING["retrain"]).start_from == "base"

@@ -263,16 +263,21 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     from palimpsest.unlearn.evaluation import model_scores, request_metrics
 
     # Each point's retain model (the gold standard every request is judged against) and the untouched target.
-    references, target_points, retain_points = [], [], []
+    references, target_points, retain_points, dp_base_points = [], [], [], []
     target = build_model(pretrained_config(prepared.base_model, target_dir))
+    dp_base = target_meta.get("dp_base")
+    dp_base_cfg = pretrained_config(prepared.base_model, Path(dp_base["path"])) if dp_base else None
+    dp_base_model = build_model(dp_base_cfg) if dp_base else None
     for point, (path, _) in zip(prepared.points, retained):
         reference = model_scores(build_model(pretrained_config(prepared.base_model, path)), prepared.tokenizer,
                                  point.sets, batch_size=spec.eval.batch_size, max_new_tokens=spec.eval.max_new_tokens)
         references.append(reference)
         retain_points.append(request_metrics(reference, reference))
-        target_points.append(request_metrics(model_scores(target, prepared.tokenizer, point.sets,
-                                                          batch_size=spec.eval.batch_size,
-                                                          max_new_tokens=spec.eval.max_new_tokens), reference))
+        for model, scored in ((target, target_points), (dp_base_model, dp_base_points)):
+            if model is not None:
+                scored.append(request_metrics(model_scores(model, prepared.tokenizer, point.sets,
+                                                           batch_size=spec.eval.batch_size,
+                                                           max_new_tokens=spec.eval.max_new_tokens), reference))
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
     if any(pending):
         target_cfg = pretrained_config(prepared.base_model, target_dir)
@@ -287,7 +292,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
             max_new_tokens=spec.eval.max_new_tokens,
             order=[(m.name, m.first_task) for m in methods if m.first_task < len(prepared.points)])
         config = unlearning.with_(
-            model=target_cfg, models={"base": prepared.base_model, "target": target_cfg}, methods=methods,
+            model=target_cfg, models={"base": prepared.base_model, "target": target_cfg,
+                                      **({"dp_base": dp_base_cfg} if dp_base_cfg else {})}, methods=methods,
             tasks=[tokenize_qa(prepared.tokenizer, p.request.items) for p in prepared.points],
             pools={RETAIN_POOL: [tokenize_qa(prepared.tokenizer, p.remaining) for p in prepared.points]},
             task_end=evaluator, fail_at=fail_at)
@@ -304,6 +310,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     else:
         folder.write_metrics([])
     return summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon,
+                     dp_base_points=dp_base_points,
                      started=started, firsts={run.name: first for run, first, _ in plan}, started_in=folder.path.name)
 
 
@@ -388,15 +395,15 @@ def method_cost(name: str, requests: list[dict], timed: list[dict], target_meta:
     cached = [t["cached"] for t in timed if "cached" in t]
     if cached:
         cost["cached_retrain"] = cached
-    if name == "dp2u" and target_meta.get("cost", {}).get("train_flops") is not None:
-        base = target_meta["cost"]["train_flops"]
+    if name == "dp2u" and (target_meta.get("dp_base") or {}).get("cost", {}).get("train_flops") is not None:
+        base = target_meta["dp_base"]["cost"]["train_flops"]
         cost["base_flops"] = base
         cost["flops_ratio_with_base"] = round((flops + base) / retrain_flops, 4) if retrain_flops else None
     return cost
 
 
 def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon, *,
-              started, firsts: dict[str, int], started_in: str) -> dict:
+              started, firsts: dict[str, int], started_in: str, dp_base_points: list | None = None) -> dict:
     """The run's summary; `firsts[label]`: the first request that method served in this run (earlier: skipped)."""
     state = ledger.state()
     methods = {}
@@ -407,8 +414,9 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                      "checkpoint": record["checkpoint"], "served_at": record["time"],
                      "status": "skipped" if index < firsts[run.name] else "served"}
                     for index, (p, record) in enumerate(zip(prepared.points, records))]
-        methods[run.name] = {**{key: requests[-1][key] for key in SUMMARY_KEYS}, "epsilon": epsilon,
-                             "requests": requests}
+        # Only dp2u's model descends from the ε-DP base without a non-private pass over the forget set.
+        methods[run.name] = {**{key: requests[-1][key] for key in SUMMARY_KEYS},
+                             "epsilon": epsilon if run.name == "dp2u" else None, "requests": requests}
     timed = retrain_timings(methods, retained, started_in=started_in)
     for name, block in methods.items():
         block["cost"] = method_cost(name, block["requests"], timed, target_meta)
@@ -425,11 +433,17 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         "utility": utility_note(prepared.points[0].sets),
         "target": {**{key: target_last[key] for key in SUMMARY_KEYS}, "privacy": target_meta.get("privacy"),
                    "cost": target_meta["cost"],
+                   **({"made": f"the DP base fine-tuned on all the data without noise ({target_meta['steps']} "
+                              "steps): no DP guarantee"} if target_meta.get("dp_base") else {}),
                    "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in target_points]},
         "retain_models": [{"id": p.request.id, "path": str(path), "cost": meta["cost"],
                            **{key: scores[key] for key in ("model_utility", "forget_rouge", "forget_truth_ratio", "mia")}}
                           for p, (path, meta), scores in zip(prepared.points, retained, retain_points)],
         "skipped": [name for name, first in firsts.items() if first == len(prepared.points)],
+        **({"dp_base": {**{key: dp_base_points[-1][key] for key in SUMMARY_KEYS}, "path": target_meta["dp_base"]["path"],
+                        "privacy": target_meta["dp_base"].get("privacy"), "cost": target_meta["dp_base"]["cost"],
+                        "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in dp_base_points]}}
+           if dp_base_points else {}),
         "methods": methods,
         "table": [{"method": name, **{k: block[k] for k in ("forget_quality", "model_utility", "forget_rouge",
                                                               "privleak")},

@@ -87,7 +87,46 @@ def _cost(result: dict, index: int) -> dict:
 
 
 def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> tuple[Path, dict]:
-    """The target (trained on everything, ε-DP if the job says so): from the cache, else trained now."""
+    """The deployed target, trained on everything: from the cache, else trained now.
+
+    Without `target.privacy` it is trained from the base with `target.training`. With it,
+    as DP2Unlearning (Mahmud et al., 2025; the authors' code, github.com/tamimalmahmud/
+    DP2Unlearning: `Train_dp_SGD.py` trains the DP base on TOFU's full set, the deployed
+    "FDM" fine-tunes it on the full set without noise, 5 epochs after 10): a DP base is
+    trained with (ε, δ)-DP on everything (`dp_base_model`), then fine-tuned on everything
+    without noise for `target.deploy_fraction` of the steps. The deployed target has no DP
+    guarantee; its meta names the DP base (`dp_base`), which dp2u unlearns from.
+    """
+    if spec.target.privacy is None:
+        return _trained_target(spec, prepared, folder, use_ray=use_ray)
+    base_dir, base_meta = dp_base_model(spec, prepared, folder, use_ray=use_ray)
+    cache = _cache_root(spec)
+    key = "deployed-" + _digest({"dp_base": base_dir.name, "fraction": spec.target.deploy_fraction})
+    found = _cached(cache, key)
+    if found:
+        return found
+    training = spec.target.training
+    steps = max(1, round(spec.target.deploy_fraction * training.steps))
+    training = training.model_copy(update={"steps": steps, "warmup_steps": min(training.warmup_steps, steps - 1)})
+    config = loop_config(as_train(spec, training, None), prepared.tokenizer, tasks=[prepared.train], eval_sets={})
+    output, checkpoints = fit(spec, config.with_(model=pretrained_config(prepared.base_model, base_dir)), folder,
+                              f"{folder.path.name}-deployed", use_ray=use_ray)
+    (result,) = output["methods"]
+    meta = {"kind": "deployed", "cost": _cost(result, 0), "privacy": None, "examples": len(prepared.train),
+            "trained_in": folder.path.name, "steps": steps,
+            "dp_base": {"path": str(base_dir), **base_meta}}
+    return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
+
+
+def dp_base_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
+                  use_ray: bool) -> tuple[Path, dict]:
+    """The (ε, δ)-DP model trained on everything (DP2Unlearning's DP base): cached, else trained now."""
+    return _trained_target(spec, prepared, folder, use_ray=use_ray)
+
+
+def _trained_target(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
+                    use_ray: bool) -> tuple[Path, dict]:
+    """The base trained on everything with `target.training` (ε-DP with `target.privacy`), cached by content."""
     cache, key = _cache_root(spec), _target_key(prepared, spec.target.privacy)
     found = _cached(cache, key)
     if found:
@@ -97,8 +136,8 @@ def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder,
     output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-target",
                               use_ray=use_ray)
     (result,) = output["methods"]
-    meta = {"kind": "target", "cost": _cost(result, 0), "privacy": result["privacy"], "examples": len(prepared.train),
-            "trained_in": folder.path.name}
+    meta = {"kind": "dp_base" if spec.target.privacy else "target", "cost": _cost(result, 0),
+            "privacy": result["privacy"], "examples": len(prepared.train), "trained_in": folder.path.name}
     return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
 
 

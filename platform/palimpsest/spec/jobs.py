@@ -302,8 +302,13 @@ class TargetSpec(Strict):
     """How the target (forget ∪ retain) and the retain models are trained: the same recipe for both."""
 
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    privacy: PrivacySpec | None = Field(None, description="train the target with (ε, δ)-DP (dp2u needs it); the "
-                                                          "retain models are never private")
+    privacy: PrivacySpec | None = Field(None, description="train a DP base with (ε, δ)-DP on all the data (dp2u "
+                                                          "needs it); the deployed target is that base fine-tuned "
+                                                          "without noise; the retain models are never private")
+    deploy_fraction: float = Field(0.5, gt=0, le=1, description="with privacy: the deployed target fine-tunes the DP "
+                                                                "base on all the data, without noise, for this share "
+                                                                "of target.training.steps (DP2Unlearning: 5 epochs "
+                                                                "after 10)")
 
     _no_global_clipping = model_validator(mode="after")(lambda self: _private_clipping(self))
 

@@ -74,7 +74,7 @@ def _unlearn_problems(document: dict, training, scaling, model) -> list[str]:
         if info is None:
             continue
         if info.name == "dp2u" and not isinstance(target.get("privacy"), dict):
-            problems.append(f"methods[{i}]: dp2u serves requests from an ε-DP target; give target.privacy "
+            problems.append(f"methods[{i}]: dp2u serves requests from an ε-DP base; give target.privacy "
                             "(e.g. epsilon: 8)")
         if info.name in ("retrain", "dp2u") and target_training and not info.supports(
                 target_training.backend, target_training.deepspeed.zero_stage):
