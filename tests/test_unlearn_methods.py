@@ -26,7 +26,7 @@ UNLEARNING = methods_of("unlearning")
 ITEMS = qa_items(40, seed=1)
 FORGET_SETS = [ITEMS[:4], ITEMS[4:8]]
 REMAINING = [ITEMS[4:], ITEMS[8:]]
-BASE, TARGET = tiny_model_cfg(seed=5), tiny_model_cfg(seed=0)
+BASE, TARGET, DP_BASE = tiny_model_cfg(seed=5), tiny_model_cfg(seed=0), tiny_model_cfg(seed=7)
 
 
 def unlearning_run(name: str, **params) -> MethodRun:
@@ -48,7 +48,7 @@ class Recorder:
 
 def config(run: MethodRun, *, steps: int = 6, lr: float = 1e-2, **changes) -> LoopConfig:
     return LoopConfig(
-        seed=3, model=TARGET, models={"base": BASE, "target": TARGET},
+        seed=3, model=TARGET, models={"base": BASE, "target": TARGET, "dp_base": TARGET},
         optimisation=Optimisation(steps=steps, batch_size=4, lr=lr, lr_schedule="constant", max_grad_norm=None,
                                   **changes),
         evaluation=Evaluation(), tasks=FORGET_SETS, eval_sets={}, pools={RETAIN: REMAINING}, methods=[run],
@@ -58,7 +58,7 @@ def config(run: MethodRun, *, steps: int = 6, lr: float = 1e-2, **changes) -> Lo
 def context(model=None, task: int = 0) -> LoopContext:
     return LoopContext(model=model if model is not None else build_model(TARGET), tasks=FORGET_SETS, task=task,
                        seed=3, batch_size=4, steps_per_task=6, pad_id=PAD, eos_id=EOS,
-                       pools={RETAIN: REMAINING[task]}, models={"base": BASE, "target": TARGET})
+                       pools={RETAIN: REMAINING[task]}, models={"base": BASE, "target": TARGET, "dp_base": DP_BASE})
 
 
 def micro_batch(model, batch: StepBatch) -> MicroBatch:
@@ -85,7 +85,8 @@ def nudge(model, scale: float = 0.05, seed: int = 0) -> None:
 
 
 def test_every_declaration_is_its_modules_and_the_constructor_takes_its_parameters():
-    assert set(UNLEARNING) == {"retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u"}
+    assert set(UNLEARNING) == {"retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u",
+                               "wga", "satimp", "ce_u"}
     for name, info in UNLEARNING.items():
         cls = load_method_class(info)
         assert inspect.getmodule(cls).METHOD == info, name
@@ -241,7 +242,7 @@ def test_retrain_starts_every_request_from_the_base_on_what_remains_with_the_ori
     assert method.schedule(Opt(steps=10, batch_size=4), original) is original
 
 
-def test_dp2u_serves_each_request_from_the_dp_target_for_a_fraction_of_retraining():
+def test_dp2u_serves_each_request_from_the_dp_base_for_a_fraction_of_retraining():
     from palimpsest.train.config import Optimisation as Opt
 
     method = unlearning_run("dp2u").build()
@@ -249,8 +250,9 @@ def test_dp2u_serves_each_request_from_the_dp_target_for_a_fraction_of_retrainin
     ctx = context(task=1)
     nudge(ctx.model)  # the model after request 1: dp2u must not continue from it
     method.before_task(ctx)
-    target = build_model(TARGET).state_dict()
-    assert all(torch.equal(v, target[k]) for k, v in ctx.model.state_dict().items())
+    base, target = build_model(DP_BASE).state_dict(), build_model(TARGET).state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in ctx.model.state_dict().items())  # the DP base
+    assert not all(torch.equal(v, target[k]) for k, v in ctx.model.state_dict().items())  # not the deployed target
 
 
 RESUME_SETTINGS = {"rmu": {"layer": 1, "retain_weight": 10.0}, "gs_lora": {"r": 4}}
@@ -293,6 +295,7 @@ def test_readme_parameter_table_is_the_declarations():
 
 
 FLOP_CASES = [("grad_ascent", {}, False), ("grad_diff", {}, False), ("npo", {}, False), ("simnpo", {}, False),
+              ("wga", {}, False), ("ce_u", {}, False),
               ("rmu", {"layer": 1, "retain_weight": 10.0}, False), ("gs_lora", {"r": 4}, False),
               ("retrain", {}, False), ("npo", {}, True)]
 
@@ -344,3 +347,17 @@ def test_dp2u_unlearns_from_the_dp_base_and_retrain_from_the_base():
     """DP2Unlearning fine-tunes the DP base, never the deployed target (which saw everything without noise)."""
     assert load_method_class(UNLEARNING["dp2u"]).start_from == "dp_base"
     assert load_method_class(UNLEARNING["retrain"]).start_from == "base"
+
+
+
+@pytest.mark.parametrize("name", ["wga", "satimp", "ce_u"])
+def test_the_reweighted_and_cross_entropy_methods_lower_the_forget_answers_likelihood_on_the_loop(name, tmp_path):
+    # The ascent alone (no retain term): on this untrained model a retain NLL would lift shared tokens.
+    cfg = config(unlearning_run(name, retain_weight=0.0, **({"forget_weight": 1.0} if name == "satimp" else {})),
+                 steps=6, lr=1e-2)
+    run_without_ray(cfg, tmp_path)
+    before, after = build_model(TARGET), build_model(TARGET)
+    after.load_state_dict(cfg.task_end.weights[0])
+    old, _ = log_likelihoods(before, FORGET_SETS[0])
+    new, _ = log_likelihoods(after, FORGET_SETS[0])
+    assert (new < old).all(), (name, old, new)

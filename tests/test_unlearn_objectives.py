@@ -75,3 +75,91 @@ def test_rmu_control_vector_is_a_unit_uniform_direction_scaled_by_c():
     assert vector.norm().item() == pytest.approx(6.5, rel=1e-6)  # unnormalised it would be ~6.5·√(64/3)
     assert (vector >= 0).all() and torch.equal(vector, control_vector(64, seed=3, coeff=6.5))
     assert not torch.equal(vector, control_vector(64, seed=4, coeff=6.5))
+
+
+def _forget_micro(token_losses: torch.Tensor, mask: torch.Tensor, answers: list[int], **extra):
+    from palimpsest.train.batching import TokenizedQA
+    from palimpsest.train.hooks import MicroBatch, StepBatch
+    from palimpsest.unlearn.base import FORGET
+
+    items = [TokenizedQA((1, 5), tuple(range(7, 7 + n))) for n in answers]  # n answer tokens + eos each
+    return MicroBatch(inputs=extra.pop("inputs", {}), part_of_row=[FORGET] * len(items), token_losses=token_losses,
+                      token_mask=mask, step_batch=StepBatch({FORGET: items}), world_size=1, accumulation=1)
+
+
+def _method(name: str, **params):
+    from palimpsest.catalog import methods_of
+
+    info = methods_of("unlearning")[name]
+    return info.resolve(params), info
+
+
+def test_wga_ascends_each_token_by_its_detached_probability_to_the_beta():
+    """open-unlearning's compute_wga_loss: −mean_t[sg(p_t^β)·NLL_t]; the gradient per token is −p_t^β / N."""
+    from palimpsest.train.methods import load_method_class
+
+    params, info = _method("wga", beta=2.0)
+    assert params == {"beta": 2.0, "forget_weight": 1.0, "retain_weight": 1.0}
+    method = load_method_class(info)(**params)
+    nll = torch.tensor([[0.5, 1.0, 0.0], [0.2, 0.3, 2.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True]])  # 2 + 3 answer tokens (answers of 1 and 2 + eos)
+    loss = method.forget_loss(None, None, _forget_micro(nll, mask, [1, 2]), None)
+    p = torch.exp(-nll.detach())
+    expected = -(p**2 * nll.detach())[mask].sum() / 5
+    assert loss.item() == pytest.approx(expected.item())
+    loss.backward()
+    # Detached weight: d/dNLL = −p^β / N. Differentiating through it would give −p^β(1 − β·NLL) / N.
+    torch.testing.assert_close(nll.grad[mask], (-(p**2) / 5)[mask])
+    assert nll.grad[0, 2] == 0
+
+
+def test_satimp_weights_by_p_to_beta1_times_one_minus_p_to_beta2_with_the_yamls_weights():
+    from palimpsest.train.methods import load_method_class
+
+    params, info = _method("satimp")
+    assert params == {"beta1": 5.0, "beta2": 1.0, "forget_weight": 0.1, "retain_weight": 1.0}  # the yaml that runs
+    method = load_method_class(info)(**params)
+    nll = torch.full((1, 2), math.log(2.0), requires_grad=True)  # p = 0.5 on both tokens
+    loss = method.forget_loss(None, None, _forget_micro(nll, torch.ones(1, 2, dtype=torch.bool), [1]), None)
+    weight = 0.5**5 * 0.5  # 1/64; swapped powers would give 0.5 · 0.5^5 too, so check an asymmetric p as well
+    assert loss.item() == pytest.approx(-0.1 * weight * math.log(2.0))
+    nll2 = torch.tensor([[-math.log(0.8)]], requires_grad=True)
+    loss2 = method.forget_loss(None, None, _forget_micro(nll2, torch.ones(1, 1, dtype=torch.bool), [0]), None)
+    assert loss2.item() == pytest.approx(-0.1 * 0.8**5 * 0.2 * -math.log(0.8))  # p^5(1−p), not p(1−p)^5
+    loss2.backward()
+    assert nll2.grad.item() == pytest.approx(-0.1 * 0.8**5 * 0.2)  # the weight is held fixed
+
+
+def test_ce_u_pulls_to_the_models_own_distribution_without_the_true_token_and_skips_the_first():
+    """open-unlearning's ceu.py: target q = sg(softmax(z with z_y = −inf)), loss = mean CE(q, p); grad (p − q)/N."""
+    from types import SimpleNamespace
+
+    from palimpsest.train.methods import load_method_class
+
+    params, info = _method("ce_u")
+    assert params == {"ignore_first": 1, "retain_weight": 0.0}
+    method = load_method_class(info)(**params)
+    torch.manual_seed(0)
+    vocab = 6
+    # One row: prompt (bos, 5), answer (3, 4), eos 2 → labels at positions 1..3 predict 3, 4, 2.
+    input_ids = torch.tensor([[1, 5, 3, 4, 2]])
+    labels = torch.tensor([[-100, -100, 3, 4, 2]])
+    logits = torch.randn(1, 5, vocab, requires_grad=True)
+    mask = torch.tensor([[False, True, True, True]])  # token_losses positions 0..3 (the last logit predicts nothing)
+    micro = _forget_micro(torch.zeros(1, 4), mask, [2], inputs={"input_ids": input_ids, "labels": labels})
+    loss = method.forget_loss(None, None, micro, SimpleNamespace(logits=logits))
+    # Positions 2 and 3 (predicting 4 and the eos); position 1 (the first answer token, 3) is left out.
+    counted = 2 + 1 - 1  # the item's answer tokens and eos, less the first
+    expected, grads = 0.0, {}
+    for position, token in ((2, 4), (3, 2)):
+        p = logits[0, position].detach().softmax(-1)
+        q = p.clone()
+        q[token] = 0
+        q = q / q.sum()  # renormalised without the true token
+        expected += float(-(q * p.log()).sum()) / counted
+        grads[position] = p - q
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    for position, grad in grads.items():
+        torch.testing.assert_close(logits.grad[0, position], grad / counted, rtol=1e-5, atol=1e-7)
+    assert logits.grad[0, 1].abs().sum() == 0 and logits.grad[0, 4].abs().sum() == 0

@@ -112,3 +112,12 @@ def answer_rows(micro: MicroBatch, part: str, model: torch.nn.Module) -> tuple[t
         logits = model(input_ids=micro.inputs["input_ids"][rows],
                        attention_mask=micro.inputs["attention_mask"][rows]).logits
     return sequence_log_likelihood(logits, micro.inputs["labels"][rows])
+
+
+def weighted_forget_nll(micro: MicroBatch, weights: torch.Tensor) -> torch.Tensor:
+    """Σ over the forget answer tokens of weight × NLL, as this rank's share of the mean over every forget answer
+    token of the global batch (what `micro.nll(FORGET)` is with weights 1). `weights`: (B, P), no gradient."""
+    rows = micro.rows(FORGET)
+    weighted = weights[rows] * micro.token_mask[rows] * micro.token_losses[rows]
+    return micro.reduction(weighted, micro.token_mask[rows], micro.row_weights[rows],
+                           micro.step_batch.answer_tokens(FORGET), micro.world_size)
