@@ -223,6 +223,26 @@ def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration
     assert len(hashes) == 4  # both configurations' results, each under its own key
 
 
+def test_idk_nll_serves_requests_with_i_dont_know_answers_the_tokenizer_knows(tmp_path):
+    """The runner tokenises the refusals (a fitted tokenizer learns their words) and records the answer file."""
+    idk = tmp_path / "idk.txt"
+    idk.write_text("I don't know.\nNo idea at all.\n")
+    document = unlearn_spec(tmp_path, methods=[{"name": "idk_nll", "params": {"idk_path": str(idk)}}],
+                            eval={"max_examples": 4, "batch_size": 32})
+    spec = parse_spec(document)
+    prepared = unlearn.prepare(spec)
+    assert [prepared.tokenizer.decode(a).strip() for a in prepared.idk] == ["I don't know.", "No idea at all."]
+    summary = run_spec(document, tmp_path / "run", use_ray=False)
+    assert [r["status"] for r in summary["request_metrics"]] == ["served", "served"]
+    (record, *_) = Ledger(tmp_path / "run" / "ledger.jsonl").events()
+    assert record["config"]["method"]["params"]["idk_path"] == str(idk)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**document, "methods": [{"name": "idk_nll",
+                                                             "params": {"idk_path": str(tmp_path / "none.txt")}}]}))
+    missing = CliRunner().invoke(app, ["validate", str(job)])
+    assert missing.exit_code == 2 and "idk_path" in missing.output and "Traceback" not in missing.output, missing.output
+
+
 BAD = [
     ({"methods": ["npx"]}, "methods[0].name: unknown unlearning method 'npx'; did you mean 'npo'?"),
     ({"methods": ["dp2u"]}, "methods[0]: dp2u serves requests from an ε-DP base; give target.privacy"),

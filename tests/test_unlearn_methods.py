@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from palimpsest.catalog import methods_of
 from palimpsest.models import build_model
-from palimpsest.train.batching import collate_qa, sequence_log_likelihood, token_losses
+from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_likelihood, token_losses
 from palimpsest.train.checkpoint import STATE_FILE
 from palimpsest.train.config import Evaluation, LoopConfig, MethodRun, Optimisation
 from palimpsest.train.hooks import LoopContext, MicroBatch, StepBatch
@@ -51,7 +51,8 @@ def config(run: MethodRun, *, steps: int = 6, lr: float = 1e-2, **changes) -> Lo
         seed=3, model=TARGET, models={"base": BASE, "target": TARGET, "dp_base": TARGET},
         optimisation=Optimisation(steps=steps, batch_size=4, lr=lr, lr_schedule="constant", max_grad_norm=None,
                                   **changes),
-        evaluation=Evaluation(), tasks=FORGET_SETS, eval_sets={}, pools={RETAIN: REMAINING}, methods=[run],
+        evaluation=Evaluation(), tasks=FORGET_SETS, eval_sets={},
+        pools={RETAIN: REMAINING, "idk": [IDK_ANSWERS] * len(FORGET_SETS)}, methods=[run],
         task_end=Recorder(), threads=1)
 
 
@@ -86,7 +87,7 @@ def nudge(model, scale: float = 0.05, seed: int = 0) -> None:
 
 def test_every_declaration_is_its_modules_and_the_constructor_takes_its_parameters():
     assert set(UNLEARNING) == {"retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u",
-                               "wga", "satimp", "ce_u"}
+                               "wga", "satimp", "ce_u", "idk_nll"}
     for name, info in UNLEARNING.items():
         cls = load_method_class(info)
         assert inspect.getmodule(cls).METHOD == info, name
@@ -256,6 +257,7 @@ def test_dp2u_serves_each_request_from_the_dp_base_for_a_fraction_of_retraining(
 
 
 RESUME_SETTINGS = {"rmu": {"layer": 1, "retain_weight": 10.0}, "gs_lora": {"r": 4}}
+IDK_ANSWERS = [TokenizedQA((), (40, 41, 42)), TokenizedQA((), (43, 44))]  # two "I don't know" answers, as token ids
 
 
 @pytest.mark.parametrize("name", sorted(UNLEARNING))
@@ -361,3 +363,24 @@ def test_the_reweighted_and_cross_entropy_methods_lower_the_forget_answers_likel
     old, _ = log_likelihoods(before, FORGET_SETS[0])
     new, _ = log_likelihoods(after, FORGET_SETS[0])
     assert (new < old).all(), (name, old, new)
+
+
+
+def test_idk_nll_teaches_i_dont_know_for_the_forget_questions_and_keeps_the_retain_nll(tmp_path):
+    method = unlearning_run("idk_nll").build()
+    ctx = context()
+    ctx.pools["idk"] = IDK_ANSWERS
+    batch = method.batch(ctx, 0)
+    questions = ctx.task_batch(0)
+    assert [item.prompt for item in batch.parts["idk"]] == [q.prompt for q in questions]  # the forget questions
+    assert {item.answer for item in batch.parts["idk"]} <= {a.answer for a in IDK_ANSWERS}  # answered "I don't know"
+    assert not any(item.answer == q.answer for item, q in zip(batch.parts["idk"], questions))
+    assert len(batch.parts[RETAIN]) == 4  # α = 1: the retain NLL stays
+    cfg = config(unlearning_run("idk_nll", retain_weight=0.0), steps=6, lr=1e-2)
+    run_without_ray(cfg, tmp_path)
+    after = build_model(TARGET)
+    after.load_state_dict(cfg.task_end.weights[0])
+    pairs = [TokenizedQA(q.prompt, a.answer) for q in FORGET_SETS[0] for a in IDK_ANSWERS]
+    old, _ = log_likelihoods(build_model(TARGET), pairs)
+    new, _ = log_likelihoods(after, pairs)
+    assert (new > old).all()  # descent on the refusals, not ascent

@@ -26,16 +26,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from palimpsest.data import DataError
+from palimpsest.data import DataError, QAExample
 from palimpsest.models import model_config
 from palimpsest.runners.common import build_tokenizer, fit, loop_config, method_runs
 from palimpsest.runners.unlearn_data import Point, PreparedUnlearn, Request, load_points
 from palimpsest.runners.unlearn_models import RETAIN_POOL, as_train, pretrained_config, retain_models, target_model
 from palimpsest.runtime import RunFolder
 from palimpsest.spec.jobs import UnlearnJob
-from palimpsest.train.batching import tokenize_qa
+from palimpsest.train.batching import TokenizedQA, tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
 from palimpsest.unlearn.evaluation import OPTION_SPLITS
+from palimpsest.unlearn.idk_nll import IDK as IDK_POOL
 from palimpsest.unlearn.ledger import Ledger, LedgerError, config_hash, content_hash
 
 
@@ -47,6 +48,9 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     """
     _method_runs(spec, unlearning=None, original=None)  # parameter errors first, as validate reports them
     train, points, tokenizer_texts = load_points(spec)
+    refusals = idk_refusals(spec)
+    if refusals and not (spec.model.tokenizer or spec.model.pretrained):  # a fitted tokenizer must know their words
+        tokenizer_texts = [*tokenizer_texts, *(QAExample("?", answer) for answer in refusals)]
     tokenizer = build_tokenizer(spec.model, tokenizer_texts, saved=saved_tokenizer)
     base = model_config(spec.model.model_dump(), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
                         bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, seed=spec.seed)
@@ -64,7 +68,29 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     if spec.data.source != "factworld" and not (spec.model.tokenizer or spec.model.pretrained):
         notes.append("the tokenizer was fitted on the training data only: holdout items may take more tokens, "
                      "which the MIA can pick up; give model.tokenizer")
-    return PreparedUnlearn(tokenizer, train, points, base, recipe, notes, configs)
+    prepared = PreparedUnlearn(tokenizer, train, points, base, recipe, notes, configs)
+    prepared.idk = [item.answer for item in tokenize_qa(tokenizer, [QAExample("?", a) for a in refusals])]
+    return prepared
+
+
+def idk_refusals(spec: UnlearnJob) -> list[str]:
+    """The "I don't know" answers the job's idk methods teach (none without one).
+
+    Raises:
+        DataError: the methods name different answer files, or a file holds none.
+    """
+    from palimpsest.unlearn.idk import idk_answers
+
+    paths = {(m.params or {}).get("idk_path") for m in spec.methods if m.name == "idk_nll"}
+    if not paths:
+        return []
+    if len(paths) > 1:
+        raise DataError("methods: the idk methods name different idk_path files; give them one")
+    (path,) = paths
+    try:
+        return idk_answers(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"methods: idk_path: {error}") from None
 
 
 def request_configs(spec: UnlearnJob, recipe: dict, train, points: list[Point]) -> dict[str, list[dict]]:
@@ -295,7 +321,9 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
             model=target_cfg, models={"base": prepared.base_model, "target": target_cfg,
                                       **({"dp_base": dp_base_cfg} if dp_base_cfg else {})}, methods=methods,
             tasks=[tokenize_qa(prepared.tokenizer, p.request.items) for p in prepared.points],
-            pools={RETAIN_POOL: [tokenize_qa(prepared.tokenizer, p.remaining) for p in prepared.points]},
+            pools={RETAIN_POOL: [tokenize_qa(prepared.tokenizer, p.remaining) for p in prepared.points],
+                   **({IDK_POOL: [[TokenizedQA((), answer) for answer in prepared.idk]] * len(prepared.points)}
+                      if prepared.idk else {})},
             task_end=evaluator, fail_at=fail_at)
         first = methods[pending.index(True)]
         begin(ledger, prepared.points[first.first_task].request, first.name,

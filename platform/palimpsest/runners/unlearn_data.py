@@ -47,6 +47,7 @@ class PreparedUnlearn:
     recipe: dict  # what the trained models depend on besides their data (the cache key's part)
     notes: list[str] = field(default_factory=list)
     configs: dict[str, list[dict]] = field(default_factory=dict)  # per method label, per point: the ledger's config
+    idk: list[tuple[int, ...]] = field(default_factory=list)  # the idk methods' "I don't know" answers, as token ids
 
 
 def _tofu_file(folder: Path, name: str) -> Path | None:
