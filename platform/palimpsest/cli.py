@@ -327,6 +327,9 @@ class _Interrupts:
         nudge, self._nudged = self._nudged, False
         first = self.requested is None
         if first:
+            from palimpsest.runtime import INTERRUPTED
+
+            INTERRUPTED.set()
             self.requested, self._since = signum, time.monotonic()
             threading.Thread(target=self._insist, name="palimpsest-interrupt", daemon=True).start()
         forced = (not first and not nudge) or time.monotonic() - self._since > self.FORCE_AFTER_S

@@ -19,8 +19,13 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+# Set by the CLI when Ctrl-C or SIGTERM reaches a run (an interrupt can surface as another
+# error, e.g. Ray Train's aborted run): a runner then knows the error is not the run's own.
+INTERRUPTED = threading.Event()
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -31,7 +31,7 @@ from palimpsest.models import model_config
 from palimpsest.runners.common import build_tokenizer, fit, loop_config, method_runs
 from palimpsest.runners.unlearn_data import Point, PreparedUnlearn, Request, load_points
 from palimpsest.runners.unlearn_models import RETAIN_POOL, as_train, pretrained_config, retain_models, target_model
-from palimpsest.runtime import RunFolder
+from palimpsest.runtime import INTERRUPTED, RunFolder
 from palimpsest.spec.jobs import UnlearnJob
 from palimpsest.train.batching import TokenizedQA, tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
@@ -331,7 +331,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
         try:
             output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray, progress=progress)
         except Exception as error:  # a Ctrl-C (KeyboardInterrupt) leaves the request pending, to serve on
-            mark_failed(ledger, prepared.configs, prepared.points, error)
+            if not INTERRUPTED.is_set():  # under Ray an interrupt surfaces as the aborted run's error
+                mark_failed(ledger, prepared.configs, prepared.points, error)
             raise
         folder.write_metrics([{**r, "method": result["name"]} for result in output["methods"]
                               for r in result["records"]])
