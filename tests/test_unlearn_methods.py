@@ -87,7 +87,7 @@ def nudge(model, scale: float = 0.05, seed: int = 0) -> None:
 
 def test_every_declaration_is_its_modules_and_the_constructor_takes_its_parameters():
     assert set(UNLEARNING) == {"retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u",
-                               "wga", "satimp", "ce_u", "idk_nll"}
+                               "wga", "satimp", "ce_u", "idk_nll", "undial"}
     for name, info in UNLEARNING.items():
         cls = load_method_class(info)
         assert inspect.getmodule(cls).METHOD == info, name
@@ -297,7 +297,7 @@ def test_readme_parameter_table_is_the_declarations():
 
 
 FLOP_CASES = [("grad_ascent", {}, False), ("grad_diff", {}, False), ("npo", {}, False), ("simnpo", {}, False),
-              ("wga", {}, False), ("ce_u", {}, False),
+              ("wga", {}, False), ("ce_u", {}, False), ("undial", {}, False),
               ("rmu", {"layer": 1, "retain_weight": 10.0}, False), ("gs_lora", {"r": 4}, False),
               ("retrain", {}, False), ("npo", {}, True)]
 
@@ -339,9 +339,9 @@ def test_the_flops_count_every_forward_and_backward_the_method_runs(name, params
         trainable = sum(p.numel() for n, p in end.model.named_parameters() if "lora_" in n)
     expected = sum(2 * total * t + ((2 * total * t + 2 * trainable * t) if grad else 0) for t, grad in seen)
     frozen_calls = sum(1 for _, grad in seen if not grad)
-    per_step = {"npo": 2, "rmu": 2}.get(name, 1) + (3 if gu else 0)
+    per_step = {"npo": 2, "rmu": 2, "undial": 2}.get(name, 1) + (3 if gu else 0)
     assert len(seen) == 3 * per_step  # the reference / frozen forward and GU's 3 per-sample passes are calls too
-    assert frozen_calls == (3 if name in ("npo", "rmu") else 0)
+    assert frozen_calls == (3 if name in ("npo", "rmu", "undial") else 0)
     assert end.train_flops == pytest.approx(expected, rel=1e-12)
 
 
@@ -352,11 +352,11 @@ def test_dp2u_unlearns_from_the_dp_base_and_retrain_from_the_base():
 
 
 
-@pytest.mark.parametrize("name", ["wga", "satimp", "ce_u"])
+@pytest.mark.parametrize("name", ["wga", "satimp", "ce_u", "undial"])
 def test_the_reweighted_and_cross_entropy_methods_lower_the_forget_answers_likelihood_on_the_loop(name, tmp_path):
     # The ascent alone (no retain term): on this untrained model a retain NLL would lift shared tokens.
     cfg = config(unlearning_run(name, retain_weight=0.0, **({"forget_weight": 1.0} if name == "satimp" else {})),
-                 steps=6, lr=1e-2)
+                 steps=6, lr=1e-2)  # (undial's teacher is the model as the request began: the target)
     run_without_ray(cfg, tmp_path)
     before, after = build_model(TARGET), build_model(TARGET)
     after.load_state_dict(cfg.task_end.weights[0])
@@ -384,3 +384,37 @@ def test_idk_nll_teaches_i_dont_know_for_the_forget_questions_and_keeps_the_reta
     old, _ = log_likelihoods(build_model(TARGET), pairs)
     new, _ = log_likelihoods(after, pairs)
     assert (new > old).all()  # descent on the refusals, not ascent
+
+
+
+def test_undial_distils_the_frozen_start_with_the_true_tokens_logit_lowered_by_beta():
+    """open-unlearning's compute_undial_loss: CE(softmax(z_teacher − β·onehot(y)), student) at every position."""
+    method = unlearning_run("undial", beta=3.0).build()
+    ctx = context()
+    method.before_task(ctx)
+    student = build_model(TARGET)
+    nudge(student, seed=4)  # the student has moved away from the request's start
+    batch = StepBatch({FORGET: FORGET_SETS[0][:3]})
+    inputs = collate_qa(FORGET_SETS[0][:3], pad_id=PAD, eos_id=EOS)
+    outputs = student(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    losses, mask = token_losses(outputs.logits, inputs["labels"])
+    micro = MicroBatch(inputs=inputs, part_of_row=[FORGET] * 3, token_losses=losses, token_mask=mask,
+                       step_batch=batch, world_size=1, accumulation=1)
+    loss = method.forget_loss(ctx, student, micro, outputs)
+    with torch.no_grad():
+        teacher = method.teacher.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    expected = []
+    for row in range(3):
+        terms = []
+        for t in range(inputs["input_ids"].shape[1] - 1):
+            z = teacher[row, t].clone()
+            label = int(inputs["labels"][row, t + 1])
+            if label != -100:
+                z[label] -= 3.0  # lowered, never raised
+            q = z.softmax(-1)
+            terms.append(float(-(q * outputs.logits[row, t].detach().log_softmax(-1)).sum()))
+        expected.append(sum(terms) / len(terms))  # every position, prompt and padding included
+    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in method.teacher.model.parameters())  # the teacher is frozen
+    assert load_method_class(UNLEARNING["undial"]).full_logits
