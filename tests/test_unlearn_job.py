@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 EVERY_METHOD = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo",
                 {"name": "rmu", "params": {"layer": 1, "steering_coeff": 4.0, "retain_weight": 50.0}},
                 {"name": "gs_lora", "params": {"r": 4}}, "dp2u",
-                {"name": "grad_ascent", "gu": True, "gu_samples": 4}, {"name": "npo", "gu": True, "gu_samples": 4}]
+                {"name": "grad_ascent", "gu": True, "gu_samples": 4}, {"name": "npo", "gu": True, "gu_samples": 4},
+                "idk_dpo", "undial"]  # a second forward of the DDP model in the loss; full logits and a frozen teacher
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_every_method_serves_a_request_sequence_on_two_workers(tmp_path, ray_ses
     out = tmp_path / "run"
     summary = run_spec(document, out)
     labels = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u", "grad_ascent+gu",
-              "npo+gu"]
+              "npo+gu", "idk_dpo", "undial"]
     assert list(summary["methods"]) == labels
     for name, block in summary["methods"].items():
         assert 0 <= block["forget_quality"] <= 1 and block["model_utility"] >= 0, name

@@ -87,7 +87,7 @@ def nudge(model, scale: float = 0.05, seed: int = 0) -> None:
 
 def test_every_declaration_is_its_modules_and_the_constructor_takes_its_parameters():
     assert set(UNLEARNING) == {"retrain", "grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "gs_lora", "dp2u",
-                               "wga", "satimp", "ce_u", "idk_nll", "undial"}
+                               "wga", "satimp", "ce_u", "idk_nll", "undial", "idk_dpo"}
     for name, info in UNLEARNING.items():
         cls = load_method_class(info)
         assert inspect.getmodule(cls).METHOD == info, name
@@ -418,3 +418,24 @@ def test_undial_distils_the_frozen_start_with_the_true_tokens_logit_lowered_by_b
     loss.backward()
     assert all(p.grad is None for p in method.teacher.model.parameters())  # the teacher is frozen
     assert load_method_class(UNLEARNING["undial"]).full_logits
+
+
+
+def test_idk_dpo_starts_at_two_over_beta_ln_2_and_prefers_i_dont_know_to_the_true_answer(tmp_path):
+    """open-unlearning's compute_dpo_loss with chosen = idk, rejected = the true answer, summed log-likelihoods."""
+    method = unlearning_run("idk_dpo", retain_weight=0.0).build()
+    ctx = context()
+    ctx.pools["idk"] = IDK_ANSWERS
+    method.before_task(ctx)
+    batch = method.batch(ctx, 0)
+    assert list(batch.parts) == [FORGET]
+    loss = method.loss(ctx, ctx.model, micro_batch(ctx.model, batch), None)
+    assert loss.item() == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)  # π = π_ref: every margin is 0
+    cfg = config(unlearning_run("idk_dpo", retain_weight=0.0), steps=6, lr=1e-2)
+    run_without_ray(cfg, tmp_path)
+    after = build_model(TARGET)
+    after.load_state_dict(cfg.task_end.weights[0])
+    refusals = [TokenizedQA(q.prompt, a.answer) for q in FORGET_SETS[0] for a in IDK_ANSWERS]
+    (old_idk, _), (new_idk, _) = log_likelihoods(build_model(TARGET), refusals), log_likelihoods(after, refusals)
+    (old_true, _), (new_true, _) = log_likelihoods(build_model(TARGET), FORGET_SETS[0]), log_likelihoods(after, FORGET_SETS[0])
+    assert new_idk.mean() > old_idk.mean() and new_true.mean() < old_true.mean()  # chosen up, rejected down

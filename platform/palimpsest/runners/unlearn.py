@@ -81,7 +81,7 @@ def idk_refusals(spec: UnlearnJob) -> list[str]:
     """
     from palimpsest.unlearn.idk import idk_answers
 
-    paths = {(m.params or {}).get("idk_path") for m in spec.methods if m.name == "idk_nll"}
+    paths = {(m.params or {}).get("idk_path") for m in spec.methods if m.name in ("idk_nll", "idk_dpo")}
     if not paths:
         return []
     if len(paths) > 1:
