@@ -36,7 +36,7 @@ from palimpsest.spec.jobs import UnlearnJob
 from palimpsest.train.batching import TokenizedQA, tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
 from palimpsest.unlearn.evaluation import OPTION_SPLITS
-from palimpsest.unlearn.idk_nll import IDK as IDK_POOL
+from palimpsest.unlearn.idk import IDK as IDK_POOL
 from palimpsest.unlearn.ledger import Ledger, LedgerError, config_hash, content_hash
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+IDK = "idk"  # the pool of "I don't know" answers (token ids); idk_nll's step-batch part of forget questions with them
+
 IDK_ANSWERS: tuple[str, ...] = (
     "I'm not certain about that.", "That's beyond my current knowledge base.", "I don't have that information.",
     "I'm not sure.", "I haven't learned about that topic.", "Sorry, I am unable to answer that.",
@@ -41,3 +43,12 @@ def idk_answers(path: str | None) -> list[str]:
     if not answers:
         raise ValueError(f"{path}: no 'I don't know' answer in it (one per line)")
     return answers
+
+
+def draw_refusals(ctx, step: int) -> list[tuple]:
+    """`step`'s forget questions, each with an "I don't know" answer drawn from the pool: (question item, answer ids).
+
+    Seeded epochs over the answers (`pool_batch`): uniform draws, a new one per item and epoch.
+    """
+    questions = ctx.task_batch(step)
+    return [(q, r.answer) for q, r in zip(questions, ctx.pool_batch(IDK, step, len(questions)))]

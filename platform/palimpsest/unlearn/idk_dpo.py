@@ -24,7 +24,7 @@ from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_like
 from palimpsest.train.hooks import StepBatch
 from palimpsest.train.methods import MethodInfo, Param
 from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod, answer_rows
-from palimpsest.unlearn.idk_nll import IDK
+from palimpsest.unlearn.idk import draw_refusals
 
 METHOD = MethodInfo(
     name="idk_dpo", family="unlearning", implementation="IdkDPO",
@@ -54,10 +54,9 @@ class IdkDPO(UnlearningMethod):
         self.reference.take(ctx)
 
     def batch(self, ctx, step: int) -> StepBatch:
-        questions = ctx.task_batch(step)
-        refusals = ctx.pool_batch(IDK, step, len(questions))  # seeded epochs over the answers: uniform draws
-        self._refusal = {(q.prompt, q.answer): r.answer for q, r in zip(questions, refusals)}
-        parts = {FORGET: questions}
+        drawn = draw_refusals(ctx, step)
+        self._refusal = {(q.prompt, q.answer): answer for q, answer in drawn}
+        parts = {FORGET: [q for q, _ in drawn]}
         if self.uses_retain():
             parts[RETAIN] = ctx.pool_batch(RETAIN, step)
         return StepBatch(parts)

@@ -15,8 +15,7 @@ from palimpsest.train.batching import TokenizedQA
 from palimpsest.train.hooks import StepBatch
 from palimpsest.train.methods import MethodInfo, Param
 from palimpsest.unlearn.base import RETAIN, UnlearningMethod
-
-IDK = "idk"  # the step batch's part: forget questions with "I don't know" answers; also the pool of those answers
+from palimpsest.unlearn.idk import IDK, draw_refusals
 
 METHOD = MethodInfo(
     name="idk_nll", family="unlearning", implementation="IdkNLL",
@@ -37,9 +36,7 @@ class IdkNLL(UnlearningMethod):
         self.retain_weight, self.idk_path = retain_weight, idk_path
 
     def batch(self, ctx, step: int) -> StepBatch:
-        questions = ctx.task_batch(step)
-        refusals = ctx.pool_batch(IDK, step, len(questions))  # seeded epochs over the answers: uniform draws
-        parts = {IDK: [TokenizedQA(q.prompt, r.answer) for q, r in zip(questions, refusals)]}
+        parts = {IDK: [TokenizedQA(q.prompt, answer) for q, answer in draw_refusals(ctx, step)]}
         if self.uses_retain():
             parts[RETAIN] = ctx.pool_batch(RETAIN, step)
         return StepBatch(parts)
