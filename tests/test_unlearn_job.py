@@ -22,7 +22,7 @@ from palimpsest.train.config import FailAt
 from palimpsest.unlearn.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
-EVERY_METHOD = ["retrain", "grad_ascent", "grad_diff", "npo", "simnpo",
+EVERY_METHOD = [{"name": "retrain", "params": {"seed_offset": 0}}, "grad_ascent", "grad_diff", "npo", "simnpo",
                 {"name": "rmu", "params": {"layer": 1, "steering_coeff": 4.0, "retain_weight": 50.0}},
                 {"name": "gs_lora", "params": {"r": 4}}, "dp2u",
                 {"name": "grad_ascent", "gu": True, "gu_samples": 4}, {"name": "npo", "gu": True, "gu_samples": 4},
@@ -261,6 +261,9 @@ BAD = [
     ({"methods": ["rmu"]}, "methods[0].params.layer: 7 is not a decoder layer of this model, which has 2"),
     ({"target": {"training": {"backend": "deepspeed"}, "privacy": {"epsilon": 1.0}}}, "target.training.backend"),
     ({"target": {"privacy": {"epsilon": 1e-9}}}, "privacy"),
+    ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
+    ({"seeds": 3, "ledger": "/tmp/kept.jsonl"}, "seeds: a ledger kept across runs (ledger) records the requests of one"),
+    ({"methods": [{"name": "retrain", "params": {"seed_offset": -1}}]}, "methods[0].params.seed_offset: must be int"),
 ]
 
 
@@ -276,6 +279,51 @@ def test_bad_input_is_one_clear_line_and_exit_2_before_any_folder(change, messag
         assert message in " ".join(result.output.split()), result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_seeds_repeat_target_retain_model_and_methods_and_report_mean_and_bootstrap_interval(tmp_path):
+    """Done-means 8: each seed is a run of its own (another target, retain model and retraining); the summary
+    gives the mean over seeds and scipy's 95% BCa interval; retrain (another seed) is not the retain model."""
+    import numpy as np
+    import torch
+    from scipy.stats import bootstrap
+    from transformers import AutoModelForCausalLM
+
+    document = unlearn_spec(tmp_path, seeds=3, requests=[{"id": "r1", "percent": 10}], methods=["retrain", "npo"],
+                            target={"training": {"steps": 20}}, eval={"max_examples": 12, "max_new_tokens": 12})
+    out = tmp_path / "run"
+    summary = run_spec(document, out, use_ray=False)
+    assert summary["seeds"] == [2, 3, 4]
+    seeds = [json.loads((out / "seeds" / f"seed-{s}" / "summary.json").read_text()) for s in (2, 3, 4)]
+    assert [s["seed"] for s in seeds] == [2, 3, 4] and all(s["status"] == "ok" for s in seeds)
+    assert len({s["retain_models"][0]["path"] for s in seeds}) == 3  # a retain model per seed
+    assert len({s["target"]["model_utility"] for s in seeds}) > 1  # and a target per seed
+    for name in ("retrain", "npo"):
+        block = summary["methods"][name]
+        for key in ("forget_quality", "model_utility", "privleak"):
+            values = [s["methods"][name][key] for s in seeds]
+            assert block["per_seed"][key] == values
+            assert block[key] == pytest.approx(float(np.mean(values)))
+            if max(values) > min(values):
+                expected = bootstrap((np.array(values),), np.mean, confidence_level=0.95, n_resamples=9999,
+                                     method="BCa", rng=np.random.default_rng(0)).confidence_interval
+                if not np.isnan(expected.low):
+                    assert block["intervals"][key] == pytest.approx([expected.low, expected.high])
+                low, high = block["intervals"][key]
+                assert min(values) <= low <= block[key] <= high <= max(values)
+    assert summary["methods"]["npo"]["intervals"]["mia.min_k"] is not None
+    # retrain (seed_offset 1): another init and batch order than the retain model of its seed: not its copy.
+    for seed in seeds:
+        retrained = AutoModelForCausalLM.from_pretrained(seed["methods"]["retrain"]["requests"][0]["checkpoint"])
+        gold = AutoModelForCausalLM.from_pretrained(seed["retain_models"][0]["path"])
+        assert any(not torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), gold.state_dict().values()))
+    from palimpsest.report import write_report
+
+    report = write_report(RunFolder(out)).read_text()
+    assert "mean over 3 seeds" in report and "noise floor" in report
+    mean, (low, high) = summary["methods"]["npo"]["model_utility"], summary["methods"]["npo"]["intervals"]["model_utility"]
+    assert f"{mean:.4f} [{low:.4f}, {high:.4f}]" in report
+    assert {r["seed"] for r in metric_rows(out)} == {2, 3, 4}
 
 
 def test_a_request_of_items_never_trained_on_is_refused(tmp_path):
@@ -334,7 +382,8 @@ def test_npo_and_grad_diff_forget_better_than_the_target_and_keep_its_utility(tm
     and measured in wall time side by side by `jobs/bench/unlearn_cost.yaml`: never timed here.
     """
     document = yaml.safe_load((REPO / "jobs" / "unlearn" / "factworld_forget10.yaml").read_text())
-    document.update(methods=["retrain", "grad_diff", "npo"], cache=str(tmp_path / "cache"),
+    document.update(methods=[{"name": "retrain", "params": {"seed_offset": 0}}, "grad_diff", "npo"],
+                    cache=str(tmp_path / "cache"),
                     scaling={"num_workers": 1})
     document["data"]["num_entities"] = 100
     document["target"]["training"]["steps"] = 300

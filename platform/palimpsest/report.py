@@ -23,6 +23,17 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _fmt_ci(block: dict, key: str) -> str:
+    """A metric of an unlearn block: its value, and its interval over seeds when it has one ("0.41 [0.33, 0.48]")."""
+    from palimpsest.metrics.seeds import leaf
+
+    value, ci = leaf(block, key), (block.get("intervals") or {}).get(key)
+    if ci is None or value is None:
+        return _fmt(value)
+    digits = 4 if abs(value) <= 1 else 2
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def _bench_value(value) -> str:
     if value is None:
         return "—"
@@ -74,10 +85,9 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
                   "MIA AUC (min-k)", "privleak %", "cost ratio (wall)", "cost ratio (FLOPs)"]
         blocks = [("target (untouched)", summary.get("target") or {}),
                   ("DP base (untouched)", summary.get("dp_base") or {})] + list((summary.get("methods") or {}).items())
-        rows = [[name, _fmt(b.get("forget_quality")), _fmt(b.get("model_utility")), _fmt(b.get("forget_rouge")),
-                 _fmt(b.get("forget_truth_ratio")), _fmt((b.get("mia") or {}).get("min_k")), _fmt(b.get("privleak")),
-                 _fmt((b.get("cost") or {}).get("ratio")), _fmt((b.get("cost") or {}).get("flops_ratio"))]
-                for name, b in blocks if b]
+        keys = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "mia.min_k", "privleak",
+                "cost.ratio", "cost.flops_ratio")
+        rows = [[name, *(_fmt_ci(b, key) for key in keys)] for name, b in blocks if b]
         return header, rows
     if summary.get("kind") == "rl":
         table = summary.get("table") or {}
@@ -311,6 +321,32 @@ def draw_sweep_plot(folder: RunFolder, summary: dict) -> list[Path]:
     return [_save(fig, folder.plots / "privacy_sweep.png")]
 
 
+def _errors(blocks: list[dict], key: str):
+    """matplotlib's yerr (2 × n: below, above) of `key` from the blocks' intervals over seeds; None without."""
+    from palimpsest.metrics.seeds import leaf
+
+    if not any((b.get("intervals") or {}).get(key) for b in blocks):
+        return None
+    below, above = [], []
+    for block in blocks:
+        value, ci = leaf(block, key) or 0.0, (block.get("intervals") or {}).get(key)
+        below.append(max(value - ci[0], 0.0) if ci else 0.0)
+        above.append(max(ci[1] - value, 0.0) if ci else 0.0)
+    return [below, above]
+
+
+def _point(ax, block: dict, **style) -> None:
+    """One model on the forget quality (log) × utility plane, with its intervals over seeds as error bars."""
+    y = max(block["forget_quality"], 1e-300)
+    xerr, yerr = _errors([block], "model_utility"), _errors([block], "forget_quality")
+    if yerr:  # a log axis: keep the bar's low end above 0
+        yerr = [[min(yerr[0][0], y * (1 - 1e-9))], yerr[1]]
+    if xerr or yerr:
+        ax.errorbar([block["model_utility"]], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor="grey", elinewidth=1,
+                    capsize=2, zorder=1)
+    ax.scatter([block["model_utility"]], [y], zorder=2, **style)
+
+
 def draw_unlearn_plots(folder: RunFolder, summary: dict) -> list[Path]:
     """TOFU's forget quality (log) against model utility; MIA AUC and cost ratio per method; metrics per request."""
     methods = summary.get("methods") or {}
@@ -322,10 +358,9 @@ def draw_unlearn_plots(folder: RunFolder, summary: dict) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     target = summary.get("target") or {}
     if target:
-        ax.scatter([target["model_utility"]], [max(target["forget_quality"], 1e-300)], marker="x", color="black",
-                   s=70, label="target (untouched)")
+        _point(ax, target, marker="x", color="black", s=70, label="target (untouched)")
     for name, block in methods.items():
-        ax.scatter([block["model_utility"]], [max(block["forget_quality"], 1e-300)], s=60, label=name)
+        _point(ax, block, s=60, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("model utility (higher is better)")
     ax.set_ylabel("forget quality, KS p-value (log; higher is better)")
@@ -338,14 +373,15 @@ def draw_unlearn_plots(folder: RunFolder, summary: dict) -> list[Path]:
     names = list(methods)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     auc = [methods[n]["mia"]["min_k"] for n in names]
-    axes[0].bar(names, auc, color="tab:purple")
+    axes[0].bar(names, auc, color="tab:purple", yerr=_errors([methods[n] for n in names], "mia.min_k"),
+                capsize=3)
     if target:
         axes[0].axhline(target["mia"]["min_k"], color="black", linestyle="--", linewidth=1, label="target")
         axes[0].legend()
     axes[0].axhline(0.5, color="grey", linestyle=":", linewidth=1)
     axes[0].set_title("MIA AUC, min-k% (forget vs holdout; 0.5: indistinct)")
     ratios = [methods[n]["cost"]["ratio"] or 0.0 for n in names]
-    axes[1].bar(names, ratios, color="tab:orange")
+    axes[1].bar(names, ratios, color="tab:orange", yerr=_errors([methods[n] for n in names], "cost.ratio"), capsize=3)
     axes[1].axhline(1.0, color="grey", linestyle=":", linewidth=1)
     axes[1].set_title("cost: wall time / retraining's")
     for ax in axes:
@@ -455,8 +491,16 @@ def unlearn_notes(summary: dict) -> list[str]:
              "(every model call counted).", ""]
     lines += [f"- {split}: {what}" for split, what in (summary.get("eval_sets") or {}).items()]
     lines += [f"- **warning**: {warning}" for warning in summary.get("warnings") or []]
-    lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"
-                                                        if summary.get("skipped") else "")]
+    if summary.get("seeds"):
+        lines += [f"- seeds {', '.join(map(str, summary['seeds']))}: every number is the {summary['intervals_are']}; "
+                  "each seed's own run folder (spec, ledger, report): " + ", ".join(
+                      f"`{Path(f).name}`" for f in summary.get("seed_folders") or [])]
+        if "retrain" in summary["methods"]:
+            lines += ["- retrain trains with another seed than the retain model (`seed_offset`): its forget quality "
+                      "is the noise floor of the metric, what a second retraining scores"]
+    else:
+        lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"
+                                                            if summary.get("skipped") else "")]
     target = summary.get("target") or {}
     if target.get("privacy"):
         p = target["privacy"]
@@ -467,7 +511,7 @@ def unlearn_notes(summary: dict) -> list[str]:
                   f"deployed target is {target.get('made', 'made from it')}; dp2u fine-tunes the DP base on what "
                   "remains, every other method unlearns the deployed target (DP2Unlearning's setup)"]
     for name, block in summary["methods"].items():
-        lines += ["", f"### {name}: per request", "", "| request | forget quality | model utility | forget ROUGE-L | "
+        lines += ["", f"### {name}: per request" + (" (means over seeds)" if summary.get("seeds") else ""), "", "| request | forget quality | model utility | forget ROUGE-L | "
                   "MIA AUC (min-k) | wall s | FLOPs ratio | status |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['id']} | {_fmt(r['forget_quality'])} | {_fmt(r['model_utility'])} | {_fmt(r['forget_rouge'])} "
                   f"| {_fmt(r['mia']['min_k'])} | {_fmt(r['cost']['unlearn_wall_s'])} "

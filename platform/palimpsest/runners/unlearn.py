@@ -46,6 +46,8 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     Raises:
         DataError: unreadable data, an unknown split, a request of untrained items, nothing left to retain.
     """
+    if spec.seeds > 1:  # the first seed's run; the others are prepared as they come (see `run_seeds`)
+        return prepare(seed_spec(spec, 0), saved_tokenizer=saved_tokenizer)
     _method_runs(spec, unlearning=None, original=None)  # parameter errors first, as validate reports them
     train, points, tokenizer_texts = load_points(spec)
     refusals = idk_refusals(spec)
@@ -263,6 +265,8 @@ def _resume_points(ledger: Ledger, runs: list[MethodRun], points: list[Point], c
 def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool = True,
         progress=None, fail_at=None) -> dict:
     """Serve the job's requests; `fail_at` (a `train.config.FailAt`) is the tests' injected failure."""
+    if spec.seeds > 1:
+        return run_seeds(spec, prepared, folder, use_ray=use_ray, progress=progress, fail_at=fail_at)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar per model the driver scores
@@ -488,3 +492,101 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         summary["cost"].update(only["cost"])
         summary["request_metrics"] = only["requests"]
     return summary
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def seed_spec(spec: UnlearnJob, offset: int) -> UnlearnJob:
+    """The job at seed `spec.seed + offset`, one seed: model init, batch order and methods' randomness change;
+    the fact world stays the job seed's (every seed forgets the same people)."""
+    data = spec.data
+    if data.source == "factworld" and data.seed is None:
+        data = data.model_copy(update={"seed": spec.seed})
+    return spec.model_copy(update={"seed": spec.seed + offset, "seeds": 1, "data": data})
+
+
+def run_seeds(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool, progress=None,
+              fail_at=None) -> dict:
+    """The job once per seed, each in `seeds/seed-<s>/` (a run folder of its own: spec, ledger, summary,
+    report), then one summary: each metric's mean over seeds and its 95% bootstrap interval.
+
+    A resumed run keeps the seeds an earlier attempt finished.
+    """
+    from palimpsest.report import write_report
+    from palimpsest.spec.loading import dump_spec
+
+    started = time.perf_counter()
+    prepared.tokenizer.save_pretrained(str(folder.tokenizer))
+    summaries, records = [], []
+    for offset in range(spec.seeds):
+        one = seed_spec(spec, offset)
+        sub = RunFolder(folder.path / "seeds" / f"seed-{one.seed}")
+        sub.path.mkdir(parents=True, exist_ok=True)
+        if (sub.path / "summary.json").is_file() and sub.read_summary().get("status") == "ok":
+            print(f"[palimpsest] seed {one.seed}: finished by an earlier attempt, kept", flush=True)
+            summary = sub.read_summary()
+        else:
+            print(f"[palimpsest] seed {one.seed} ({offset + 1} of {spec.seeds})", flush=True)
+            sub.write_spec(dump_spec(one))
+            sub.write_env()
+            sub.write_summary({"status": "running", "kind": "unlearn", "name": one.name, "seed": one.seed})
+            here = prepared if offset == 0 else prepare(one, saved_tokenizer=folder.tokenizer)
+            summary = run(one, here, sub, use_ray=use_ray, progress=progress, fail_at=fail_at)
+            sub.write_summary(summary)
+            write_report(sub)
+        summaries.append(summary)
+        records += [{**r, "seed": one.seed} for r in sub.read_metrics()]
+    folder.write_metrics(records)
+    return seed_summary(spec, summaries, started=started, folders=[str(folder.path / "seeds" / f"seed-{s['seed']}")
+                                                                  for s in summaries])
+
+
+def interval_keys(block: dict) -> list[str]:
+    """The metrics of a summary block that get an interval over seeds (dotted paths into the block)."""
+    keys = [key for key in SUMMARY_KEYS if key != "mia" and block.get(key) is not None]
+    keys += [f"mia.{name}" for name in block.get("mia") or {}]
+    return keys + [f"cost.{name}" for name in ("ratio", "flops_ratio", "flops_ratio_with_base")
+                   if name in (block.get("cost") or {})]
+
+
+def seed_summary(spec: UnlearnJob, summaries: list[dict], *, started: float, folders: list[str]) -> dict:
+    """One summary of the seeds' summaries: numbers are means over seeds; the target, the DP base, each retain
+    model and each method carry `intervals` (95% BCa bootstrap of the mean, `metrics.seeds`) and `per_seed`."""
+    from palimpsest.metrics.seeds import CONFIDENCE, RESAMPLES, leaf, merge, summarise as over_seeds
+
+    merged = merge(summaries)
+
+    def attach(block: dict, blocks: list[dict]) -> None:
+        stats = {key: over_seeds([leaf(b, key) for b in blocks]) for key in interval_keys(block)}
+        block["intervals"] = {key: value["interval"] for key, value in stats.items()}
+        block["per_seed"] = {key: value["values"] for key, value in stats.items()}
+
+    attach(merged["target"], [s["target"] for s in summaries])
+    if merged.get("dp_base"):
+        attach(merged["dp_base"], [s["dp_base"] for s in summaries])
+    for index, block in enumerate(merged["retain_models"]):
+        attach(block, [s["retain_models"][index] for s in summaries])
+    for name, block in merged["methods"].items():
+        attach(block, [s["methods"][name] for s in summaries])
+    merged.update({
+        "status": "ok", "name": spec.name, "seed": spec.seed, "seeds": [s["seed"] for s in summaries],
+        "seed_folders": folders,
+        "intervals_are": f"mean over {len(summaries)} seeds; intervals: {CONFIDENCE:.0%} BCa bootstrap interval of "
+                         f"the mean over seeds (scipy.stats.bootstrap, {RESAMPLES} resamples)",
+        "cost": {"wall_s": round(time.perf_counter() - started, 3),
+                 "seeds_wall_s": [s["cost"]["wall_s"] for s in summaries]},
+        "notes": list(dict.fromkeys(n for s in summaries for n in s.get("notes") or [])),
+        "warnings": list(dict.fromkeys(w for s in summaries for w in s.get("warnings") or [])),
+        "skipped": sorted({name for s in summaries for name in s.get("skipped") or []}),
+    })
+    merged["table"] = [{"method": name, **{k: block[k] for k in ("forget_quality", "model_utility", "forget_rouge",
+                                                                  "privleak")},
+                        "mia_min_k": block["mia"]["min_k"], "cost_ratio": block["cost"]["ratio"],
+                        "intervals": {k: block["intervals"][k] for k in ("forget_quality", "model_utility")}}
+                       for name, block in merged["methods"].items()]
+    if len(merged["methods"]) == 1:
+        (only,) = merged["methods"].values()
+        merged.update({k: v for k, v in only.items() if k not in ("cost", "requests")})
+        merged["cost"].update(only["cost"])
+    return merged

@@ -153,7 +153,8 @@ def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder
         points = [prepared.points[i] for i in missing]
         config = loop_config(as_train(spec, spec.target.training, None), prepared.tokenizer,
                              tasks=[p.request.items for p in points], eval_sets={},
-                             methods=[MethodRun(info.name, info.module, info.implementation)])
+                             methods=[MethodRun(info.name, info.module, info.implementation,
+                                                       params={"seed_offset": 0})])  # the retain model itself
         tokenize = lambda examples: tokenize_qa(prepared.tokenizer, examples)  # noqa: E731
         config = config.with_(model=prepared.base_model, models={"base": prepared.base_model},
                               pools={RETAIN_POOL: [tokenize(p.remaining) for p in points]})

@@ -352,6 +352,9 @@ class UnlearnJob(_Job):
         "refuse", description="a request the ledger has under another configuration (method parameters, recipes, "
                               "data, ε, model, evaluation): refuse it, naming what differs, or serve_again, recording "
                               "a new entry beside the old one")
+    seeds: int = Field(1, ge=1, le=50, description="repeat the target, the retain models and every method at seeds "
+                                                   "seed, seed+1, ... (the fact world stays the job seed's); the "
+                                                   "summary gives each metric's mean and 95% bootstrap interval")
 
     _names_or_mappings = field_validator("methods", mode="before")(lambda value: _method_entries(value))
 
@@ -375,6 +378,13 @@ class UnlearnJob(_Job):
         repeated = sorted({x for x in labels if labels.count(x) > 1})
         if repeated:
             raise ValueError(f"methods: each method (with or without gu) once ({', '.join(repeated)} repeated)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_ledger_per_model(self):
+        if self.seeds > 1 and self.ledger is not None:
+            raise ValueError("seeds: a ledger kept across runs (ledger) records the requests of one deployed model; "
+                             "with seeds > 1 each seed keeps its own ledger in its folder: drop ledger or set seeds: 1")
         return self
 
 

@@ -76,13 +76,17 @@ class LoopContext:
         items = self.tasks[self.task]
         return [items[i] for i in self.task_batch_indices(step, size)]
 
-    def pool_batch(self, name: str, step: int, size: int | None = None) -> list[TokenizedQA]:
-        """`size` (default batch_size) examples of this task's pool `name` for `step`: seeded epochs over the pool."""
+    def pool_batch(self, name: str, step: int, size: int | None = None, *, stream: int = 0) -> list[TokenizedQA]:
+        """`size` (default batch_size) examples of this task's pool `name` for `step`: seeded epochs over the pool.
+
+        `stream`: another seeded order of the same pool (0: the run's own).
+        """
         items = self.pools.get(name) or []
         if not items:
             raise ValueError(f"this run has no examples in pool {name!r} for task {self.task}")
+        keys = (self.task, stream) if stream else (self.task,)
         chosen = global_batch_indices(step, num_examples=len(items), batch_size=self.batch_size if size is None else size,
-                                      seed=derive_seed(self.seed, f"pool-{name}", self.task))
+                                      seed=derive_seed(self.seed, f"pool-{name}", *keys))
         return [items[i] for i in chosen.tolist()]
 
     def fresh_model(self, name: str) -> torch.nn.Module:
