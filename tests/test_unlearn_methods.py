@@ -439,3 +439,18 @@ def test_idk_dpo_starts_at_two_over_beta_ln_2_and_prefers_i_dont_know_to_the_tru
     (old_idk, _), (new_idk, _) = log_likelihoods(build_model(TARGET), refusals), log_likelihoods(after, refusals)
     (old_true, _), (new_true, _) = log_likelihoods(build_model(TARGET), FORGET_SETS[0]), log_likelihoods(after, FORGET_SETS[0])
     assert new_idk.mean() > old_idk.mean() and new_true.mean() < old_true.mean()  # chosen up, rejected down
+
+
+def test_retrain_with_a_seed_offset_starts_from_another_init_and_draws_other_retain_batches():
+    """seed_offset 0 is the retain model's recipe (init and batches); another offset changes both."""
+    from palimpsest.unlearn.retrain import Retrain
+
+    base = build_model(BASE).state_dict()
+    for offset, same in ((0, True), (1, False)):
+        ctx = context()
+        method = Retrain(seed_offset=offset)
+        method.before_task(ctx)
+        weights = ctx.model.state_dict()
+        assert all(torch.equal(weights[k], base[k]) for k in base) == same, offset
+        batches = [[item.answer for item in method.batch(ctx, step).parts[RETAIN]] for step in range(3)]
+        assert (batches == [[i.answer for i in ctx.pool_batch(RETAIN, step)] for step in range(3)]) == same, offset
