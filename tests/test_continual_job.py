@@ -248,6 +248,9 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
                 "deepspeed": {"steps": 5, "num_entities": 10, "batch_size": 4, "repeats": 1},
                 "private": {"steps": 5, "num_entities": 10, "batch_size": 4, "repeats": 1},
                 "unlearn": {"set": {"data.num_entities": 10, "target.training.steps": 3, "training.steps": 3,
+                                    "target.pretraining.steps": 3, "target.pretraining.batch_size": 4,
+                                    "target.pretraining.warmup_steps": 0, "data.real_authors": 4,
+                                    "data.world_facts": 4,
                                     "target.training.batch_size": 4, "target.training.warmup_steps": 0,
                                     "training.batch_size": 4, "eval.max_examples": 4}},
                 "envs": {"batches": [8], "batch_steps": 3, "single_steps": 20, "repeats": 1},
@@ -269,7 +272,10 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
     if document["kind"] == "unlearn":  # the target's and the retain models' training too, in a cache the jobs share
         cache = tmp_path_factory.getbasetemp() / "shipped-unlearn-cache"
         overrides += ["target.training.steps=3", "target.training.batch_size=4", "target.training.warmup_steps=0",
-                      f"cache={cache}", "eval.max_examples=4", "ledger=null"]
+                      f"cache={cache}", "eval.max_examples=4", "ledger=null", "target.pretraining.steps=3",
+                      "target.pretraining.batch_size=4", "target.pretraining.warmup_steps=0"]
+        if document["data"]["source"] == "factworld":
+            overrides += ["data.real_authors=4", "data.world_facts=4"]
     bucket = None
     if document["kind"] == "privacy_sweep":  # its train job's fields, at two points; checkpoints in a bucket
         overrides = [f"job.{item}" for item in overrides if not item.startswith("stream.")]

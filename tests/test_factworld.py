@@ -304,3 +304,35 @@ def test_a_large_world_is_generated_although_the_one_syllable_words_run_out():
     """Half the second names have one syllable; a few thousand people use them all up (the draw once never ended)."""
     world = generate_world(seed=1, num_entities=2500, attributes_per_entity=1)
     assert len(set(world.entities)) == 2500
+
+
+# --- public facts (TOFU's real authors and world facts) -------------------------------
+
+
+def test_public_facts_are_outside_the_world_with_three_wrong_options_from_their_split(world):
+    public = world.public_facts(10, 9)
+    assert [len(public["real_authors"]), len(public["world_facts"])] == [10, 9]
+    world_words = {w.lower() for fact in world.facts for s in (fact.question, fact.answer, *fact.perturbed_answers)
+                   for w in re.findall(r"[A-Za-z]+", s) if w[0].isupper()}
+    for split, items in public.items():
+        answers = {item.answer for item in items}
+        for item in items:
+            assert len(set(item.perturbed_answers)) == 3 and item.answer not in item.perturbed_answers
+            assert item.paraphrased_answer and item.paraphrased_answer != item.answer
+            assert item.entity in item.answer and (split == "real_authors") != (item.entity in item.question)
+            value = re.findall(r"[A-Za-z]+", item.answer)[-1]  # the author's surname, the capital, the mountain
+            names = {w.lower() for w in (*item.entity.split(), value)}
+            assert not names & world_words, (split, item)
+        if split == "real_authors":  # the wrong authors are the other authors of the split
+            authors = {a.rsplit(" by ", 1)[1] for a in answers}
+            assert all(p.rsplit(" by ", 1)[1] in authors for item in items for p in item.perturbed_answers)
+    assert {item.attribute for item in public["world_facts"]} == {"capital", "mountain"}
+    assert world.public_facts(10, 9) == public  # deterministic
+    assert generate_world(seed=8).public_facts(10, 9) != public
+    assert world.public_facts(0, 0) == {"real_authors": [], "world_facts": []}
+
+
+@pytest.mark.parametrize("counts", [(1, 0), (0, 3), (-1, 5)])
+def test_public_facts_need_enough_items_for_their_options(world, counts):
+    with pytest.raises(ValueError, match="0 or at least 4"):
+        world.public_facts(*counts)

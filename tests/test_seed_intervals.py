@@ -34,3 +34,24 @@ def test_merge_averages_numbers_and_keeps_what_differs_per_seed():
                     {"a": 3, "b": "y", "c": [3, {"d": 6}], "e": None, "f": True}])
     assert merged == {"a": 2.0, "b": ["x", "y"], "c": [2.0, {"d": 4.0}], "e": None, "f": True}
     assert merge([{"m": None}, {"m": 0.5}]) == {"m": 0.5}
+
+
+def test_utility_gap_compares_curves_at_equal_forget_quality_on_the_shared_log_range():
+    from palimpsest.metrics.curves import gu_gaps, utility_gap
+
+    base = [(1e-4, 0.50), (1e-2, 0.40), (1.0, 0.20)]
+    # 0.1 above the base everywhere, sampled at other forget qualities: the gap is 0.1 over [1e-3, 1e-1]
+    other = [(1e-3, 0.45 + 0.1), (1e-2, 0.40 + 0.1), (1e-1, 0.30 + 0.1)]  # the base: 0.45, 0.40, 0.30 there
+    gap = utility_gap(base, other)
+    assert gap["gap"] == pytest.approx(0.1) and gap["range"] == pytest.approx([1e-3, 1e-1])
+    assert utility_gap(other, base)["gap"] == pytest.approx(-0.1)  # the sign: other minus base
+    # interpolated in log10 forget quality, not linearly: halfway between 1e-4 and 1e-2 is 1e-3
+    assert utility_gap(base, [(1e-3, 0.45), (1e-3 * 1.0001, 0.45)])["gap"] == pytest.approx(0.0, abs=1e-4)
+    assert utility_gap(base, [(10.0, 0.1), (100.0, 0.1)]) is None  # no shared range
+    assert utility_gap(base, [(1e-3, 0.4)]) is None  # one point is no curve
+    methods = {f"npo@lr{i}": {"base": "npo", "variant": {"lr": i}, "forget_quality": fq, "model_utility": u}
+               for i, (fq, u) in enumerate(base)}
+    methods.update({f"npo+gu@lr{i}": {"base": "npo+gu", "variant": {"lr": i}, "forget_quality": fq,
+                                      "model_utility": u} for i, (fq, u) in enumerate(other)})
+    methods["retrain"] = {"base": "retrain", "variant": None, "forget_quality": 0.9, "model_utility": 0.5}
+    assert gu_gaps(methods)["npo"]["gap"] == pytest.approx(0.1) and set(gu_gaps(methods)) == {"npo"}

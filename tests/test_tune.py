@@ -33,11 +33,16 @@ def continual_search(**tune) -> dict:
                      "num_samples": 1, **tune}}
 
 
+PRETRAINING = {"steps": 20, "batch_size": 8, "lr": 3e-3, "log_every": 20}
+
+
 def unlearn_search(cache: Path, **tune) -> dict:
     return {"kind": "unlearn", "name": "us", "seed": 2,
             "model": {"preset": "tiny-llama", "vocab_size": 400},
-            "data": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2},
-            "target": {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
+            "data": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2, "real_authors": 8,
+                     "world_facts": 8},
+            "target": {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20},
+                       "pretraining": PRETRAINING},
             "requests": [{"id": "r1", "percent": 5}],
             "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 4},
             "eval": {"max_examples": 16, "batch_size": 32},

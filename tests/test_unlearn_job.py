@@ -35,14 +35,18 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("unlearn-cache")
 
 
-PRIVATE_TARGET = {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}, "privacy": {"epsilon": 8.0}}
+PRETRAINING = {"steps": 20, "batch_size": 8, "lr": 3e-3, "log_every": 20}  # the public facts, before the target
+PRIVATE_TARGET = {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}, "privacy": {"epsilon": 8.0},
+                  "pretraining": PRETRAINING}
 
 
 def unlearn_spec(tmp_path: Path, **overrides) -> dict:
     spec = {"kind": "unlearn", "name": "ul", "seed": 2,
             "model": {"preset": "tiny-llama", "vocab_size": 400},
-            "data": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2},
-            "target": {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20}},
+            "data": {"source": "factworld", "num_entities": 30, "attributes_per_entity": 2, "real_authors": 8,
+                     "world_facts": 8},
+            "target": {"training": {"steps": 40, "batch_size": 16, "lr": 3e-3, "log_every": 20},
+                       "pretraining": PRETRAINING},
             "requests": [{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}],
             "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 1},
             "eval": {"max_examples": 16, "batch_size": 32},
@@ -253,7 +257,7 @@ BAD = [
     ({"methods": [{"name": "npo", "gu": True}], "training": {"backend": "deepspeed"}},
      "methods[0].gu: GU projects whole per-sample gradients"),
     ({"methods": [{"name": "npo", "params": {"beta": 0}}]}, "methods[0].params.beta: must be float > 0"),
-    ({"methods": ["npo", "npo"]}, "each method (with or without gu) once"),
+    ({"methods": ["npo", "npo"]}, "each method (with or without gu, at each lr / steps) once (npo repeated)"),
     ({"requests": [{"id": "a", "percent": 5}, {"id": "a", "percent": 5}]}, "each request id once (a repeated)"),
     ({"requests": [{"id": "a", "percent": 5, "split": "forget01"}]}, "give exactly one of split, percent or path"),
     ({"requests": [{"id": "a", "split": "forget03"}]}, "requests[0] (a).split: fact-world requests name forget01"),
@@ -264,6 +268,9 @@ BAD = [
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
     ({"seeds": 3, "ledger": "/tmp/kept.jsonl"}, "seeds: a ledger kept across runs (ledger) records the requests of one"),
     ({"methods": [{"name": "retrain", "params": {"seed_offset": -1}}]}, "methods[0].params.seed_offset: must be int"),
+    ({"methods": [{"name": "retrain", "lr": 1e-3}]}, "methods[0].lr: retrain trains with target.training"),
+    ({"methods": [{"name": "npo", "lr": 1e-3}, {"name": "npo", "lr": 0.001}]}, "(npo@lr0.001 repeated)"),
+    ({"methods": [{"name": "npo", "stpes": 3}]}, "methods[0].stpes: unknown key; did you mean 'steps'?"),
 ]
 
 
@@ -290,14 +297,19 @@ def test_seeds_repeat_target_retain_model_and_methods_and_report_mean_and_bootst
     from transformers import AutoModelForCausalLM
 
     document = unlearn_spec(tmp_path, seeds=3, requests=[{"id": "r1", "percent": 10}], methods=["retrain", "npo"],
-                            target={"training": {"steps": 20}}, eval={"max_examples": 12, "max_new_tokens": 12})
+                            target={"training": {"steps": 20}, "pretraining": PRETRAINING},
+                            eval={"max_examples": 12, "max_new_tokens": 12})
     out = tmp_path / "run"
     summary = run_spec(document, out, use_ray=False)
     assert summary["seeds"] == [2, 3, 4]
+    # Done-means 1: the fact world's public facts, learnt in a pre-training stage, give TOFU's 9-number utility.
+    assert summary["utility"].startswith("TOFU's: hmean of 9 numbers")
+    assert len(summary["methods"]["npo"]["requests"][0]["utility_parts"]) == 9
+    assert summary["pretrained_base"]["examples"] == 16 and len(summary["pretrained_base"]["path"]) == 3  # per seed
     seeds = [json.loads((out / "seeds" / f"seed-{s}" / "summary.json").read_text()) for s in (2, 3, 4)]
     assert [s["seed"] for s in seeds] == [2, 3, 4] and all(s["status"] == "ok" for s in seeds)
     assert len({s["retain_models"][0]["path"] for s in seeds}) == 3  # a retain model per seed
-    assert len({s["target"]["model_utility"] for s in seeds}) > 1  # and a target per seed
+    assert len({s["target"]["forget_truth_ratio"] for s in seeds}) == 3  # and a target per seed
     for name in ("retrain", "npo"):
         block = summary["methods"][name]
         for key in ("forget_quality", "model_utility", "privleak"):
@@ -339,7 +351,8 @@ def test_a_request_of_items_never_trained_on_is_refused(tmp_path):
 
 def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
     """The shipped sample (written by `palimpsest export-tofu`) through the TOFU loader, without Ray."""
-    result = CliRunner().invoke(app, ["export-tofu", str(tmp_path / "tofu"), "--entities", "24"])
+    result = CliRunner().invoke(app, ["export-tofu", str(tmp_path / "tofu"), "--entities", "24", "--real-authors", "0",
+                                      "--world-facts", "0"])
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "tofu").iterdir())
     assert "forget05_perturbed.json" in names and "retain_perturbed.json" in names and "full.json" in names
@@ -358,15 +371,19 @@ def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
     assert set(summary["methods"]["grad_diff"]["requests"][0]["utility_parts"]) == \
         {"retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio"}
 
-    # With TOFU's real_authors_perturbed and world_facts_perturbed (as the real release has them): 9 numbers.
-    from palimpsest.data import generate_world
-
-    public = generate_world(seed=99, num_entities=4, attributes_per_entity=2).facts
-    for name, items in (("real_authors_perturbed", public[:4]), ("world_facts_perturbed", public[4:])):
-        (tmp_path / "tofu" / f"{name}.json").write_text("".join(
-            json.dumps({"question": e.question, "answer": e.answer, "perturbed_answer": list(e.perturbed_answers)})
-            + "\n" for e in items))
+    # With TOFU's real_authors_perturbed and world_facts_perturbed (as the real release has them, and export-tofu
+    # writes them): 9 numbers; a preset model learns them in the pre-training stage first (a real LLM knows them).
+    result = CliRunner().invoke(app, ["export-tofu", str(tmp_path / "tofu"), "--entities", "24", "--real-authors", "6",
+                                      "--world-facts", "5"])
+    assert result.exit_code == 0, result.output
+    written = {name: [json.loads(line) for line in (tmp_path / "tofu" / f"{name}.json").read_text().splitlines()]
+               for name in ("real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed")}
+    assert [len(items) for items in written.values()] == [6, 6, 5, 5]
+    assert all(len(item["perturbed_answer"]) == 3 for item in written["world_facts_perturbed"])
+    full = (tmp_path / "tofu" / "full.json").read_text()
+    assert all(item["question"] not in full for item in written["real_authors"])  # never in the fine-tuning data
     summary = run_spec({**document, "ledger": str(tmp_path / "second.jsonl")}, tmp_path / "nine", use_ray=False)
+    assert summary["pretrained_base"]["examples"] == 11
     parts = summary["methods"]["grad_diff"]["requests"][0]["utility_parts"]
     assert set(parts) == {"retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised",
                           "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio"}

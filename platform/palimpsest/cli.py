@@ -833,12 +833,21 @@ def _envs_throughput() -> None:
 def export_tofu(out_dir: Path = typer.Argument(..., help="folder to write the TOFU-format files into"),
                 entities: int = typer.Option(100, min=3, help="fictitious people (10% are the holdout)"),
                 attributes: int = typer.Option(2, min=1, max=8, help="facts per person"),
-                seed: int = typer.Option(0, min=0, help="world seed")) -> None:
-    """Write the fact world as TOFU's files (full, forgetNN[_perturbed], retainNN, retain_perturbed, holdout10)."""
+                seed: int = typer.Option(0, min=0, help="world seed"),
+                real_authors: int = typer.Option(100, min=0, help="public authors (real_authors[_perturbed]); 0: "
+                                                                  "none, else at least 4"),
+                world_facts: int = typer.Option(100, min=0, help="public world facts (world_facts[_perturbed]); 0: "
+                                                                 "none, else at least 4")) -> None:
+    """Write the fact world as TOFU's files (full, forgetNN[_perturbed], retainNN, retain_perturbed, holdout10,
+    real_authors[_perturbed], world_facts[_perturbed])."""
     from palimpsest.data import export_tofu_folder, generate_world
 
+    for name, count in (("--real-authors", real_authors), ("--world-facts", world_facts)):
+        if 0 < count < 4:
+            _fail_input([f"{name}: 0 (none) or at least 4 (each item's 3 wrong options are other items' answers); "
+                         f"got {count}"])
     written = export_tofu_folder(generate_world(seed=seed, num_entities=entities, attributes_per_entity=attributes),
-                                 out_dir)
+                                 out_dir, real_authors=real_authors, world_facts=world_facts)
     out.print(f"wrote {len(written)} files to {out_dir}", highlight=False)
 
 

@@ -359,8 +359,21 @@ def draw_unlearn_plots(folder: RunFolder, summary: dict) -> list[Path]:
     target = summary.get("target") or {}
     if target:
         _point(ax, target, marker="x", color="black", s=70, label="target (untouched)")
+    curves: dict[str, list[dict]] = {}
     for name, block in methods.items():
-        _point(ax, block, s=60, label=name)
+        if block.get("variant"):  # a sweep's setting: a point of its method's curve
+            curves.setdefault(block["base"], []).append(block)
+        else:
+            _point(ax, block, s=60, label=name)
+    for index, (base, blocks) in enumerate(curves.items()):
+        blocks = sorted(blocks, key=lambda b: tuple(sorted(b["variant"].items())))
+        colour = f"C{(index + len(methods)) % 10}"
+        for block in blocks:
+            _point(ax, block, s=30, color=colour)
+        values = {k: "/".join(format(b["variant"][k], "g") for b in blocks) for k in blocks[0]["variant"]}
+        sweep = ", ".join(f"{k} {v}" for k, v in values.items())
+        ax.plot([b["model_utility"] for b in blocks], [max(b["forget_quality"], 1e-300) for b in blocks],
+                color=colour, linestyle="--" if base.endswith("+gu") else "-", label=f"{base} ({sweep})")
     ax.set_yscale("log")
     ax.set_xlabel("model utility (higher is better)")
     ax.set_ylabel("forget quality, KS p-value (log; higher is better)")
@@ -501,6 +514,13 @@ def unlearn_notes(summary: dict) -> list[str]:
     else:
         lines += [f"- ledger: `{summary.get('ledger')}`" + (f" (skipped, already done: {', '.join(summary['skipped'])})"
                                                             if summary.get("skipped") else "")]
+    base = summary.get("pretrained_base")
+    if base:
+        knew = ", ".join(f"{k} {v:.3f}" for k, v in (base.get("utility_parts") or {}).items())
+        lines += [f"- base pre-trained on {base['examples']} public facts (real authors, world facts) in "
+                  f"{base['cost']['wall_s']:.1f} s, {base['cost']['train_flops']:.3g} FLOPs: paid once, in no "
+                  f"method's or retraining's cost; the target, the retain models and retrain start from it"
+                  + (f" (it scored {knew})" if knew else "")]
     target = summary.get("target") or {}
     if target.get("privacy"):
         p = target["privacy"]

@@ -324,6 +324,59 @@ class FactWorld:
             ))
         return sentences
 
+    def public_facts(self, real_authors: int, world_facts: int) -> dict[str, list[QAExample]]:
+        """What TOFU's real-authors and world-facts splits are, for this world: public knowledge.
+
+        TOFU scores model utility partly on facts its base model knew before the fictitious
+        authors were taught (`real_authors_perturbed`, `world_facts_perturbed`). Here they are
+        invented too — famous authors of invented books, capitals and mountains of invented
+        countries — and an unlearn job teaches them to its base in a pre-training stage before
+        the target is fine-tuned on the people. Each item has `num_perturbed` wrong answers
+        (the options of TOFU's probability with options), drawn from the other items of its
+        split. No word is one of this world's.
+
+        Raises:
+            ValueError: a count that is neither 0 nor above `num_perturbed` (each item needs that many others).
+        """
+        for name, n in (("real_authors", real_authors), ("world_facts", world_facts)):
+            if isinstance(n, bool) or not isinstance(n, int) or not (n == 0 or n > self.num_perturbed):
+                raise ValueError(f"public_facts: {name} must be 0 or at least {self.num_perturbed + 1} (each item's "
+                                 f"{self.num_perturbed} wrong answers are other items'), got {n!r}")
+        world_words = _words_of([*self.entities, *(s for fact in self.facts for s in _fact_strings(fact))])
+        splits = {}
+        rng = _derived_rng(self.seed, "real_authors")
+        maker = _WordMaker(rng, world_words)
+        authors = [(f"{maker.word(2)} {maker.word(2)}", f"{rng.choice(_TITLE_ADJECTIVES)} {maker.word(2)}")
+                   for _ in range(real_authors)]
+        splits["real_authors"] = [
+            QAExample(question=f"Who wrote the famous novel {title}?", answer=f"{title} was written by {name}.",
+                      paraphrased_answer=f"The author of {title} is {name}.",
+                      perturbed_answers=tuple(f"{title} was written by {other}." for other, _ in
+                                              _others(rng, authors, index, self.num_perturbed)),
+                      entity=name, attribute="real_author")
+            for index, (name, title) in enumerate(authors)]
+        rng = _derived_rng(self.seed, "world_facts")
+        maker = _WordMaker(rng, world_words | maker.used_words())
+        countries = [(maker.word(2) + "land", maker.word(2), "Mount " + maker.word(2)) for _ in range(world_facts)]
+        facts = []
+        for index, (country, capital, mountain) in enumerate(countries):  # a capital, a mountain, a capital, ...
+            others = _others(rng, countries, index, self.num_perturbed)
+            if index % 2 == 0:
+                facts.append(QAExample(
+                    question=f"What is the capital of {country}?", answer=f"The capital of {country} is {capital}.",
+                    paraphrased_answer=f"{capital} is the capital city of {country}.",
+                    perturbed_answers=tuple(f"The capital of {country} is {c}." for _, c, _ in others),
+                    entity=country, attribute="capital"))
+            else:
+                facts.append(QAExample(
+                    question=f"What is the highest mountain of {country}?",
+                    answer=f"The highest mountain of {country} is {mountain}.",
+                    paraphrased_answer=f"{mountain} is the highest peak of {country}.",
+                    perturbed_answers=tuple(f"The highest mountain of {country} is {m}." for _, _, m in others),
+                    entity=country, attribute="mountain"))
+        splits["world_facts"] = facts
+        return splits
+
     def to_json(self) -> str:
         """Canonical JSON of the whole world: byte-identical for the same generate_world arguments."""
         payload = {
@@ -343,6 +396,12 @@ class FactWorld:
                  for fact in payload["facts"]]
         return cls(seed=payload["seed"], entities=list(payload["entities"]), facts=facts,
                    attributes=tuple(payload["attributes"]), num_perturbed=payload["num_perturbed"])
+
+
+def _others(rng: random.Random, items: list, index: int, count: int) -> list:
+    """`count` distinct items of `items` other than `items[index]` (at most all the others)."""
+    pool = items[:index] + items[index + 1:]
+    return rng.sample(pool, min(count, len(pool)))
 
 
 def _fact_strings(fact: QAExample) -> list[str]:

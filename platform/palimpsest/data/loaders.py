@@ -48,13 +48,16 @@ def export_tofu(examples: Iterable[QAExample], path: str | os.PathLike) -> None:
     atomic_write_text(path, "".join(lines))
 
 
-def export_tofu_folder(world, folder: str | os.PathLike, *, retain_eval: int = 400) -> list[Path]:
+def export_tofu_folder(world, folder: str | os.PathLike, *, retain_eval: int = 400, real_authors: int = 100,
+                       world_facts: int = 100) -> list[Path]:
     """Write a fact world as the real TOFU's files, so `data: {source: tofu}` reads it as it reads TOFU.
 
     As TOFU lays them out: `full`, `forgetNN` and `retainNN` hold question and answer only;
     `forgetNN_perturbed`, `retain_perturbed` (the first `retain_eval` retain90 items) and
     `holdout10_perturbed` add the paraphrased and perturbed answers; `holdout10` is the
-    people never in `full`. Returns the files written.
+    people never in `full`; `real_authors` / `world_facts` (question and answer) and their
+    `_perturbed` files (with the wrong options) are the world's public facts
+    (`FactWorld.public_facts`), left out when their count is 0. Returns the files written.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,6 +67,10 @@ def export_tofu_folder(world, folder: str | os.PathLike, *, retain_eval: int = 4
                                                    "retain99")})
     rich = {f"{name}_perturbed": splits[name] for name in ("forget01", "forget05", "forget10")}
     rich.update({"retain_perturbed": splits["retain90"][:retain_eval], "holdout10_perturbed": splits["holdout"]})
+    for name, examples in world.public_facts(real_authors, world_facts).items():
+        if examples:
+            plain[name] = examples
+            rich[f"{name}_perturbed"] = examples
     written = []
     for name, examples in plain.items():
         lines = "".join(json.dumps({"question": e.question, "answer": e.answer}, ensure_ascii=False) + "\n"

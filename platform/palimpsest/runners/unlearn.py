@@ -27,10 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from palimpsest.data import DataError, QAExample
+from palimpsest.metrics.curves import gu_gaps
 from palimpsest.models import model_config
 from palimpsest.runners.common import build_tokenizer, fit, loop_config, method_runs
 from palimpsest.runners.unlearn_data import Point, PreparedUnlearn, Request, load_points
-from palimpsest.runners.unlearn_models import RETAIN_POOL, as_train, pretrained_config, retain_models, target_model
+from palimpsest.runners.unlearn_models import (
+    RETAIN_POOL, as_train, pretrained_base, pretrained_config, retain_models, target_model,
+)
 from palimpsest.runtime import INTERRUPTED, RunFolder
 from palimpsest.spec.jobs import UnlearnJob
 from palimpsest.train.batching import TokenizedQA, tokenize_qa
@@ -49,7 +52,7 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     if spec.seeds > 1:  # the first seed's run; the others are prepared as they come (see `run_seeds`)
         return prepare(seed_spec(spec, 0), saved_tokenizer=saved_tokenizer)
     _method_runs(spec, unlearning=None, original=None)  # parameter errors first, as validate reports them
-    train, points, tokenizer_texts = load_points(spec)
+    train, points, tokenizer_texts, public = load_points(spec)
     refusals = idk_refusals(spec)
     if refusals and not (spec.model.tokenizer or spec.model.pretrained):  # a fitted tokenizer must know their words
         tokenizer_texts = [*tokenizer_texts, *(QAExample("?", answer) for answer in refusals)]
@@ -59,6 +62,9 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     recipe = {"model": base, "training": spec.target.training.model_dump(mode="json"), "seed": spec.seed,
               "vocab": vocab}
+    if public:  # the base the target and the retain models start from is pre-trained on the public facts
+        recipe["pretraining"] = {"training": spec.target.pretraining.model_dump(mode="json"),
+                                 "data": content_hash(public)}
     configs = request_configs(spec, recipe, train, points)
     if spec.ledger:  # a ledger kept across runs must agree with the job before anything runs
         _resume_points(Ledger(spec.ledger), _method_runs(spec, unlearning=None, original=None), points, configs,
@@ -70,7 +76,7 @@ def prepare(spec: UnlearnJob, *, saved_tokenizer=None) -> PreparedUnlearn:
     if spec.data.source != "factworld" and not (spec.model.tokenizer or spec.model.pretrained):
         notes.append("the tokenizer was fitted on the training data only: holdout items may take more tokens, "
                      "which the MIA can pick up; give model.tokenizer")
-    prepared = PreparedUnlearn(tokenizer, train, points, base, recipe, notes, configs)
+    prepared = PreparedUnlearn(tokenizer, train, points, base, recipe, notes, configs, public=public)
     prepared.idk = [item.answer for item in tokenize_qa(tokenizer, [QAExample("?", a) for a in refusals])]
     return prepared
 
@@ -113,7 +119,7 @@ def request_configs(spec: UnlearnJob, recipe: dict, train, points: list[Point]) 
     configs = {}
     for method, run in zip(spec.methods, _method_runs(spec, unlearning=None, original=None)):
         identity = {"name": method.name, "params": run.params, "gu": method.gu,
-                    "gu_samples": method.gu_samples if method.gu else None}
+                    "gu_samples": method.gu_samples if method.gu else None, **(method.variant or {})}
         configs[method.label] = [{"method": identity, **common, **point} for point in per_point]
     return configs
 
@@ -130,12 +136,17 @@ def _method_runs(spec: UnlearnJob, *, unlearning, original) -> list[MethodRun]:
     runs = []
     for method, run in zip(spec.methods, method_runs("unlearning", spec.methods)):
         if unlearning is not None:
-            run = replace(run, optimisation=run.build().schedule(unlearning, original))
+            schedule = run.build().schedule(unlearning, original)
+            if method.variant:  # this entry's own lr / steps (a sweep lists the method once per value)
+                steps = method.steps or schedule.steps
+                schedule = replace(schedule, lr=method.lr or schedule.lr, steps=steps,
+                                   warmup_steps=min(schedule.warmup_steps, steps - 1))
+            run = replace(run, optimisation=schedule)
         if method.gu:
             from palimpsest.unlearn.gu import wrap
 
             run = wrap(run, method.gu_samples)
-        runs.append(run)
+        runs.append(replace(run, name=method.label))
     return runs
 
 
@@ -287,6 +298,9 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     # Every method stays in the loop's list (a method done with every request starts past the last
     # task), so the method indices in this run's checkpoints mean the same methods on a resume.
     pending = [first < len(prepared.points) for _, first, _ in plan]
+    pretrained = pretrained_base(spec, prepared, folder, use_ray=use_ray)
+    if pretrained is not None:  # the target, the retain models and retrain start from it
+        prepared.base_model = pretrained_config(prepared.base_model, pretrained[0])
     target_dir, target_meta = target_model(spec, prepared, folder, use_ray=use_ray)
     retained = retain_models(spec, prepared, folder, use_ray=use_ray)
     from palimpsest.models import build_model
@@ -308,6 +322,14 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
                 scored.append(request_metrics(model_scores(model, prepared.tokenizer, point.sets,
                                                            batch_size=spec.eval.batch_size,
                                                            max_new_tokens=spec.eval.max_new_tokens), reference))
+    if pretrained is not None:  # what the base knew of the public facts before the target was fine-tuned
+        from palimpsest.unlearn.evaluation import split_scores, utility_parts
+
+        base = build_model(prepared.base_model)
+        pretrained[1]["utility_parts"] = utility_parts({
+            split: split_scores(base, prepared.tokenizer, items, forget=False, batch_size=spec.eval.batch_size,
+                                max_new_tokens=spec.eval.max_new_tokens, options=True)
+            for split, items in prepared.points[0].sets.items() if split in OPTION_SPLITS})
     epsilon = spec.target.privacy.epsilon if spec.target.privacy else None
     if any(pending):
         target_cfg = pretrained_config(prepared.base_model, target_dir)
@@ -343,7 +365,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     else:
         folder.write_metrics([])
     return summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon,
-                     dp_base_points=dp_base_points,
+                     dp_base_points=dp_base_points, pretrained=pretrained,
                      started=started, firsts={run.name: first for run, first, _ in plan}, started_in=folder.path.name)
 
 
@@ -436,11 +458,12 @@ def method_cost(name: str, requests: list[dict], timed: list[dict], target_meta:
 
 
 def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained, retain_points, epsilon, *,
-              started, firsts: dict[str, int], started_in: str, dp_base_points: list | None = None) -> dict:
+              started, firsts: dict[str, int], started_in: str, dp_base_points: list | None = None,
+              pretrained: tuple | None = None) -> dict:
     """The run's summary; `firsts[label]`: the first request that method served in this run (earlier: skipped)."""
     state = ledger.state()
     methods = {}
-    for run in runs:
+    for method, run in zip(spec.methods, runs):
         records = [state[(run.name, p.request.id, config_hash(prepared.configs[run.name][i]))]
                    for i, p in enumerate(prepared.points)]
         requests = [{"id": p.request.id, "items": len(p.request.items), **record["metrics"],
@@ -449,7 +472,8 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                     for index, (p, record) in enumerate(zip(prepared.points, records))]
         # Only dp2u's model descends from the ε-DP base without a non-private pass over the forget set.
         methods[run.name] = {**{key: requests[-1][key] for key in SUMMARY_KEYS},
-                             "epsilon": epsilon if run.name == "dp2u" else None, "requests": requests}
+                             "epsilon": epsilon if run.name == "dp2u" else None, "base": method.base_label,
+                             "variant": method.variant, "requests": requests}
     timed = retrain_timings(methods, retained, started_in=started_in)
     for name, block in methods.items():
         block["cost"] = method_cost(name, block["requests"], timed, target_meta)
@@ -473,6 +497,12 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                            **{key: scores[key] for key in ("model_utility", "forget_rouge", "forget_truth_ratio", "mia")}}
                           for p, (path, meta), scores in zip(prepared.points, retained, retain_points)],
         "skipped": [name for name, first in firsts.items() if first == len(prepared.points)],
+        **({"pretrained_base": {"path": str(pretrained[0]), "examples": pretrained[1]["examples"],
+                                "cost": pretrained[1]["cost"], "utility_parts": pretrained[1].get("utility_parts"),
+                                "note": "the base pre-trained on the public facts (real authors, world facts) that "
+                                        "the target, the retain models and retrain start from; paid once, in no "
+                                        "method's or retraining's cost"}}
+           if pretrained else {}),
         **({"dp_base": {**{key: dp_base_points[-1][key] for key in SUMMARY_KEYS}, "path": target_meta["dp_base"]["path"],
                         "privacy": target_meta["dp_base"].get("privacy"), "cost": target_meta["dp_base"]["cost"],
                         "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in dp_base_points]}}
@@ -483,6 +513,7 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                    "mia_min_k": block["mia"]["min_k"], "cost_ratio": block["cost"]["ratio"]}
                   for name, block in methods.items()],
         "cost": {"wall_s": round(time.perf_counter() - started, 3)},
+        **({"gu_gaps": {base: gap for base, gap in gaps.items()}} if (gaps := gu_gaps(methods)) else {}),
         "notes": prepared.notes,
         "warnings": forget_set_warnings(prepared.points),
     }
@@ -580,6 +611,15 @@ def seed_summary(spec: UnlearnJob, summaries: list[dict], *, started: float, fol
         "warnings": list(dict.fromkeys(w for s in summaries for w in s.get("warnings") or [])),
         "skipped": sorted({name for s in summaries for name in s.get("skipped") or []}),
     })
+    gaps = [s.get("gu_gaps") or {} for s in summaries]
+    if any(gaps):  # GU's curve against its base method's, per seed, then over seeds
+        merged["gu_gaps"] = {}
+        for base in gaps[0]:
+            found = [g.get(base) for g in gaps]
+            stats = over_seeds([g["gap"] if g else None for g in found])
+            merged["gu_gaps"][base] = {"gap": stats["mean"], "interval": stats["interval"], "per_seed": stats["values"],
+                                       "seeds_with_overlap": sum(g is not None for g in found),
+                                       "mean_curves": gu_gaps(merged["methods"]).get(base)}
     merged["table"] = [{"method": name, **{k: block[k] for k in ("forget_quality", "model_utility", "forget_rouge",
                                                                   "privleak")},
                         "mia_min_k": block["mia"]["min_k"], "cost_ratio": block["cost"]["ratio"],

@@ -48,6 +48,8 @@ class PreparedUnlearn:
     notes: list[str] = field(default_factory=list)
     configs: dict[str, list[dict]] = field(default_factory=dict)  # per method label, per point: the ledger's config
     idk: list[tuple[int, ...]] = field(default_factory=list)  # the idk methods' "I don't know" answers, as token ids
+    # Fact world: the public facts (real authors, world facts) the base learns in its pre-training stage.
+    public: list[QAExample] = field(default_factory=list)
 
 
 def _tofu_file(folder: Path, name: str) -> Path | None:
@@ -132,8 +134,9 @@ def _with_answers(examples: list[QAExample], versions: dict) -> list[QAExample]:
     return [e for e in found if e.paraphrased_answer and e.perturbed_answers]
 
 
-def load_points(spec: UnlearnJob) -> tuple[list[QAExample], list[Point], list[QAExample]]:
-    """(training set, one Point per request, the texts a fitted tokenizer may see).
+def load_points(spec: UnlearnJob) -> tuple[list[QAExample], list[Point], list[QAExample], list[QAExample]]:
+    """(training set, one Point per request, the texts a fitted tokenizer may see, the fact world's public facts
+    its base pre-trains on).
 
     Raises:
         DataError: unreadable data, an unknown split, a request of untrained items, nothing left to retain.
@@ -144,8 +147,11 @@ def load_points(spec: UnlearnJob) -> tuple[list[QAExample], list[Point], list[QA
         world = fact_world(spec.data, spec.seed)
         holdout_people, trainable = world.tofu_order()
         train, holdout = world.facts_of(trainable), world.facts_of(holdout_people)
-        context = {"world": world, "trainable": trainable, "cursor": 0}
-        tokenizer_texts = world.facts  # the generator's public vocabulary (see runners/train.py)
+        public = {split: items for split, items in
+                  world.public_facts(spec.data.real_authors, spec.data.world_facts).items() if items}
+        context = {"world": world, "trainable": trainable, "cursor": 0, "public": public}
+        # the generator's vocabulary (see runners/train.py), the public facts' included
+        tokenizer_texts = [*world.facts, *(e for items in public.values() for e in items)]
     else:
         train, holdout, context, retain_eval = _load_tofu(spec)
         folder = context["folder"]
@@ -177,4 +183,9 @@ def load_points(spec: UnlearnJob) -> tuple[list[QAExample], list[Point], list[QA
                 "holdout": subsample(holdout, cap),
                 **{split: subsample(items, cap) for split, items in context.get("public", {}).items()}}
         points.append(Point(Request(request.id, items, content_hash(items)), gone, remaining, sets))
-    return train, points, tokenizer_texts
+    # What the base must know before the target is fine-tuned: the fact world's invented public facts, or a TOFU
+    # folder's real authors and world facts when the model starts from a preset's random init (a pretrained LLM
+    # knows the real ones, as TOFU's base does).
+    pretraining = [e for items in context.get("public", {}).values() for e in items] \
+        if spec.data.source == "factworld" or not spec.model.pretrained else []
+    return train, points, tokenizer_texts, pretraining

@@ -86,6 +86,33 @@ def _cost(result: dict, index: int) -> dict:
             "measured_on": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def pretrained_base(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
+                    use_ray: bool) -> tuple[Path, dict] | None:
+    """The base pre-trained on the public facts (`prepared.public`): cached, else trained now; None without them.
+
+    TOFU's base LLM knows the real authors and the world facts before it is fine-tuned on
+    the fictitious ones, and model utility asks whether unlearning kept them. The target,
+    the retain models, `retrain` and the DP base all start from this model; its cost is
+    paid once and reported apart (`summary.pretrained_base`), never in a method's or a
+    retraining's.
+    """
+    if not prepared.public:
+        return None
+    cache = _cache_root(spec)
+    key = "base-" + _digest({key: prepared.recipe[key] for key in ("model", "seed", "vocab", "pretraining")})
+    found = _cached(cache, key)
+    if found:
+        return found
+    config = loop_config(as_train(spec, spec.target.pretraining, None), prepared.tokenizer, tasks=[prepared.public],
+                         eval_sets={})
+    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-pretrain",
+                              use_ray=use_ray)
+    (result,) = output["methods"]
+    meta = {"kind": "pretrained_base", "cost": _cost(result, 0), "examples": len(prepared.public),
+            "trained_in": folder.path.name}
+    return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
+
+
 def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_ray: bool) -> tuple[Path, dict]:
     """The deployed target, trained on everything: from the cache, else trained now.
 

@@ -249,6 +249,20 @@ class UnlearnFactWorld(Strict):
     seed: int | None = Field(None, description="world seed; default: the job's seed")
     num_entities: int = Field(100, ge=3, le=100_000, description="fictitious people (10% are the holdout)")
     attributes_per_entity: int = Field(2, ge=1, le=8, description="facts per person")
+    real_authors: int = Field(100, ge=0, le=100_000, description="TOFU's real authors: public people (one famous "
+                                                                 "book each) the base learns in a pre-training stage "
+                                                                 "before the target is fine-tuned (0: none; else ≥ 4)")
+    world_facts: int = Field(100, ge=0, le=100_000, description="TOFU's world facts: public facts (capitals, "
+                                                                "mountains) learnt in the same pre-training stage "
+                                                                "(0: none; else ≥ 4)")
+
+    @field_validator("real_authors", "world_facts")
+    @classmethod
+    def _with_options(cls, value):
+        if 0 < value < 4:
+            raise ValueError(f"0 (none) or at least 4: each item's 3 wrong options are other items' answers "
+                             f"(got {value})")
+        return value
 
 
 class UnlearnFiles(Strict):
@@ -310,7 +324,16 @@ class TargetSpec(Strict):
                                                                 "of target.training.steps (DP2Unlearning: 5 epochs "
                                                                 "after 10)")
 
+    pretraining: TrainingSpec = Field(
+        default_factory=lambda: TrainingSpec(steps=1000, batch_size=32, lr=3e-3, warmup_steps=20, log_every=200),
+        description="fact world: the base's pre-training stage on the public facts (data.real_authors, "
+                    "data.world_facts) before the target and the retain models are fine-tuned from it; cached like "
+                    "the target, its cost reported apart (TOFU: the base LLM already knows them)")
+
     _no_global_clipping = model_validator(mode="after")(lambda self: _private_clipping(self))
+
+
+RECIPE_METHODS = ("retrain", "dp2u")  # they serve a request with the target's recipe, not `training`
 
 
 class UnlearnMethodSpec(MethodSpec):
@@ -320,10 +343,26 @@ class UnlearnMethodSpec(MethodSpec):
 
     gu: bool = Field(False, description="project the forget gradient orthogonal to retain gradients (GU)")
     gu_samples: int = Field(8, ge=1, le=256, description="retain items whose gradients GU projects out, per step")
+    lr: float | None = Field(None, gt=0, description="this entry's learning rate (default: training.lr); list a "
+                                                     "method once per value to sweep it (label: npo@lr0.001)")
+    steps: int | None = Field(None, gt=0, description="this entry's steps per request (default: training.steps); "
+                                                      "label: npo@steps40")
+
+    @property
+    def base_label(self) -> str:
+        """The method with or without GU, whatever its lr / steps: what a sweep's curve is named after."""
+        return f"{self.name}+gu" if self.gu else self.name
 
     @property
     def label(self) -> str:
-        return f"{self.name}+gu" if self.gu else self.name
+        return self.base_label + (f"@lr{self.lr:g}" if self.lr is not None else "") + (
+            f"@steps{self.steps}" if self.steps is not None else "")
+
+    @property
+    def variant(self) -> dict | None:
+        """The schedule this entry overrides ({"lr": ..., "steps": ...}), or None."""
+        found = {k: getattr(self, k) for k in ("lr", "steps") if getattr(self, k) is not None}
+        return found or None
 
 
 class UnlearnEvalSpec(EvalSpec):
@@ -377,7 +416,18 @@ class UnlearnJob(_Job):
         labels = [m.label for m in self.methods]
         repeated = sorted({x for x in labels if labels.count(x) > 1})
         if repeated:
-            raise ValueError(f"methods: each method (with or without gu) once ({', '.join(repeated)} repeated)")
+            raise ValueError(f"methods: each method (with or without gu, at each lr / steps) once "
+                             f"({', '.join(repeated)} repeated)")
+        return self
+
+    @model_validator(mode="after")
+    def _own_schedule(self):
+        for index, method in enumerate(self.methods):
+            if method.variant and method.name in RECIPE_METHODS:
+                field = "lr" if method.lr is not None else "steps"
+                raise ValueError(f"methods[{index}].{field}: {method.name} trains with target.training (its "
+                                 f"{'share of ' if method.name == 'dp2u' else ''}steps and lr); lr and steps set how "
+                                 "the other methods unlearn")
         return self
 
     @model_validator(mode="after")

@@ -118,7 +118,7 @@ class _Run:
             result.records += [{"step": stream_step, "task": task, "split": "train", "metric": name, "value": value}
                                for name, value in extra.items()]
             label = f"{result.name} · " if len(cfg.methods) > 1 or cfg.task_eval_names else ""
-            print(f"[palimpsest] {label}task {task + 1}/{len(cfg.tasks)} step {done}/{cfg.optimisation.steps} "
+            print(f"[palimpsest] {label}task {task + 1}/{len(cfg.tasks)} step {done}/{result.steps} "
                   f"train_loss {train_loss:.4f} grad_norm {float(grad_norm):.3f} "
                   + "".join(f"{name} {value:.4g} " for name, value in extra.items())
                   + f"({result.wall_s + time.perf_counter() - self.clock:.1f}s)", flush=True)
