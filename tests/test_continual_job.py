@@ -276,6 +276,9 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
                       "target.pretraining.batch_size=4", "target.pretraining.warmup_steps=0"]
         if document["data"]["source"] == "factworld":
             overrides += ["data.real_authors=4", "data.world_facts=4"]
+        overrides += ["seeds=1", "eval.max_new_tokens=8"]  # a comparison job's seeds and sweeps: once, briefly
+        overrides += [f"methods.{i}.steps=3" for i, m in enumerate(document["methods"])
+                      if isinstance(m, dict) and "steps" in m]
     bucket = None
     if document["kind"] == "privacy_sweep":  # its train job's fields, at two points; checkpoints in a bucket
         overrides = [f"job.{item}" for item in overrides if not item.startswith("stream.")]

@@ -490,10 +490,12 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         "utility": utility_note(prepared.points[0].sets),
         "target": {**{key: target_last[key] for key in SUMMARY_KEYS}, "privacy": target_meta.get("privacy"),
                    "cost": target_meta["cost"],
+                   "started_from": (target_meta.get("dp_base") or target_meta).get("started_from"),
                    **({"made": f"the DP base fine-tuned on all the data without noise ({target_meta['steps']} "
                               "steps): no DP guarantee"} if target_meta.get("dp_base") else {}),
                    "per_request": [{key: t[key] for key in SUMMARY_KEYS} for t in target_points]},
         "retain_models": [{"id": p.request.id, "path": str(path), "cost": meta["cost"],
+                           "started_from": meta.get("started_from"),
                            **{key: scores[key] for key in ("model_utility", "forget_rouge", "forget_truth_ratio", "mia")}}
                           for p, (path, meta), scores in zip(prepared.points, retained, retain_points)],
         "skipped": [name for name, first in firsts.items() if first == len(prepared.points)],

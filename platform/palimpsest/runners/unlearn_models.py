@@ -86,6 +86,13 @@ def _cost(result: dict, index: int) -> dict:
             "measured_on": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def started_from(prepared: PreparedUnlearn) -> str:
+    """What the target and the retain models are trained from: a path (a pre-trained base, a pretrained
+    model) or the preset's seeded init."""
+    return prepared.base_model.get("pretrained") or f"{prepared.base_model.get('preset')} init, seed " \
+        f"{prepared.base_model.get('seed')}"
+
+
 def pretrained_base(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
                     use_ray: bool) -> tuple[Path, dict] | None:
     """The base pre-trained on the public facts (`prepared.public`): cached, else trained now; None without them.
@@ -164,7 +171,8 @@ def _trained_target(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFold
                               use_ray=use_ray)
     (result,) = output["methods"]
     meta = {"kind": "dp_base" if spec.target.privacy else "target", "cost": _cost(result, 0),
-            "privacy": result["privacy"], "examples": len(prepared.train), "trained_in": folder.path.name}
+            "privacy": result["privacy"], "examples": len(prepared.train), "trained_in": folder.path.name,
+            "started_from": started_from(prepared)}
     return _store(cache, key, checkpoints[-1][0], prepared.tokenizer, meta), meta
 
 
@@ -190,7 +198,7 @@ def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder
         ends = {metrics["task_end"]: directory for directory, metrics in checkpoints if "task_end" in metrics}
         for task, i in enumerate(missing):
             meta = {"kind": "retain", "cost": _cost(result, task), "examples": len(prepared.points[i].remaining),
-                    "trained_in": folder.path.name}
+                    "trained_in": folder.path.name, "started_from": started_from(prepared)}
             _store(cache, keys[i], ends[task], prepared.tokenizer, meta)
     return [_cached(cache, key) for key in keys]
 
