@@ -48,6 +48,7 @@ def test_utility_gap_compares_curves_at_equal_forget_quality_on_the_shared_log_r
     # interpolated in log10 forget quality, not linearly: halfway between 1e-4 and 1e-2 is 1e-3
     assert utility_gap(base, [(1e-3, 0.45), (1e-3 * 1.0001, 0.45)])["gap"] == pytest.approx(0.0, abs=1e-4)
     assert utility_gap(base, [(10.0, 0.1), (100.0, 0.1)]) is None  # no shared range
+    assert utility_gap(base, [(1.0, 0.1), (100.0, 0.1)]) is None  # one shared forget quality is no range
     assert utility_gap(base, [(1e-3, 0.4)]) is None  # one point is no curve
     methods = {f"npo@lr{i}": {"base": "npo", "variant": {"lr": i}, "forget_quality": fq, "model_utility": u}
                for i, (fq, u) in enumerate(base)}

@@ -4,7 +4,8 @@ A sweep lists a method at several learning rates or step counts; each setting is
 (forget quality, model utility). `utility_gap(base, other)` is the mean, over the forget
 quality range both curves cover, of other's utility minus base's at equal forget quality:
 each curve is the piecewise-linear interpolation of utility in log10(forget quality)
-through its points (forget quality moves in orders of magnitude), compared on 101 evenly
+through its points taken in order of forget quality (a sweep need not be monotone; forget
+quality moves in orders of magnitude), compared on 101 evenly
 spaced points of the shared range. Curves that share no range have no gap (None).
 """
 
