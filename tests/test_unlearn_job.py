@@ -306,12 +306,12 @@ def test_seeds_repeat_target_retain_model_and_methods_and_report_mean_and_bootst
     assert summary["utility"].startswith("TOFU's: hmean of 9 numbers")
     assert len(summary["methods"]["npo"]["requests"][0]["utility_parts"]) == 9
     assert summary["pretrained_base"]["examples"] == 16 and len(summary["pretrained_base"]["path"]) == 3  # per seed
+    seeds = [json.loads((out / "seeds" / f"seed-{s}" / "summary.json").read_text()) for s in (2, 3, 4)]
+    assert [s["seed"] for s in seeds] == [2, 3, 4] and all(s["status"] == "ok" for s in seeds)
     for seed in seeds:  # the target and the retain model are fine-tuned from that seed's pre-trained base
         assert seed["target"]["started_from"] == seed["retain_models"][0]["started_from"] == \
             seed["pretrained_base"]["path"]
     assert len({s["requests"][0]["items_hash"] for s in seeds}) == 1  # every seed forgets the same people
-    seeds = [json.loads((out / "seeds" / f"seed-{s}" / "summary.json").read_text()) for s in (2, 3, 4)]
-    assert [s["seed"] for s in seeds] == [2, 3, 4] and all(s["status"] == "ok" for s in seeds)
     assert len({s["retain_models"][0]["path"] for s in seeds}) == 3  # a retain model per seed
     assert len({s["target"]["forget_truth_ratio"] for s in seeds}) == 3  # and a target per seed
     for name in ("retrain", "npo"):
