@@ -40,6 +40,10 @@ def build_model(cfg: dict, *, random_init: bool = False) -> torch.nn.Module:
     the reference GEM's forward transfer is measured against. Presets are random-init anyway.
     """
     dtype = _DTYPES[cfg.get("dtype", "float32")]
+    if cfg.get("pretrained"):  # no "Loading weights" bar per model a worker loads (a run loads many)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if cfg.get("pretrained") and random_init:
         from transformers import AutoConfig
 
