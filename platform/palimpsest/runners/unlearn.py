@@ -515,7 +515,7 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
                    "mia_min_k": block["mia"]["min_k"], "cost_ratio": block["cost"]["ratio"]}
                   for name, block in methods.items()],
         "cost": {"wall_s": round(time.perf_counter() - started, 3)},
-        **({"gu_gaps": {base: gap for base, gap in gaps.items()}} if (gaps := gu_gaps(methods)) else {}),
+        **({"gu_gaps": gaps} if (gaps := gu_gaps(methods)) else {}),
         "notes": prepared.notes,
         "warnings": forget_set_warnings(prepared.points),
     }
