@@ -34,6 +34,7 @@ def test_merge_averages_numbers_and_keeps_what_differs_per_seed():
                     {"a": 3, "b": "y", "c": [3, {"d": 6}], "e": None, "f": True}])
     assert merged == {"a": 2.0, "b": ["x", "y"], "c": [2.0, {"d": 4.0}], "e": None, "f": True}
     assert merge([{"m": None}, {"m": 0.5}]) == {"m": 0.5}
+    assert merge([0.0, 0.1, 0.8]) == pytest.approx(0.3)  # the mean over seeds, not the median
 
 
 def test_utility_gap_compares_curves_at_equal_forget_quality_on_the_shared_log_range():
