@@ -470,3 +470,63 @@ def test_throughput_measures_every_twin_against_the_single_env():
         assert all(row[key] > 0 for key in ("single", 4, 64)), row
     # Steps are counted per sub-env: 64 sub-envs step far more often per second than one.
     assert vector_rate(CUE, 256, 20) > 8 * vector_rate(CUE, 1, 20)
+
+
+# ---- the rules a broken env would pass otherwise ----------------------------------------------
+
+
+def _oracle_walk(num_envs, steps, **kwargs):
+    """Observations (steps, num_envs, 4) and the x each sub-env stood on, under the oracle with a junction signal."""
+    venv = gym.make_vec(TMAZE, num_envs=num_envs, vectorization_mode="vector_entry_point", junction_signal=True,
+                        **kwargs)
+    policy = Policy(TMAZE, venv, "oracle")
+    obs, _ = venv.reset(seed=7)
+    fresh = np.ones(num_envs, dtype=bool)
+    seen = []
+    for _ in range(steps):
+        seen.append(obs)
+        obs, _, term, trunc, _ = venv.step(policy.act(obs, fresh))
+        fresh = term | trunc
+    return np.stack(seen)
+
+
+@pytest.mark.parametrize("twin", ["single", "vector"])
+def test_tmaze_shows_the_cue_on_the_first_cell_of_each_corridor_only(twin):
+    """A cue visible beyond x = 0 makes every T-maze memoryless; the oracle walks several corridors of each
+    episode, so later corridors' starts and every corridor cell are seen."""
+    kwargs = {"num_corridors": 3, "length_mode": "uniform", "min_length": 1, "max_length": 4}
+    if twin == "vector":
+        obs = _oracle_walk(64, 60, **kwargs).reshape(-1, 4)
+    else:
+        env, policy, rows = gym.make(TMAZE, junction_signal=True, **kwargs), None, []
+        venv = gym.make_vec(TMAZE, num_envs=1, vectorization_mode="vector_entry_point", junction_signal=True, **kwargs)
+        policy = Policy(TMAZE, venv, "oracle")
+        o, _ = env.reset(seed=3)
+        fresh = np.ones(1, dtype=bool)
+        for _ in range(400):
+            rows.append(o)
+            o, _, term, trunc, _ = env.step(int(policy.act(o[None], fresh)[0]))
+            fresh = np.array([term or trunc])
+            if term or trunc:
+                o, _ = env.reset()
+        obs = np.stack(rows)
+    at_start = obs[:, 0] == 0
+    cue = obs[:, 1] + obs[:, 2]
+    assert at_start.sum() > 50 and (~at_start).sum() > 50
+    assert np.all(cue[at_start] == 1.0)  # exactly one of left/right at x = 0
+    assert np.all(cue[~at_start] == 0.0)
+
+
+@pytest.mark.parametrize("low, high", [(1, 4), (3, 7)])
+def test_tmaze_uniform_lengths_are_uniform_over_both_ends(low, high):
+    """Corridor lengths measured by walking them (steps from x = 0 to the junction signal) take every value of
+    min_length..max_length, ends included, equally often (a chi-square test; `integers(min, max)` never draws
+    max_length)."""
+    from scipy.stats import chisquare
+
+    obs = _oracle_walk(2000, 2 * high + 3, num_corridors=1, length_mode="uniform", min_length=low, max_length=high)
+    first_junction = obs[:, :, 3].argmax(axis=0)  # the step of each sub-env's first junction: its length
+    assert obs[first_junction, np.arange(2000), 3].all()
+    counts = np.bincount(first_junction, minlength=high + 1)[low:]
+    assert counts.sum() == 2000 and counts.min() > 0, counts
+    assert chisquare(counts).pvalue > 1e-4, counts

@@ -1,17 +1,21 @@
 """Episode plans: the one place where the environments draw randomness.
 
 Each environment decides everything random about an episode (cues, corridor
-lengths, rewrite times) at reset, as a *plan*: a dict of numpy arrays. Plans are
-drawn from a generator in blocks of ``EPISODES_PER_DRAW`` episodes by one
-module-level ``draw(rng, n_episodes, config)`` function per environment.
+lengths, rewrite times) at reset, as a *plan*: a dict of numpy arrays. A plan is a
+pure function of ``uniforms(config)`` uniform numbers in [0, 1): each environment
+has one module-level ``draw(u, config)`` turning a ``(n_episodes, uniforms)``
+array of them into ``n_episodes`` plans, and a generator supplies the numbers in
+blocks of ``EPISODES_PER_DRAW`` episodes (``rng.random((EPISODES_PER_DRAW, U))``).
 
-Why blocks: the batched twins keep one generator per sub-environment so that
-sub-env ``i`` of ``reset(seed=s)`` replays the single environment seeded with
-``s + i``. Drawing one episode at a time would force a Python loop over every
-sub-env that autoresets, on every step; drawing a block makes that loop run
-once per ``EPISODES_PER_DRAW`` episodes of a sub-env. The single environment
-consumes its generator in exactly the same blocks, so both see the same
-stream of episodes.
+Why blocks, and why uniforms: the batched twins keep one generator per
+sub-environment so that sub-env ``i`` of ``reset(seed=s)`` replays the single
+environment seeded with ``s + i``. Drawing one episode at a time would force a
+Python loop over every sub-env that autoresets, on every step; drawing a block
+makes that loop run once per ``EPISODES_PER_DRAW`` episodes of a sub-env, and
+since the loop only pulls raw numbers from each generator (one call), turning
+them into plans is one vectorised ``draw`` over every sub-env that needed a
+block. The single environment consumes its generator in exactly the same blocks,
+so both see the same stream of episodes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ from gymnasium.vector.utils import batch_space
 EPISODES_PER_DRAW = 64
 
 Plan = dict[str, np.ndarray]
-DrawFn = Callable[[np.random.Generator, int, Any], Plan]
+DrawFn = Callable[[np.ndarray, Any], Plan]  # (n_episodes, uniforms) numbers in [0, 1), config → plans
+
+
+def scaled(u: np.ndarray, low: int, count: int) -> np.ndarray:
+    """Integers uniform over ``low .. low + count - 1`` from uniforms in [0, 1) (``low + floor(u * count)``)."""
+    return low + np.minimum((u * count).astype(np.int64), count - 1)
 
 
 class PlanQueue:
@@ -39,8 +48,9 @@ class PlanQueue:
     of the block, so reseeding behaves as if plans were drawn per episode.
     """
 
-    def __init__(self, draw: DrawFn, config: Any):
+    def __init__(self, draw: DrawFn, uniforms: int, config: Any):
         self._draw = draw
+        self._uniforms = uniforms
         self._config = config
         self._block: Plan | None = None
         self._block_rng: np.random.Generator | None = None
@@ -48,7 +58,7 @@ class PlanQueue:
 
     def next(self, rng: np.random.Generator) -> Plan:
         if self._block_rng is not rng or self._next >= EPISODES_PER_DRAW:
-            self._block = self._draw(rng, EPISODES_PER_DRAW, self._config)
+            self._block = self._draw(rng.random((EPISODES_PER_DRAW, self._uniforms)), self._config)
             self._block_rng = rng
             self._next = 0
         assert self._block is not None
@@ -60,8 +70,9 @@ class PlanQueue:
 class BatchedPlans:
     """One ``PlanQueue`` per sub-environment, stored as ``(num_envs, block, ...)`` arrays."""
 
-    def __init__(self, draw: DrawFn, config: Any, num_envs: int):
+    def __init__(self, draw: DrawFn, uniforms: int, config: Any, num_envs: int):
         self._draw = draw
+        self._uniforms = uniforms
         self._config = config
         self.num_envs = num_envs
         self.rngs: list[np.random.Generator | None] = [None] * num_envs
@@ -91,17 +102,20 @@ class BatchedPlans:
     def take(self, env_ids: np.ndarray) -> Plan:
         """Next plan of each listed sub-env, as arrays with a leading ``len(env_ids)`` axis."""
         exhausted = env_ids[self._next[env_ids] >= EPISODES_PER_DRAW]
-        for i in exhausted:  # once per EPISODES_PER_DRAW episodes of a sub-env
-            rng = self.rngs[i]
-            assert rng is not None, "seed() must run before take()"
-            block = self._draw(rng, EPISODES_PER_DRAW, self._config)
+        if exhausted.size:
+            # One call per generator for its raw numbers, then one vectorised draw for all of them.
+            numbers = np.empty((exhausted.size, EPISODES_PER_DRAW, self._uniforms))
+            for row, i in enumerate(exhausted):
+                rng = self.rngs[i]
+                assert rng is not None, "seed() must run before take()"
+                rng.random(out=numbers[row])
+            blocks = self._draw(numbers.reshape(-1, self._uniforms), self._config)
             if self._blocks is None:
-                self._blocks = {
-                    k: np.zeros((self.num_envs, *v.shape), dtype=v.dtype) for k, v in block.items()
-                }
-            for k, v in block.items():
-                self._blocks[k][i] = v
-            self._next[i] = 0
+                self._blocks = {k: np.zeros((self.num_envs, EPISODES_PER_DRAW, *v.shape[1:]), dtype=v.dtype)
+                                for k, v in blocks.items()}
+            for k, v in blocks.items():
+                self._blocks[k][exhausted] = v.reshape(exhausted.size, EPISODES_PER_DRAW, *v.shape[1:])
+            self._next[exhausted] = 0
         assert self._blocks is not None or len(env_ids) == 0, "seed() must run before take()"
         if self._blocks is None:
             return {}
@@ -119,7 +133,8 @@ class PlannedVectorEnv(VectorEnv):
     `_start_episodes(env_ids)` and `_obs()`.
     """
 
-    def _setup(self, num_envs: int, config: Any, num_actions: int, draw: DrawFn, render_mode: str | None) -> int:
+    def _setup(self, num_envs: int, config: Any, num_actions: int, draw: DrawFn, uniforms: int,
+               render_mode: str | None) -> int:
         """Spaces, plans and rows for `num_envs` sub-envs of `config` (its `obs_dim` floats in [0, 1]); returns N."""
         if render_mode is not None:
             raise ValueError(f"{type(self).__name__} has no render modes")
@@ -132,7 +147,7 @@ class PlannedVectorEnv(VectorEnv):
         self.single_observation_space = spaces.Box(0.0, 1.0, (config.obs_dim,), np.float32)
         self.action_space = batch_space(self.single_action_space, n)
         self.observation_space = batch_space(self.single_observation_space, n)
-        self._plans = BatchedPlans(draw, config, n)
+        self._plans = BatchedPlans(draw, uniforms, config, n)
         self._rows = np.arange(n)
         return n
 

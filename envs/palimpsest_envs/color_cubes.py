@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import logger, spaces
 
-from palimpsest_envs._plans import PlanQueue
+from palimpsest_envs._plans import PlanQueue, scaled
 
 UP, DOWN, LEFT, RIGHT, PICK = 0, 1, 2, 3, 4
 
@@ -95,8 +95,14 @@ def make_config(
     return ColorCubesConfig(mode, g, n, k, e, steps, float(penalty), float(goal_reward))
 
 
-def draw_plans(rng: np.random.Generator, n_episodes: int, cfg: ColorCubesConfig) -> dict[str, np.ndarray]:
-    """Everything random about ``n_episodes`` episodes (the order of draws is part of the seeding contract).
+def plan_uniforms(cfg: ColorCubesConfig) -> int:
+    """Uniform numbers per episode (see ``draw_plans``)."""
+    k, e = cfg.num_phases, cfg.teleports_per_phase
+    return cfg.num_cells + k + k * cfg.event_window * (e > 0) + k * e * cfg.draws_per_event + k
+
+
+def draw_plans(u: np.ndarray, cfg: ColorCubesConfig) -> dict[str, np.ndarray]:
+    """Everything random about ``len(u)`` episodes from their uniform numbers (``_plans.py``).
 
     ``start[0]`` is the agent's cell and ``start[1 + c]`` cube ``c``'s (distinct cells,
     row-major indices); ``targets[k]`` the target colour of phase ``k``; ``offsets[k]`` the
@@ -105,27 +111,28 @@ def draw_plans(rng: np.random.Generator, n_episodes: int, cfg: ColorCubesConfig)
     the moving cube and free destination cells (see ``choose_free_cells``).
     """
     n, k, e = cfg.num_cubes, cfg.num_phases, cfg.teleports_per_phase
-    start = np.argsort(rng.random((n_episodes, cfg.num_cells)), axis=1)[:, : n + 1]
+    n_episodes, cells, window = len(u), cfg.num_cells, cfg.event_window
+    parts = np.split(u, np.cumsum([cells, k, k * window * (e > 0), k * e * cfg.draws_per_event]), axis=1)
+    start = np.argsort(parts[0], axis=1)[:, : n + 1]
     if n > 1:
         # Each next target moves by 1..n-1 (mod n): always a different colour.
-        first = rng.integers(0, n, size=(n_episodes, 1))
-        shifts = rng.integers(1, n, size=(n_episodes, k - 1))
-        targets = np.cumsum(np.concatenate([first, shifts], axis=1), axis=1) % n
+        steps = np.concatenate([scaled(parts[1][:, :1], 0, n), scaled(parts[1][:, 1:], 1, n - 1)], axis=1)
+        targets = np.cumsum(steps, axis=1) % n
     else:
         targets = np.zeros((n_episodes, k), dtype=np.int64)
     if e > 0:
-        offsets = np.argsort(rng.random((n_episodes, k, cfg.event_window)), axis=2)[:, :, :e] + 1
+        offsets = np.argsort(parts[2].reshape(n_episodes, k, window), axis=2)[:, :, :e] + 1
         offsets.sort(axis=2)
     else:
         offsets = np.zeros((n_episodes, k, 0), dtype=np.int64)
-    event_draws = rng.integers(0, 2**16, size=(n_episodes, k, e, cfg.draws_per_event), dtype=np.uint16)
-    collect_draws = rng.integers(0, 2**16, size=(n_episodes, k), dtype=np.uint16)
+    event_draws = scaled(parts[3], 0, 2**16).reshape(n_episodes, k, e, cfg.draws_per_event)
+    collect_draws = scaled(parts[4], 0, 2**16)
     return {
         "start": start.astype(np.int16),
         "targets": targets.astype(np.int8),
         "offsets": offsets.astype(np.uint8),
-        "event_draws": event_draws,
-        "collect_draws": collect_draws,
+        "event_draws": event_draws.astype(np.uint16),
+        "collect_draws": collect_draws.astype(np.uint16),
     }
 
 
@@ -276,7 +283,7 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(5)
         self.observation_space = spaces.Box(0.0, 1.0, (self.config.obs_dim,), np.float32)
-        self._plans = PlanQueue(draw_plans, self.config)
+        self._plans = PlanQueue(draw_plans, plan_uniforms(self.config), self.config)
         self._next_cell = next_cells(self.config.grid_size)
         self._coords = cell_coordinates(self.config.grid_size)
         self._plan: dict[str, np.ndarray] | None = None

@@ -13,6 +13,7 @@ from palimpsest_envs.color_cubes import (
     draw_plans,
     make_config,
     next_cells,
+    plan_uniforms,
 )
 
 NO_EVENT = np.iinfo(np.int32).max  # `_event_at` of a phase with no teleport left
@@ -75,7 +76,7 @@ class ColorCubesVector(PlannedVectorEnv):
         cfg = make_config(
             mode, grid_size, num_cubes, num_phases, teleports_per_phase, max_steps, penalty, goal_reward
         )
-        n = self._setup(num_envs, cfg, 5, draw_plans, render_mode)
+        n = self._setup(num_envs, cfg, 5, draw_plans, plan_uniforms(cfg), render_mode)
         k, e, c = cfg.num_phases, cfg.teleports_per_phase, cfg.num_cubes
         # Lookup tables: the cell each action leads to, and each cell's scaled row and column.
         self._next_cell = next_cells(cfg.grid_size).ravel()

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import logger, spaces
 
-from palimpsest_envs._plans import PlanQueue
+from palimpsest_envs._plans import PlanQueue, scaled
 
 NO_CUE = -1
 
@@ -37,24 +37,30 @@ def make_config(num_cues: int = 4, num_rewrites: int = 1, delay: int = 10) -> Cu
     return CueRewriteConfig(int(num_cues), int(num_rewrites), int(delay))
 
 
-def draw_plans(rng: np.random.Generator, n_episodes: int, cfg: CueRewriteConfig) -> dict[str, np.ndarray]:
-    """Cue schedules of ``n_episodes`` episodes (the order of draws is part of the seeding contract).
+def plan_uniforms(cfg: CueRewriteConfig) -> int:
+    """Uniform numbers per episode: the first cue, an order of the delay-1 middle steps, one per rewrite."""
+    return 1 + (cfg.delay - 1) + cfg.num_rewrites
+
+
+def draw_plans(u: np.ndarray, cfg: CueRewriteConfig) -> dict[str, np.ndarray]:
+    """Cue schedules of ``len(u)`` episodes from their uniform numbers (``_plans.py``).
 
     ``schedule[t]`` is the cue value shown at step ``t`` (``NO_CUE`` for none; the query
     step ``delay`` never shows one) and ``answer`` the latest value.
     """
     k, r, d = cfg
+    n_episodes = len(u)
     schedule = np.full((n_episodes, d + 1), NO_CUE, dtype=np.int16)
     rows = np.arange(n_episodes)
-    first = rng.integers(0, k, size=n_episodes)
+    first = scaled(u[:, 0], 0, k)
     schedule[:, 0] = first
     answer = first
     if r > 0:
         # R distinct steps in 1..d-1: the first R of a random permutation of each row.
-        times = np.argsort(rng.random((n_episodes, d - 1)), axis=1)[:, :r] + 1
+        times = np.argsort(u[:, 1:d], axis=1)[:, :r] + 1
         times.sort(axis=1)
         # Each rewrite moves the value by 1..k-1 (mod k): always a different value.
-        values = (first[:, None] + np.cumsum(rng.integers(1, k, size=(n_episodes, r)), axis=1)) % k
+        values = (first[:, None] + np.cumsum(scaled(u[:, d:], 1, k - 1), axis=1)) % k
         schedule[rows[:, None], times] = values
         answer = values[:, -1]
     return {"schedule": schedule, "answer": answer.astype(np.int16)}
@@ -117,7 +123,7 @@ class CueRewrite(gym.Env[np.ndarray, np.int64]):
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(self.config.num_cues)
         self.observation_space = spaces.Box(0.0, 1.0, (self.config.obs_dim,), np.float32)
-        self._plans = PlanQueue(draw_plans, self.config)
+        self._plans = PlanQueue(draw_plans, plan_uniforms(self.config), self.config)
         self._schedule: np.ndarray | None = None
         self._answer = 0
         self._t = 0

@@ -6,7 +6,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from palimpsest_envs._plans import PlannedVectorEnv
-from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config
+from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config, plan_uniforms
 
 
 class CueRewriteVector(PlannedVectorEnv):
@@ -59,7 +59,7 @@ class CueRewriteVector(PlannedVectorEnv):
         if render_mode is not None:  # before the config: the same error whatever the arguments
             raise ValueError("CueRewriteVector has no render modes")
         cfg = make_config(num_cues, num_rewrites, delay)
-        n = self._setup(num_envs, cfg, cfg.num_cues, draw_plans, render_mode)
+        n = self._setup(num_envs, cfg, cfg.num_cues, draw_plans, plan_uniforms(cfg), render_mode)
         self._schedule = np.full((n, cfg.delay + 1), NO_CUE, dtype=np.int16)
         self._answer = np.zeros(n, dtype=np.int16)
         self._t = np.zeros(n, dtype=np.int32)

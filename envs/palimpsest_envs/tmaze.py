@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import logger, spaces
 
-from palimpsest_envs._plans import PlanQueue
+from palimpsest_envs._plans import PlanQueue, scaled
 
 FORWARD, LEFT, RIGHT = 0, 1, 2
 CUE_LEFT, CUE_RIGHT = 0, 1
@@ -63,14 +63,19 @@ def make_config(
     )
 
 
-def draw_plans(rng: np.random.Generator, n_episodes: int, cfg: TMazeConfig) -> dict[str, np.ndarray]:
-    """Cues and corridor lengths of ``n_episodes`` episodes (the order of draws is part of the seeding contract)."""
-    shape = (n_episodes, cfg.num_corridors)
-    cues = rng.integers(0, 2, size=shape).astype(np.int8)
-    if cfg.uniform:
-        lengths = rng.integers(cfg.min_length, cfg.max_length + 1, size=shape)
+def plan_uniforms(cfg: TMazeConfig) -> int:
+    """Uniform numbers per episode: a cue and a length per corridor."""
+    return 2 * cfg.num_corridors
+
+
+def draw_plans(u: np.ndarray, cfg: TMazeConfig) -> dict[str, np.ndarray]:
+    """Cues and corridor lengths of ``len(u)`` episodes from their uniform numbers (``_plans.py``)."""
+    n = cfg.num_corridors
+    cues = (u[:, :n] < 0.5).astype(np.int8)
+    if cfg.uniform:  # min_length .. max_length, both ends included
+        lengths = scaled(u[:, n:], cfg.min_length, cfg.max_length - cfg.min_length + 1)
     else:
-        lengths = np.full(shape, cfg.max_length)
+        lengths = np.full((len(u), n), cfg.max_length)
     return {"cues": cues, "lengths": lengths.astype(np.int32)}
 
 
@@ -165,7 +170,7 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(3)
         self.observation_space = spaces.Box(0.0, 1.0, (self.config.obs_dim,), np.float32)
-        self._plans = PlanQueue(draw_plans, self.config)
+        self._plans = PlanQueue(draw_plans, plan_uniforms(self.config), self.config)
         self._cues: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
         self._corridor = 0

@@ -6,7 +6,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from palimpsest_envs._plans import PlannedVectorEnv
-from palimpsest_envs.tmaze import CUE_LEFT, CUE_RIGHT, FORWARD, LEFT, draw_plans, make_config
+from palimpsest_envs.tmaze import CUE_LEFT, CUE_RIGHT, FORWARD, LEFT, draw_plans, make_config, plan_uniforms
 
 
 class EndlessTMazeVector(PlannedVectorEnv):
@@ -68,7 +68,7 @@ class EndlessTMazeVector(PlannedVectorEnv):
             num_corridors, corridor_length, length_mode, min_length, max_length,
             penalty, goal_reward, junction_signal,
         )
-        n = self._setup(num_envs, cfg, 3, draw_plans, render_mode)
+        n = self._setup(num_envs, cfg, 3, draw_plans, plan_uniforms(cfg), render_mode)
         self._cues = np.zeros((n, cfg.num_corridors), dtype=np.int8)
         self._lengths = np.zeros((n, cfg.num_corridors), dtype=np.int32)
         self._corridor = np.zeros(n, dtype=np.int32)

@@ -31,27 +31,57 @@ def random_actions(space: gymnasium.Space, count: int, seed: int, batch: int | N
     return [space.sample() for _ in range(count)]
 
 
-def vector_rate(env_id: str, num_envs: int, steps: int, params: dict | None = None, *, seed: int = 0,
-                vectorization_mode: str = "vector_entry_point") -> float:
-    """Steps/s of the batched twin at `num_envs` sub-envs over `steps` batch steps.
+STEADY_EPISODES = 65  # episodes every sub-env finishes before the clock starts: past its first block of plans
+WARMUP_LIMIT = 100_000  # batch steps at most spent warming up (an env whose episodes hardly end)
 
+
+def vector_steady(env_id: str, num_envs: int, steps: int, params: dict | None = None, *, seed: int = 0,
+                  vectorization_mode: str = "vector_entry_point", warmup_episodes: int = STEADY_EPISODES) -> dict:
+    """Steady-state steps/s of `num_envs` sub-envs over `steps` batch steps, and what the clock saw.
+
+    Before the clock starts, random steps run until every sub-env has finished `warmup_episodes`
+    episodes (by default one more than a block of pre-drawn episode plans, `_plans.EPISODES_PER_DRAW`,
+    so every sub-env has redrawn its plans at least once: a short timing that starts fresh would
+    never pay for a redraw). Returns `rate` (steps/s), `warmup_steps` (batch steps before the clock)
+    and `episodes_per_env` (episodes each sub-env finished, on average, while the clock ran).
     `vectorization_mode="sync"` steps `num_envs` single envs through Gymnasium's SyncVectorEnv instead
     (how a user batches an env without a batched twin, e.g. POPGym's).
     """
     envs = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode, **(params or {}))
     try:
         envs.reset(seed=seed)
-        if isinstance(envs.single_action_space, gymnasium.spaces.Discrete):
-            actions = random_actions(envs.single_action_space, steps + 1, seed, batch=num_envs)
-        else:
-            actions = random_actions(envs.action_space, steps + 1, seed)
-        envs.step(actions[0])
+        discrete = isinstance(envs.single_action_space, gymnasium.spaces.Discrete)
+        space = envs.single_action_space if discrete else envs.action_space
+
+        def draw(count: int, offset: int):
+            return random_actions(space, count, seed + offset, batch=num_envs if discrete else None)
+
+        finished = np.zeros(num_envs, dtype=np.int64)
+        warmup = 0
+        while finished.min() < warmup_episodes and warmup < WARMUP_LIMIT:
+            for batch in draw(256, warmup + 1):
+                _, _, terminated, truncated, _ = envs.step(batch)
+                finished += np.asarray(terminated) | np.asarray(truncated)
+            warmup += 256
+        actions = draw(steps, warmup + 1)
+        ended = np.zeros(num_envs, dtype=np.int64)
         started = time.perf_counter()
-        for batch in actions[1:]:
-            envs.step(batch)
-        return num_envs * steps / (time.perf_counter() - started)
+        for batch in actions:
+            _, _, terminated, truncated, _ = envs.step(batch)
+            ended += terminated
+            ended += truncated
+        elapsed = time.perf_counter() - started
+        return {"rate": num_envs * steps / elapsed, "warmup_steps": warmup,
+                "episodes_per_env": float(ended.sum() / num_envs)}
     finally:
         envs.close()
+
+
+def vector_rate(env_id: str, num_envs: int, steps: int, params: dict | None = None, *, seed: int = 0,
+                vectorization_mode: str = "vector_entry_point", warmup_episodes: int = STEADY_EPISODES) -> float:
+    """Steady-state steps/s of `num_envs` sub-envs over `steps` batch steps (`vector_steady`)."""
+    return vector_steady(env_id, num_envs, steps, params, seed=seed, vectorization_mode=vectorization_mode,
+                         warmup_episodes=warmup_episodes)["rate"]
 
 
 def single_rate(env_id: str, steps: int, params: dict | None = None, *, seed: int = 0) -> float:
