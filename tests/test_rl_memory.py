@@ -20,8 +20,10 @@ def test_stepping_one_step_at_a_time_equals_the_whole_sequence(name):
     torch.manual_seed(0)
     cell = MEMORIES[name](INPUTS, HIDDEN).eval()
     x = torch.randn(B, T, INPUTS)
+    torch.manual_seed(1)  # shm draws θ_t at random: the same draws both ways
     whole, final = cell(x, batched(cell.initial_state()))
     assert whole.shape == (B, T, HIDDEN)
+    torch.manual_seed(1)
     state, steps = batched(cell.initial_state()), []
     for t in range(T):
         y, state = cell(x[:, t : t + 1], state)
@@ -51,8 +53,8 @@ def test_the_state_carries_what_was_seen_and_the_memoryless_baseline_carries_not
 
 @pytest.mark.parametrize("name", sorted(MEMORIES))
 def test_gradients_reach_the_first_step_through_the_memory(name):
-    if name in ("none", "gtrxl"):  # gtrxl: the paper stops gradients at the memory window (sg(M))
-        pytest.skip("no gradient path through memory, by design")
+    if name == "none":
+        pytest.skip("no memory")
     torch.manual_seed(0)
     cell = MEMORIES[name](INPUTS, HIDDEN)
     x = torch.randn(2, T, INPUTS, requires_grad=True)
@@ -77,18 +79,21 @@ def test_every_agent_is_an_rlmodule_that_runs_one_step_and_a_training_chunk(agen
     assert step[Columns.ACTION_DIST_INPUTS].shape == (4, 1, 3)
     assert {k: v.shape for k, v in step[Columns.STATE_OUT].items()} == {k: v.shape for k, v in state.items()}
     chunk = {Columns.OBS: torch.rand(4, 8, 3), Columns.STATE_IN: state}
+    torch.manual_seed(5)  # shm draws θ_t at random: the same draws for the trunk run twice
     out = module.forward_train(chunk)
     assert out[Columns.ACTION_DIST_INPUTS].shape == (4, 8, 3) and out[Columns.EMBEDDINGS].shape == (4, 8, 16)
     assert module.compute_values(chunk).shape == (4, 8)
+    torch.manual_seed(5)
     assert torch.allclose(module.compute_values(chunk, out[Columns.EMBEDDINGS]), module.compute_values(chunk))
 
 
-def test_gtrxl_runs_a_chunk_at_once_with_the_gradients_of_stepping():
-    """The whole-chunk form (sliding-window mask) against T one-step calls: same outputs, and the same
-    gradients for every weight and input — sg(M) stops at the window in both, never at the step itself."""
+def test_gtrxl_runs_a_chunk_at_once_as_stepping_does_with_gradients_through_the_chunk_only():
+    """The whole-chunk form (sliding-window mask) gives the outputs of T one-step calls; in the chunk the
+    gradient of the last output reaches step 0 (Transformer-XL: gradients flow within the segment) and never
+    the memory carried in from before it (sg(M))."""
     torch.manual_seed(0)
     cell = MEMORIES["gtrxl"](INPUTS, HIDDEN, window=4)  # a window shorter than the chunk: entries slide out
-    x = torch.randn(B, T, INPUTS, requires_grad=True)
+    x = torch.randn(B, T, INPUTS)
     start = batched(cell.initial_state())
     start["memory"] = torch.randn_like(start["memory"])
     start["valid"][:] = 1
@@ -96,17 +101,63 @@ def test_gtrxl_runs_a_chunk_at_once_with_the_gradients_of_stepping():
     with torch.no_grad():  # positions matter: a bias per distance that is not flat
         for block in cell.blocks:
             block.distance_bias.copy_(torch.randn_like(block.distance_bias))
-    whole, _ = cell(x, start)
-    (whole * torch.linspace(0, 1, HIDDEN)).sum().backward()
-    chunk_grads = [p.grad.clone() for p in cell.parameters()] + [x.grad.clone()]
-    cell.zero_grad()
-    x.grad = None
-    state, outputs = start, []
-    for t in range(T):
-        y, state = cell(x[:, t : t + 1], state)
-        outputs.append(y)
-    (torch.cat(outputs, dim=1) * torch.linspace(0, 1, HIDDEN)).sum().backward()
-    step_grads = [p.grad for p in cell.parameters()] + [x.grad]
+        whole, _ = cell(x, start)
+        state, outputs = start, []
+        for t in range(T):
+            y, state = cell(x[:, t : t + 1], state)
+            outputs.append(y)
     assert torch.allclose(torch.cat(outputs, dim=1), whole, atol=1e-5)
-    for a, b in zip(chunk_grads, step_grads):
-        assert torch.allclose(a, b, atol=1e-5)
+
+    cell = MEMORIES["gtrxl"](INPUTS, HIDDEN)  # the default window (96) holds the whole chunk
+    x = torch.randn(B, T, INPUTS, requires_grad=True)
+    start = batched(cell.initial_state())
+    start["memory"] = torch.randn_like(start["memory"]).requires_grad_()
+    start["valid"][:, -3:] = 1  # three steps carried in from the previous chunk
+    y, _ = cell(x, start)
+    y[:, -1].sum().backward()
+    assert (x.grad[:, 0].abs().sum(-1) > 1e-6).all(), x.grad[:, 0]
+    assert start["memory"].grad is None or not start["memory"].grad.any()
+    # ... and the carried memory is read: changing it changes the chunk's outputs.
+    with torch.no_grad():
+        moved = dict(start, memory=torch.randn_like(start["memory"]))  # (not a shift: LayerNorm)
+        assert not torch.allclose(cell(x, moved)[0], y)
+
+
+def test_ffm_learns_decay_and_frequency_from_the_reference_initialisation():
+    """proroklab/ffm: a = linspace(−0.673, ln(0.01)/1024), b = 2π/linspace(1, 1024, c), both learned, a bounded
+    only by −0.683 (exp: 0.505 per step), not capped near 1."""
+    import math
+
+    cell = MEMORIES["ffm"](INPUTS, HIDDEN, memory=8, context=4)
+    names = dict(cell.named_parameters())
+    assert "a" in names and "b" in names
+    assert torch.allclose(torch.exp(cell.a[[0, -1]]), torch.tensor([0.5101, 0.99551]), atol=1e-4)
+    assert torch.allclose(cell.b, 2 * math.pi / torch.tensor([1.0, 342.0, 683.0, 1024.0]))
+    x = torch.randn(2, T, INPUTS)
+    y, _ = cell(x, {k: v.expand(2, *v.shape).clone() for k, v in cell.initial_state().items()})
+    y.square().sum().backward()
+    assert cell.a.grad.abs().min() > 0 and cell.b.grad.abs().min() > 0
+    with torch.no_grad():  # a fast learned decay is used as learned
+        cell.a.fill_(-0.6)
+        cell.b.zero_()
+    assert torch.allclose(cell.gamma().abs(), torch.full((8, 4), math.exp(-0.6)), atol=1e-6)
+    with torch.no_grad():
+        cell.a.fill_(-5.0)
+    assert torch.allclose(cell.gamma().abs(), torch.full((8, 4), math.exp(-0.683147)), atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["random", "first"])
+def test_shm_calibrates_its_memory_with_a_row_of_theta_drawn_by_its_rule(rule):
+    """C_t = 1 + tanh(θ_t ⊗ v_c(x)) scales the memory: θ gets a gradient (it would get none with C ≡ 1), from
+    one row per step at random over the table (the SHM paper) or from row 0 alone (the authors' POPGym code)."""
+    torch.manual_seed(0)
+    cell = MEMORIES["shm"](INPUTS, HIDDEN, size=8, table=16, theta=rule)
+    x = torch.randn(32, T, INPUTS)
+    y, _ = cell(x, {k: v.expand(32, *v.shape).clone() for k, v in cell.initial_state().items()})
+    y.square().sum().backward()
+    rows = (cell.theta.grad.abs().sum(-1) > 0).nonzero().flatten().tolist()
+    assert rows == ([0] if rule == "first" else list(range(16)))
+    v_c = torch.randn(4, 8)
+    assert not torch.allclose(cell.calibration(v_c), torch.ones(4, 8, 8))
+    with pytest.raises(ValueError, match="theta"):
+        MEMORIES["shm"](INPUTS, HIDDEN, theta="row0")

@@ -15,10 +15,15 @@ MEMORY_PARAMS: dict[str, dict[str, object]] = {
     "none": {},
     "gru": {},
     "lstm": {},
-    "ffm": {"memory": 32, "context": 4, "min_period": 1.0, "max_period": 1024.0, "limit": 0.1},
-    "shm": {"size": 16, "table": 128},
+    "ffm": {"memory": 32, "context": 4, "min_period": 1.0, "max_period": 1024.0},
+    "shm": {"size": 16, "table": 128, "theta": "random"},
     "slots": {"slots": 8, "width": 16},
-    "gtrxl": {"layers": 2, "heads": 4, "window": 16},
+    "gtrxl": {"layers": 2, "heads": 4, "window": 96},
+}
+
+# The arguments that name a rule rather than a size: their allowed values (the first is the default).
+MEMORY_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("shm", "theta"): ("random", "first"),  # the SHM paper's random row per step; the authors' POPGym code's row 0
 }
 
 PAPERS: dict[str, str] = {

@@ -8,20 +8,20 @@ with a leading batch dimension; `initial_state()` gives it without one (RLlib's 
 - `none`: no memory (the `mlp` agent): the output at t depends on the input at t only.
 - `gru`, `lstm`: torch's cells (Cho et al., 2014; Hochreiter & Schmidhuber, 1997).
 - `ffm`: Fast and Forgetful Memory (Morad et al., "Reinforcement Learning with Fast and
-  Forgetful Memory", NeurIPS 2023): S_t = γ ⊙ S_{t−1} + (ỹ_t ⊙ i_t)·1ᵀ, S ∈ ℂ^{m×c},
-  γ_jk = exp(a_j + i·b_k), a < 0 learned, b_k fixed frequencies; out = LN(z)⊙g + thru⊙(1−g).
-- `shm`: Stable Hadamard Memory (Le et al., "Stable Hadamard Memory", ICLR 2025):
-  M_t = M_{t−1} ⊙ C_t + U_t, C_t = 1 + tanh(θ_t ⊗ v_c(x)), U_t = (η v) ⊗ k, h = M q.
-  θ_t is row (t mod L) of a learned table (our reading: the authors' code always reads
-  row 0 by an indexing slip; the paper samples rows); t is carried in the state.
+  Forgetful Memory", NeurIPS 2023; reference: github.com/proroklab/ffm `standalone/ffm/ffa.py`,
+  `ffm.py` @ b3f94d2, the FFM the rewriting paper ran): S_t = γ ⊙ S_{t−1} + (ỹ_t ⊙ i_t)·1ᵀ,
+  S ∈ ℂ^{m×c}, γ_jk = exp(a_j + i·b_k) with a and b learned; out = LN(z)⊙g + thru⊙(1−g).
+- `shm`: Stable Hadamard Memory (Le et al., "Stable Hadamard Memory", ICLR 2025; reference:
+  github.com/thaihungle/SHM @ 651f9e2): M_t = M_{t−1} ⊙ C_t + U_t, C_t = 1 + tanh(θ_t ⊗ v_c(x)),
+  U_t = (η v) ⊗ k, h = M q; θ_t a row of a learned table of L, drawn at random every step.
 - `slots`: slot memory with learned write and erase (NTM, Graves et al., 2014, eqs. 3-4):
   w = softmax(β·cos(k, M_i)), M ← M ⊙ (1 − w eᵀ) + w aᵀ, read r = softmax(β_r·cos(k_r, M))ᵀ M.
 - `gtrxl`: gated transformer-XL (Parisotto et al., "Stabilizing Transformers for RL",
-  ICML 2020): per layer, attention from the step's input to a window of the last τ layer
-  inputs (the memory, no gradient through it) and GRU-type gates in place of residuals
-  (gate bias 2), relative positions as a learned per-head bias by distance (T5-style, in
-  place of Transformer-XL's sinusoidal encoding). The window and which of its slots are
-  filled are the state; a chunk runs all its steps at once under a sliding-window mask.
+  ICML 2020): per layer, attention from each step to the window of the τ layer inputs before
+  it and to itself, GRU-type gates in place of residuals. Gradients flow through the steps of
+  the training chunk; only the memory carried in from before the chunk is stop-gradient
+  (Transformer-XL's sg(M); RLlib's GTrXL: `cat(memory.detach(), inputs)`). Sizes default to
+  the rewriting paper's GTrXL (2 layers, 4 heads, memory 96).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from palimpsest.rl.catalog import MEMORY_CHOICES
 
 State = dict[str, torch.Tensor]
 
@@ -99,60 +101,123 @@ class LSTMMemory(MemoryCell):
         return h, {"h": h, "c": c}
 
 
+# The reference FFA's bounds on the decay a (its float64 defaults, max_len 1024, fudge 0.01, forgotten_at 0.01):
+FFM_A_LIMIT = math.log(float(torch.finfo(torch.float64).max)) / 1024 - 0.01  # 0.683147: a ≥ −limit
+FFM_A_LOW = -FFM_A_LIMIT + 0.01  # fastest initial decay: exp(−0.673) = 0.51 per step
+FFM_A_HIGH = math.log(0.01) / 1024  # slowest: a trace falls to 1% in max_period = 1024 steps
+
+
 class FFMemory(MemoryCell):
-    """Fast and Forgetful Memory: a complex-valued decaying aggregator with m traces × c frequencies."""
+    """Fast and Forgetful Memory: a complex-valued decaying aggregator with m traces × c frequencies.
+
+    As the reference (proroklab/ffm, `standalone/ffm/ffa.py` and `ffm.py`): decay rates
+    a = linspace(−0.673, ln(0.01)/1024, m) and frequencies b = 2π / linspace(min_period,
+    max_period, c) are both learned parameters; a is clamped to [−0.683, −1e−8] where it is
+    used (the reference's bound, ln(float64 max)/1024 − 0.01, which keeps its closed form's
+    γ^−1024 finite), γ is computed in float64, the memory kept in float32 (complex64 there),
+    and the output LayerNorm has no affine. Departures: the aggregator runs as the
+    recurrence S_t = γ S_{t−1} + x_t at every step (the reference's chunk path uses the
+    equivalent cumulative-sum closed form); the clamp is applied out of place on every
+    step (the reference clamps the parameter in place on chunk calls, not on single steps).
+    """
 
     def __init__(self, inputs: int, hidden: int, memory: int = 32, context: int = 4, min_period: float = 1.0,
-                 max_period: float = 1024.0, limit: float = 0.1):
+                 max_period: float = 1024.0):
         super().__init__()
-        self.hidden, self.memory, self.context, self.limit = hidden, memory, context, limit
+        self.hidden, self.memory, self.context = hidden, memory, context
         self.pre = nn.Linear(inputs, 2 * memory + 2 * hidden)  # ỹ (m), thru (o), gates i (m) and g (o)
         self.mix = nn.Linear(2 * memory * context, hidden)
-        self.norm = nn.LayerNorm(hidden)
-        self.a = nn.Parameter(torch.linspace(-limit, -1e-3, memory))  # decay rates: negative
-        self.register_buffer("b", 2 * math.pi / torch.linspace(min_period, max_period, context))
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.a = nn.Parameter(torch.linspace(FFM_A_LOW, FFM_A_HIGH, memory))  # decay rates: negative
+        self.b = nn.Parameter(2 * math.pi / torch.linspace(min_period, max_period, context))  # frequencies
 
     def initial_state(self) -> State:
         return {"re": torch.zeros(self.memory, self.context), "im": torch.zeros(self.memory, self.context)}
+
+    def gamma(self) -> torch.Tensor:
+        """(m, c) complex decay-and-rotation per step, exp(a_j + i b_k), from float64."""
+        a = self.a.double().clamp(-FFM_A_LIMIT, -1e-8)
+        return torch.exp(torch.complex(a[:, None].expand(self.memory, self.context),
+                                       self.b.double()[None, :].expand(self.memory, self.context))).to(torch.complex64)
 
     def step(self, x, state):
         m, o = self.memory, self.hidden
         pre = self.pre(x)
         y_tilde, thru, gates = pre[:, :m], pre[:, m : m + o], pre[:, m + o :]
         i, g = torch.sigmoid(gates[:, :m]), torch.sigmoid(gates[:, m:])
-        a = self.a.clamp(-self.limit, -1e-8)
-        gamma = torch.exp(torch.complex(a[:, None].expand(m, self.context), self.b[None, :].expand(m, self.context)))
-        memory = torch.complex(state["re"], state["im"]) * gamma + (y_tilde * i)[:, :, None]
+        memory = torch.complex(state["re"], state["im"]) * self.gamma() + (y_tilde * i)[:, :, None]
         z = self.mix(torch.cat([memory.real, memory.imag], dim=-1).flatten(1))
         out = self.norm(z) * g + thru * (1 - g)
         return out, {"re": memory.real, "im": memory.imag}
 
+    def forward(self, x, state):
+        gamma = self.gamma()  # once per chunk
+        m, o = self.memory, self.hidden
+        pre = self.pre(x)  # (B, T, ·)
+        written = pre[..., :m] * torch.sigmoid(pre[..., m + o : 2 * m + o])
+        memory = torch.complex(state["re"], state["im"])
+        memories = []
+        for t in range(x.shape[1]):
+            memory = memory * gamma + written[:, t, :, None]
+            memories.append(memory)
+        stacked = torch.stack(memories, dim=1)  # (B, T, m, c)
+        z = self.mix(torch.cat([stacked.real, stacked.imag], dim=-1).flatten(2))
+        g = torch.sigmoid(pre[..., 2 * m + o :])
+        out = self.norm(z) * g + pre[..., m : m + o] * (1 - g)
+        return out, {"re": memory.real, "im": memory.imag}
+
+
+SHM_THETA = MEMORY_CHOICES[("shm", "theta")]  # the paper's random row per step; the authors' POPGym code's row 0
+
 
 class StableHadamardMemory(MemoryCell):
-    """SHM: a matrix memory updated by an element-wise calibration and a rank-one write."""
+    """SHM: a matrix memory updated by an element-wise calibration and a rank-one write.
 
-    def __init__(self, inputs: int, hidden: int, size: int = 16, table: int = 128):
+    As the reference (github.com/thaihungle/SHM, `popgym/baselines/ray_models/ray_shm.py`):
+    x̂ = LN(x); k, q = relu(W x̂) normalised to sum 1 (+1e−5); v, v_c linear; η = σ(w·x̂);
+    all five without bias; θ a table of L = 128 rows, xavier-uniform; C_t = 1 + tanh(θ_t ⊗ v_c),
+    M_t = M_{t−1} ⊙ C_t + (η v) ⊗ k; out = W_o (M q + shortcut(x̂)), linear.
+
+    θ_t: the paper draws it at random from the L learned rows at every step, which keeps the
+    calibration's product stable in expectation; `theta: random` does (a fresh uniform row per
+    sequence and step, in training and acting, as the authors' pomdp-baselines code). The
+    authors' POPGym code (which the rewriting paper ran) draws `uniform_(0, 1).long()`, i.e.
+    always row 0: that is `theta: first`. Departures: no sine positional embedding on the
+    input (the POPGym agent adds one), no clamp of M (pomdp-baselines clamps to ±100).
+    """
+
+    def __init__(self, inputs: int, hidden: int, size: int = 16, table: int = 128, theta: str = "random"):
         super().__init__()
-        self.hidden, self.size, self.table = hidden, size, table
+        if theta not in SHM_THETA:
+            raise ValueError(f"theta must be one of {', '.join(SHM_THETA)}, got {theta!r}")
+        self.hidden, self.size, self.table, self.theta_rule = hidden, size, table, theta
         self.norm = nn.LayerNorm(inputs)
-        self.keys = nn.Linear(inputs, 4 * size + 1)  # k, q, v, v_c and η
-        self.theta = nn.Parameter(torch.randn(table, size) / math.sqrt(size))
-        self.out = nn.Linear(size + inputs, hidden)  # h = M q, plus a shortcut from the input
+        self.keys = nn.Linear(inputs, 4 * size + 1, bias=False)  # k, q, v, v_c and η
+        self.theta = nn.Parameter(nn.init.xavier_uniform_(torch.empty(table, size)))
+        self.shortcut = nn.Linear(inputs, size)
+        self.out = nn.Linear(size, hidden)
 
     def initial_state(self) -> State:
-        return {"M": torch.zeros(self.size, self.size), "t": torch.zeros(1)}
+        return {"M": torch.zeros(self.size, self.size)}
+
+    def calibration(self, v_c: torch.Tensor) -> torch.Tensor:
+        """C_t = 1 + tanh(θ_t ⊗ v_c) for a (B, n) batch, θ_t drawn by the `theta` rule."""
+        if self.theta_rule == "first":
+            theta = self.theta[:1].expand(v_c.shape[0], -1)
+        else:
+            theta = self.theta[torch.randint(0, self.table, (v_c.shape[0],), device=v_c.device)]
+        return 1 + torch.tanh(theta[:, :, None] * v_c[:, None, :])
 
     def step(self, x, state):
         n = self.size
-        parts = self.keys(self.norm(x))
+        x = self.norm(x)
+        parts = self.keys(x)
         k, q = F.relu(parts[:, :n]), F.relu(parts[:, n : 2 * n])
-        k, q = k / (k.sum(-1, keepdim=True) + 1e-6), q / (q.sum(-1, keepdim=True) + 1e-6)
+        k, q = k / (k.sum(-1, keepdim=True) + 1e-5), q / (q.sum(-1, keepdim=True) + 1e-5)
         v, v_c, eta = parts[:, 2 * n : 3 * n], parts[:, 3 * n : 4 * n], torch.sigmoid(parts[:, 4 * n :])
-        theta = self.theta[state["t"][:, 0].long() % self.table]  # (B, n): row t mod L
-        calibration = 1 + torch.tanh(theta[:, :, None] * v_c[:, None, :])
-        memory = state["M"] * calibration + (eta * v)[:, :, None] * k[:, None, :]
+        memory = state["M"] * self.calibration(v_c) + (eta * v)[:, :, None] * k[:, None, :]
         h = torch.einsum("bij,bj->bi", memory, q)
-        return F.relu(self.out(torch.cat([h, x], dim=-1))), {"M": memory, "t": state["t"] + 1}
+        return self.out(h + self.shortcut(x)), {"M": memory}
 
 
 class SlotMemory(MemoryCell):
@@ -190,7 +255,8 @@ class SlotMemory(MemoryCell):
 
 class _GatedLayer(nn.Module):
     """One GTrXL layer: gated attention from each step to [the window of past layer inputs, itself], then a
-    gated MLP. Keys and values of the window carry no gradient (sg(M)); the step's own do."""
+    gated MLP. Keys and values of the memory carried in from before the chunk carry no gradient (sg(M));
+    those of the chunk's own steps do (Transformer-XL: gradients flow within the segment)."""
 
     def __init__(self, width: int, heads: int, window: int):
         super().__init__()
@@ -219,7 +285,7 @@ class _GatedLayer(nn.Module):
         b, steps, d = e.shape
         window = memory.shape[1]
         q, k_self, v_self = (self._split(part) for part in self.qkv(self.norm1(e)).chunk(3, dim=-1))
-        past = self.norm1(torch.cat([memory, e], dim=1).detach())  # sg(M): weights learn, inputs do not
+        past = self.norm1(torch.cat([memory.detach(), e], dim=1))  # sg(M) for the carried memory only
         _, k_past, v_past = (self._split(part) for part in self.qkv(past).chunk(3, dim=-1))
         scale = (d // self.heads) ** -0.5
         t = torch.arange(steps, device=e.device)[:, None]
@@ -258,10 +324,21 @@ class GatedTransformerXL(MemoryCell):
     """Layers of `_GatedLayer`; the state is each layer's window of its last τ inputs and which slots are filled.
 
     A chunk of T steps runs layer by layer, all steps at once (a sliding-window mask), which
-    gives what stepping one step at a time gives (tested, outputs and gradients).
+    gives the outputs stepping one step at a time gives (tested); in training the gradient of
+    step t reaches every earlier step of the chunk within the window, not the carried memory.
+
+    Defaults are the rewriting paper's GTrXL (github.com/Quartz-Admirer/Adaptive-Memory-Envs
+    @ e12158a, `episodic-transformer-memory-ppo-main-checkpoint/configs/endless_tmaze.yaml`:
+    2 blocks, 4 heads, memory_length 96); its width is the job's (parameter-matched, or
+    `hidden`; the paper's is 256). Departures from that code (MarcoMeter's episodic TrXL):
+    a step attends to itself as well as the 96 before it (there: the 95 before it only);
+    positions enter as a learned per-head bias by distance (there: none); the gate bias is
+    Parisotto's fixed b_g = 2 (there: learned from 0.2); a ReLU before each gate and a
+    two-layer position-wise MLP, as Parisotto (there: no ReLU, one layer); one LayerNorm for
+    queries and memory (there: two); the gate weights are torch's default init (there: xavier).
     """
 
-    def __init__(self, inputs: int, hidden: int, layers: int = 2, heads: int = 4, window: int = 16):
+    def __init__(self, inputs: int, hidden: int, layers: int = 2, heads: int = 4, window: int = 96):
         super().__init__()
         self.hidden, self.layers, self.window = hidden, layers, window
         self.embed = nn.Linear(inputs, hidden)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from palimpsest.rl.catalog import AGENTS, MEMORY_PARAMS
+from palimpsest.rl.catalog import AGENTS, MEMORY_CHOICES, MEMORY_PARAMS
 from palimpsest.spec.common import Strict, _suggest
 from palimpsest.spec.tuning import TuneSpec
 from palimpsest.storage import check_storage_path
@@ -86,6 +86,11 @@ class RLAgentEntry(Strict):
             raise ValueError(f"memory: {self.name} takes no {', '.join(unknown)}; allowed: "
                              f"{', '.join(allowed) or 'nothing'}")
         for key, value in self.memory.items():
+            choices = MEMORY_CHOICES.get((AGENTS[self.name], key))
+            if choices is not None:
+                if value not in choices:
+                    raise ValueError(f"memory.{key}: got {value!r}" + _suggest(str(value), list(choices)))
+                continue
             whole = isinstance(allowed[key], int)  # counts and sizes take integers; rates and periods any number
             if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
                 raise ValueError(f"memory.{key}: a positive {'integer' if whole else 'number'}, got {value!r}")
