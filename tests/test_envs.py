@@ -425,6 +425,10 @@ def test_vector_twin_matches_single_envs(env_id, kwargs):
             assert (expected[1], expected[2], expected[3]) == (rew[i], term[i], trunc[i])
             if expected[2] or expected[3]:
                 assert info["_success"][i] and info["success"][i] == expected[4]["success"]
+                for key in ("stages_passed", "stages"):  # corridors / phases (CueRewrite has none)
+                    assert (key in expected[4]) == (key in info)
+                    if key in info:
+                        assert info["_" + key][i] and info[key][i] == expected[4][key]
                 seen["episodes"] += 1
                 seen["truncated"] += expected[3]
                 seen["success" if expected[4]["success"] else "failure"] += 1

@@ -24,13 +24,14 @@ TMAZE, CUE = "palimpsest/EndlessTMaze-v0", "palimpsest/CueRewrite-v0"
 
 def rl_spec(**overrides) -> dict:
     spec = {"kind": "rl", "name": "rl", "seed": 0, "seeds": 2, "agents": ["lstm", "mlp"],
-            "envs": [{"id": TMAZE, "params": {"num_corridors": 1, "corridor_length": 3}, "label": "tmaze"},
+            "envs": [{"id": TMAZE, "params": {"num_corridors": 1, "corridor_length": 3}, "label": "tmaze",
+                      "held_out": [{"label": "long", "params": {"corridor_length": 5}}]},
                      {"id": CUE, "params": {"num_cues": 2, "num_rewrites": 1, "delay": 3}, "label": "cue"}],
             "parameters": 3000,
             "ppo": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 2, "lr": 1e-3, "max_seq_len": 8,
                     "num_envs_per_env_runner": 4},
             "budget": {"env_steps": 512},
-            "evaluation": {"every": 1, "episodes": 20}}
+            "evaluation": {"every": 1, "episodes": 20, "test_episodes": 20}}
     spec.update(overrides)
     return spec
 
@@ -126,6 +127,17 @@ def test_greedy_evaluation_scores_the_first_episode_of_each_seed_as_the_single_e
     assert scores["mean_return"] == pytest.approx(np.mean(returns))
     assert 0 < scores["success_rate"] < 1  # a mix of answers: the check can tell seeds apart
     assert scores["mean_length"] == 5
+    assert scores["first_stage"] is None and scores["later_stages"] is None  # CueRewrite has no stages
+
+
+def test_stage_scores_separate_the_first_corridor_from_the_later_ones():
+    """Passed 0, 1, 3, 2 of 3 corridors: 3 of 4 episodes pass corridor 1; the later corridors reached are 0 + 1 +
+    2 + 2 = 5 (an episode that passed p reached min(p + 1, 3)), of which 0 + 0 + 2 + 1 = 3 were passed."""
+    from palimpsest.rl.ppo import stage_scores
+
+    scores = stage_scores(np.array([0, 1, 3, 2]), np.array([3, 3, 3, 3]))
+    assert scores == {"first_stage": 0.75, "later_stages": 0.6}
+    assert stage_scores(np.array([0, 0]), np.array([3, 3])) == {"first_stage": 0.0, "later_stages": None}
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -136,12 +148,23 @@ BAD = [
     ({"agents": ["lstm", "lstm"]}, "agents: each label once (lstm repeated"),
     ({"envs": ["palimpsest/TMaze-v0"]}, "envs[0].id: unknown environment 'palimpsest/TMaze-v0'"),
     ({"envs": [{"id": CUE, "params": {"num_cues": 1}}]}, "params: num_cues must be in [2, 32767], got 1"),
-    ({"envs": [{"id": CUE, "params": {"num_cue": 4}}]}, "unexpected keyword argument 'num_cue'"),
+    ({"envs": [{"id": CUE, "params": {"num_cue": 4}}]},
+     "params: palimpsest/CueRewrite-v0 takes no 'num_cue'; did you mean 'num_cues'? allowed: num_cues, num_rewrites"),
+    ({"envs": [{"id": CUE, "held_out": [{"label": "long", "params": {"dellay": 20}}]}]},
+     "held_out[0] (long).params: palimpsest/CueRewrite-v0 takes no 'dellay'; did you mean 'delay'?"),
+    ({"envs": [{"id": CUE, "held_out": [{"label": "k8", "params": {"num_cues": 8}}]}]},
+     "held_out[0] (k8).params: the setting's observation and action spaces ((10,), 8) differ from the training "
+     "setting's ((6,), 4)"),
+    ({"envs": [{"id": CUE, "eval_params": {"delay": 20}, "held_out": [{"label": "eval", "params": {"delay": 5}}]}]},
+     "eval_params: a held_out setting is already labelled 'eval'"),
+    ({"envs": [{"id": "Pendulum-v1"}]}, "Pendulum-v1 has Box actions; the agents take Discrete actions"),
+    ({"envs": [{"id": "CartPol-v1"}]}, "unknown environment 'CartPol-v1'; did you mean 'CartPole-v1'?"),
+    ({"agents": [{"name": "shm", "memory": {"theta": "frist"}}]}, "memory.theta: got 'frist'; did you mean 'first'?"),
     ({"ppo": {"minibatch_size": 512, "train_batch_size": 256}}, "ppo: minibatch_size: 512 is larger than"),
     ({"budget": {"env_steps": 0}}, "budget.env_steps: Input should be greater than or equal to 1"),
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
     # gymnasium.make takes max_episode_steps itself; the batched twin (the evaluation) does not.
-    ({"envs": [{"id": CUE, "params": {"max_episode_steps": 5}}]}, "unexpected keyword argument 'max_episode_steps'"),
+    ({"envs": [{"id": CUE, "params": {"max_episode_steps": 5}}]}, "takes no 'max_episode_steps'"),
     ({"agents": ["lstm", {"name": "lstm", "label": "lstm-a"}],
       "envs": [{"id": CUE, "label": "a-cue"}, {"id": CUE, "label": "cue"}]},
      "the labels make the same trial name lstm-a-cue"),
@@ -214,22 +237,32 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
 
     rows = _rows(folder)
     assert len(rows) == 8
-    assert list(rows[0]) == ["agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
-                             "env_steps", "best_env_steps", "wall_s", "parameters", "hidden"]
+    assert list(rows[0]) == ["agent", "env", "settings", "seed", "test_success_rate", "best_eval_success_rate",
+                             "test_first_stage", "test_later_stages", "test_mean_return", "env_steps",
+                             "best_env_steps", "wall_s", "parameters", "hidden", "held_out:long"]
+    for row in rows:  # the held-out setting is the T-maze's only
+        assert (row["held_out:long"] != "") == (row["env"] == "EndlessTMaze")
+        assert (row["test_first_stage"] != "") == (row["env"] == "EndlessTMaze")
     assert {(r["agent"], r["env"], r["seed"]) for r in rows} == {
         (a, e, s) for a in ("lstm", "mlp") for e in ("EndlessTMaze", "CueRewrite") for s in ("0", "1")}
     for row in rows:
-        assert int(row["env_steps"]) >= 512 and 0 <= float(row["success_rate"]) <= 1
+        assert int(row["env_steps"]) >= 512 and 0 <= float(row["best_eval_success_rate"]) <= 1
         assert abs(int(row["parameters"]) - 3000) < 300
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["trials"] == 8
-    assert set(summary["table"]) == {"lstm", "mlp"} and set(summary["table"]["lstm"]) == {"tmaze", "cue"}
+    assert set(summary["table"]) == {"lstm", "mlp"} and list(summary["table"]["lstm"]) == ["tmaze", "tmaze/long", "cue"]
+    for agent, block in summary["table"].items():  # the headline is the test success's IQM over the seeds' tests
+        tests = sorted(r["test_success_rate"] for r in summary["results"] if r["agent"] == agent and r["env"] == "CueRewrite")
+        assert block["cue"]["values"] == [r["test_success_rate"] for r in summary["results"]
+                                          if r["agent"] == agent and r["env"] == "CueRewrite"]
+        assert block["cue"]["iqm"] == pytest.approx(np.mean(tests), abs=1e-4)  # 2 seeds: IQM is the mean
+        assert summary["aggregate"][agent]["training"]["runs"] == 4
     sizes = summary["agents"]["lstm"]["sizes"]  # matched per setting: observation and action sizes differ
     assert {env: (size["hidden"], size["parameters"]) for env, size in sizes.items()} == {
         r["env_label"]: (r["hidden"], r["parameters"]) for r in summary["results"] if r["agent"] == "lstm"}
     assert (folder / "plots" / "success_curves.png").stat().st_size > 0
     report = (folder / "report.md").read_text()
-    assert "| agent | parameters | tmaze | cue |" in report
+    assert "| agent | parameters | tmaze | tmaze/long | cue | all training (IQM) | all held-out (IQM) |" in report
     curves = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert len({r["task"] for r in curves if r["metric"] == "success_rate"}) == 8
     # Greedy evaluations are "eval"; the training episodes' own success is never called an evaluation.
@@ -270,6 +303,6 @@ def test_lstm_solves_the_classic_tmaze_and_a_one_rewrite_cue_task(tmp_path, ray_
     assert result.exit_code == 0, result.output
     rows = {row["env"]: row for row in json.loads((tmp_path / "run" / "summary.json").read_text())["results"]}
     for env, row in rows.items():
-        assert row["success_rate"] >= 0.9, (env, row)
+        assert row["best_eval_success_rate"] >= 0.9, (env, row)
         assert row["best_env_steps"] <= LEARNING_BUDGET, (env, row)
         assert row["test_success_rate"] >= 0.85, (env, row)  # fresh episodes: not only the ones it was picked on

@@ -151,15 +151,22 @@ class PlannedVectorEnv(VectorEnv):
         self._rows = np.arange(n)
         return n
 
-    def _end_step(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, success: np.ndarray):
+    def _end_step(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, success: np.ndarray,
+                  stages_passed: np.ndarray | None = None):
         """The step's return after its rules ran: `info["success"]` (masked by `_success`) for the sub-envs
-        whose episode ended, and the NEXT_STEP autoreset of those that ended on the previous step (their
-        action was ignored through the subclass's `live` mask; their reward and flags stay 0/False)."""
+        whose episode ended, with `stages_passed` and `stages` (corridors, phases: see `STAGES`) when the env
+        has stages, and the NEXT_STEP autoreset of those that ended on the previous step (their action was
+        ignored through the subclass's `live` mask; their reward and flags stay 0/False)."""
         ended = terminated | truncated
         infos: dict[str, Any] = {}
         if ended.any():
             infos["success"] = np.where(ended, success, False).astype(np.float64)
             infos["_success"] = ended
+            if stages_passed is not None:
+                infos["stages_passed"] = np.where(ended, stages_passed, 0)
+                infos["_stages_passed"] = ended
+                infos["stages"] = np.where(ended, self.stages, 0)
+                infos["_stages"] = ended
         restarting = np.flatnonzero(self._pending_reset)
         if restarting.size:
             self._start_episodes(restarting)

@@ -244,7 +244,8 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
     ## Episode End
 
     Termination: a wrong pick, or the last target picked. Truncation: after `max_steps`
-    steps. The final `info` holds `success`: 1.0 if all `num_phases` targets were picked,
+    steps. The final `info` holds `stages_passed` (phases completed), `stages` (`num_phases`)
+    and `success`: 1.0 if all `num_phases` targets were picked,
     else 0.0.
 
     ## Arguments
@@ -372,4 +373,5 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
         if terminated or truncated:
             self._ended = (terminated, truncated)
             info["success"] = float(self._phase == cfg.num_phases)
+            info["stages_passed"], info["stages"] = self._phase, cfg.num_phases
         return self._obs(), reward, terminated, truncated, info

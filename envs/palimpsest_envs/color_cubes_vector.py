@@ -100,6 +100,7 @@ class ColorCubesVector(PlannedVectorEnv):
         # Sub-envs whose episode ended on the previous step: reset on this one.
         self._pending_reset = np.zeros(n, dtype=bool)
         self._started = False
+        self.stages = cfg.num_phases
 
     def _start_episodes(self, env_ids: np.ndarray) -> None:
         plan = self._plans.take(env_ids)
@@ -188,7 +189,8 @@ class ColorCubesVector(PlannedVectorEnv):
         terminated &= live
         self._steps += live
         truncated = live & ~terminated & (self._steps >= cfg.max_steps)
-        return self._end_step(rewards, terminated, truncated, success=self._phase == cfg.num_phases)
+        return self._end_step(rewards, terminated, truncated, success=self._phase == cfg.num_phases,
+                              stages_passed=self._phase)
 
     def _teleport_event(self, env_ids: np.ndarray) -> None:
         cfg = self.config

@@ -126,7 +126,9 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
 
     Termination: a wrong action at a junction, or a correct turn at the last junction.
     Truncation: after `6 * (L_max + 1) * num_corridors` steps. The final `info` holds
-    `success`: 1.0 if every corridor was passed, else 0.0.
+    `success`: 1.0 if every corridor was passed, else 0.0; `stages_passed`: the corridors
+    passed; `stages`: `num_corridors` (so retention, corridor 1, and rewriting, the later
+    corridors, can be scored apart).
 
     ## Arguments
 
@@ -233,4 +235,5 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
         if terminated or truncated:
             self._ended = (terminated, truncated)
             info["success"] = float(self._corridor == cfg.num_corridors)
+            info["stages_passed"], info["stages"] = self._corridor, cfg.num_corridors
         return self._obs(), reward, terminated, truncated, info

@@ -36,7 +36,7 @@ class EndlessTMazeVector(PlannedVectorEnv):
 
     ## Episode End
 
-    As `EndlessTMaze`. Autoreset is `NEXT_STEP`: the step after a sub-env terminates or
+    As `EndlessTMaze` (`info["stages_passed"]`, `info["stages"]` masked alike). Autoreset is `NEXT_STEP`: the step after a sub-env terminates or
     truncates resets it, ignores its action, and returns its first observation with
     reward 0 and terminated/truncated False (what `EndlessTMaze.reset()` without a seed
     would give). `info["success"]`, masked by `info["_success"]`, is set for sub-envs whose
@@ -77,6 +77,7 @@ class EndlessTMazeVector(PlannedVectorEnv):
         # Sub-envs whose episode ended on the previous step: reset on this one.
         self._pending_reset = np.zeros(n, dtype=bool)
         self._started = False
+        self.stages = cfg.num_corridors
 
     def _start_episodes(self, env_ids: np.ndarray) -> None:
         plan = self._plans.take(env_ids)
@@ -128,4 +129,5 @@ class EndlessTMazeVector(PlannedVectorEnv):
         rewards[passed] = cfg.goal_reward
         terminated = failed | finished
         truncated = live & ~terminated & (self._steps >= cfg.max_steps)
-        return self._end_step(rewards, terminated, truncated, success=self._corridor == cfg.num_corridors)
+        return self._end_step(rewards, terminated, truncated, success=self._corridor == cfg.num_corridors,
+                              stages_passed=self._corridor)

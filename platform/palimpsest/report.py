@@ -91,11 +91,14 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         return header, rows
     if summary.get("kind") == "rl":
         table = summary.get("table") or {}
-        envs = list(dict.fromkeys(env for block in table.values() for env in block))
-        header = ["agent", "parameters", *envs]
+        settings = list(dict.fromkeys(env for block in table.values() for env in block))
+        aggregate = summary.get("aggregate") or {}
+        parts = [p for p in ("training", "held_out") if any(p in a for a in aggregate.values())]
+        header = ["agent", "parameters", *settings, *(f"all {p.replace('_', '-')} (IQM)" for p in parts)]
         sizes = summary.get("agents") or {}
         rows = [[agent, _count_range(sizes.get(agent, {}).get("sizes", {})),
-                 *(_mean_std(block.get(env)) for env in envs)] for agent, block in table.items()]
+                 *(_iqm_ci(block.get(s)) for s in settings),
+                 *(_iqm_ci(aggregate.get(agent, {}).get(p)) for p in parts)] for agent, block in table.items()]
         return header, rows
     if summary.get("kind") == "tune":
         metrics = _as_list(summary.get("metric"))
@@ -200,10 +203,15 @@ def _count_range(sizes: dict) -> str:
     return "" if not counts else f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,}"
 
 
-def _mean_std(cell: dict | None) -> str:
-    if not cell:
+def _iqm_ci(cell: dict | None) -> str:
+    """An rl cell: the IQM over seeds and its 95% interval ("0.80 [0.60, 1.00]"), or the one seed's value."""
+    if not cell or cell.get("iqm") is None:
         return "—"
-    return f"{cell['mean']:.2f} ± {cell['std']:.2f}" if cell["seeds"] > 1 else f"{cell['mean']:.2f}"
+    digits = 2 if cell.get("metric", "success") == "success" else 1
+    if cell.get("interval") is None:
+        return f"{cell['iqm']:.{digits}f}"
+    low, high = cell["interval"]
+    return f"{cell['iqm']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _plt():
@@ -540,14 +548,28 @@ def unlearn_notes(summary: dict) -> list[str]:
 
 
 def rl_notes(summary: dict) -> list[str]:
-    """What an rl report's table means, and every trial."""
-    lines = ["", "Success rate: mean ± std over seeds of each trial's best greedy evaluation (argmax actions, "
-             "evaluated every few iterations on the same episodes; the paper's protocol). `test` re-scores the "
-             "chosen module on fresh episodes. Agents' widths are matched to one parameter budget.", "",
-             "### Trials", "", "| trial | success | test | mean return | env steps | best at | wall s |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['trial']} | {_fmt(r['success_rate'])} | {_fmt(r['test_success_rate'])} | {_fmt(r['mean_return'])} "
-              f"| {r['env_steps']} | {r['best_env_steps']} | {_fmt(r['wall_s'])} |" for r in summary["results"]]
+    """What an rl report's table means, retention against rewriting, and every trial."""
+    table = summary.get("table") or {}
+    lines = ["", "Each cell: the interquartile mean over seeds [95% stratified bootstrap interval] (rliable, Agarwal et "
+             "al., 2021) of the test success rate — the module chosen by its greedy evaluations, scored on fresh "
+             "test episodes of that setting (`<setting>/<held-out>`: a held-out setting it never trained or was "
+             "chosen on). Envs that report no success show the test return. Agents' widths are matched to one "
+             "parameter budget.", "",
+             "### Retention and rewriting, and the optimistic figure", "",
+             "Stage 1: share of test episodes past the first corridor (phase); later stages: of the later ones "
+             "reached, the share passed (rewriting the cue). Best evaluation: the mean over seeds of each trial's "
+             "best greedy evaluation (the max over evaluations on the same episodes: optimistic).", "",
+             "| agent | setting | test (mean) | stage 1 | later stages | best evaluation |", "|---|---|---|---|---|---|"]
+    for agent, block in table.items():
+        for setting, cell in block.items():
+            lines.append(f"| {agent} | {setting} | {_fmt(cell.get('mean'))} | {_fmt(cell.get('first_stage'))} | "
+                         f"{_fmt(cell.get('later_stages'))} | {_fmt(cell.get('best_eval_mean'))} |")
+    lines += ["", "### Trials", "", "| trial | test success | best evaluation | test return | held out | env steps | "
+              "best at | wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['trial']} | {_fmt(r['test_success_rate'])} | {_fmt(r['best_eval_success_rate'])} | "
+              f"{_fmt(r['test_mean_return'])} | "
+              + (", ".join(f"{h}: {_fmt(v['success_rate'])}" for h, v in r.get("held_out", {}).items()) or "—")
+              + f" | {r['env_steps']} | {r['best_env_steps']} | {_fmt(r['wall_s'])} |" for r in summary["results"]]
     return lines
 
 

@@ -50,17 +50,17 @@ def _make_env(env_id: str):
     return make
 
 
-def evaluation_seeds(trial_seed: int) -> tuple[int, int]:
-    """(evaluation, test) seeds of a trial: sub-env i of an evaluation plays seed + i. Drawn from the trial
-    seed with distinct tags, far apart (32-bit), so trials and the two sets do not share episodes."""
-    evaluation, test = (int(np.random.SeedSequence([trial_seed, tag]).generate_state(1)[0]) for tag in (1, 2))
-    return evaluation, test
+def evaluation_seeds(trial_seed: int, held_out: int = 0) -> tuple[int, ...]:
+    """(evaluation, test, held-out 1, …) seeds of a trial: sub-env i of an evaluation plays seed + i. Drawn from
+    the trial seed with distinct tags, far apart (32-bit), so trials and the sets do not share episodes."""
+    return tuple(int(np.random.SeedSequence([trial_seed, tag]).generate_state(1)[0]) for tag in range(1, 3 + held_out))
 
 
 def _on_episode_end(*, episode, metrics_logger, **kwargs):
-    """Every finished training episode's `info["success"]` (0 when missing) as a rolling mean."""
-    metrics_logger.log_value("success_rate", float(episode.get_infos(-1).get("success", 0.0)), reduce="mean",
-                             window=100)
+    """Every finished training episode's `info["success"]` as a rolling mean (envs that report one)."""
+    info = episode.get_infos(-1)
+    if "success" in info:
+        metrics_logger.log_value("success_rate", float(info["success"]), reduce="mean", window=100)
 
 
 def build_config(trial: dict):
@@ -93,34 +93,63 @@ EVALUATION_BATCH = 1024  # episodes stepped side by side: bounds the memory one 
 
 def greedy_evaluation(module, env_id: str, env_params: dict, *, episodes: int, seed: int,
                       max_steps: int | None = None) -> dict:
-    """Success rate and mean return of the greedy (argmax) policy over `episodes` episodes.
+    """Success rate and mean return of the greedy (argmax) policy over `episodes` episodes (the success rate is
+    None for an env that reports no `info["success"]`, e.g. CartPole: its score is the return).
 
     The episodes run side by side in the env's batched twin (EVALUATION_BATCH at a time),
     episode i seeded `seed + i` (it replays the single env seeded so), each from the module's
     initial state; an episode counts from its first step to its end, and what the twin does
-    after it (it restarts the sub-env) is ignored.
+    after it (it restarts the sub-env) is ignored. Envs whose episodes are a chain of stages
+    (EndlessTMaze's corridors, ColorCubes' phases: `info["stages_passed"]` and `info["stages"]`)
+    also give `first_stage` (the share of episodes that pass stage 1: retention of one cue)
+    and `later_stages` (of the later stages reached, the share passed: rewriting), else None.
     """
     parts = [_greedy_batch(module, env_id, env_params, episodes=min(EVALUATION_BATCH, episodes - start),
                            seed=seed + start, max_steps=max_steps) for start in range(0, episodes, EVALUATION_BATCH)]
     weights = [p["episodes"] for p in parts]
-    return {"success_rate": float(np.average([p["success_rate"] for p in parts], weights=weights)),
-            "mean_return": float(np.average([p["mean_return"] for p in parts], weights=weights)),
-            "mean_length": float(np.average([p["mean_length"] for p in parts], weights=weights)),
-            "episodes": episodes}
+    rates = [p["success_rate"] for p in parts]
+    scores = {"success_rate": None if None in rates else float(np.average(rates, weights=weights)),
+              "mean_return": float(np.average([p["mean_return"] for p in parts], weights=weights)),
+              "mean_length": float(np.average([p["mean_length"] for p in parts], weights=weights)),
+              "episodes": episodes, "first_stage": None, "later_stages": None}
+    if all(p["stages"] is not None for p in parts):
+        passed, stages = np.concatenate([p["stages"][0] for p in parts]), np.concatenate([p["stages"][1] for p in parts])
+        scores.update(stage_scores(passed, stages))
+    return scores
+
+
+def score(scores: dict) -> float:
+    """What selects a module: the success rate, or the mean return where the env reports no success."""
+    return scores["mean_return"] if scores["success_rate"] is None else scores["success_rate"]
+
+
+def stage_scores(passed: np.ndarray, stages: np.ndarray) -> dict:
+    """`first_stage`: share of episodes past stage 1; `later_stages`: stages 2.. passed over stages 2.. reached
+    (an episode that passed p of n stages reached min(p + 1, n) of them), None when none was reached."""
+    first = float(np.mean(passed >= 1))
+    reached = np.minimum(passed + 1, stages) - 1  # stages after the first that the episode stood in
+    later_passed = np.maximum(passed - 1, 0)
+    reached_later = int(reached[passed >= 1].sum())
+    return {"first_stage": first,
+            "later_stages": float(later_passed.sum() / reached_later) if reached_later else None}
 
 
 def _greedy_batch(module, env_id: str, env_params: dict, *, episodes: int, seed: int, max_steps: int | None) -> dict:
     import torch
     from ray.rllib.core.columns import Columns
 
-    envs = gymnasium.make_vec(env_id, num_envs=episodes, vectorization_mode="vector_entry_point", **env_params)
+    from palimpsest.rl.envs import vector_mode
+
+    envs = gymnasium.make_vec(env_id, num_envs=episodes, vectorization_mode=vector_mode(env_id), **env_params)
     try:
         obs, _ = envs.reset(seed=seed)
         state = {k: torch.as_tensor(np.repeat(v[None], episodes, axis=0)) for k, v in
                  module.get_initial_state().items()}
         done = np.zeros(episodes, dtype=bool)
         returns = np.zeros(episodes)
-        success = np.zeros(episodes)
+        success = np.full(episodes, np.nan)  # NaN: the env reports no success (e.g. CartPole)
+        passed = np.full(episodes, -1, dtype=np.int64)  # stages passed (-1: the env reports none)
+        stages = np.zeros(episodes, dtype=np.int64)
         lengths = np.zeros(episodes, dtype=np.int64)
         limit = max_steps or envs.spec.max_episode_steps or 100_000
         for _ in range(limit):
@@ -135,13 +164,18 @@ def _greedy_batch(module, env_id: str, env_params: dict, *, episodes: int, seed:
             lengths[live] += 1
             ended = live & (terminated | truncated)
             if "success" in infos:
-                success[ended] = np.asarray(infos["success"])[ended]
+                reported = ended & np.asarray(infos.get("_success", ended))
+                success[reported] = np.asarray(infos["success"])[reported]
+            if "stages_passed" in infos:
+                passed[ended] = np.asarray(infos["stages_passed"])[ended]
+                stages[ended] = np.asarray(infos["stages"])[ended]
             done |= ended
             if done.all():
                 break
         if not done.all():
             raise RuntimeError(f"{env_id}: {int((~done).sum())} evaluation episodes did not end in {limit} steps")
-        return {"success_rate": float(success.mean()), "mean_return": float(returns.mean()),
-                "mean_length": float(lengths.mean()), "episodes": episodes}
+        return {"success_rate": None if np.isnan(success).any() else float(success.mean()), "mean_return": float(returns.mean()),
+                "mean_length": float(lengths.mean()), "episodes": episodes,
+                "stages": (passed, stages) if (passed >= 0).all() else None}
     finally:
         envs.close()

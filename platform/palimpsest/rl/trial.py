@@ -1,5 +1,6 @@
 """One benchmark trial as a Ray Tune function trainable: PPO until the step budget, greedy evaluation
-every K iterations, the best module by success rate kept (the paper's protocol).
+every K iterations, the best module by success rate kept (the paper's protocol), then that module
+scored on fresh test episodes of the training setting and of each held-out setting (the headline).
 
 Every evaluation reports a checkpoint holding the algorithm (to resume), the best module's
 weights and `progress.json` (evaluations so far, counters), so a trial that stops — Ctrl-C,
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from palimpsest.rl.ppo import build_config, greedy_evaluation
+from palimpsest.rl.ppo import build_config, greedy_evaluation, score
 
 PROGRESS = "progress.json"
 BEST_WEIGHTS = "best_module.pt"
@@ -85,12 +86,13 @@ def train_trial(config: dict, final_extra: dict | None = None) -> dict:
                 point = {"iteration": progress["iteration"], "env_steps": progress["env_steps"],
                          "wall_s": None, **scores, "train_success_rate": metrics["train_success_rate"]}
                 best = progress["best"]
-                if best is None or scores["success_rate"] > best["success_rate"]:
+                if best is None or score(scores) > score(best):
                     # Strictly better only: of equal rates the earliest (fewest steps) stays best.
                     progress["best"] = point
                     best_state = copy.deepcopy(algo.get_module().get_state())
                 stop_at = budget.get("stop_success")
-                finished = finished or (stop_at is not None and progress["best"]["success_rate"] >= stop_at)
+                finished = finished or (stop_at is not None and progress["best"]["success_rate"] is not None
+                                        and progress["best"]["success_rate"] >= stop_at)
             progress["wall_s"] += time.perf_counter() - started
             if due or finished:
                 point["wall_s"] = round(progress["wall_s"], 3)
@@ -111,9 +113,14 @@ def train_trial(config: dict, final_extra: dict | None = None) -> dict:
 
 
 def final_metrics(progress: dict) -> dict:
-    """A finished trial's figures: the best evaluation, and the best module on fresh test episodes."""
-    return {"best_success_rate": progress["best"]["success_rate"], "best_mean_return": progress["best"]["mean_return"],
-            "test_success_rate": progress["test"]["success_rate"]}
+    """A finished trial's figures: the best evaluation, and the best module on fresh test episodes of the training
+    setting and of each held-out setting (`held_out/<label>/success_rate`)."""
+    metrics = {"best_success_rate": progress["best"]["success_rate"],
+               "best_mean_return": progress["best"]["mean_return"],
+               "test_success_rate": progress["test"]["success_rate"], "test_mean_return": progress["test"]["mean_return"]}
+    for label, scores in (progress.get("held_out") or {}).items():
+        metrics[f"held_out/{label}/success_rate"] = scores["success_rate"]
+    return metrics
 
 
 def _stop(algo) -> None:
@@ -137,8 +144,12 @@ def _save(algo, progress: dict, best_state, folder: Path, *, final: bool, trial:
         current = copy.deepcopy(module.get_state())
         module.set_state(best_state)
         module.save_to_path(str(folder / "best"))
-        test = greedy_evaluation(module, trial["env_id"], trial["env_params"],
-                                 episodes=trial["evaluation"]["episodes"], seed=trial["test_seed"])
-        progress["test"] = test
+        episodes = trial["evaluation"]["test_episodes"]
+        progress["test"] = greedy_evaluation(module, trial["env_id"], trial["env_params"], episodes=episodes,
+                                             seed=trial["test_seed"])
+        # Held-out settings: the same chosen module, fresh episodes of another setting (their own seeds).
+        progress["held_out"] = {h["label"]: greedy_evaluation(module, trial["env_id"], h["env_params"],
+                                                              episodes=episodes, seed=h["seed"])
+                                for h in trial.get("held_out", [])}
         module.set_state(current)
     (folder / PROGRESS).write_text(json.dumps(progress))

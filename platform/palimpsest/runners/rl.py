@@ -10,10 +10,13 @@ run(...)      -> one Tune experiment (`tune.with_resources`: 1 + num_env_runners
                  module per trial (checkpoints/<trial>/), metrics.jsonl (the learning curves)
                  and summary.json.
 
-Success rate is the paper's protocol: greedy evaluation every `evaluation.every` iterations
-over `evaluation.episodes` episodes; a trial's figure is its best evaluation, and the module
-of that evaluation is its checkpoint. Because that picks the best of several evaluations on
-the same episodes, `test_success_rate` re-scores the chosen module on fresh episodes.
+Selection is the paper's protocol: greedy evaluation every `evaluation.every` iterations over
+`evaluation.episodes` episodes, and the module of the best evaluation is the trial's (its
+checkpoint). The headline is that module's success on `evaluation.test_episodes` fresh test
+episodes (`test_success_rate`), since the best of several evaluations on the same episodes
+is optimistic (it stays as `best_eval_success_rate`), and on each held-out setting's fresh
+episodes. Over seeds: the interquartile mean with a 95% stratified bootstrap interval
+(rliable's protocol, `metrics/rliable.py`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from palimpsest.spec.rl import RLJob
 from palimpsest.storage import join
 
 NEEDS_RAY = True  # RLlib and Tune run on Ray: `run --no-ray` is refused
-RESULT_COLUMNS = ("agent", "env", "settings", "seed", "success_rate", "test_success_rate", "mean_return",
-                  "env_steps", "best_env_steps", "wall_s", "parameters", "hidden")
+RESULT_COLUMNS = ("agent", "env", "settings", "seed", "test_success_rate", "best_eval_success_rate",
+                  "test_first_stage", "test_later_stages", "test_mean_return", "env_steps", "best_env_steps", "wall_s",
+                  "parameters", "hidden")  # then one held_out:<label> column per held-out setting
 
 
 @dataclass
@@ -66,13 +70,17 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
             except (TypeError, ValueError, RuntimeError) as error:
                 raise DataError(f"agents[{a}].memory: {agent.name} does not build with {agent.memory}: {error}") \
                     from None
+            held = env.held_out_params()
             for seed in spec.trial_seeds:
+                seeds = evaluation_seeds(seed, len(held))
                 trials.append({
                     "label": f"{agent.label}-{env.label}-s{seed}", "agent_label": agent.label, "agent": agent.name,
                     "memory": dict(agent.memory), "hidden": hidden, "parameters": count,
                     "env_id": env.id, "env": env.short_name, "env_label": env.label, "settings": env.settings,
                     "env_params": dict(env.params), "seed": seed,
-                    "eval_seed": evaluation_seeds(seed)[0], "test_seed": evaluation_seeds(seed)[1],
+                    "eval_seed": seeds[0], "test_seed": seeds[1],
+                    "held_out": [{"label": label, "env_params": params, "seed": s}
+                                 for (label, params), s in zip(held, seeds[2:])],
                     "max_seq_len": spec.ppo.max_seq_len, "ppo": spec.ppo.model_dump(),
                     "budget": spec.budget.model_dump(), "evaluation": spec.evaluation.model_dump(),
                 })
@@ -134,14 +142,18 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     rows, curves = [], []
     for trial in prepared.trials:
         progress = _collect(outcomes[trial["label"]], folder.checkpoints / trial["label"])
-        best = progress["best"]
+        best, test = progress["best"], progress["test"]
         rows.append({
             "agent": trial["agent_label"], "env": trial["env"], "settings": trial["settings"], "seed": trial["seed"],
-            "success_rate": best["success_rate"], "test_success_rate": progress["test"]["success_rate"],
-            "mean_return": round(best["mean_return"], 6), "env_steps": progress["env_steps"],
-            "best_env_steps": best["env_steps"], "wall_s": round(progress["wall_s"], 3),
-            "parameters": trial["parameters"], "hidden": trial["hidden"],
+            "test_success_rate": test["success_rate"], "best_eval_success_rate": best["success_rate"],
+            "test_first_stage": test.get("first_stage"), "test_later_stages": test.get("later_stages"),
+            "test_mean_return": round(test["mean_return"], 6), "best_eval_mean_return": round(best["mean_return"], 6),
+            "env_steps": progress["env_steps"], "best_env_steps": best["env_steps"],
+            "wall_s": round(progress["wall_s"], 3), "parameters": trial["parameters"], "hidden": trial["hidden"],
             "env_label": trial["env_label"], "trial": trial["label"],
+            "held_out": {label: {k: scores.get(k) for k in ("success_rate", "first_stage", "later_stages",
+                                                            "mean_return")}
+                         for label, scores in (progress.get("held_out") or {}).items()},
             "eval_seed": trial["eval_seed"], "test_seed": trial["test_seed"]})
         for point in progress["evaluations"]:
             # The greedy evaluation's figures, and the training episodes' own success (split "train").
@@ -157,6 +169,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
         "status": "ok", "kind": "rl", "name": spec.name, "seed": spec.seed,
         "results": rows,
         "table": success_table(rows),
+        "aggregate": aggregate_table(rows),
         "agents": agent_sizes(prepared.trials),
         "trials": len(rows),
         "cost": {"wall_s": round(time.perf_counter() - started, 3), "env_steps": sum(r["env_steps"] for r in rows),
@@ -205,10 +218,13 @@ def _collect(result, target: Path) -> dict:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    held = list(dict.fromkeys(label for row in rows for label in row["held_out"]))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*RESULT_COLUMNS, *(f"held_out:{h}" for h in held)],
+                            extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**row, **{f"held_out:{h}": row["held_out"].get(h, {}).get("success_rate") for h in held}}
+                     for row in rows)
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -222,11 +238,79 @@ def agent_sizes(trials: list[dict]) -> dict:
     return sizes
 
 
-def success_table(rows: list[dict]) -> dict:
-    """agent → env setting → {mean, std, seeds} of the success rate over seeds."""
-    table: dict = {}
+def _headline(scores: dict) -> tuple[str, float]:
+    """(metric, value) of one test: the success rate, or the mean return of an env that reports no success."""
+    if scores.get("success_rate") is None:
+        return "return", scores["mean_return"]
+    return "success", scores["success_rate"]
+
+
+def setting_scores(rows: list[dict]) -> dict:
+    """agent → setting → {metric, values (one per seed), best_eval, first_stage, later_stages}; the settings are each
+    env label (its fresh test episodes) and `<env label>/<held-out label>` for each held-out setting."""
+    cells: dict = {}
+
+    def add(agent, setting, scores, best=None):
+        metric, value = _headline(scores)
+        cell = cells.setdefault(agent, {}).setdefault(setting, {"metric": metric, "values": [], "best_eval": [],
+                                                                "first_stage": [], "later_stages": []})
+        cell["values"].append(value)
+        cell["best_eval"].append(best)
+        cell["first_stage"].append(scores.get("first_stage"))
+        cell["later_stages"].append(scores.get("later_stages"))
+
     for row in rows:
-        table.setdefault(row["agent"], {}).setdefault(row["env_label"], []).append(row["success_rate"])
-    return {agent: {env: {"mean": round(statistics.fmean(v), 4),
-                          "std": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0, "seeds": len(v)}
-                    for env, v in envs.items()} for agent, envs in table.items()}
+        test = {"success_rate": row["test_success_rate"], "mean_return": row["test_mean_return"],
+                "first_stage": row["test_first_stage"], "later_stages": row["test_later_stages"]}
+        add(row["agent"], row["env_label"], test,
+            row["best_eval_success_rate"] if row["best_eval_success_rate"] is not None else row["best_eval_mean_return"])
+        for label, scores in row["held_out"].items():
+            add(row["agent"], f"{row['env_label']}/{label}", scores)
+    return cells
+
+
+def success_table(rows: list[dict]) -> dict:
+    """agent → setting → the headline over seeds: the interquartile mean of the chosen module's fresh-episode test
+    success (or return) with its 95% bootstrap interval (rliable's protocol, `metrics/rliable.py`), the mean, and
+    beside them the mean of the best evaluation (max over evaluations on the same episodes: optimistic) and of the
+    first-stage and later-stage success (retention against rewriting)."""
+    from palimpsest.metrics.rliable import stratified_iqm
+
+    def mean(values):
+        kept = [v for v in values if v is not None]
+        return round(statistics.fmean(kept), 4) if kept else None
+
+    table: dict = {}
+    for agent, settings in setting_scores(rows).items():
+        for setting, cell in settings.items():
+            stats = stratified_iqm([cell["values"]])
+            table.setdefault(agent, {})[setting] = {
+                "metric": cell["metric"], "iqm": _round(stats["iqm"]), "interval": _round(stats["interval"]),
+                "mean": mean(cell["values"]), "seeds": len(cell["values"]), "values": cell["values"],
+                "best_eval_mean": mean(cell["best_eval"]), "first_stage": mean(cell["first_stage"]),
+                "later_stages": mean(cell["later_stages"])}
+    return table
+
+
+def aggregate_table(rows: list[dict]) -> dict:
+    """agent → the IQM of test success over every training setting's seeds, with the stratified bootstrap interval
+    (settings resampled apart), and the same over the held-out settings; envs that report no success are left out."""
+    from palimpsest.metrics.rliable import stratified_iqm
+
+    result: dict = {}
+    for agent, settings in setting_scores(rows).items():
+        for part, keep in (("training", lambda s: "/" not in s), ("held_out", lambda s: "/" in s)):
+            tasks = [c["values"] for s, c in settings.items() if keep(s) and c["metric"] == "success"]
+            if tasks:
+                stats = stratified_iqm(tasks)
+                result.setdefault(agent, {})[part] = {"iqm": _round(stats["iqm"]), "interval": _round(stats["interval"]),
+                                                      "settings": len(tasks), "runs": stats["runs"]}
+    return result
+
+
+def _round(value):
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [round(v, 4) for v in value]
+    return round(value, 4)

@@ -19,35 +19,65 @@ from palimpsest.storage import check_storage_path
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class RLEnvEntry(Strict):
-    """One environment setting: a registered id and its arguments."""
+class RLHeldOut(Strict):
+    """A held-out setting of an environment: the trained module is tested on it, never trained or selected on it."""
 
-    id: str = Field(description="a registered memory environment (palimpsest envs lists them)")
+    label: str = Field(pattern=NAME_PATTERN, description="its name in results (e.g. long, n6)")
+    params: dict[str, Any] = Field(description="arguments that replace the training setting's (the rest are kept)")
+
+
+class RLEnvEntry(Strict):
+    """One environment setting: a registered id and its arguments, and the held-out settings it is tested on."""
+
+    id: str = Field(description="a registered Gymnasium id with Discrete actions and Box observations: ours "
+                                "(palimpsest envs lists them), Gymnasium's, POPGym's (popgym extra)")
     params: dict[str, Any] = Field(default_factory=dict, description="arguments of gymnasium.make(id, ...)")
     label: str | None = Field(None, pattern=NAME_PATTERN, description="the setting's name in results; default: "
                                                                      "the id's short name and the arguments")
+    held_out: list[RLHeldOut] = Field(default_factory=list, description="settings the chosen module is also "
+                                      "tested on (interpolation, extrapolation): each its label and the arguments "
+                                      "it changes")
+    eval_params: dict[str, Any] | None = Field(None, description="shorthand for one held-out setting labelled "
+                                               "'eval': the arguments it changes")
 
     @field_validator("id")
     @classmethod
     def _registered(cls, value):
-        import palimpsest_envs
+        from palimpsest.rl.envs import check_id
 
-        if value not in palimpsest_envs.ENV_IDS:
-            raise ValueError(f"unknown environment '{value}'" + _suggest(value, palimpsest_envs.ENV_IDS))
-        return value
+        return check_id(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_params(cls, data):
+        """`eval_params: {...}` is `held_out: [{label: eval, params: {...}}]` (resolved specs hold the latter)."""
+        if isinstance(data, dict) and data.get("eval_params") is not None:
+            held = list(data.get("held_out") or [])
+            if any(isinstance(h, dict) and h.get("label") == "eval" for h in held):
+                raise ValueError("eval_params: a held_out setting is already labelled 'eval'")
+            data = {**data, "held_out": [*held, {"label": "eval", "params": data["eval_params"]}], "eval_params": None}
+        return data
 
     @model_validator(mode="after")
     def _arguments(self):
-        import gymnasium
-
-        try:  # the single env trains, the batched twin evaluates: both must take the arguments
-            gymnasium.make(self.id, **self.params).close()
-            gymnasium.make_vec(self.id, num_envs=1, vectorization_mode="vector_entry_point", **self.params).close()
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"params: {error}") from None
+        spaces = _check_arguments(self.id, self.params, "params")
+        labels = [h.label for h in self.held_out]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"held_out: each label once ({', '.join(repeated)} repeated)")
+        for i, held in enumerate(self.held_out):
+            where = f"held_out[{i}] ({held.label}).params"
+            theirs = _check_arguments(self.id, {**self.params, **held.params}, where)
+            if theirs != spaces:
+                raise ValueError(f"{where}: the setting's observation and action spaces {theirs} differ from the "
+                                 f"training setting's {spaces}: a trained module cannot act in it")
         if self.label is None:
             self.label = self.short_name + "".join(f"_{k}{_compact(v)}" for k, v in self.params.items())
         return self
+
+    def held_out_params(self) -> list[tuple[str, dict]]:
+        """(label, the complete arguments) of each held-out setting."""
+        return [(h.label, {**self.params, **h.params}) for h in self.held_out]
 
     @property
     def short_name(self) -> str:
@@ -56,6 +86,13 @@ class RLEnvEntry(Strict):
     @property
     def settings(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.params.items()) or "defaults"
+
+
+def _check_arguments(env_id: str, params: dict, where: str) -> tuple:
+    """(observation shape, number of actions) of the env built with `params`; a ValueError naming `where`."""
+    from palimpsest.rl.envs import check_arguments
+
+    return check_arguments(env_id, params, where)
 
 
 def _compact(value) -> str:
@@ -137,10 +174,13 @@ class RLBudget(Strict):
 
 
 class RLEvaluation(Strict):
-    """Greedy evaluation (argmax actions) on episodes never trained on; the best evaluation's module is kept."""
+    """Greedy evaluation (argmax actions) on episodes never trained on; the best evaluation's module is kept and
+    tested on fresh episodes (its test success rate is the headline)."""
 
     every: int = Field(5, ge=1, description="training iterations between evaluations")
     episodes: int = Field(100, ge=1, le=100_000, description="episodes per evaluation")
+    test_episodes: int = Field(1000, ge=1, le=100_000, description="fresh episodes the chosen module is tested on, "
+                               "per setting (the headline)")
 
 
 class RLJob(Strict):
