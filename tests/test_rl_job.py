@@ -90,6 +90,15 @@ def test_trials_and_runners_play_distinct_episode_streams():
 
     streams = {(s, w, i): first_plan(s, w, i) for s in (0, 1) for w in (0, 1, 2) for i in range(4)}
     assert len(set(streams.values())) == len(streams)
+    # Training on the batched twin: RLlib resets runner w's whole batch with seed base + w.
+    twins = {}
+    for s in (0, 1):
+        for w in (0, 1, 2):
+            envs = make({"num_envs": 4, "num_rewrites": 5, "delay": 30})
+            envs.reset(seed=rllib_seed(s) + w)
+            for i in range(4):
+                twins[(s, w, i)] = tuple(envs.unwrapped._schedule[i])
+    assert len(set(twins.values())) == len(twins)
     evaluation, test = evaluation_seeds(0)
     assert len({evaluation, test, *evaluation_seeds(1)}) == 4
 
@@ -306,3 +315,22 @@ def test_lstm_solves_the_classic_tmaze_and_a_one_rewrite_cue_task(tmp_path, ray_
         assert row["best_eval_success_rate"] >= 0.9, (env, row)
         assert row["best_env_steps"] <= LEARNING_BUDGET, (env, row)
         assert row["test_success_rate"] >= 0.85, (env, row)  # fresh episodes: not only the ones it was picked on
+
+
+@pytest.mark.integration
+def test_any_registered_gymnasium_env_trains_cartpole_by_return_and_popgym_flattened(tmp_path, ray_session):
+    """A new user's first try: Gymnasium's CartPole (no success in its infos: scored by return) and POPGym's
+    RepeatPreviousEasy (Discrete observations: one-hot through FlattenObservation), through RLlib end to end."""
+    pytest.importorskip("popgym")
+    document = rl_spec(agents=["gru"], seeds=1, envs=["CartPole-v1", "popgym-RepeatPreviousEasy-v0"],
+                       budget={"env_steps": 256}, evaluation={"every": 1, "episodes": 4, "test_episodes": 4})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["run", str(job), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    cartpole, popgym = (summary["table"]["gru"][label] for label in ("CartPole", "popgym-RepeatPreviousEasy"))
+    assert cartpole["metric"] == "return" and cartpole["iqm"] > 1  # CartPole pays 1 per step
+    assert popgym["metric"] == "success" or popgym["metric"] == "return"
+    rows = {r["env"]: r for r in summary["results"]}
+    assert rows["CartPole"]["test_success_rate"] is None and rows["CartPole"]["test_mean_return"] >= 8

@@ -1,10 +1,13 @@
 """Which Gymnasium environments the benchmark runs, and how it builds them (torch-free: the spec reads it).
 
-Any registered id whose action space is `Discrete` and whose observation space is a `Box`:
+Any registered id whose action space is `Discrete` and whose observations flatten to a vector:
 our memory environments (`palimpsest/<Name>-v0`, registered by `import palimpsest_envs`),
 Gymnasium's own (`CartPole-v1`), and POPGym's (`popgym-<Name>-v0`, registered by `import
-popgym`: the optional `popgym` extra). An env with a batched twin (a `vector_entry_point`)
-is stepped as one; any other as Gymnasium's `SyncVectorEnv` of single envs.
+popgym`: the optional `popgym` extra). Observations that are not a `Box` (POPGym's
+`Discrete`, `MultiDiscrete` and `Tuple` ones) are flattened by Gymnasium's
+`FlattenObservation` (one-hot codes). An env with a batched twin (a `vector_entry_point`)
+and Box observations is stepped as one; any other as Gymnasium's `SyncVectorEnv` of single
+envs (`make_vec`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,31 @@ def vector_mode(env_id: str) -> str:
     return "vector_entry_point" if gymnasium.spec(env_id).vector_entry_point is not None else "sync"
 
 
+def make(env_id: str, **params) -> gymnasium.Env:
+    """`gymnasium.make(env_id, **params)`, its observations flattened to a vector when they are not a Box."""
+    _register(env_id)
+    env = gymnasium.make(env_id, **params)
+    if not isinstance(env.observation_space, gymnasium.spaces.Box):
+        env = gymnasium.wrappers.FlattenObservation(env)
+    return env
+
+
+def make_vec(env_id: str, num_envs: int, **params) -> gymnasium.vector.VectorEnv:
+    """`num_envs` copies of `make(env_id, **params)` stepped together: the env's batched twin where it has one (and
+    Box observations), else a SyncVectorEnv (NEXT_STEP autoreset either way)."""
+    if vector_mode(env_id) == "vector_entry_point":
+        envs = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **params)
+        if isinstance(envs.single_observation_space, gymnasium.spaces.Box):
+            return envs
+        envs.close()
+    return gymnasium.vector.SyncVectorEnv([lambda: make(env_id, **params)] * num_envs)
+
+
+def max_episode_steps(env_id: str) -> int | None:
+    """The step limit `gymnasium.make` puts on the env (its TimeLimit), if any."""
+    return gymnasium.spec(env_id).max_episode_steps
+
+
 def _entry_class(env_id: str):
     entry = gymnasium.spec(env_id).entry_point
     if isinstance(entry, str):
@@ -89,12 +117,19 @@ def check_arguments(env_id: str, params: dict, where: str = "params") -> tuple:
         env = gymnasium.make(env_id, **params)
         observation, action = env.observation_space, env.action_space
         env.close()
-        gymnasium.make_vec(env_id, num_envs=1, vectorization_mode=vector_mode(env_id), **params).close()
     except (TypeError, ValueError) as error:
         raise EnvError(f"{where}: {error}") from None
     if not isinstance(action, gymnasium.spaces.Discrete):
         raise EnvError(f"{where}: {env_id} has {type(action).__name__} actions; the agents take Discrete actions")
-    if not isinstance(observation, gymnasium.spaces.Box):
-        raise EnvError(f"{where}: {env_id} has {type(observation).__name__} observations; the agents read Box "
-                       "observations (wrap it, e.g. gymnasium.wrappers.FlattenObservation, and register the wrapper)")
-    return tuple(observation.shape), int(action.n)
+    try:
+        flat = gymnasium.spaces.flatten_space(observation)
+    except NotImplementedError:
+        flat = None
+    if not isinstance(flat, gymnasium.spaces.Box) or len(flat.shape) != 1:
+        raise EnvError(f"{where}: {env_id} has {observation} observations, which do not flatten to a vector; the "
+                       "agents read vectors (Box, Discrete, MultiDiscrete, Tuple or Dict of those)")
+    try:
+        make_vec(env_id, 1, **params).close()
+    except (TypeError, ValueError) as error:
+        raise EnvError(f"{where}: {error}") from None
+    return tuple(flat.shape), int(action.n)

@@ -74,31 +74,43 @@ class NoMemory(MemoryCell):
 
 
 class GRUMemory(MemoryCell):
+    """torch's GRU: a chunk runs as one `nn.GRU` call (its C++ loop over time), a step as a chunk of one."""
+
     def __init__(self, inputs: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.cell = nn.GRUCell(inputs, hidden)
+        self.rnn = nn.GRU(inputs, hidden, batch_first=True)
 
     def initial_state(self) -> State:
         return {"h": torch.zeros(self.hidden)}
 
+    def forward(self, x, state):
+        out, h = self.rnn(x, state["h"][None].contiguous())
+        return out, {"h": h[0]}
+
     def step(self, x, state):
-        h = self.cell(x, state["h"])
-        return h, {"h": h}
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
 
 
 class LSTMMemory(MemoryCell):
+    """torch's LSTM: a chunk runs as one `nn.LSTM` call (its C++ loop over time), a step as a chunk of one."""
+
     def __init__(self, inputs: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.cell = nn.LSTMCell(inputs, hidden)
+        self.rnn = nn.LSTM(inputs, hidden, batch_first=True)
 
     def initial_state(self) -> State:
         return {"h": torch.zeros(self.hidden), "c": torch.zeros(self.hidden)}
 
+    def forward(self, x, state):
+        out, (h, c) = self.rnn(x, (state["h"][None].contiguous(), state["c"][None].contiguous()))
+        return out, {"h": h[0], "c": c[0]}
+
     def step(self, x, state):
-        h, c = self.cell(x, (state["h"], state["c"]))
-        return h, {"h": h, "c": c}
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
 
 
 # The reference FFA's bounds on the decay a (its float64 defaults, max_len 1024, fudge 0.01, forgotten_at 0.01):

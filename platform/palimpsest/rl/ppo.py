@@ -43,11 +43,37 @@ class _RunnerSeeds(gymnasium.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def _make_env(env_id: str):
-    def make(env_config):
-        return _RunnerSeeds(gymnasium.make(env_id, **dict(env_config)), getattr(env_config, "worker_index", 0))
+class _SubEnvSeeds(gymnasium.vector.VectorWrapper):
+    """The batched twin's form of `_RunnerSeeds`: RLlib resets runner w's vector env with seed k = base + w, and
+    sub-env i is seeded with a hash of (k, i) (the twin alone would seed it k + i, which runner w + 1's sub-env
+    i − 1 would replay)."""
 
-    return make
+    def reset(self, *, seed=None, options=None):
+        if isinstance(seed, (int, np.integer)):
+            seed = [int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0]) for i in range(self.num_envs)]
+        return self.env.reset(seed=seed, options=options)
+
+
+def trains_on_twin(env_id: str) -> bool:
+    """Whether RLlib's env runners step `env_id`'s batched numpy twin (ours: `palimpsest/…` ids) rather than a
+    SyncVectorEnv of single envs (any other id)."""
+    from palimpsest.rl.envs import vector_mode
+
+    return env_id.startswith("palimpsest/") and vector_mode(env_id) == "vector_entry_point"
+
+
+def _make_env(env_id: str):
+    def make_env(env_config):
+        from palimpsest.rl.envs import make
+
+        config = dict(env_config)
+        count = config.pop("num_envs", None)
+        if count is not None:  # gym_env_vectorize_mode "vector_entry_point": RLlib asks for the whole batch
+            return _SubEnvSeeds(gymnasium.make_vec(env_id, num_envs=int(count), vectorization_mode="vector_entry_point",
+                                                   **config))
+        return _RunnerSeeds(make(env_id, **config), getattr(env_config, "worker_index", 0))
+
+    return make_env
 
 
 def evaluation_seeds(trial_seed: int, held_out: int = 0) -> tuple[int, ...]:
@@ -77,7 +103,9 @@ def build_config(trial: dict):
             .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
             .environment(trial["env_id"], env_config=dict(trial["env_params"]))
             .env_runners(num_env_runners=ppo["num_env_runners"], num_envs_per_env_runner=ppo["num_envs_per_env_runner"],
-                         rollout_fragment_length="auto")
+                         rollout_fragment_length="auto",
+                         # the batched numpy twin where the env has one (RLlib's default, "sync", steps single envs)
+                         gym_env_vectorize_mode="vector_entry_point" if trains_on_twin(trial["env_id"]) else "sync")
             .learners(num_learners=0)
             .training(**{theirs: ppo[ours] for ours, theirs in TRAINING_KEYS.items()})
             .rl_module(rl_module_spec=RLModuleSpec(module_class=MemoryAgent, model_config={
@@ -138,9 +166,9 @@ def _greedy_batch(module, env_id: str, env_params: dict, *, episodes: int, seed:
     import torch
     from ray.rllib.core.columns import Columns
 
-    from palimpsest.rl.envs import vector_mode
+    from palimpsest.rl.envs import make_vec, max_episode_steps
 
-    envs = gymnasium.make_vec(env_id, num_envs=episodes, vectorization_mode=vector_mode(env_id), **env_params)
+    envs = make_vec(env_id, episodes, **env_params)
     try:
         obs, _ = envs.reset(seed=seed)
         state = {k: torch.as_tensor(np.repeat(v[None], episodes, axis=0)) for k, v in
@@ -151,7 +179,7 @@ def _greedy_batch(module, env_id: str, env_params: dict, *, episodes: int, seed:
         passed = np.full(episodes, -1, dtype=np.int64)  # stages passed (-1: the env reports none)
         stages = np.zeros(episodes, dtype=np.int64)
         lengths = np.zeros(episodes, dtype=np.int64)
-        limit = max_steps or envs.spec.max_episode_steps or 100_000
+        limit = max_steps or max_episode_steps(env_id) or 100_000
         for _ in range(limit):
             with torch.no_grad():
                 out = module.forward_inference({Columns.OBS: torch.as_tensor(obs, dtype=torch.float32)[:, None],

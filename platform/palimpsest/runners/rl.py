@@ -52,15 +52,16 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
     Raises:
         DataError: an agent's memory arguments do not build.
     """
-    import gymnasium
+    import numpy as np
 
+    from palimpsest.rl.envs import make
     from palimpsest.rl.ppo import evaluation_seeds
     from palimpsest.rl.sizing import matched_width, parameter_count
 
     trials = []
     for e, env in enumerate(spec.envs):
-        probe = gymnasium.make(env.id, **env.params)
-        obs_dim, actions = int(probe.observation_space.shape[0]), int(probe.action_space.n)
+        probe = make(env.id, **env.params)
+        obs_dim, actions = int(np.prod(probe.observation_space.shape)), int(probe.action_space.n)
         probe.close()
         for a, agent in enumerate(spec.agents):
             try:
