@@ -284,3 +284,39 @@ def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto
     assert summary["best_trial"] in front and (folder / "plots" / "pareto_front.png").stat().st_size > 0
     assert json.loads((folder / "trials" / summary["best_trial"] / "summary.json").read_text())["status"] == "ok"
 
+
+
+@pytest.mark.integration
+def test_a_search_over_agents_writes_each_agents_best_ppo_settings_that_a_matrix_job_reads(tmp_path, ray_session):
+    """An rl search with agents.0.name on a grid tunes each agent apart: agent_ppo.yaml holds, per agent, the ppo
+    values of that agent's best trial (not the overall best's), and `agent_ppo:` gives them to a matrix job."""
+    document = yaml.safe_load((REPO / "jobs" / "tune" / "rl_agents.yaml").read_text())
+    document.update({"parameters": 3000, "budget": {"env_steps": 256},
+                     "envs": [{"id": "palimpsest/CueRewrite-v0", "params": {"num_cues": 2, "delay": 3}}],
+                     "ppo": {"train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1, "max_seq_len": 4,
+                             "num_envs_per_env_runner": 8},
+                     "evaluation": {"every": 1, "episodes": 8, "test_episodes": 8}})
+    # lr 3.0 wrecks a trial: each agent's best is its small lr, whatever the other agent scores.
+    document["tune"] = {"space": {"agents.0.name": {"grid": ["mlp", "gru"]}, "ppo.lr": {"grid": [1e-3, 3.0]},
+                                  "ppo.entropy_coeff": {"choice": [0.0]}},
+                        "metric": "test_success_rate", "mode": "max", "num_samples": 1}
+    job = tmp_path / "search.yaml"
+    job.write_text(yaml.safe_dump(document))
+    folder = tmp_path / "search"
+    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    found = rows(folder)
+    assert {(r["agents.0.name"], float(r["ppo.lr"])) for r in found} == {
+        (a, lr) for a in ("mlp", "gru") for lr in (1e-3, 3.0)}
+    chosen = yaml.safe_load((folder / "agent_ppo.yaml").read_text())
+    assert set(chosen) == {"mlp", "gru"}
+    for agent, values in chosen.items():
+        mine = [r for r in found if r["agents.0.name"] == agent]
+        best = max(mine, key=lambda r: float(r["test_success_rate"]))
+        assert values == {"lr": float(best["ppo.lr"]), "entropy_coeff": 0.0}, (agent, mine)
+    matrix = {"kind": "rl", "agents": ["mlp", "gru", "lstm"], "envs": ["palimpsest/CueRewrite-v0"],
+              "ppo": {"lr": 5e-4}, "agent_ppo": str(folder / "agent_ppo.yaml")}
+    from palimpsest.runners.rl import prepare
+
+    lrs = {t["agent"]: t["ppo"]["lr"] for t in prepare(parse_spec(matrix)).trials}
+    assert lrs == {"mlp": chosen["mlp"]["lr"], "gru": chosen["gru"]["lr"], "lstm": 5e-4}

@@ -324,7 +324,32 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     if front is not None:
         summary["pareto_front"] = [{"trial": r["trial"], "config": r["config"], **{m: r[m] for m in metrics}}
                                    for r in front]
+    if spec.kind == "rl" and AGENT_PATH in search.space:
+        summary["agent_ppo"] = write_agent_ppo(folder.path / AGENT_PPO_FILE, finished, metrics[0], modes[0])
+        print(f"[palimpsest] each agent's best PPO settings: {folder.path / AGENT_PPO_FILE} (agent_ppo: in an rl job)",
+              flush=True)
     return summary
+
+
+AGENT_PATH = "agents.0.name"  # an rl search over this path tunes each agent apart
+AGENT_PPO_FILE = "agent_ppo.yaml"
+
+
+def write_agent_ppo(path: Path, rows: list[dict], metric: str, mode: str) -> dict:
+    """agent → the searched ppo.* values of its best finished trial, written to `path` (what `agent_ppo:` reads)."""
+    import yaml
+
+    chosen: dict = {}
+    for agent in dict.fromkeys(r["config"][AGENT_PATH] for r in rows):
+        best = _best([r for r in rows if r["config"][AGENT_PATH] == agent], metric, mode)
+        chosen[agent] = {key.removeprefix("ppo."): value for key, value in best["config"].items()
+                         if key.startswith("ppo.")}
+        chosen[agent]["# trial"] = best["trial"]
+    document = {agent: {k: v for k, v in values.items() if not k.startswith("#")} for agent, values in chosen.items()}
+    atomic_write_text(path, f"# each agent's best trial by {metric} ({mode}): "
+                      + ", ".join(f"{a} {v['# trial']}" for a, v in chosen.items()) + "\n"
+                      + yaml.safe_dump(document, sort_keys=False))
+    return document
 
 
 def _no_trial(spec, started: float) -> dict:

@@ -72,6 +72,7 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
                 raise DataError(f"agents[{a}].memory: {agent.name} does not build with {agent.memory}: {error}") \
                     from None
             held = env.held_out_params()
+            ppo = spec.agent_ppo_spec(a)
             for seed in spec.trial_seeds:
                 seeds = evaluation_seeds(seed, len(held))
                 trials.append({
@@ -82,7 +83,7 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
                     "eval_seed": seeds[0], "test_seed": seeds[1],
                     "held_out": [{"label": label, "env_params": params, "seed": s}
                                  for (label, params), s in zip(held, seeds[2:])],
-                    "max_seq_len": spec.ppo.max_seq_len, "ppo": spec.ppo.model_dump(),
+                    "max_seq_len": ppo.max_seq_len, "ppo": ppo.model_dump(),
                     "budget": spec.budget.model_dump(), "evaluation": spec.evaluation.model_dump(),
                 })
     return PreparedRL(trials)

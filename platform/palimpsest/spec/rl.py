@@ -7,6 +7,7 @@ torch or ray.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -88,6 +89,26 @@ class RLEnvEntry(Strict):
         return " ".join(f"{k}={v}" for k, v in self.params.items()) or "defaults"
 
 
+# PPO fields that set a trial's runner layout (and so its CPUs, checked against the cluster): one value per job.
+AGENT_FIXED_PPO = {"num_env_runners"}
+
+
+def _read_agent_ppo(path: str) -> dict:
+    """{agent: {ppo field: value}} from an agent_ppo file (a ValueError naming the field if it is not one)."""
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"agent_ppo: no file {path}")
+    try:
+        document = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"agent_ppo: {path} is not YAML: {error}") from None
+    if not isinstance(document, dict) or not all(isinstance(v, dict) for v in document.values()):
+        raise ValueError(f"agent_ppo: {path} must map each agent to its PPO settings ({{lstm: {{lr: 0.001}}}})")
+    return document
+
+
 def _check_arguments(env_id: str, params: dict, where: str) -> tuple:
     """(observation shape, number of actions) of the env built with `params`; a ValueError naming `where`."""
     from palimpsest.rl.envs import check_arguments
@@ -107,6 +128,8 @@ class RLAgentEntry(Strict):
     memory: dict[str, Any] = Field(default_factory=dict, description="the memory cell's arguments (README)")
     hidden: int | None = Field(None, ge=1, le=4096, description="width; default: matched to the job's parameters")
     label: str | None = Field(None, pattern=NAME_PATTERN, description="its name in results; default: name")
+    ppo: dict[str, Any] = Field(default_factory=dict, description="this agent's PPO settings in place of the job's "
+                                "(e.g. {lr: 1e-3, entropy_coeff: 0.01}); any ppo field except the runner counts")
 
     @field_validator("name")
     @classmethod
@@ -196,6 +219,9 @@ class RLJob(Strict):
                                                               "null: every agent at `hidden`")
     hidden: int = Field(64, ge=1, le=4096, description="width of every agent when parameters is null")
     ppo: PPOSpec = Field(default_factory=PPOSpec)
+    agent_ppo: str | None = Field(None, description="a YAML file of per-agent PPO settings ({agent: {lr: …, "
+                                  "entropy_coeff: …}}, as an rl search over agents.0.name writes it: "
+                                  "agent_ppo.yaml); an agent entry's own ppo values win")
     budget: RLBudget = Field(default_factory=RLBudget)
     evaluation: RLEvaluation = Field(default_factory=RLEvaluation)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs hold")
@@ -241,6 +267,36 @@ class RLJob(Strict):
             if agent.name == "gtrxl" and self.parameters is None and agent.hidden is None and self.hidden % heads:
                 raise ValueError(f"hidden: {self.hidden} is not a multiple of agents[{i}] (gtrxl)'s {heads} heads")
         return self
+
+    @model_validator(mode="after")
+    def _agent_ppo(self):
+        settings: dict = {}
+        if self.agent_ppo is not None:
+            settings = _read_agent_ppo(self.agent_ppo)
+            # stored absolute (a resumed or copied spec reads the same file); no revalidation on this assignment
+            self.__dict__["agent_ppo"] = str(Path(self.agent_ppo).expanduser().resolve())
+        for i, agent in enumerate(self.agents):
+            chosen = {**(settings.get(agent.label) or settings.get(agent.name) or {}), **agent.ppo}
+            fixed = sorted(set(chosen) & AGENT_FIXED_PPO)
+            if fixed:
+                raise ValueError(f"agents[{i}].ppo: {', '.join(fixed)} is the trial's runner layout and is set for "
+                                 "every agent in ppo: (it decides each trial's CPUs)")
+            try:
+                PPOSpec.model_validate({**self.ppo.model_dump(), **chosen})
+            except ValueError as error:
+                first = error.errors()[0] if hasattr(error, "errors") else {"loc": (), "msg": str(error)}
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"agents[{i}].ppo{'.' + where if where else ''}: "
+                                 f"{first['msg'].removeprefix('Value error, ')}"
+                                 + (_suggest(where, list(PPOSpec.model_fields)) if first.get("type") == "extra_forbidden"
+                                    else "")) from None
+            if chosen != agent.ppo:
+                agent.__dict__["ppo"] = chosen  # (no revalidation: the merged values were just checked)
+        return self
+
+    def agent_ppo_spec(self, index: int) -> PPOSpec:
+        """The PPO settings of agents[index]: the job's, with the agent's own in their place."""
+        return PPOSpec.model_validate({**self.ppo.model_dump(), **self.agents[index].ppo})
 
     @property
     def trial_seeds(self) -> list[int]:
