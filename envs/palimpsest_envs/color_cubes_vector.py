@@ -80,7 +80,8 @@ class ColorCubesVector(PlannedVectorEnv):
         k, e, c = cfg.num_phases, cfg.teleports_per_phase, cfg.num_cubes
         # Lookup tables: the cell each action leads to, and each cell's scaled row and column.
         self._next_cell = next_cells(cfg.grid_size).ravel()
-        self._cell_row, self._cell_col = cell_coordinates(cfg.grid_size).T.copy()
+        self._cell_xy = cell_coordinates(cfg.grid_size)
+        self._cell_row, self._cell_col = self._cell_xy.T.copy()
 
         self._targets = np.zeros((n, k + 1), dtype=np.int64)  # column k: a dummy past the last phase
         self._offsets = np.full((n, k + 1, e + 1), NO_EVENT, dtype=np.int32)  # sentinel row and column
@@ -123,8 +124,7 @@ class ColorCubesVector(PlannedVectorEnv):
     def _obs(self) -> np.ndarray:
         n = self.config.num_cubes
         obs = np.zeros((self.num_envs, self.config.obs_dim), dtype=np.float32)
-        obs[:, 0] = self._cell_row.take(self._agent)
-        obs[:, 1] = self._cell_col.take(self._agent)
+        obs[:, :2] = self._cell_xy.take(self._agent, axis=0)
         ts = np.flatnonzero(self._target_shown)
         obs[ts, 2 + self._target[ts]] = 1.0
         # Only the few sub-envs with an event this step show cubes.

@@ -820,12 +820,14 @@ def _envs_throughput() -> None:
 
     rows = throughput()
     table = Table(title="environment steps/s in this process (pin it to one core with taskset -c 0 for the "
-                        "one-core figure); random actions")
-    for column in ("id", "single env", "batch 1024", "batch 8192", "8192 vs single"):
+                        "one-core figure); random actions; batches timed in steady state (every sub-env past its "
+                        "first block of episode plans)")
+    for column in ("id", "single env", "batch 1024", "batch 8192", "8192 vs single", "episodes/sub-env timed"):
         table.add_column(column, justify="left" if column == "id" else "right")
     for row in rows:
         table.add_row(row["env"], f"{row['single'] / 1e6:.2f} M", f"{row[1024] / 1e6:.1f} M",
-                      f"{row[8192] / 1e6:.1f} M", f"{row[8192] / row['single']:.0f}×")
+                      f"{row[8192] / 1e6:.1f} M", f"{row[8192] / row['single']:.0f}×",
+                      f"{row[('episodes', 8192)]:.1f}")
     out.print(table)
 
 

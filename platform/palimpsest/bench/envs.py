@@ -6,8 +6,10 @@ steps) with random actions, measured in this process with the loops of
 
 - single env: `gymnasium.make(id)` (its wrappers included) stepped one action at a time,
   reset when an episode ends (`single_rate`);
-- batched: `gymnasium.make_vec(id, num_envs=N, ...)` stepped with one action per sub-env
-  after a warm-up step (`vector_rate`): our twins through their `vector_entry_point`,
+- batched: `gymnasium.make_vec(id, num_envs=N, ...)` stepped with one action per sub-env,
+  timed in the steady state (`vector_rate`: once every sub-env has finished more episodes
+  than a block of pre-drawn plans holds, so redrawing is paid): our twins through their
+  `vector_entry_point`,
   POPGym's envs (which have no batched form) through Gymnasium's `SyncVectorEnv`
   (`vectorization_mode="sync"`), which is how a POPGym user batches them.
 

@@ -1,7 +1,9 @@
 """Environment throughput, measured side by side: each batched numpy twin against the single Gymnasium env.
 
 `palimpsest envs --throughput` prints it. Steps/s counts environment steps (a batch of N
-sub-envs stepping once is N steps), random actions, after a warm-up step; the single env
+sub-envs stepping once is N steps), random actions. A batch is timed in its steady state:
+after every sub-env has finished more episodes than one block of pre-drawn plans holds, so
+the clock pays for redrawing plans as a long run does (`vector_steady`). The single env
 resets itself when an episode ends, as a user's loop would. Figures from one process on
 one core: pin it (`taskset -c 0`) for the one-core figure.
 """
@@ -99,13 +101,15 @@ def single_rate(env_id: str, steps: int, params: dict | None = None, *, seed: in
     return rate
 
 
-def throughput(batches=(1024, 8192), batch_steps: int = 200, single_steps: int = 20_000) -> list[dict]:
-    """One row per environment: the single env's steps/s and each batch size's, with the ratio between them."""
+def throughput(batches=(1024, 8192), batch_steps: int = 1000, single_steps: int = 20_000) -> list[dict]:
+    """One row per environment: the single env's steps/s and each batch size's steady state (with, under
+    `("episodes", n)`, the episodes each sub-env finished while the clock ran)."""
     rows = []
     for env_id in palimpsest_envs.ENV_IDS:
         single = single_rate(env_id, single_steps)
         row = {"env": env_id, "single": single}
         for n in batches:
-            row[n] = vector_rate(env_id, n, batch_steps)
+            steady = vector_steady(env_id, n, batch_steps)
+            row[n], row[("episodes", n)] = steady["rate"], steady["episodes_per_env"]
         rows.append(row)
     return rows

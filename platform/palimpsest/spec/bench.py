@@ -93,7 +93,7 @@ class EnvsBench(Strict):
 
     type: Literal["envs"]
     batches: list[Annotated[int, Field(gt=0)]] = Field([1024, 8192], min_length=1)
-    batch_steps: int = Field(200, gt=0, description="batch steps per measurement")
+    batch_steps: int = Field(1000, gt=0, description="batch steps per measurement, timed in the steady state")
     single_steps: int = Field(20000, gt=0, description="single-env steps per measurement")
     repeats: int = Field(3, ge=1)
     popgym: bool = Field(True, description="compare with POPGym (the bench extra); reported as missing if absent")
