@@ -52,7 +52,7 @@ def best(values: list[float], *, higher_is_better: bool) -> float:
 
 SECTIONS = {"loop": ("llm", "measure_loop"), "deepspeed": ("llm", "measure_deepspeed"),
             "private": ("llm", "measure_private"), "unlearn": ("unlearn", "measure"), "envs": ("envs", "measure"),
-            "rllib": ("rllib", "measure")}
+            "rllib": ("rllib", "measure"), "ppo": ("ppo", "measure")}
 
 
 def section(kind: str):

@@ -105,7 +105,8 @@ def build_config(trial: dict):
             .env_runners(num_env_runners=ppo["num_env_runners"], num_envs_per_env_runner=ppo["num_envs_per_env_runner"],
                          rollout_fragment_length="auto",
                          # the batched numpy twin where the env has one (RLlib's default, "sync", steps single envs)
-                         gym_env_vectorize_mode="vector_entry_point" if trains_on_twin(trial["env_id"]) else "sync")
+                         gym_env_vectorize_mode=trial.get("vectorize") or (
+                             "vector_entry_point" if trains_on_twin(trial["env_id"]) else "sync"))
             .learners(num_learners=0)
             .training(**{theirs: ppo[ours] for ours, theirs in TRAINING_KEYS.items()})
             .rl_module(rl_module_spec=RLModuleSpec(module_class=MemoryAgent, model_config={

@@ -112,7 +112,26 @@ class RLlibBench(Strict):
     num_envs_per_env_runner: int = Field(8, gt=0)
 
 
-_KINDS = (LoopBench, DeepSpeedBench, PrivateBench, UnlearnBench, EnvsBench, RLlibBench)
+class PPOBench(Strict):
+    """PPO env steps/s with learning: a trial's RLlib PPO on the batched twin against a bare PyTorch loop (the same
+    agent, twin, batch and epochs, no Ray) and against RLlib on single envs."""
+
+    type: Literal["ppo"]
+    env: str = "palimpsest/EndlessTMaze-v0"
+    env_params: dict[str, object] = Field(default_factory=lambda: {"num_corridors": 3, "corridor_length": 5})
+    agents: list[str] = Field(["lstm", "gtrxl"], min_length=1)
+    parameters: int = Field(34000, gt=0, description="the agents' parameter budget")
+    iterations: int = Field(3, ge=2, description="PPO iterations timed per case (the first is warm-up)")
+    repeats: int = Field(2, ge=1, description="interleaved repetitions; the best is reported")
+    train_batch_size: int = Field(4096, gt=0)
+    minibatch_size: int = Field(1024, gt=0)
+    num_epochs: int = Field(4, ge=1)
+    max_seq_len: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    num_envs: int = Field(64, gt=0, description="sub-envs per env runner")
+
+
+_KINDS = (LoopBench, DeepSpeedBench, PrivateBench, UnlearnBench, EnvsBench, RLlibBench, PPOBench)
 Benchmark = Annotated[Union[_KINDS], Field(discriminator="type")]
 BENCH_TYPES = tuple(get_args(kind.model_fields["type"].annotation)[0] for kind in _KINDS)
 
