@@ -237,7 +237,8 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
         args = ["run", job, "--out", str(tmp_path / "run")]
         for item in ["agents=[gru]", "seeds=1", "parameters=2000", "budget.env_steps=128", "ppo.num_env_runners=0",
                      "ppo.train_batch_size=128", "ppo.minibatch_size=64", "ppo.num_epochs=1",
-                     "ppo.num_envs_per_env_runner=2", "evaluation.episodes=4", "evaluation.every=1"]:
+                     "ppo.num_envs_per_env_runner=2", "evaluation.episodes=4", "evaluation.every=1",
+                     "evaluation.test_episodes=4"]:
             args += ["--set", item]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
@@ -254,7 +255,7 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
                                     "target.training.batch_size": 4, "target.training.warmup_steps": 0,
                                     "training.batch_size": 4, "eval.max_examples": 4}},
                 "envs": {"batches": [8], "batch_steps": 3, "single_steps": 20, "repeats": 1},
-                "rllib": {}}
+                "rllib": {}, "ppo": {}}
         document["benchmarks"] = [{**b, **tiny[b["type"]]} for b in document["benchmarks"]]
         path = tmp_path / "bench.yaml"
         path.write_text(yaml.safe_dump(document))
