@@ -66,9 +66,9 @@ class RLEnvEntry(Strict):
         repeated = sorted({x for x in labels if labels.count(x) > 1})
         if repeated:
             raise ValueError(f"held_out: each label once ({', '.join(repeated)} repeated)")
-        for i, held in enumerate(self.held_out):
-            where = f"held_out[{i}] ({held.label}).params"
-            theirs = _check_arguments(self.id, {**self.params, **held.params}, where)
+        for i, (label, params) in enumerate(self.held_out_params()):
+            where = f"held_out[{i}] ({label}).params"
+            theirs = _check_arguments(self.id, params, where)
             if theirs != spaces:
                 raise ValueError(f"{where}: the setting's observation and action spaces {theirs} differ from the "
                                  f"training setting's {spaces}: a trained module cannot act in it")
