@@ -161,7 +161,7 @@ BAD = [
      "params: palimpsest/CueRewrite-v0 takes no 'num_cue'; did you mean 'num_cues'? allowed: num_cues, num_rewrites"),
     ({"envs": [{"id": CUE, "held_out": [{"label": "long", "params": {"dellay": 20}}]}]},
      "held_out[0] (long).params: palimpsest/CueRewrite-v0 takes no 'dellay'; did you mean 'delay'?"),
-    ({"envs": [{"id": CUE, "held_out": [{"label": "k8", "params": {"num_cues": 8}}]}]},
+    ({"envs": [{"id": CUE, "params": {"num_cues": 4}, "held_out": [{"label": "k8", "params": {"num_cues": 8}}]}]},
      "held_out[0] (k8).params: the setting's observation and action spaces ((10,), 8) differ from the training "
      "setting's ((6,), 4)"),
     ({"envs": [{"id": CUE, "eval_params": {"delay": 20}, "held_out": [{"label": "eval", "params": {"delay": 5}}]}]},
