@@ -453,8 +453,13 @@ def _progress_table(spec, metrics: list[str]):
 
     unit = UNIT[spec.kind]
 
+    from palimpsest.spec.tuning import PROGRESS
+
     def values(result) -> str:
-        return ", ".join(f"{m} {result[m]:.4g}" for m in metrics if isinstance(result.get(m), (int, float)))
+        shown = [m for m in metrics if isinstance(result.get(m), (int, float))]
+        if not shown:  # an objective known only at the end (rl: test_success_rate): what progress there is
+            shown = [m for m in PROGRESS[spec.kind] if isinstance(result.get(m), (int, float))]
+        return ", ".join(f"{m} {result[m]:.4g}" for m in shown)
 
     def short(config) -> str:
         return ", ".join(f"{p}={v:.4g}" if isinstance(v, float) else f"{p}={v}" for p, v in config.items())
