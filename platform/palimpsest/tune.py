@@ -458,7 +458,7 @@ def _progress_table(spec, metrics: list[str]):
     def values(result) -> str:
         shown = [m for m in metrics if isinstance(result.get(m), (int, float))]
         if not shown:  # an objective known only at the end (rl: test_success_rate): what progress there is
-            shown = [m for m in PROGRESS[spec.kind] if isinstance(result.get(m), (int, float))]
+            shown = [m for m in PROGRESS.get(spec.kind, ()) if isinstance(result.get(m), (int, float))]
         return ", ".join(f"{m} {result[m]:.4g}" for m in shown)
 
     def short(config) -> str:
