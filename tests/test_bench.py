@@ -97,7 +97,7 @@ def test_every_shipped_bench_spec_is_valid(monkeypatch):
     for path in sorted((REPO / "jobs" / "bench").glob("*.yaml")):
         spec = parse_spec(yaml.safe_load(path.read_text()))
         types |= {b.type for b in spec.benchmarks}
-    assert types == {"loop", "deepspeed", "private", "unlearn", "envs", "rllib"}
+    assert types == {"loop", "deepspeed", "private", "unlearn", "envs", "rllib", "ppo"}
 
 
 def test_bench_refuses_a_job_of_another_kind_and_writes_nothing(tmp_path, monkeypatch):
