@@ -23,7 +23,6 @@ Ratios: ours against the bare loop (target ≥ 0.5) and against the former quick
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 from pathlib import Path
 
@@ -61,40 +60,28 @@ def measure(spec, workdir: Path, use_ray: bool) -> list[Row]:
     bench = spec.benchmark
     if not use_ray:
         return [Row(SECTION, "PPO env steps/s with learning", None, UNIT, note="needs Ray (run without --no-ray)")]
-    import ray
     import torch
 
     from palimpsest.bench import ppo_loop
-    from palimpsest.bench.rllib import measure_agent
-    from palimpsest.runtime import init_ray
+    from palimpsest.bench.rllib import measure_agent, quiet_ray
 
-    owned = not ray.is_initialized()
-    if owned:
-        init_ray()
-    loggers = {name: logging.getLogger(name) for name in ("ray.rllib", "ray.tune", "ray.train")}
-    levels = {name: logger.level for name, logger in loggers.items()}
-    for logger in loggers.values():
-        logger.setLevel(logging.ERROR)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     figures: dict[str, list[dict]] = {}
     prepared = trials(bench, spec.seed)
     try:
-        for _ in range(bench.repeats):  # interleaved: repetitions outer, cases inner
-            for trial in prepared:
-                for suffix, (runner, variant) in _variants(trial).items():
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=".*Overriding environment rllib-")
-                        result = (measure_agent(variant, bench.iterations) if runner == "rllib"
-                                  else ppo_loop.train(variant, bench.iterations, seed=spec.seed))
-                    result.pop("module", None)
-                    figures.setdefault(f"{trial['agent_label']} {suffix}", []).append(result)
+        with quiet_ray():
+            for _ in range(bench.repeats):  # interleaved: repetitions outer, cases inner
+                for trial in prepared:
+                    for suffix, (runner, variant) in _variants(trial).items():
+                        with warnings.catch_warnings():
+                            warnings.filterwarnings("ignore", message=".*Overriding environment rllib-")
+                            result = (measure_agent(variant, bench.iterations) if runner == "rllib"
+                                      else ppo_loop.train(variant, bench.iterations, seed=spec.seed))
+                        result.pop("module", None)
+                        figures.setdefault(f"{trial['agent_label']} {suffix}", []).append(result)
     finally:
         torch.set_num_threads(threads)
-        for name, logger in loggers.items():
-            logger.setLevel(levels[name])
-        if owned:
-            ray.shutdown()
     rows = []
     for trial in prepared:
         agent = trial["agent_label"]

@@ -21,6 +21,7 @@ with the measured walls (else left out, with a note).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -82,6 +83,30 @@ def sampling_share(timers: list[dict], walls: list[float], timed: slice) -> floa
     return sum(sampling) / sum(steps)
 
 
+@contextlib.contextmanager
+def quiet_ray():
+    """Ray started for the section if it is not up (and stopped after), RLlib's and Tune's loggers at ERROR:
+    RLlib warns at every build (new API stack, deprecations), and one row per case is the output."""
+    import ray
+
+    from palimpsest.runtime import init_ray
+
+    owned = not ray.is_initialized()
+    if owned:
+        init_ray()
+    loggers = {name: logging.getLogger(name) for name in ("ray.rllib", "ray.tune", "ray.train")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+        if owned:
+            ray.shutdown()
+
+
 def measure_agent(trial: dict, iterations: int) -> dict:
     """Build the trial's algorithm, run `iterations` PPO iterations (the first is warm-up), stop it."""
     import torch
@@ -127,21 +152,9 @@ def measure(spec, workdir: Path, use_ray: bool) -> list[Row]:
     bench = spec.benchmark
     if not use_ray:
         return [Row(SECTION, "PPO env steps/s per agent", None, UNIT, note="needs Ray (run without --no-ray)")]
-    import ray
-
-    from palimpsest.runtime import init_ray
-
     prepared = trials(bench, spec.seed)
-    owned = not ray.is_initialized()
-    if owned:
-        init_ray()
-    # RLlib warns at every build (new API stack, deprecations); one row per agent is the output.
-    loggers = {name: logging.getLogger(name) for name in ("ray.rllib", "ray.tune", "ray.train")}
-    levels = {name: logger.level for name, logger in loggers.items()}
-    for logger in loggers.values():
-        logger.setLevel(logging.ERROR)
     rows: list[Row] = []
-    try:
+    with quiet_ray():
         for trial in prepared:
             figures = measure_agent(trial, bench.iterations)
             share = figures["sampling_share"]
@@ -158,11 +171,6 @@ def measure(spec, workdir: Path, use_ray: bool) -> list[Row]:
                 "build_s": round(figures["build_s"], 3), "stop_s": round(figures["stop_s"], 3),
                 "train_batch_size": bench.train_batch_size,
                 "num_envs_per_env_runner": bench.num_envs_per_env_runner}))
-    finally:
-        for name, logger in loggers.items():
-            logger.setLevel(levels[name])
-        if owned:
-            ray.shutdown()
     cases = {row.case for row in rows}
     for row in rows:
         if BASELINE in cases and row.case != BASELINE:
