@@ -177,7 +177,7 @@ class PPOSpec(Strict):
     max_seq_len: int = Field(32, ge=1, le=1024, description="chunk length the recurrent state is trained through")
     num_env_runners: int = Field(0, ge=0, le=1024, description="sampling actors per trial (0: sample in the trial itself); "
                                                       "each trial needs 1 + num_env_runners CPUs")
-    num_envs_per_env_runner: int = Field(8, ge=1, le=8192, description="environments stepped side by side per "
+    num_envs_per_env_runner: int = Field(32, ge=1, le=8192, description="sub-envs of the batched twin stepped per "
                                                                          "runner")
 
     @model_validator(mode="after")
