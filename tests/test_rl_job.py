@@ -323,3 +323,15 @@ def test_memory_agents_learn_a_rewrite_and_the_memoryless_agent_stays_at_chance(
     (mlp,) = json.loads((tmp_path / "mlp-chance" / "summary.json").read_text())["results"]
     successes = round(mlp["test_success_rate"] * 2000)
     assert binomtest(successes, 2000, 0.25).pvalue > 1e-3, mlp
+
+
+def test_trials_train_on_the_batched_twin_of_our_envs_and_on_single_envs_otherwise():
+    """RLlib's default ("sync") would step single envs: our envs' trials ask for their numpy twin."""
+    from palimpsest.rl.ppo import build_config
+    from palimpsest.runners.rl import prepare
+    from palimpsest.spec import parse_spec
+
+    trials = prepare(parse_spec(rl_spec(agents=["mlp"], seeds=1, envs=[TMAZE, "CartPole-v1"]))).trials
+    modes = {t["env_id"]: build_config(t).gym_env_vectorize_mode for t in trials}
+    assert {k: str(getattr(v, "value", v)).lower() for k, v in modes.items()} == {
+        TMAZE: "vector_entry_point", "CartPole-v1": "sync"}
