@@ -20,6 +20,7 @@ from palimpsest.rl.catalog import AGENTS
 from palimpsest.rl.sizing import matched_width, parameter_count, width_step
 
 TMAZE, CUE = "palimpsest/EndlessTMaze-v0", "palimpsest/CueRewrite-v0"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def rl_spec(**overrides) -> dict:
@@ -304,6 +305,7 @@ def test_memory_agents_learn_a_rewrite_and_the_memoryless_agent_stays_at_chance(
     from scipy.stats import binomtest
 
     cue = {"kind": "rl", "name": "memory-learns", "seed": 0, "seeds": 1, "agents": MEMORY_AGENTS,
+           "agent_ppo": str(REPO / "jobs" / "rl" / "agent_ppo.yaml"),  # each agent's own lr and entropy bonus
            "envs": [{"id": CUE, "params": {"num_cues": 4, "num_rewrites": 1, "delay": 10}, "label": "cue"}],
            "parameters": 34000, "ppo": LEARNING_PPO, "budget": {"env_steps": LEARNING_BUDGET, "stop_success": 0.97},
            "evaluation": {"every": 2, "episodes": 200, "test_episodes": 1000}}
