@@ -286,10 +286,10 @@ class RLJob(Strict):
             except ValueError as error:
                 first = error.errors()[0] if hasattr(error, "errors") else {"loc": (), "msg": str(error)}
                 where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"agents[{i}].ppo{'.' + where if where else ''}: "
-                                 f"{first['msg'].removeprefix('Value error, ')}"
-                                 + (_suggest(where, list(PPOSpec.model_fields)) if first.get("type") == "extra_forbidden"
-                                    else "")) from None
+                unknown = first.get("type") == "extra_forbidden"
+                message = "unknown key" if unknown else first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"agents[{i}].ppo{'.' + where if where else ''}: {message}"
+                                 + (_suggest(where, list(PPOSpec.model_fields)) if unknown else "")) from None
             if chosen != agent.ppo:
                 agent.__dict__["ppo"] = chosen  # (no revalidation: the merged values were just checked)
         return self
