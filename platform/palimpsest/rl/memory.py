@@ -1,12 +1,13 @@
 """Memory cells for the RL agents: each maps (B, T, D) inputs and a state to (B, T, H) outputs and a new state.
 
-Every cell steps through time one step at a time (a loop over T), so running a sequence
-at once and stepping it one step at a time give the same outputs: RLlib runs T = 1 on
-its EnvRunners and T = max_seq_len chunks on its Learner. A state is a dict of tensors
-with a leading batch dimension; `initial_state()` gives it without one (RLlib's form).
+Running a sequence at once and stepping it one step at a time give the same outputs (the
+default `forward` is a loop of `step`; lstm, gru, ffm and gtrxl run a chunk their own
+faster way, tested equal): RLlib runs T = 1 on its EnvRunners and T = max_seq_len chunks
+on its Learner. A state is a dict of tensors with a leading batch dimension;
+`initial_state()` gives it without one (RLlib's form).
 
 - `none`: no memory (the `mlp` agent): the output at t depends on the input at t only.
-- `gru`, `lstm`: torch's cells (Cho et al., 2014; Hochreiter & Schmidhuber, 1997).
+- `gru`, `lstm`: torch's `nn.GRU` / `nn.LSTM` (Cho et al., 2014; Hochreiter & Schmidhuber, 1997).
 - `ffm`: Fast and Forgetful Memory (Morad et al., "Reinforcement Learning with Fast and
   Forgetful Memory", NeurIPS 2023; reference: github.com/proroklab/ffm `standalone/ffm/ffa.py`,
   `ffm.py` @ b3f94d2, the FFM the rewriting paper ran): S_t = γ ⊙ S_{t−1} + (ỹ_t ⊙ i_t)·1ᵀ,
