@@ -179,6 +179,7 @@ def _rl_trial(spec, folder_path: Path) -> None:
     folder.write_summary({"status": "ok", "kind": "rl-trial", "name": spec.name, "seed": spec.seed,
                           "best_success_rate": best["success_rate"], "best_mean_return": best["mean_return"],
                           "test_success_rate": progress["test"]["success_rate"], "best_env_steps": best["env_steps"],
+                          "test": progress["test"], "held_out": progress.get("held_out") or {},
                           "env_steps": progress["env_steps"], "evaluations": progress["evaluations"],
                           "agent": trial["agent"], "hidden": trial["hidden"], "parameters": trial["parameters"],
                           "env": trial["env_label"], "cost": {"wall_s": round(progress["wall_s"], 3)}})
