@@ -340,15 +340,14 @@ def write_agent_ppo(path: Path, rows: list[dict], metric: str, mode: str) -> dic
     """agent → the searched ppo.* values of its best finished trial, written to `path` (what `agent_ppo:` reads)."""
     import yaml
 
-    chosen: dict = {}
+    document, trials = {}, {}
     for agent in dict.fromkeys(r["config"][AGENT_PATH] for r in rows):
         best = _best([r for r in rows if r["config"][AGENT_PATH] == agent], metric, mode)
-        chosen[agent] = {key.removeprefix("ppo."): value for key, value in best["config"].items()
-                         if key.startswith("ppo.")}
-        chosen[agent]["# trial"] = best["trial"]
-    document = {agent: {k: v for k, v in values.items() if not k.startswith("#")} for agent, values in chosen.items()}
+        document[agent] = {key.removeprefix("ppo."): value for key, value in best["config"].items()
+                           if key.startswith("ppo.")}
+        trials[agent] = best["trial"]
     atomic_write_text(path, f"# each agent's best trial by {metric} ({mode}): "
-                      + ", ".join(f"{a} {v['# trial']}" for a, v in chosen.items()) + "\n"
+                      + ", ".join(f"{a} {t}" for a, t in trials.items()) + "\n"
                       + yaml.safe_dump(document, sort_keys=False))
     return document
 
