@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -14,8 +15,9 @@ from typer.testing import CliRunner
 from interrupting import interrupt_at
 from palimpsest.cli import app
 from palimpsest.spec import SpecError, parse_spec
-from palimpsest.spec.tuning import units, with_values
-from palimpsest.tune import concurrency, pareto_front, progress_metrics
+from palimpsest.spec.tuning import units, units_done, with_values
+from palimpsest.tune import (TrialBudgets, _row, _tune_config, concurrency, pareto_front, progress_metrics,
+                             search_base)
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_LR, BAD_LR = 3e-3, 3.0
@@ -31,6 +33,16 @@ def continual_search(**tune) -> dict:
             "eval": {"eval_every": None},
             "tune": {"space": {"training.lr": {"grid": [GOOD_LR, BAD_LR]}}, "metric": "acc", "mode": "max",
                      "num_samples": 1, **tune}}
+
+
+def train_search(**tune) -> dict:
+    """A fact-world train job of 10 steps, evaluated every 5 (2 evaluations, the last its final result)."""
+    return {"kind": "train", "name": "ts", "seed": 0,
+            "data": {"source": "factworld", "num_entities": 8, "attributes_per_entity": 3, "split": "retain90"},
+            "training": {"steps": 10, "batch_size": 8, "lr": 3e-3, "log_every": 10},
+            "eval": {"eval_every": 5},
+            "tune": {"space": {"training.steps": {"grid": [10, 20]}}, "metric": "final.holdout.loss",
+                     "mode": "min", "num_samples": 1, "scheduler": "asha", **tune}}
 
 
 PRETRAINING = {"steps": 20, "batch_size": 8, "lr": 3e-3, "log_every": 20}
@@ -146,6 +158,81 @@ def test_progress_reports_become_the_kinds_objectives():
     assert train == {"final.holdout.loss": 2.0, "step": 10}
 
 
+def test_a_trials_units_done_are_read_from_its_report_not_from_tunes_iteration_count():
+    continual = parse_spec(continual_search())
+    assert units_done(continual, {"acc": 0.5, "task": 0, "finished": False, "training_iteration": 1}) == 1
+    # a finished trial reported again on a resume: Tune counts 1 iteration, its run did every task
+    assert units_done(continual, {"acc": 0.5, "finished": True, "training_iteration": 1}) == units(continual) == 2
+    assert units_done(continual, {}) == 0
+    train = parse_spec(with_values(train_search(), {"training.steps": 20}))
+    assert [units_done(train, {"step": s}) for s in (5, 10, 15)] == [1, 2, 3] and units(train) == 4
+    assert units_done(train, {"finished": True}) == 4
+    assert units_done(parse_spec(unlearn_search(Path("cache"))), {"request": 0, "forget_quality": 0.1}) == 1
+    rl = yaml.safe_load((REPO / "jobs" / "tune" / "rl_ppo_lstm.yaml").read_text())
+    rl.update({"budget": {"env_steps": 1000}, "ppo": {**rl.get("ppo", {}), "train_batch_size": 100, "minibatch_size": 50},
+               "evaluation": {**rl.get("evaluation", {}), "every": 3}})
+    rl = parse_spec(rl)
+    assert units(rl) == 4  # 10 iterations: evaluations at 3, 6, 9 and the last
+    assert [units_done(rl, {"iteration": i}) for i in (3, 6, 9, 10)] == [1, 2, 3, 4]
+
+
+def test_asha_times_each_trial_by_the_share_of_its_own_budget_done():
+    """A search over training.steps: base 10 steps (2 evaluations), trials of 10 and 20 (4 evaluations). ASHA's
+    max_t is the base's 2 units and each trial reaches it at its own end; a rung compares trials at equal
+    fractions of their budgets (the 20-step trial at its 2nd evaluation, not its 1st)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    spec = parse_spec(train_search(grace_period=1, reduction_factor=2))
+    scheduler = _tune_config(spec, 2, 1, TrialBudgets(search_base(spec))).scheduler
+    milestones = [float(part.split(":")[0]) for part in scheduler.debug_string().split("Iter ")[1:]]
+    assert milestones == [2.0, 1.0]  # grace_period 1 × 2^i, in units of the base job, up to max_t = 2
+    trials = {name: SimpleNamespace(trial_id=name, config={"training.steps": steps})
+              for name, steps in (("short", 10), ("long", 20), ("long_bad", 20))}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    iterations = dict.fromkeys(trials, 0)
+
+    def report(name, loss, **fields):  # as Tune passes it: its own iteration count added
+        iterations[name] += 1
+        result = {"final.holdout.loss": loss, "finished": False, "training_iteration": iterations[name], **fields}
+        return scheduler.on_trial_result(None, trials[name], result)
+
+    assert report("short", 1.0, step=5) == TrialScheduler.CONTINUE  # 1 of 2: the first at rung 1
+    assert report("long", 5.0, step=5) == TrialScheduler.CONTINUE  # 1 of 4: not yet at rung 1, worse or not
+    assert report("long", 0.5, step=10) == TrialScheduler.CONTINUE  # 2 of 4: rung 1, better (not max_t: 2 ≠ 4)
+    assert report("long", 0.4, step=15) == TrialScheduler.CONTINUE
+    assert report("long", 0.3, finished=True) == TrialScheduler.STOP  # its own end: max_t
+    assert report("long_bad", 9.0, step=5) == TrialScheduler.CONTINUE
+    assert report("long_bad", 9.0, step=10) == TrialScheduler.STOP  # rung 1: worse than both at half their budgets
+
+
+def test_a_trials_row_names_its_own_folder_and_the_units_its_run_did(tmp_path):
+    """trials.csv: a trial ASHA stopped (its last report names no folder) points at trials/<id>, not at Tune's
+    ray/search/<id>; a finished trial reported again on a resume counts its 3 tasks, not Tune's 1 iteration."""
+    document = continual_search()
+    document["stream"]["num_tasks"] = 3
+    spec = parse_spec(document)
+    budgets = TrialBudgets(search_base(spec))
+    search_dir = tmp_path / "search"
+
+    def row(trial_id, metrics, error=None):
+        result = SimpleNamespace(metrics=metrics, config={"training.lr": GOOD_LR}, error=error,
+                                 path=str(search_dir / "ray" / "search" / trial_id))
+        return _row(result, spec.tune, ["acc"], search_dir=search_dir, budgets=budgets)
+
+    stopped = row("a1", {"acc": 0.1, "task": 0, "finished": False, "done": True, "trial_id": "a1",
+                         "training_iteration": 1, "time_total_s": 4.0})
+    assert stopped["status"] == "stopped early" and stopped["iterations"] == 1
+    assert stopped["run_folder"] == str(search_dir / "trials" / "a1")
+    resumed = row("b2", {"acc": 0.7, "finished": True, "run_folder": "elsewhere", "trial_wall_s": 9.0,
+                         "trial_id": "b2", "training_iteration": 1, "done": True})
+    assert resumed["status"] == "finished" and resumed["iterations"] == 3 and resumed["wall_s"] == 9.0
+    assert resumed["run_folder"] == str(search_dir / "trials" / "b2")
+    failed = row("c3", {}, error=RuntimeError("boom"))
+    assert (failed["status"], failed["iterations"], failed["run_folder"]) == (
+        "error", 0, str(search_dir / "trials" / "c3"))
+
+
 def test_the_pareto_front_holds_exactly_the_non_dominated_trials():
     import random
 
@@ -222,6 +309,28 @@ def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~70 s here: two trials of ~50 s at once on 2 CPUs
+def test_asha_runs_each_trial_of_a_search_over_training_steps_to_its_own_length(tmp_path, ray_session):
+    """Trials of 10 and 20 steps (2 and 4 evaluations; the base job's 10): every evaluation but the last
+    reaches Tune as it happens, and ASHA's max_t does not stop the 20-step trial at the 10-step one's length.
+    (grace_period 2: ASHA's only rung is max_t, so nothing else may stop a trial.)"""
+    job = tmp_path / "search.yaml"
+    job.write_text(yaml.safe_dump(train_search(grace_period=2, max_concurrent_trials=2)))
+    folder = tmp_path / "search"
+    result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    found = {int(r["training.steps"]): r for r in rows(folder)}
+    assert {steps: (r["status"], r["iterations"]) for steps, r in found.items()} == {
+        10: ("finished", "2"), 20: ("finished", "4")}, found
+    for steps, row in found.items():
+        assert row["run_folder"] == str(folder / "trials" / row["trial"])
+        reported = [json.loads(line) for line in (folder / "ray" / "search" / row["trial"] / "result.json")
+                    .read_text().splitlines()]
+        assert [r["step"] for r in reported if not r["finished"]] == list(range(5, steps, 5)), reported
+        assert all(r["final.holdout.loss"] > 0 for r in reported) and reported[-1]["finished"]
+
+
+@pytest.mark.integration
 def test_a_search_bigger_than_the_cluster_is_refused_before_it_starts(tmp_path, ray_session):
     document = continual_search()
     document["scaling"] = {"num_workers": 3}
@@ -270,6 +379,7 @@ def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto
     mine = next(r for r in found if r["trial"] == first)
     assert float(mine["forget_quality"]) == json.loads(finished)["forget_quality"]
     assert float(mine["wall_s"]) == json.loads(finished)["trial_wall_s"]  # its own run's, not the re-report's
+    assert mine["iterations"] == "1" and mine["run_folder"] == str(folder / "trials" / first)  # its 1 request
 
     summary = json.loads((folder / "summary.json").read_text())
     metrics = ["forget_quality", "model_utility"]

@@ -10,9 +10,11 @@ PPO trial itself (`rl/trial.py`), one agent × one environment setting × one se
 While a trial runs, the loop's reports (task ends, periodic evaluations, served requests)
 reach Tune through `TrialProgress`, a Ray Train callback, as the kind's progress objectives
 (`spec.tuning.PROGRESS`); the finished run's summary.json gives the final ones. ASHA and
-PBT act on the former. A trial folder that exists when Tune (re)starts the trial — a resumed
-search — is resumed like `run --resume` (from its last checkpoint), or, when it had
-finished, reports its summary again without training.
+PBT act on the former; ASHA times each trial by the share of its own budget done
+(`OwnBudgetASHA`), so a search over a trial's length compares trials at equal fractions.
+A trial folder that exists when Tune (re)starts the trial — a resumed search — is resumed
+like `run --resume` (from its last checkpoint), or, when it had finished, reports its
+summary again without training.
 
 The search folder: spec.yaml, env.json, summary.json (`best_config`, `best_result`,
 `trials`, the Pareto front of a multi-objective search), trials.csv, best.yaml (a complete
@@ -27,17 +29,18 @@ import json
 import time
 from pathlib import Path
 
+from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from palimpsest.private_search import PLANNED, best_yaml_header, planned_block, poisson_trial_count, search_privacy
 from palimpsest.runtime import RunFolder, atomic_write_text
 from palimpsest.storage import finish_upload, is_uri, join
 from palimpsest.spec import dump_spec, parse_spec
 from palimpsest.spec.loading import base_document
-from palimpsest.spec.tuning import UNLEARN_REQUEST, units, with_values
+from palimpsest.spec.tuning import FINISHED, UNLEARN_REQUEST, units, units_done, with_values
 
 TRIALS_DIR = "trials"
-FINISHED = "finished"  # a trial that ran to its end (its summary's figures are its result)
 WALL = "trial_wall_s"  # the trial run's own wall time, in its summary and in its final report
 STATUSES = ("finished", "stopped early", "error", "unfinished")
 
@@ -78,21 +81,86 @@ def progress_metrics(kind: str, report: dict, last_unit: int) -> dict | None:
     return None
 
 
-class TrialProgress(TuneReportCallback):
+class TrialProgress(UserCallback):
     """Passes the training loop's reports on to Ray Tune as the kind's progress objectives.
 
-    Runs where Ray Train's controller runs; a report that lacks one of the search's
-    objectives is not passed on (Tune checks every result for them).
+    A Ray Train callback (`RunConfig(callbacks=...)`, run where Ray Train's controller runs)
+    that hands each report, cut down to the kind's progress objectives, to Ray's own
+    `ray.tune.integration.ray_train.TuneReportCallback` through its public `after_report` —
+    the path Ray's guide "Hyperparameter Tuning with Ray Tune" (Train V2) names for a Train run
+    inside a Tune trial. That callback passes rank 0's report on unchanged, so it gets the
+    objectives, not the loop's report: a report that lacks one of the search's objectives is
+    not passed on at all (Tune checks every result for them), and none carries a checkpoint
+    path (the trial's folder holds its checkpoints).
     """
 
     def __init__(self, kind: str, last_unit: int, metrics: list[str]):
-        super().__init__()
         self.kind, self.last_unit, self.metrics = kind, last_unit, list(metrics)
+        self.to_tune = TuneReportCallback()  # (made in the trial: it connects to the trial's Tune session)
 
     def after_report(self, run_context, metrics, checkpoint):
         found = progress_metrics(self.kind, metrics[0], self.last_unit)
         if found and all(found.get(m) is not None for m in self.metrics):
-            self._training_actor_item_queue.put({**found, FINISHED: False})
+            self.to_tune.after_report(run_context, [{**found, FINISHED: False}], None)
+
+
+# ----------------------------------------------------------------------------- trials' budgets
+
+
+class TrialBudgets:
+    """Each trial's own job (the base job with its values), parsed once: the units it has and has done."""
+
+    def __init__(self, base: dict):
+        self.base = base
+        self.base_units = units(parse_spec(base, origin="search"))
+        self._specs = {}
+
+    def spec(self, config: dict):
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in self._specs:
+            self._specs[key] = parse_spec(with_values(self.base, config), origin="trial")
+        return self._specs[key]
+
+    def done(self, config: dict, report: dict | None) -> int:
+        """Units the trial had done at `report` (its tasks, requests, evaluations)."""
+        return units_done(self.spec(config), report) if report else 0
+
+    def time(self, config: dict, report: dict) -> float:
+        """The share of its own units done at `report`, in units of the base job (its end: base_units)."""
+        spec = self.spec(config)
+        return units_done(spec, report) * self.base_units / units(spec)
+
+
+BUDGET_TIME = "budget_time"  # OwnBudgetASHA's time attribute
+
+
+class OwnBudgetASHA(ASHAScheduler):
+    """ASHA (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020), each trial
+    timed by the share of its own budget done.
+
+    A search over training.steps, eval.eval_every or budget.env_steps gives trials different numbers
+    of units. A trial that has done k of its own n units is at time k × N / n, N the base job's units:
+    every trial reaches max_t = N at its own last unit (none is cut short at another's length), the
+    rungs (grace_period × reduction_factor^i) compare trials at equal fractions of their budgets, and
+    `tune.grace_period` keeps meaning units of the base job (a trial of the base's length is timed
+    by its units, as plain ASHA on training_iteration would). The time is worked out here, from the
+    trial's config and its report (an rl trial's reports are the benchmark's own), and is given to
+    ASHA only: Tune's records of the trial's results are as the trial reported them.
+    """
+
+    def __init__(self, budgets: TrialBudgets, *, grace_period: int, **asha):
+        super().__init__(time_attr=BUDGET_TIME, max_t=budgets.base_units,
+                         grace_period=min(grace_period, budgets.base_units), **asha)
+        self.budgets = budgets
+
+    def _timed(self, trial, result):
+        return {**result, BUDGET_TIME: self.budgets.time(trial.config, result)} if result else result
+
+    def on_trial_result(self, tune_controller, trial, result):
+        return super().on_trial_result(tune_controller, trial, self._timed(trial, result))
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        super().on_trial_complete(tune_controller, trial, self._timed(trial, result))
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -255,6 +323,7 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     storage = str(folder.path / "ray")
     name = "search"
     experiment = f"{storage}/{name}"
+    budgets = TrialBudgets(base)
     trainable = tune.with_parameters(run_trial, base=base, search_dir=str(folder.path), metrics=metrics)
     if spec.kind == "rl":
         cpus, _ = trial_cpus(spec)
@@ -277,18 +346,18 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
             if samples == 0:
                 return _no_trial(spec, started)
         tuner = tune.Tuner(trainable, param_space={p: _domain(d) for p, d in search.space.items()},
-                           tune_config=_tune_config(spec, at_once, samples),
+                           tune_config=_tune_config(spec, at_once, samples, budgets),
                            run_config=tune.RunConfig(
                                name=name, storage_path=storage, verbose=0,
                                failure_config=tune.FailureConfig(max_failures=getattr(spec, "max_failures", 0)),
-                               callbacks=[_progress_table(spec, metrics)]))
+                               callbacks=[_progress_table(spec, metrics, budgets)]))
     count = "a secret, Poisson-drawn number of" if search.private_selection == "poisson" else search.num_samples
     print(f"[palimpsest] search: {search.search}, scheduler {search.scheduler}, {count} sample(s), "
           f"{at_once} trial(s) at once; objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}",
           flush=True)
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
-    rows = [_row(result, search, metrics) for result in grid]
+    rows = [_row(result, search, metrics, search_dir=folder.path, budgets=budgets) for result in grid]
     rows.sort(key=lambda r: r["trial"])
     timed_out = search.time_budget_s is not None and elapsed >= search.time_budget_s
     for row in rows:
@@ -363,7 +432,7 @@ def _no_trial(spec, started: float) -> dict:
             "cost": {"wall_s": round(time.perf_counter() - started, 3), "trial_wall_s": 0.0}}
 
 
-def _tune_config(spec, at_once: int, samples: int):
+def _tune_config(spec, at_once: int, samples: int, budgets: TrialBudgets):
     from ray import tune
 
     search = spec.tune
@@ -381,10 +450,7 @@ def _tune_config(spec, at_once: int, samples: int):
         searcher = BasicVariantGenerator(random_state=seed, max_concurrent=at_once)
     scheduler = None
     if search.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=metrics[0], mode=modes[0],
-                                  max_t=units(spec), grace_period=min(search.grace_period, units(spec)),
+        scheduler = OwnBudgetASHA(budgets, metric=metrics[0], mode=modes[0], grace_period=search.grace_period,
                                   reduction_factor=search.reduction_factor)
     elif search.scheduler == "pbt":
         from ray.tune.schedulers import PopulationBasedTraining
@@ -399,7 +465,8 @@ def _tune_config(spec, at_once: int, samples: int):
                            trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id)
 
 
-def _row(result, search, metrics: list[str]) -> dict:
+def _row(result, search, metrics: list[str], *, search_dir: Path, budgets: TrialBudgets) -> dict:
+    """One trial's line of trials.csv, from Tune's record of its last result."""
     last = result.metrics or {}
     config = {p: result.config.get(p) for p in search.space}
     if result.error is not None:
@@ -410,12 +477,14 @@ def _row(result, search, metrics: list[str]) -> dict:
         status = "stopped early"  # by the scheduler
     else:
         status = "unfinished"
-    return {"trial": last.get("trial_id") or Path(result.path).name, "status": status,
-            "iterations": last.get("training_iteration", 0), "config": config,
+    trial = last.get("trial_id") or Path(result.path).name  # (Tune's folder for it is named by its id)
+    # units its run did, not Tune's training_iteration (1 for a finished trial reported again on a resume)
+    return {"trial": trial, "status": status, "iterations": budgets.done(result.config, last), "config": config,
             # the trial's own run (a finished trial reported again on a resume keeps its first wall time)
             **{m: last.get(m) for m in metrics}, "wall_s": last.get(WALL) or round(last.get("time_total_s") or 0, 3)
             or None,
-            "run_folder": last.get("run_folder") or str(Path(result.path)),
+            # its own run folder, whether or not its last report named it (not Tune's ray/search/<id>)
+            "run_folder": str(Path(search_dir) / TRIALS_DIR / trial),
             "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error is not None else None}
 
 
@@ -445,7 +514,7 @@ def _write_csv(path: Path, rows: list[dict], space: list[str], metrics: list[str
     atomic_write_text(path, buffer.getvalue())
 
 
-def _progress_table(spec, metrics: list[str]):
+def _progress_table(spec, metrics: list[str], budgets: TrialBudgets):
     """One line per report and per trial end, in place of Tune's status tables."""
     from ray import tune
 
@@ -466,7 +535,7 @@ def _progress_table(spec, metrics: list[str]):
 
     class Progress(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            what = "finished" if result.get(FINISHED) else f"{unit} {result.get('training_iteration')}"
+            what = "finished" if result.get(FINISHED) else f"{unit} {budgets.done(trial.config, result)}"
             print(f"[palimpsest] {trial.trial_id} ({short(trial.config)}): {what}: {values(result)}", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):

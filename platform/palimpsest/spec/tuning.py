@@ -288,7 +288,11 @@ def train_sets(spec) -> list[str]:
 
 
 def units(spec) -> int:
-    """How many times a trial reports (tasks, requests, evaluations): ASHA's max_t."""
+    """How many units (tasks, requests, evaluations) a job's trial reports, its last in its summary.
+
+    The base job's count is ASHA's max_t; a trial whose own count differs (a search over
+    training.steps, eval.eval_every, budget.env_steps) is timed as a share of its own (`palimpsest.tune`).
+    """
     kind = spec.kind
     if kind == "continual":
         stream = spec.stream
@@ -300,3 +304,23 @@ def units(spec) -> int:
         return (spec.training.steps - 1) // every + 1 if every else 1
     iterations = math.ceil(spec.budget.env_steps / spec.ppo.train_batch_size)
     return math.ceil(iterations / spec.evaluation.every)
+
+
+FINISHED = "finished"  # a trial's final report (its summary's figures): every unit done
+
+
+def units_done(spec, report: dict) -> int:
+    """How many of its units a trial had done at one of its reports to Tune (0: none).
+
+    Read from the report itself, not from Tune's `training_iteration` (which restarts when a
+    resumed trial reports again): the task or request it ended, the step it evaluated at, an rl
+    trial's PPO iteration (kept in its checkpoint); a final report counts them all.
+    """
+    if spec.kind == "rl":  # an evaluation every `every` iterations, and one at the (possibly early) end
+        return math.ceil(report.get("iteration", 0) / spec.evaluation.every)
+    if report.get(FINISHED):
+        return units(spec)
+    if spec.kind == "train":
+        return report["step"] // spec.eval.eval_every if "step" in report and spec.eval.eval_every else 0
+    key = {"continual": "task", "unlearn": "request"}[spec.kind]
+    return report[key] + 1 if key in report else 0
