@@ -169,7 +169,8 @@ def test_a_trials_units_done_are_read_from_its_report_not_from_tunes_iteration_c
     assert units_done(train, {"finished": True}) == 4
     assert units_done(parse_spec(unlearn_search(Path("cache"))), {"request": 0, "forget_quality": 0.1}) == 1
     rl = yaml.safe_load((REPO / "jobs" / "tune" / "rl_ppo_lstm.yaml").read_text())
-    rl.update({"budget": {"env_steps": 1000}, "ppo": {**rl.get("ppo", {}), "train_batch_size": 100, "minibatch_size": 50},
+    rl.update({"budget": {"env_steps": 1000},
+               "ppo": {**rl.get("ppo", {}), "train_batch_size": 100, "minibatch_size": 50},
                "evaluation": {**rl.get("evaluation", {}), "every": 3}})
     rl = parse_spec(rl)
     assert units(rl) == 4  # 10 iterations: evaluations at 3, 6, 9 and the last
