@@ -23,6 +23,12 @@ import psutil
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+def node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -91,6 +97,39 @@ class LocalCluster:
 
     def head(self, num_cpus: int = 0) -> Node:
         return self._start("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
+                                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                                    "--include-dashboard", "true", "--ray-client-server-port", str(free_port())])
+
+    def autoscaling_head(self, worker_types: dict[str, dict], *, idle_timeout_minutes: float = 1.0) -> Node:
+        """A 0-CPU head whose autoscaler starts and stops fake nodes of `worker_types`
+        (name → {"resources": {...}, "max_workers": n}, min_workers 0) on this machine: Ray's
+        fake multi-node provider, the one Ray tests its own autoscaler with."""
+        import yaml
+
+        # the fake provider names its head node's type so
+        types = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
+        for name, node_type in worker_types.items():
+            types[name] = {"resources": dict(node_type["resources"]), "node_config": {}, "min_workers": 0,
+                           "max_workers": node_type.get("max_workers", 1)}
+        config = {
+            "cluster_name": f"fake-{os.getpid()}", "max_workers": sum(t["max_workers"] for t in types.values()),
+            "idle_timeout_minutes": idle_timeout_minutes, "upscaling_speed": 1.0,
+            # without gcs_address the fake nodes dial port 6379 and never join
+            # (the node's own IP, as the head's processes name it: with 127.0.0.1 here Ray Train's placement-group
+            # cleaner finds "multiple active Ray instances" at one port)
+            "provider": {"type": "fake_multinode", "gcs_address": f"{node_ip()}:{self.gcs_port}", "use_node_id_as_ip": True,
+                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            "available_node_types": types, "head_node_type": "ray.head.default",
+            "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+            "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
+            "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
+        }
+        path = self.root / "autoscaling.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.env.update(AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
+        return self._start("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", "0",
+                                    "--autoscaling-config", str(path),
                                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                                     "--include-dashboard", "true", "--ray-client-server-port", str(free_port())])
 

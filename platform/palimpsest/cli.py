@@ -182,7 +182,7 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         prepared = runner.prepare(spec, saved_tokenizer=(resume / "tokenizer") if resume and not search else None)
         interrupts.check()
         if not no_ray:
-            _start_ray(spec, address)
+            _start_ray(spec, address, prepared, search=search)
             interrupts.reassert()
             interrupts.check()
     except RayUnavailable as error:
@@ -388,8 +388,10 @@ def _inside_ray(frame) -> bool:
     return False
 
 
-def _start_ray(spec, address: str | None) -> None:
-    from palimpsest.runtime import RayUnavailable, init_ray, ray_cluster_cpus
+def _start_ray(spec, address: str | None, prepared=None, *, search: bool = False) -> None:
+    """Start or join Ray, then check the cluster holds the job (or wait while its autoscaler grows it)."""
+    from palimpsest.runtime import RayUnavailable, init_ray, ray_address
+    from palimpsest.scaling import ClusterTooSmall, check_cluster
 
     try:
         init_ray(address)
@@ -397,23 +399,13 @@ def _start_ray(spec, address: str | None) -> None:
         raise
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise BadInput(f"cannot start Ray here: {error}") from None
-    have = ray_cluster_cpus()
-    if hasattr(spec, "cpus_per_trial"):  # Tune trials: one must fit, or it stays pending forever
-        cpus, field = spec.cpus_per_trial()
-        if cpus > have:
-            raise BadInput(f"{field}: each trial needs {cpus:g} CPUs (1 + num_env_runners) but the Ray cluster "
-                           f"has {have:g}")
-        return
-    needed = spec.scaling.num_workers * spec.scaling.cpus_per_worker
-    if needed > have:
-        raise BadInput(f"scaling: {spec.scaling.num_workers} workers × {spec.scaling.cpus_per_worker} CPUs "
-                       f"need {needed:g} CPUs but the Ray cluster has {have:g}")
-    if spec.scaling.use_gpu:
-        import ray
-
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < spec.scaling.num_workers:
-            raise BadInput(f"scaling.use_gpu: {spec.scaling.num_workers} workers need as many GPUs; the cluster has {gpus:g}")
+    target, _ = ray_address(address)
+    try:
+        check_cluster(spec, search=search, prepared=prepared, local=not target or target == "local",
+                      say=lambda line: out.print(f"[palimpsest] {line}", highlight=False, markup=False,
+                                                 soft_wrap=True))
+    except ClusterTooSmall as error:
+        raise BadInput(str(error)) from None
 
 
 def _since(started) -> float:

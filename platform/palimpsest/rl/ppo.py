@@ -89,6 +89,23 @@ def _on_episode_end(*, episode, metrics_logger, **kwargs):
         metrics_logger.log_value("success_rate", float(info["success"]), reduce="mean", window=100)
 
 
+def trial_bundles(trial: dict) -> list[dict[str, float]]:
+    """The Ray resource bundles one trial holds: RLlib's own request for its PPOConfig (the trial process with
+    its learner, then one bundle per env runner), what Tune reserves for it."""
+    import logging
+
+    from ray.rllib.algorithms.ppo import PPO
+
+    quiet = logging.getLogger("ray.rllib.algorithms.algorithm_config")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "You are running PPO on the new API stack!": we chose it
+    try:
+        factory = PPO.default_resource_request(build_config(trial))
+    finally:
+        quiet.setLevel(level)
+    return [{name: float(amount) for name, amount in bundle.items() if amount} for bundle in factory.bundles]
+
+
 def build_config(trial: dict):
     """The PPOConfig of one trial (the agent is `MemoryAgent` with the trial's width and cell)."""
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -103,11 +120,12 @@ def build_config(trial: dict):
             .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
             .environment(trial["env_id"], env_config=dict(trial["env_params"]))
             .env_runners(num_env_runners=ppo["num_env_runners"], num_envs_per_env_runner=ppo["num_envs_per_env_runner"],
+                         num_cpus_per_env_runner=ppo.get("num_cpus_per_env_runner", 1.0),
                          rollout_fragment_length="auto",
                          # the batched numpy twin where the env has one (RLlib's default, "sync", steps single envs)
                          gym_env_vectorize_mode=trial.get("vectorize") or (
                              "vector_entry_point" if trains_on_twin(trial["env_id"]) else "sync"))
-            .learners(num_learners=0)
+            .learners(num_learners=0, num_gpus_per_learner=ppo.get("num_gpus_per_learner", 0.0))
             .training(**{theirs: ppo[ours] for ours, theirs in TRAINING_KEYS.items()})
             .rl_module(rl_module_spec=RLModuleSpec(module_class=MemoryAgent, model_config={
                 "agent": trial["agent"], "hidden": trial["hidden"], "max_seq_len": trial["max_seq_len"],

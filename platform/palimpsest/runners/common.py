@@ -195,7 +195,7 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
-                                     resources_per_worker={"CPU": spec.scaling.cpus_per_worker}),
+                                     resources_per_worker=spec.scaling.worker_resources()),
         run_config=RunConfig(
             name=run_name,  # unique per run: a reused name would resume an old run
             storage_path=storage.ray_path,

@@ -89,6 +89,15 @@ def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
     return PreparedRL(trials)
 
 
+def trial_resources(config: dict):
+    """The placement group Tune reserves for one trial (`config["trial"]`): RLlib's own request."""
+    from ray import tune
+
+    from palimpsest.rl.ppo import trial_bundles
+
+    return tune.PlacementGroupFactory(trial_bundles(config["trial"]))
+
+
 def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool = True) -> dict:
     import os
 
@@ -97,12 +106,14 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
+    from palimpsest.rl.ppo import trial_bundles
     from palimpsest.rl.trial import run_trial
+    from palimpsest.scaling import describe
 
     started = time.perf_counter()
     storage = spec.storage_path or str(folder.path / "ray")  # the spec holds it absolute, or a URI (s3://, …)
-    cpus, _ = spec.cpus_per_trial()
-    trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
+    # Each trial holds what RLlib asks for its config (its learner's CPU or GPU, its env runners).
+    trainable = tune.with_resources(run_trial, trial_resources)
     # Named after the run folder: a storage_path shared by several runs keeps them apart, and a
     # resumed folder finds its own experiment again.
     name = folder.path.name
@@ -116,7 +127,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         print(f"[palimpsest] {len(prepared.trials)} trials ({len(spec.agents)} agents × {len(spec.envs)} environments "
-              f"× {spec.seeds} seeds), {cpus:g} CPU each", flush=True)
+              f"× {spec.seeds} seeds), each holding {describe(trial_bundles(prepared.trials[0]))}", flush=True)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(prepared.trials)},

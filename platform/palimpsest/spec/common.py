@@ -244,12 +244,42 @@ class PrivacySpec(PrivacySettings):
     epsilon: float = Field(gt=0, description="the privacy budget ε over the whole run (never exceeded)")
 
 
-class ScalingSpec(Strict):
-    """How many Ray Train workers and what each holds."""
+WAIT_TIMEOUT_S = 900.0  # 15 minutes: a cloud node boots, installs and joins in 5-10
+
+
+class WaitSpec(Strict):
+    """How long a job waits for the cluster's autoscaler to start the nodes it needs."""
+
+    wait_timeout_s: float = Field(WAIT_TIMEOUT_S, gt=0, description="seconds to wait for the autoscaler to start "
+                                  "nodes that hold the job (a cluster without an autoscaler is checked at once)")
+
+
+class ScalingSpec(WaitSpec):
+    """How many Ray Train workers and what each holds (Ray Train's ScalingConfig)."""
 
     num_workers: int = Field(1, gt=0)
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="each worker holds gpus_per_worker GPUs and trains on its GPU")
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker with use_gpu (a fraction shares one)")
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="further Ray resources each "
+                                                   "worker holds, e.g. {\"accelerator_type:H100\": 0.001} (CPU and "
+                                                   "GPU are set by cpus_per_worker and use_gpu)")
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in ("CPU", "GPU"):
+                field = "cpus_per_worker" if name == "CPU" else "use_gpu and gpus_per_worker"
+                raise ValueError(f"{name}: set by {field}, not here")
+            if amount < 0:
+                raise ValueError(f"{name}: {amount:g} is negative")
+        return value
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one Ray Train worker holds: Ray Train's resources_per_worker."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {}),
+                **self.resources_per_worker}
 
 
 class EvalSpec(Strict):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from palimpsest.rl.catalog import AGENTS, MEMORY_CHOICES, MEMORY_PARAMS
-from palimpsest.spec.common import Strict, _suggest
+from palimpsest.spec.common import Strict, WaitSpec, _suggest
 from palimpsest.spec.tuning import TuneSpec
 from palimpsest.storage import check_storage_path
 
@@ -175,8 +175,10 @@ class PPOSpec(Strict):
     minibatch_size: int = Field(256, ge=1, description="timesteps per SGD minibatch")
     train_batch_size: int = Field(2048, ge=1, description="timesteps sampled per iteration")
     max_seq_len: int = Field(32, ge=1, le=1024, description="chunk length the recurrent state is trained through")
-    num_env_runners: int = Field(0, ge=0, le=1024, description="sampling actors per trial (0: sample in the trial itself); "
-                                                      "each trial needs 1 + num_env_runners CPUs")
+    num_env_runners: int = Field(0, ge=0, le=1024, description="sampling actors per trial (0: sample in the trial itself)")
+    num_cpus_per_env_runner: float = Field(1.0, gt=0, description="CPUs each env runner holds")
+    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPUs the trial's learner holds (0: it learns on "
+                                        "the trial's CPU); a fraction shares one GPU between trials")
     num_envs_per_env_runner: int = Field(32, ge=1, le=8192, description="sub-envs of the batched twin stepped per "
                                                                          "runner")
 
@@ -224,7 +226,9 @@ class RLJob(Strict):
                                   "agent_ppo.yaml); an agent entry's own ppo values win")
     budget: RLBudget = Field(default_factory=RLBudget)
     evaluation: RLEvaluation = Field(default_factory=RLEvaluation)
-    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs hold")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs "
+                                              "and GPUs hold")
+    scaling: WaitSpec = Field(default_factory=WaitSpec)
     max_failures: int = Field(0, ge=0, description="restarts of a failed trial from its last evaluation")
     storage_path: str | None = Field(None, description="Ray Tune storage (shared on a cluster); default: inside "
                                                        "the run folder")
@@ -302,6 +306,6 @@ class RLJob(Strict):
     def trial_seeds(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
-    def cpus_per_trial(self) -> tuple[float, str]:
-        """CPUs one trial takes, and the field that sets it (checked against the cluster before starting)."""
+    def cpus_per_trial(self) -> tuple[float, str]:  # (until tune.py sizes trials by palimpsest.scaling)
         return 1 + self.ppo.num_env_runners, "ppo.num_env_runners"
+

@@ -1,0 +1,96 @@
+"""A cluster that starts from zero worker nodes: a 0-CPU head whose autoscaler adds nodes for the
+jobs it is given (Ray's fake multi-node provider: real raylets on this machine, started and
+stopped by Ray's own autoscaler as a cloud provider's would be).
+
+`palimpsest submit` of a continual job and of a 2-trial search each wait for the autoscaler,
+then finish; a job larger than every node type is refused in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster_nodes import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+PALIMPSEST = [sys.executable, "-m", "palimpsest.cli"]
+TINY = ["--set", "methods=[replay]", "--set", "training.steps=20", "--set", "training.log_every=10"]
+WORKER = {"CPU": 2}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = LocalCluster(tmp_path_factory.mktemp("autoscaling"))
+    try:
+        nodes.autoscaling_head({"cpu2": {"resources": WORKER, "max_workers": 1}}, idle_timeout_minutes=0.25)
+        yield nodes
+    finally:
+        nodes.shutdown()
+
+
+def _env(cluster: LocalCluster, home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER"))}
+    env.update(HOME=str(home), RAY_AUTH_TOKEN_PATH=str(cluster.token_file))
+    return env
+
+
+def _submit(cluster, tmp_path, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(PALIMPSEST + ["submit", *args, "--address", cluster.dashboard_url, "--storage",
+                                          str(tmp_path / "storage")],
+                            cwd=ROOT, env=_env(cluster, tmp_path), capture_output=True, text=True, timeout=900)
+    return result, time.monotonic() - started
+
+
+def _no_workers(cluster: LocalCluster, timeout: float = 120.0) -> None:
+    """Until the autoscaler has removed every idle worker node (the next job starts from zero again)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='%s', logging_level='ERROR');"
+                                 "print(ray.cluster_resources().get('CPU', 0))" % cluster.gcs_address],
+                                env=cluster.env, capture_output=True, text=True, timeout=60)
+        if result.returncode == 0 and float(result.stdout.strip().splitlines()[-1]) == 0:
+            return
+        time.sleep(2)
+    raise TimeoutError("the autoscaler kept its idle worker")
+
+
+def test_a_job_waits_for_the_autoscaler_then_runs(cluster, tmp_path):
+    _no_workers(cluster)
+    result, _ = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY])
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "waiting for the autoscaler to start nodes for 2 × (1 CPU)" in log, log[-4000:]
+    assert "(scaling.wait_timeout_s)" in log and "the autoscaler started the nodes after" in log
+    assert "results after 60 steps" in log
+
+
+def test_a_two_trial_search_waits_for_the_autoscaler_then_runs(cluster, tmp_path):
+    _no_workers(cluster)
+    result, _ = _submit(cluster, tmp_path, ["jobs/tune/continual_ewc.yaml", "--tune", "--set", "tune.num_samples=2",
+                                            "--set", "training.steps=10", "--set", "training.log_every=10",
+                                            "--set", "eval.eval_every=10", "--set", "stream.num_tasks=2"])
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "waiting for the autoscaler to start nodes for 1 × (1 CPU)" in log
+    assert "the autoscaler started the nodes after" in log
+    assert "2 trial(s) at once" in log  # sized on what the autoscaler can start (2 CPUs), not on the 0 up at first
+
+
+def test_a_job_no_node_type_holds_is_refused_in_seconds(cluster, tmp_path):
+    result, took = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY, "--set", "scaling.cpus_per_worker=4"])
+    log = result.stdout + result.stderr
+    assert result.returncode == 2, log[-3000:]
+    assert "scaling.num_workers × scaling.cpus_per_worker: each job needs 1 × (4 CPU); no node type of the " \
+           "cluster's autoscaler holds (4 CPU) (largest node type: cpu2, 2 CPU)" in log, log[-3000:]
+    assert took < 60 and "Traceback" not in log
