@@ -48,7 +48,7 @@ class LocalCluster:
 
     WORKER_PORTS_PER_NODE = 200
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, venv_on_path: bool = True):
         self.root = Path(root)
         self.token_file = self.root / "auth_token"
         self.token_file.write_text(secrets.token_hex(32))
@@ -56,8 +56,11 @@ class LocalCluster:
                     if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_JOB_CONFIG", "RAY_GCS_SERVER_PORT"))}
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file),
                         RAY_USAGE_STATS_ENABLED="0",
-                        # as `ray start` from an activated venv: a job's `python` is this one
-                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+                        # as `ray start` from an activated venv: a job's `python` is this one (or, without it,
+                        # as from a shell where `python` is the system's)
+                        PATH=os.pathsep.join(([str(Path(sys.executable).parent)] if venv_on_path else [])
+                                             + [p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                                if p != str(Path(sys.executable).parent)]))
         self.nodes: list[Node] = []
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -95,8 +98,10 @@ class LocalCluster:
         self.nodes.append(node)
         return node
 
-    def head(self, num_cpus: int = 0) -> Node:
+    def head(self, num_cpus: int = 0, num_gpus: int = 0) -> Node:
+        """The head; num_gpus > 0 declares GPUs this machine does not have (Ray counts them all the same)."""
         return self._start("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
+                                    "--num-gpus", str(num_gpus),
                                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                                     "--include-dashboard", "true", "--ray-client-server-port", str(free_port())])
 

@@ -236,6 +236,10 @@ def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it_and_resumes_f
     assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
     ended = _cli(["logs", job_id, "--follow", "--address", cluster.dashboard_url], env)
     assert ended.returncode == 143, ended.stdout[-3000:]
+    # the way back, as the user submitted it: from the bucket, to the same cluster
+    assert f"resume with: palimpsest submit --resume {_run_folder(sent.stdout)} --address {cluster.dashboard_url}" \
+        in ended.stdout, ended.stdout[-3000:]
+    assert f"palimpsest logs {job_id} --follow --address {cluster.dashboard_url}" in sent.stdout
     summary = json.loads(bucket.read(f"stopped/runs/{name}/summary.json"))
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"], summary
     files = bucket.files(f"stopped/runs/{name}")

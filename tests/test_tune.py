@@ -252,11 +252,18 @@ def test_the_pareto_front_holds_exactly_the_non_dominated_trials():
         assert [t["trial"] for t in pareto_front(trials, metrics, modes)] == expected, modes
 
 
-def test_concurrency_is_what_the_cluster_holds():
+def test_concurrency_is_what_the_cluster_holds_in_cpus_and_gpus():
     spec = parse_spec(continual_search(max_concurrent_trials=4))
-    assert concurrency(spec, 2.0) == (2, "tune.max_concurrent_trials: 4 asked, but the cluster's 2 CPUs hold 2 "
-                                         "trial(s) of 1 CPUs at once; running 2")
-    assert concurrency(parse_spec(continual_search()), 3.0) == (3, None)
+    assert concurrency(spec, {"CPU": 2.0}) == (2, "tune.max_concurrent_trials: 4 asked, but the cluster's 2 CPU "
+                                                  "hold 2 trial(s) of 1 CPU at once (CPU bound); running 2")
+    assert concurrency(parse_spec(continual_search()), {"CPU": 3.0}) == (3, None)
+    assert concurrency(parse_spec(continual_search()), {"CPU": 3.0, "GPU": 8.0}) == (3, None)  # CPU trials: GPUs idle
+    gpu = parse_spec({**continual_search(max_concurrent_trials=4), "scaling": {"use_gpu": True}})
+    assert concurrency(gpu, {"CPU": 16.0, "GPU": 2.0}) == (2, "tune.max_concurrent_trials: 4 asked, but the cluster's "
+                                                             "16 CPU, 2 GPU hold 2 trial(s) of 1 CPU, 1 GPU at once "
+                                                             "(GPU bound); running 2")
+    one_gpu = parse_spec({**continual_search(), "scaling": {"use_gpu": True, "gpus_per_worker": 0.4}})
+    assert concurrency(one_gpu, {"CPU": 16.0, "GPU": 2.0}) == (5, None)  # 2 / 0.4: a fraction shares a GPU
 
 
 # ----------------------------------------------------------------------------- searches on a real Ray

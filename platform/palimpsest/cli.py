@@ -132,6 +132,7 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
     from palimpsest.runtime import RayUnavailable, RunFolder, check_ray_address, ray_address
 
     command = "tune" if search else "run"
+    submitted = _started_on_cluster()
     if resume is not None:
         if job is not None or set_:
             _fail_input(["--resume takes the run folder only: its spec.yaml is the job (no JOB or --set)"])
@@ -196,6 +197,10 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "_Interrupts",
         _fail_input([f"{job}: {error}"])
     resume_hint = f"palimpsest {command} --resume {folder.path}" + (" --no-ray" if no_ray else "") + (
         f" --address {address}" if address else "")
+    if submitted:  # from where the user is: the job's folder on the cluster's storage (or bucket), resubmitted
+        resume_hint = (f"palimpsest submit --resume {submitted['run_folder']}" + (" --tune" if search else "")
+                       + f" --address {submitted['address']}"
+                       + (f" --token-file {submitted['token_file']}" if submitted.get("token_file") else ""))
     started = None
     try:
         if not resume:
@@ -388,6 +393,56 @@ def _inside_ray(frame) -> bool:
     return False
 
 
+# What a submitted job's driver must import before it says it started (the rest of the stack
+# loads lazily, minutes later: a head without torch must fail now, not after the data).
+CLUSTER_IMPORTS = ("yaml", "numpy", "torch", "transformers", "ray.train", "ray.tune", "gymnasium")
+
+
+def _started_on_cluster() -> dict | None:
+    """In a job sent by `palimpsest submit`: check the head's Python runs this version, then say so (the line
+    `submit` waits for). None when not submitted."""
+    import importlib
+    import importlib.metadata
+    import platform as python_platform
+
+    from palimpsest.submit import STARTED, SUBMITTED_ENV
+
+    raw = os.environ.get(SUBMITTED_ENV)
+    if not raw:
+        return None
+    context = json.loads(raw)
+    import ray
+
+    problems = []
+    for name in CLUSTER_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            problems.append(f"the cluster's Python ({sys.executable}) cannot import {name}: {error}")
+    try:
+        installed = importlib.metadata.version("palimpsest")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed and installed != context["version"]:
+        problems.append(f"the cluster's Python has palimpsest {installed} installed, this is {context['version']} "
+                        "(its dependencies may differ): reinstall it there (`pip install -e .` on every node, or "
+                        "`ray up cluster.yaml` again)")
+    if ray.__version__ != context["ray"]:
+        problems.append(f"the cluster runs Ray {ray.__version__}, the submitting machine {context['ray']}: install the "
+                        "same Ray on both")
+    if problems:
+        _fail_input(problems)
+    out.print(f"{STARTED}: palimpsest {palimpsest_version()}, Python {python_platform.python_version()}, "
+              f"Ray {ray.__version__} ({sys.executable})", highlight=False, markup=False, soft_wrap=True)
+    return context
+
+
+def palimpsest_version() -> str:
+    import palimpsest
+
+    return palimpsest.__version__
+
+
 def _start_ray(spec, address: str | None, prepared=None, *, search: bool = False) -> None:
     """Start or join Ray, then check the cluster holds the job (or wait while its autoscaler grows it)."""
     from palimpsest.runtime import RayUnavailable, init_ray, ray_address
@@ -578,7 +633,7 @@ def submit(
                                          "cluster: its path on the shared storage or its bucket URI, as `palimpsest "
                                          "jobs` lists it (with --tune for a search)"),
 ) -> None:
-    from palimpsest.submit import SubmitError, exit_code, follow, resubmit
+    from palimpsest.submit import START_WAIT_S, SubmitError, await_start, exit_code, follow, resubmit
     from palimpsest.submit import submit as send
 
     if resume is not None:
@@ -597,22 +652,43 @@ def submit(
                               token_file=token_file)
         except SubmitError as error:
             _fail_input([str(error)])
-    out.print(f"submitted: {sent.job_id}\nrun folder (on the cluster's storage): {sent.run_folder}", highlight=False,
-              soft_wrap=True)
+    where = _where(address, token_file)
+    try:  # the head's Python must run us: a job that dies on `import typer` is not "submitted"
+        started = await_start(jobs, sent.job_id)
+    except SubmitError as error:
+        _fail_input([str(error)])
+    except KeyboardInterrupt:
+        err.print(f"stopped waiting for {sent.job_id} to start; it may still start: palimpsest logs {sent.job_id} "
+                  f"--follow{where} · palimpsest stop {sent.job_id}{where}", highlight=False, markup=False)
+        raise typer.Exit(130)
+    out.print(f"submitted: {sent.job_id}" + ("" if started else f" (not started after {START_WAIT_S:g} s: Ray is "
+                                              "still setting up its environment)")
+              + f"\nrun folder (on the cluster's storage): {sent.run_folder}", highlight=False, soft_wrap=True)
     if no_wait:
-        out.print(f"follow it: palimpsest logs {sent.job_id} --follow · stop it: palimpsest stop {sent.job_id}",
-                  highlight=False)
+        out.print(f"follow it: palimpsest logs {sent.job_id} --follow{where} · stop it: palimpsest stop "
+                  f"{sent.job_id}{where}", highlight=False, soft_wrap=True)
         return
     try:
         status = follow(jobs, sent.job_id, lambda text: out.out(text, end="", highlight=False))
     except KeyboardInterrupt:
-        err.print(f"stopped following; the job keeps running on the cluster: palimpsest logs {sent.job_id} --follow "
-                  f"· palimpsest stop {sent.job_id}", highlight=False, markup=False)
+        err.print(f"stopped following; the job keeps running on the cluster: palimpsest logs {sent.job_id} --follow"
+                  f"{where} · palimpsest stop {sent.job_id}{where}", highlight=False, markup=False)
         raise typer.Exit(130)
     info = jobs.get_job_info(sent.job_id)
     code = exit_code(info)
     out.print(f"job {sent.job_id}: {status} (exit {code}) · run folder {sent.run_folder}", highlight=False)
     raise typer.Exit(code)
+
+
+def _where(address: str | None, token_file: Path | None) -> str:
+    """" --address URL [--token-file F]": what a printed hint needs to reach the same cluster."""
+    from palimpsest.submit import SubmitError, dashboard_address
+
+    try:
+        url = dashboard_address(address)
+    except SubmitError:
+        return ""
+    return f" --address {url}" + (f" --token-file {token_file}" if token_file else "")
 
 
 @app.command("jobs", help="List the jobs on a Ray cluster with their status and run folders.")

@@ -507,8 +507,3 @@ def _drop_ray_noise() -> None:
         dispatcher.remove_handler(name)
         dispatcher.add_handler(name, filtered)
 
-
-def ray_cluster_cpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("CPU", 0))

@@ -32,6 +32,12 @@ UPLOAD_EXCLUDES = [".venv/", "venv/", "runs/", ".git/", "**/__pycache__/", "*.py
 METADATA_RUN_FOLDER = "palimpsest_run_folder"
 METADATA_JOB = "palimpsest_job"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The job's environment tells its driver it was submitted, by which version, to which address
+# (its hints name `palimpsest submit --resume ... --address ...`); the driver's first line says
+# it started: until then `submit` has not reported success.
+SUBMITTED_ENV = "PALIMPSEST_SUBMITTED"
+STARTED = "[palimpsest] started on the cluster"
+START_WAIT_S = 600.0
 
 
 class SubmitError(Exception):
@@ -200,6 +206,7 @@ def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: st
         run_folder = f"{root}/{folder_name}"
         command, relative = entrypoint(job, sets, run_folder, search=search)
     return _send(command, run_folder, relative, f"palimpsest-{folder_name}", address=address, token_file=token_file,
+                 search=search,
                  name=name)
 
 
@@ -222,12 +229,20 @@ def resubmit(resume: str, *, address: str | None, search: bool, token_file: Path
         words += ["--out", HEAD_RUNS]
     command = " ".join(shlex.quote(word) for word in words)
     return _send(command, checked, "", f"palimpsest-resume-{name_of(checked)}-{utc_stamp()}", address=address,
+                 search=search,
                  token_file=token_file, name=name)
 
 
 def _send(command: str, run_folder: str, relative: str, submission_id: str, *, address: str | None,
-          token_file: Path | None, name: str | None) -> tuple[object, Submission]:
+          token_file: Path | None, name: str | None, search: bool = False) -> tuple[object, Submission]:
+    import json
+
+    import ray
+
     jobs = client(address, token_file)
+    submitted = {"version": palimpsest.__version__, "ray": ray.__version__, "address": dashboard_address(address),
+                 "run_folder": run_folder, "search": search,
+                 "token_file": str(token_file) if token_file else None}
     runtime_env = {
         "working_dir": str(project_root()),
         "excludes": UPLOAD_EXCLUDES,
@@ -235,7 +250,7 @@ def _send(command: str, run_folder: str, relative: str, submission_id: str, *, a
         "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_COLOR_PREFIX": "0",
                      # `palimpsest stop` sends SIGTERM; Ray's SIGKILL follows after this many seconds
                      # (3 by default), time for the driver to mark its folder and upload it to a bucket.
-                     "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)},
+                     "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), SUBMITTED_ENV: json.dumps(submitted)},
     }
     # Ray logs each packaging step at INFO, and warns that it skips .git and .venv, which we
     # exclude anyway; what was uploaded is not news to the user.
@@ -244,6 +259,43 @@ def _send(command: str, run_folder: str, relative: str, submission_id: str, *, a
                              submission_id=name or submission_id.replace(".", "-"),
                              metadata={METADATA_RUN_FOLDER: run_folder, METADATA_JOB: relative or "(resume)"})
     return jobs, Submission(job_id, run_folder, command)
+
+
+def await_start(jobs, job_id: str, *, timeout_s: float = START_WAIT_S, poll_s: float = 0.5) -> bool:
+    """Until the job's driver says it started (True), or `timeout_s` passed with the job still pending
+    (False: Ray is still setting up its environment). A job that ended before it started raises
+    SubmitError with the reason from its log and the fix."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = jobs.get_job_status(job_id)
+        status = str(getattr(status, "value", status))
+        logs = jobs.get_job_logs(job_id) or ""
+        if STARTED in logs:
+            return True
+        if status in TERMINAL:
+            raise SubmitError(cannot_start(job_id, status, logs))
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def cannot_start(job_id: str, status: str, logs: str) -> str:
+    """Why a job ended before palimpsest started on the head, and what fixes it."""
+    import re
+
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if ours:  # the driver ran and refused (bad input on the cluster's side): its own words
+        return "; ".join(ours)
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line) or "not found" in line]
+    reason = errors[-1] if errors else (lines[-1] if lines else f"the job {status.lower()} without a log")
+    return (f"the cluster's Python cannot run palimpsest: {reason} (job {job_id} {status.lower()} before it started). "
+            "Ray runs a job with the `python` first on the PATH of the shell that started Ray on the head: start "
+            "Ray from the environment palimpsest is installed in (`source .venv/bin/activate && ray start --head "
+            "...`; cluster.yaml's start commands put ~/venv/bin first), or install the project there (`pip install "
+            "-e .`), then submit again")
 
 
 def _quiet_ray() -> None:

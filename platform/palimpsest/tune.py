@@ -263,13 +263,6 @@ def objective_values(summary: dict, kind: str) -> dict:
 # ----------------------------------------------------------------------------- the search
 
 
-def trial_cpus(spec) -> tuple[float, str]:
-    """CPUs one trial's work holds, and the field(s) that set it."""
-    if spec.kind == "rl":
-        return spec.cpus_per_trial()
-    return spec.scaling.num_workers * spec.scaling.cpus_per_worker, "scaling.num_workers × scaling.cpus_per_worker"
-
-
 def search_base(spec) -> dict:
     """The resolved job every trial starts from; an unlearn job's model cache pinned to an absolute path
     (trials share the target and retain models, whatever folder Ray runs them in)."""
@@ -294,16 +287,19 @@ def _domain(dimension: dict):
     return tune.grid_search(values)
 
 
-def concurrency(spec, cluster_cpus: float) -> tuple[int, str | None]:
-    """How many trials run at once, and a note when the cluster holds fewer than asked."""
-    cpus, _ = trial_cpus(spec)
-    fits = max(1, int(cluster_cpus // cpus))
+def concurrency(spec, capacity: dict[str, float]) -> tuple[int, str | None]:
+    """How many trials run at once on a cluster that can hold `capacity` (CPUs and GPUs alike), and a note
+    when that is fewer than asked."""
+    from palimpsest.scaling import job_need, show, trials_at_once
+
+    need = job_need(spec, search=True)
+    fits, limit = trials_at_once(need, capacity)
     asked = spec.tune.max_concurrent_trials
     if asked is None:
         return fits, None
     if asked > fits:
-        return fits, (f"tune.max_concurrent_trials: {asked} asked, but the cluster's {cluster_cpus:g} CPUs hold "
-                      f"{fits} trial(s) of {cpus:g} CPUs at once; running {fits}")
+        return fits, (f"tune.max_concurrent_trials: {asked} asked, but the cluster's {show(capacity)} hold {fits} "
+                      f"trial(s) of {show(need.total)} at once ({limit} bound); running {fits}")
     return asked, None
 
 
@@ -314,7 +310,7 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
-    from palimpsest.runtime import ray_cluster_cpus
+    from palimpsest.scaling import capacity
 
     started = time.perf_counter()
     search = spec.tune
@@ -325,12 +321,14 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     experiment = f"{storage}/{name}"
     budgets = TrialBudgets(base)
     trainable = tune.with_parameters(run_trial, base=base, search_dir=str(folder.path), metrics=metrics)
-    if spec.kind == "rl":
-        cpus, _ = trial_cpus(spec)
-        trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": 1}] * int(cpus)))
+    if spec.kind == "rl":  # what RLlib asks for the trial's config (its learner's CPU or GPU, its env runners)
+        from palimpsest.runners.rl import prepare, trial_resources
+
+        (first, *_) = prepare(spec).trials
+        trainable = tune.with_resources(trainable, trial_resources({"trial": first}))
     else:  # the trial's Ray Train workers hold the CPUs (a bundle must hold something: one byte)
         trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 1}]))
-    at_once, note = concurrency(spec, ray_cluster_cpus())
+    at_once, note = concurrency(spec, capacity())
     if note:
         print(f"[palimpsest] note: {note}", flush=True)
     if resume and tune.Tuner.can_restore(experiment):

@@ -100,14 +100,31 @@ def trial_bundles(trial: dict) -> list[dict[str, float]]:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "You are running PPO on the new API stack!": we chose it
     try:
-        factory = PPO.default_resource_request(build_config(trial))
+        factory = PPO.default_resource_request(build_config(trial, here=False))
     finally:
         quiet.setLevel(level)
     return [{name: float(amount) for name, amount in bundle.items() if amount} for bundle in factory.bundles]
 
 
-def build_config(trial: dict):
-    """The PPOConfig of one trial (the agent is `MemoryAgent` with the trial's width and cell)."""
+def learner_gpus(ppo: dict, *, here: bool = True) -> float:
+    """GPUs the trial's learner trains on. `here`: in the trial's own process, where a GPU Ray gave it but torch
+    cannot see (a node that declares GPUs without CUDA, or a CPU build of torch) leaves the learner on the CPU,
+    with a warning, rather than failing the trial; Tune still reserves the GPU."""
+    gpus = float(ppo.get("num_gpus_per_learner", 0.0))
+    if gpus and here:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"[palimpsest] warning: this trial holds {gpus:g} GPU but torch sees no CUDA device on this node "
+                  "(a CPU build of torch, or a node that declares GPUs it lacks): its learner runs on the CPU",
+                  flush=True)
+            return 0.0
+    return gpus
+
+
+def build_config(trial: dict, *, here: bool = True):
+    """The PPOConfig of one trial (the agent is `MemoryAgent` with the trial's width and cell); `here`: for the
+    trial's own process (else for sizing its resources, wherever that runs)."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
@@ -125,7 +142,7 @@ def build_config(trial: dict):
                          # the batched numpy twin where the env has one (RLlib's default, "sync", steps single envs)
                          gym_env_vectorize_mode=trial.get("vectorize") or (
                              "vector_entry_point" if trains_on_twin(trial["env_id"]) else "sync"))
-            .learners(num_learners=0, num_gpus_per_learner=ppo.get("num_gpus_per_learner", 0.0))
+            .learners(num_learners=0, num_gpus_per_learner=learner_gpus(ppo, here=here))
             .training(**{theirs: ppo[ours] for ours, theirs in TRAINING_KEYS.items()})
             .rl_module(rl_module_spec=RLModuleSpec(module_class=MemoryAgent, model_config={
                 "agent": trial["agent"], "hidden": trial["hidden"], "max_seq_len": trial["max_seq_len"],

@@ -108,7 +108,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
 
     from palimpsest.rl.ppo import trial_bundles
     from palimpsest.rl.trial import run_trial
-    from palimpsest.scaling import describe
+    from palimpsest.scaling import Need, capacity, describe, trials_at_once
 
     started = time.perf_counter()
     storage = spec.storage_path or str(folder.path / "ray")  # the spec holds it absolute, or a URI (s3://, …)
@@ -122,12 +122,17 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     if exists and not folder.read_summary().get("resumed"):
         raise RuntimeError(f"{experiment} already holds a Tune experiment of an earlier run folder named "
                            f"{name}; resume that one (run --resume), or give this run another --out or storage_path")
+    bundles = trial_bundles(prepared.trials[0])
+    at_once, limit = trials_at_once(Need(tuple(bundles), ""), capacity())
+    if spec.max_concurrent_trials:
+        at_once = min(at_once, spec.max_concurrent_trials)
     if exists:  # a rerun of this folder: finished trials stay finished
         print(f"[palimpsest] resuming the Tune experiment in {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         print(f"[palimpsest] {len(prepared.trials)} trials ({len(spec.agents)} agents × {len(spec.envs)} environments "
-              f"× {spec.seeds} seeds), each holding {describe(trial_bundles(prepared.trials[0]))}", flush=True)
+              f"× {spec.seeds} seeds), each holding {describe(bundles)}; {at_once} at once on this cluster"
+              + (f" ({limit} bound)" if limit and at_once < len(prepared.trials) else ""), flush=True)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(prepared.trials)},

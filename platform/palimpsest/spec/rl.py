@@ -306,6 +306,3 @@ class RLJob(Strict):
     def trial_seeds(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
-    def cpus_per_trial(self) -> tuple[float, str]:  # (until tune.py sizes trials by palimpsest.scaling)
-        return 1 + self.ppo.num_env_runners, "ppo.num_env_runners"
-

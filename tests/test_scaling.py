@@ -8,6 +8,7 @@ then finish; a job larger than every node type is refused in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def _env(cluster: LocalCluster, home: Path) -> dict:
 
 
 def _submit(cluster, tmp_path, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    (tmp_path / "storage").mkdir(exist_ok=True)
     started = time.monotonic()
     result = subprocess.run(PALIMPSEST + ["submit", *args, "--address", cluster.dashboard_url, "--storage",
                                           str(tmp_path / "storage")],
@@ -94,3 +96,69 @@ def test_a_job_no_node_type_holds_is_refused_in_seconds(cluster, tmp_path):
     assert "scaling.num_workers × scaling.cpus_per_worker: each job needs 1 × (4 CPU); no node type of the " \
            "cluster's autoscaler holds (4 CPU) (largest node type: cpu2, 2 CPU)" in log, log[-3000:]
     assert took < 60 and "Traceback" not in log
+
+
+def test_submit_to_a_head_that_cannot_import_palimpsest_fails_at_once_with_the_fix(tmp_path):
+    """A head started from a shell without the venv on PATH: the job's `python` is the system's, which lacks our
+    dependencies. `submit --no-wait` must not say "submitted"."""
+    (tmp_path / "bare").mkdir()
+    nodes = LocalCluster(tmp_path / "bare", venv_on_path=False)
+    try:
+        nodes.head(num_cpus=0)
+        result, took = _submit(nodes, tmp_path, ["jobs/quickstart.yaml", *TINY, "--no-wait"])
+    finally:
+        nodes.shutdown()
+    log = result.stdout + result.stderr
+    assert result.returncode == 2, log[-3000:]
+    assert "submitted" not in result.stdout
+    assert "the cluster's Python cannot run palimpsest: ModuleNotFoundError: No module named" in log, log[-3000:]
+    assert "source .venv/bin/activate && ray start --head" in log and "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def two_gpus(tmp_path_factory):
+    """A head declaring 3 CPUs and 2 GPUs (this machine has none: Ray counts them all the same)."""
+    nodes = LocalCluster(tmp_path_factory.mktemp("gpus"))
+    try:
+        nodes.head(num_cpus=3, num_gpus=2)
+        yield nodes
+    finally:
+        nodes.shutdown()
+
+
+def _run(cluster: LocalCluster, tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`palimpsest run --address GCS` from this machine, as a driver joining the cluster."""
+    return subprocess.run(PALIMPSEST + ["run", *args, "--address", cluster.gcs_address, "--out", str(tmp_path / "run")],
+                          cwd=ROOT, env={**_env(cluster, tmp_path), "RAY_AUTH_MODE": "token"}, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_one_gpu_trials_run_two_at_once_on_two_gpus_and_the_third_waits(two_gpus, tmp_path):
+    result = _run(two_gpus, tmp_path, [
+        "jobs/rl/quick_cpu.yaml", "--set", "agents=[mlp]", "--set", "seeds=3", "--set", "parameters=null",
+        "--set", "envs=[{id: palimpsest/EndlessTMaze-v0, params: {num_corridors: 1}, label: t}]",
+        "--set", "budget.env_steps=8192", "--set", "ppo.num_gpus_per_learner=1",
+        "--set", "evaluation={every: 1, episodes: 20, test_episodes: 20}"])
+    log = result.stdout
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    # Tune reserves what RLlib asks for the trial: its learner's GPU with the trial's CPU
+    assert "3 trials (1 agents × 1 environments × 3 seeds), each holding 1 × (1 CPU, 1 GPU); 2 at once on this " \
+           "cluster (GPU bound)" in log, log[-3000:]
+    spans = {}
+    for s in range(3):  # Tune's own record of each trial: its first iteration's start, its last result
+        rows = [json.loads(line) for line in (tmp_path / "run" / "ray" / "run" / f"mlp-t-s{s}" / "result.json")
+                .read_text().splitlines()]
+        spans[s] = (rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"])
+    first_end = min(spans[0][1], spans[1][1])
+    assert max(spans[0][0], spans[1][0]) < first_end, spans  # side by side
+    assert spans[2][0] >= first_end - 1, spans  # (timestamps are whole seconds) the third waited for a GPU
+
+
+def test_a_job_needing_more_gpus_than_the_cluster_has_is_refused_with_the_reason(two_gpus, tmp_path):
+    result = _run(two_gpus, tmp_path, ["jobs/quickstart.yaml", *TINY, "--set", "scaling.num_workers=1",
+                                       "--set", "scaling.use_gpu=true", "--set", "scaling.gpus_per_worker=3"])
+    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+    assert "scaling.num_workers × scaling.cpus_per_worker and gpus_per_worker: each job needs 1 × (1 CPU, 3 GPU), " \
+           "but the Ray cluster's nodes hold (3 CPU, 2 GPU) and it has no autoscaler to add more" in result.stderr, \
+        result.stderr[-3000:]
+    assert not (tmp_path / "run").exists() and "Traceback" not in result.stderr
