@@ -67,6 +67,16 @@ def _no_workers(cluster: LocalCluster, timeout: float = 120.0) -> None:
     raise TimeoutError("the autoscaler kept its idle worker")
 
 
+def test_a_job_stops_waiting_after_scaling_wait_timeout_s_with_the_reason(cluster, tmp_path):
+    _no_workers(cluster)
+    result, took = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY, "--set", "scaling.wait_timeout_s=1"])
+    log = result.stdout + result.stderr
+    assert result.returncode == 2, log[-3000:]
+    assert "error: scaling.wait_timeout_s: waited 1 s for the autoscaler to start nodes for 2 × (1 CPU); the " \
+           "cluster still holds nothing." in log, log[-3000:]
+    assert "`ray status` on the head" in log and "Traceback" not in log
+
+
 def test_a_job_waits_for_the_autoscaler_then_runs(cluster, tmp_path):
     _no_workers(cluster)
     result, _ = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY])
