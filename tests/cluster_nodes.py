@@ -122,8 +122,10 @@ class LocalCluster:
             # without gcs_address the fake nodes dial port 6379 and never join
             # (the node's own IP, as the head's processes name it: with 127.0.0.1 here Ray Train's placement-group
             # cleaner finds "multiple active Ray instances" at one port)
-            "provider": {"type": "fake_multinode", "gcs_address": f"{node_ip()}:{self.gcs_port}", "use_node_id_as_ip": True,
-                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            # (tests/fake_own_dirs.py: Ray's fake provider, each node in a temp dir of its own)
+            "provider": {"type": "external", "module": "fake_own_dirs.OwnDirsProvider",
+                         "node_temp_prefix": f"/tmp/pal-{os.getpid()}-fake", "gcs_address": f"{node_ip()}:{self.gcs_port}",
+                         "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True},
             "available_node_types": types, "head_node_type": "ray.head.default",
             "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
             "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
@@ -132,7 +134,9 @@ class LocalCluster:
         }
         path = self.root / "autoscaling.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.env.update(AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
+        self.env.update(AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1",
+                        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent)] + [p for p in [os.environ.get(
+                            "PYTHONPATH")] if p]))
         return self._start("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", "0",
                                     "--autoscaling-config", str(path),
                                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
@@ -196,7 +200,8 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         for node in reversed(self.nodes):
-            self.kill(node)
+            self.kill(node)  # (the head's marks include its GCS port, which the autoscaler's nodes name too)
         for node in self.nodes:
             subprocess.run(["rm", "-rf", str(node.temp_dir)], check=False)
+        subprocess.run(f"rm -rf /tmp/pal-{os.getpid()}-fake*", shell=True, check=False)
         self.nodes.clear()

@@ -212,7 +212,8 @@ def test_a_trial_larger_than_the_cluster_is_refused_before_it_would_hang(tmp_pat
     job.write_text(yaml.safe_dump(rl_spec(ppo={"num_env_runners": 4})))
     result = CliRunner().invoke(app, ["run", str(job), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
-    assert "ppo.num_env_runners: each trial needs 5 CPUs (1 + num_env_runners) but the Ray cluster has 2" in \
+    assert "ppo.num_env_runners, ppo.num_cpus_per_env_runner and ppo.num_gpus_per_learner: each trial needs 5 × " \
+           "(1 CPU), but the Ray cluster's nodes hold (2 CPU) and it has no autoscaler to add more" in \
         " ".join(result.output.split())
     assert not (tmp_path / "run").exists()
 

@@ -1,9 +1,13 @@
-"""A cluster that starts from zero worker nodes: a 0-CPU head whose autoscaler adds nodes for the
-jobs it is given (Ray's fake multi-node provider: real raylets on this machine, started and
-stopped by Ray's own autoscaler as a cloud provider's would be).
+"""The cluster path's resource rules on real Ray clusters started on this machine.
 
-`palimpsest submit` of a continual job and of a 2-trial search each wait for the autoscaler,
-then finish; a job larger than every node type is refused in seconds.
+- From zero worker nodes: a 0-CPU head whose autoscaler adds nodes for the jobs it is given
+  (Ray's fake multi-node provider, tests/fake_own_dirs.py: real raylets on this machine, started
+  and stopped by Ray's own autoscaler as a cloud provider's would be). `palimpsest submit` of a
+  continual job and of a 2-trial search each wait for the autoscaler, then finish; a job larger
+  than every node type is refused in seconds; a job the autoscaler does not serve in
+  `scaling.wait_timeout_s` stops with the reason.
+- A head declaring 2 GPUs: 1-GPU rl trials run two at once, a 3-GPU job is refused.
+- A head whose `python` cannot import palimpsest: `submit` says so instead of "submitted".
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from cluster_nodes import LocalCluster
 ROOT = Path(__file__).resolve().parents[1]
 PALIMPSEST = [sys.executable, "-m", "palimpsest.cli"]
 TINY = ["--set", "methods=[replay]", "--set", "training.steps=20", "--set", "training.log_every=10"]
-WORKER = {"CPU": 2}
+# One worker type per test, each with its own custom resource that the test's job asks for: each job
+# finds no node of its type up and waits for the autoscaler, whatever the tests before it started.
+# (Nodes stay up meanwhile: a fake node removed mid-job would take the head's runtime_resources with
+# it, as fake nodes share the head's session folder.)
+POOLS = ("pool_a", "pool_b", "pool_c")
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +39,8 @@ pytestmark = pytest.mark.integration
 def cluster(tmp_path_factory):
     nodes = LocalCluster(tmp_path_factory.mktemp("autoscaling"))
     try:
-        nodes.autoscaling_head({"cpu2": {"resources": WORKER, "max_workers": 1}}, idle_timeout_minutes=0.25)
+        nodes.autoscaling_head({pool: {"resources": {"CPU": 2, pool: 2}, "max_workers": 1} for pool in POOLS},
+                               idle_timeout_minutes=10)
         yield nodes
     finally:
         nodes.shutdown()
@@ -52,59 +61,48 @@ def _submit(cluster, tmp_path, args: list[str]) -> tuple[subprocess.CompletedPro
     return result, time.monotonic() - started
 
 
-def _no_workers(cluster: LocalCluster, timeout: float = 120.0) -> None:
-    """Until the autoscaler has removed every idle worker node (the next job starts from zero again)."""
-    import ray
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='%s', logging_level='ERROR');"
-                                 "print(ray.cluster_resources().get('CPU', 0))" % cluster.gcs_address],
-                                env=cluster.env, capture_output=True, text=True, timeout=60)
-        if result.returncode == 0 and float(result.stdout.strip().splitlines()[-1]) == 0:
-            return
-        time.sleep(2)
-    raise TimeoutError("the autoscaler kept its idle worker")
+def _in(pool: str) -> list[str]:
+    return ["--set", f"scaling.resources_per_worker={{{pool}: 1}}"]
 
 
 def test_a_job_stops_waiting_after_scaling_wait_timeout_s_with_the_reason(cluster, tmp_path):
-    _no_workers(cluster)
-    result, took = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY, "--set", "scaling.wait_timeout_s=1"])
+    result, took = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY, *_in("pool_c"),
+                                               "--set", "scaling.wait_timeout_s=1"])
     log = result.stdout + result.stderr
     assert result.returncode == 2, log[-3000:]
-    assert "error: scaling.wait_timeout_s: waited 1 s for the autoscaler to start nodes for 2 × (1 CPU); the " \
-           "cluster still holds nothing." in log, log[-3000:]
+    assert "error: jobs/quickstart.yaml: scaling.wait_timeout_s: waited 1 s for the autoscaler to start nodes for 2 × (1 CPU, 1 " \
+           "pool_c); the cluster still holds nothing." in log, log[-3000:]
     assert "`ray status` on the head" in log and "Traceback" not in log
 
 
 def test_a_job_waits_for_the_autoscaler_then_runs(cluster, tmp_path):
-    _no_workers(cluster)
-    result, _ = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY])
+    result, _ = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY, *_in("pool_a")])
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    assert "waiting for the autoscaler to start nodes for 2 × (1 CPU)" in log, log[-4000:]
+    assert "waiting for the autoscaler to start nodes for 2 × (1 CPU, 1 pool_a)" in log, log[-4000:]
     assert "(scaling.wait_timeout_s)" in log and "the autoscaler started the nodes after" in log
     assert "results after 60 steps" in log
 
 
 def test_a_two_trial_search_waits_for_the_autoscaler_then_runs(cluster, tmp_path):
-    _no_workers(cluster)
-    result, _ = _submit(cluster, tmp_path, ["jobs/tune/continual_ewc.yaml", "--tune", "--set", "tune.num_samples=2",
+    result, _ = _submit(cluster, tmp_path, ["jobs/tune/continual_ewc.yaml", "--tune", *_in("pool_b"),
+                                            "--set", "tune.num_samples=2",
                                             "--set", "training.steps=10", "--set", "training.log_every=10",
                                             "--set", "eval.eval_every=10", "--set", "stream.num_tasks=2"])
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    assert "waiting for the autoscaler to start nodes for 1 × (1 CPU)" in log
+    assert "waiting for the autoscaler to start nodes for 1 × (1 CPU, 1 pool_b)" in log, log[-4000:]
     assert "the autoscaler started the nodes after" in log
-    assert "2 trial(s) at once" in log  # sized on what the autoscaler can start (2 CPUs), not on the 0 up at first
+    # sized on what the autoscaler's node types reach (2 pool_b), not on the nodes up at first
+    assert "2 trial(s) at once" in log
 
 
 def test_a_job_no_node_type_holds_is_refused_in_seconds(cluster, tmp_path):
     result, took = _submit(cluster, tmp_path, ["jobs/quickstart.yaml", *TINY, "--set", "scaling.cpus_per_worker=4"])
     log = result.stdout + result.stderr
     assert result.returncode == 2, log[-3000:]
-    assert "scaling.num_workers × scaling.cpus_per_worker: each job needs 1 × (4 CPU); no node type of the " \
-           "cluster's autoscaler holds (4 CPU) (largest node type: cpu2, 2 CPU)" in log, log[-3000:]
+    assert "scaling.num_workers × scaling.cpus_per_worker: each job needs 2 × (4 CPU); no node type of the " \
+           "cluster's autoscaler holds (4 CPU) (largest node type: pool_a, 2 CPU, 2 pool_a)" in log, log[-3000:]
     assert took < 60 and "Traceback" not in log
 
 

@@ -347,7 +347,8 @@ def test_a_search_bigger_than_the_cluster_is_refused_before_it_starts(tmp_path, 
     job.write_text(yaml.safe_dump(document))
     result = CliRunner().invoke(app, ["tune", str(job), "--out", str(tmp_path / "search")])
     assert result.exit_code == 2, result.output
-    assert "scaling: 3 workers × 1.0 CPUs need 3 CPUs but the Ray cluster has 2" in result.output
+    assert "scaling.num_workers × scaling.cpus_per_worker: each trial needs 3 × (1 CPU), but the Ray cluster's " \
+           "nodes hold (2 CPU) and it has no autoscaler to add more" in " ".join(result.output.split())
     assert "Traceback" not in result.output and not (tmp_path / "search").exists()
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({k: v for k, v in continual_search().items() if k != "tune"}))

@@ -89,8 +89,8 @@ class RLEnvEntry(Strict):
         return " ".join(f"{k}={v}" for k, v in self.params.items()) or "defaults"
 
 
-# PPO fields that set a trial's runner layout (and so its CPUs, checked against the cluster): one value per job.
-AGENT_FIXED_PPO = {"num_env_runners"}
+# PPO fields that set a trial's resources (its runners, CPUs and GPUs, checked against the cluster): one value per job.
+AGENT_FIXED_PPO = {"num_env_runners", "num_cpus_per_env_runner", "num_gpus_per_learner"}
 
 
 def _read_agent_ppo(path: str) -> dict:
