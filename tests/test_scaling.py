@@ -82,6 +82,13 @@ def test_a_job_waits_for_the_autoscaler_then_runs(cluster, tmp_path):
     assert "waiting for the autoscaler to start nodes for 2 × (1 CPU, 1 pool_a)" in log, log[-4000:]
     assert "(scaling.wait_timeout_s)" in log and "the autoscaler started the nodes after" in log
     assert "results after 60 steps" in log
+    # Ray Train's workers held what the job asked (scaling.worker_resources()), as Ray's state API recorded
+    query = ("import json, ray.util.state as s; print(json.dumps([b['unit_resources'] for pg in "
+             f"s.list_placement_groups(address='{cluster.dashboard_url}', detail=True) for b in pg.bundles]))")
+    found = subprocess.run([sys.executable, "-c", query], env={**_env(cluster, tmp_path), "RAY_AUTH_MODE": "token"},
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert {"CPU": 1.0, "pool_a": 1.0} in json.loads(found.stdout.strip().splitlines()[-1]), found.stdout + found.stderr
 
 
 def test_a_two_trial_search_waits_for_the_autoscaler_then_runs(cluster, tmp_path):

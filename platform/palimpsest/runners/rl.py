@@ -3,8 +3,8 @@
 prepare(spec) -> the trials: each agent's width matched to the parameter budget for each
                  environment's observation and action sizes (`rl/sizing.py`), seeds for
                  training, evaluation and the held-out test;
-run(...)      -> one Tune experiment (`tune.with_resources`: 1 + num_env_runners CPUs per
-                 trial), trials in parallel as the cluster's CPUs allow; a rerun of the same
+run(...)      -> one Tune experiment (`tune.with_resources`: what RLlib asks for each
+                 trial's config), trials in parallel as the cluster's CPUs and GPUs allow; a rerun of the same
                  folder (`run --resume`) restores the experiment, finished trials stay done and
                  unfinished ones resume from their last evaluation. Then results.csv, the best
                  module per trial (checkpoints/<trial>/), metrics.jsonl (the learning curves)

@@ -67,7 +67,7 @@ class TuneSpec(Strict):
                             "explore at each report (kind rl)")
     search: Literal["random", "optuna"] = Field("random", description="random sampling, or Optuna's TPE (several "
                                                                       "metrics: its multi-objective sampler)")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs hold")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs and GPUs hold")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this long")
     grace_period: int = Field(1, ge=1, description="asha: reports (tasks, requests, evaluations) every trial gets")
     reduction_factor: float = Field(2, gt=1, description="asha: keep the best 1/reduction_factor at each rung")
