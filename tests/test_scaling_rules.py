@@ -3,6 +3,8 @@ whether nodes hold it, what an autoscaler's node types reach, how many trials ru
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from palimpsest.scaling import Cluster, ClusterTooSmall, Need, NodeType, ensure, job_need, pack, refusal, \
@@ -81,3 +83,29 @@ def test_ensure_refuses_in_seconds_and_does_not_wait_for_what_is_up():
     with pytest.raises(ClusterTooSmall, match="no node type of the cluster's autoscaler holds"):
         ensure(need([{"CPU": 3.0}]), Cluster([HEAD], [CPU2]), wait_timeout_s=1, say=lines.append)
     assert lines == []
+
+
+def test_unbounded_node_types_and_unread_ones_never_crash_or_refuse():
+    unbounded = Cluster([HEAD], [NodeType("any", {"CPU": 4.0, "GPU": 0.0}, math.inf)])
+    assert unbounded.capacity()["CPU"] == math.inf and "GPU" not in unbounded.capacity()  # (no 0 × inf)
+    assert trials_at_once(need([{"CPU": 1.0}]), unbounded.capacity()) == (1, None)  # no floor(inf): Tune decides
+    assert refusal(need([{"CPU": 64.0}] * 2), unbounded) == (
+        "scaling.x: each job needs 2 × (64 CPU); no node type of the cluster's autoscaler holds (64 CPU) (largest "
+        "node type: any, 4 CPU)")
+    unread = Cluster([HEAD], [])  # an autoscaler reports, its types unknown: wait, refuse nothing
+    assert unread.autoscaled and refusal(need([{"CPU": 64.0}]), unread) is None
+
+
+def test_a_bundles_accelerator_type_is_named_in_a_refusal():
+    cluster = Cluster([HEAD], [GPU1])
+    assert refusal(need([{"CPU": 1.0, "GPU": 1.0, "accelerator_type:H100": 0.001}]), cluster) == (
+        "scaling.x: each job needs 1 × (1 CPU, 1 GPU, 0.001 accelerator_type:H100); no node type of the cluster's "
+        "autoscaler holds (1 CPU, 1 GPU, 0.001 accelerator_type:H100) (largest node type: gpu1, 8 CPU, 1 GPU)")
+
+
+def test_a_search_cannot_vary_a_trials_resources():
+    from palimpsest.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"tune.space: scaling.num_workers: a trial's resources are one size"):
+        parse_spec({**QUICK, "tune": {"space": {"scaling.num_workers": {"grid": [1, 2]}}, "metric": "acc",
+                                      "mode": "max"}})

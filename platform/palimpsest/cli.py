@@ -434,6 +434,14 @@ def _started_on_cluster() -> dict | None:
         _fail_input(problems)
     out.print(f"{STARTED}: palimpsest {palimpsest_version()}, Python {python_platform.python_version()}, "
               f"Ray {ray.__version__} ({sys.executable})", highlight=False, markup=False, soft_wrap=True)
+    from palimpsest.submit import package_versions
+
+    here, there = package_versions(), context.get("packages") or {}
+    differ = [f"{name} {here[name] or 'absent'} (submitted from {there[name] or 'absent'})"
+              for name in here if name in there and here[name] != there[name]]
+    if differ:  # the code is the submitter's (py_modules); the libraries under it are the cluster's
+        out.print(f"[palimpsest] note: the cluster's {', '.join(differ)}: results may differ from a run on the submitting machine",
+                  highlight=False, markup=False, soft_wrap=True)
     return context
 
 
@@ -617,7 +625,8 @@ _TOKEN_HELP = ("file holding the cluster's auth token (default: $RAY_AUTH_TOKEN,
 @app.command(help="Submit a job to a Ray cluster (Ray Job Submission): uploads this project as the job's "
                   "working_dir, runs `palimpsest run` (or `tune` with --tune) on the head with its run folder under "
                   "--storage, streams the log and exits with the job's exit code (0 done, 1 failed, 2 bad input, "
-                  "130/143 interrupted or stopped). --no-wait prints the job id and returns.")
+                  "130/143 interrupted or stopped). --no-wait returns once the job has started on the head "
+                  "(its Python runs palimpsest), printing its id.")
 def submit(
     job: Optional[Path] = typer.Argument(None, help="job spec YAML inside this project (it is uploaded with it); "
                                          "omit with --resume"),
@@ -627,7 +636,8 @@ def submit(
                                           "checkpoints go there (default: the job's storage_path)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field, value parsed as YAML"),
     search: bool = typer.Option(False, "--tune", help="run `palimpsest tune` on the job's tune: section"),
-    no_wait: bool = typer.Option(False, "--no-wait", help="print the job id and return at once"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="return once the job has started on the head, printing "
+                                 "its id"),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
     resume: Optional[str] = typer.Option(None, "--resume", help="resume a stopped or failed job's run folder on the "
                                          "cluster: its path on the shared storage or its bucket URI, as `palimpsest "
@@ -653,6 +663,8 @@ def submit(
         except SubmitError as error:
             _fail_input([str(error)])
     where = _where(address, token_file)
+    err.print(f"sent {sent.job_id}; waiting for it to start on the head (Ray sets up its environment first)",
+              highlight=False, markup=False, soft_wrap=True)
     try:  # the head's Python must run us: a job that dies on `import typer` is not "submitted"
         started = await_start(jobs, sent.job_id)
     except SubmitError as error:

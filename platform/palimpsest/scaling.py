@@ -9,10 +9,10 @@ Train kind: its Train workers). It is checked once Ray is up, before any folder 
   into the nodes that are up, or the job is refused (exit 2): it would wait forever.
 - A cluster with an autoscaler: against the node types it may start. A job that no node type
   can hold, or that needs more than their `max_workers` reach, is refused in seconds. One the
-  cluster can become is requested through the autoscaler (`ray.autoscaler.sdk.request_resources`)
-  and waited for, up to `scaling.wait_timeout_s`, with a line saying what it waits for; then
-  the request is withdrawn (the job's own placement groups keep the nodes busy, and further
-  trials' pending groups drive the autoscaler on).
+  cluster can become is asked of the autoscaler as a pending placement group of the job's
+  bundles (its demand, added to any other job's) and waited for, up to `scaling.wait_timeout_s`,
+  with a line saying what it waits for; then the group is removed (the job's own placement
+  groups take the nodes, and further trials' pending groups drive the autoscaler on).
 
 The node types come from Ray's autoscaler state API (`ray._private.state.state.get_cluster_config()`,
 the cluster config Ray Data also reads). In Ray 2.60 only KubeRay fills it: a cluster started by
@@ -63,7 +63,7 @@ class Cluster:
     """What the cluster holds now, and — where an autoscaler runs — the node types it may start."""
 
     nodes: list[dict]  # each alive node's total resources
-    node_types: list[NodeType] | None = None  # None: no autoscaler
+    node_types: list[NodeType] | None = None  # None: no autoscaler; []: one whose node types could not be read
     head: dict = field(default_factory=dict)
 
     @property
@@ -76,12 +76,13 @@ class Cluster:
 
     def capacity(self) -> dict[str, float]:
         """The most the cluster can hold: the nodes up now, or the head plus every worker type at its max_workers."""
-        if self.node_types is None:
+        if not self.node_types:
             return self.now
         reach = dict(self.head)
         for node_type in self.node_types:
             for name, amount in node_type.resources.items():
-                reach[name] = reach.get(name, 0.0) + amount * node_type.max_workers
+                if amount > 0:  # (an unbounded type, max_workers inf, reaches inf)
+                    reach[name] = reach.get(name, 0.0) + amount * node_type.max_workers
         return {name: max(amount, self.now.get(name, 0.0)) for name, amount in reach.items()}
 
 
@@ -110,7 +111,7 @@ def describe(bundles) -> str:
 
 
 def _internal(name: str) -> bool:
-    return name.startswith("node:") or name in ("memory", "object_store_memory") or name.startswith("accelerator_type")
+    return name.startswith("node:") or name in ("memory", "object_store_memory")
 
 
 def job_need(spec, *, search: bool = False, prepared=None) -> Need:
@@ -176,7 +177,7 @@ def trials_at_once(need: Need, capacity: dict) -> tuple[int, str | None]:
     """How many trials of `need` the capacity holds side by side, and the resource that bounds it."""
     bound, limit = math.inf, None
     for name, amount in need.total.items():
-        if amount <= 0 or _internal(name):
+        if amount <= 0 or _internal(name) or math.isinf(capacity.get(name, 0.0)):
             continue
         fit = math.floor(capacity.get(name, 0.0) / amount + 1e-9)
         if fit < bound:
@@ -192,6 +193,8 @@ def refusal(need: Need, cluster: Cluster) -> str | None:
             return None
         return (f"{what}, but the Ray cluster's nodes hold {_nodes(cluster.nodes)} and it has no autoscaler to "
                 "add more")
+    if not cluster.node_types:  # an autoscaler runs but its node types could not be read: wait and see
+        return None
     shapes = [t.resources for t in cluster.node_types] + cluster.nodes
     for bundle in need.bundles:
         if not any(fits(bundle, shape) for shape in shapes):
@@ -231,7 +234,8 @@ def cluster_now(*, local: bool) -> Cluster:
 
 
 def autoscaler_node_types(timeout_s: float = 60.0) -> list[NodeType] | None:
-    """The worker node types the cluster's autoscaler may start (None: no autoscaler, or none that scales)."""
+    """The worker node types the cluster's autoscaler may start: None where no autoscaler runs (or none that
+    scales), [] where one runs whose node types could not be read."""
     import ray
 
     try:
@@ -246,9 +250,11 @@ def autoscaler_node_types(timeout_s: float = 60.0) -> list[NodeType] | None:
                                                              max_retries=0)
         try:
             found = ray.get(probe.remote(ray.get_runtime_context().gcs_address), timeout=timeout_s)
-        except Exception:  # noqa: BLE001 - the head could not say: treat the cluster as fixed
+        except Exception:  # noqa: BLE001 - the head could not say
             found = None
-        if not found:
+        if found is None:  # no monitor process found there: an autoscaler elsewhere (a KubeRay sidecar)?
+            return [] if _autoscaler_reports() else None
+        if not found.get("available_node_types"):  # a monitor without a config: a fixed cluster
             return None
         head_type = found.get("head_node_type")
         types = [NodeType(name, {k: float(v) for k, v in (t.get("resources") or {}).items()},
@@ -256,6 +262,21 @@ def autoscaler_node_types(timeout_s: float = 60.0) -> list[NodeType] | None:
                  for name, t in (found.get("available_node_types") or {}).items() if name != head_type]
     types = [t for t in types if t.max_workers > 0 and any(v > 0 for k, v in t.resources.items() if not _internal(k))]
     return types or None
+
+
+def _autoscaler_reports() -> bool:
+    """Whether an autoscaler has reported to this cluster's GCS (its status names node types it manages)."""
+    import json
+
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        status = json.loads(_internal_kv_get("__autoscaling_status") or b"{}")
+    except Exception:  # noqa: BLE001
+        return False
+    report = status.get("autoscaler_report") or {}
+    return bool(report.get("pending_launches") or any(name != "ray.head.default" and "head" not in name
+                                                      for name in (report.get("active_nodes") or {})))
 
 
 def _head_autoscaling_config(gcs_address: str) -> dict | None:
@@ -282,7 +303,7 @@ def _head_autoscaling_config(gcs_address: str) -> dict | None:
         if path is None and "--autoscaling-config" in words:
             path = words[words.index("--autoscaling-config") + 1]
         if not path:
-            return None  # a monitor without a config: no autoscaling
+            return {}  # a monitor without a config: no autoscaling
         try:
             with open(os.path.expanduser(path)) as handle:
                 config = yaml.safe_load(handle)
@@ -321,19 +342,22 @@ def ensure(need: Need, cluster: Cluster, *, wait_timeout_s: float, say: Callable
         raise ClusterTooSmall(reason)
     if not cluster.autoscaled or pack(need.bundles, cluster.nodes):
         return cluster
-    from ray.autoscaler.sdk import request_resources
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     refresh = refresh or (lambda: Cluster(cluster_now(local=True).nodes, cluster.node_types, cluster.head))
     started = time.monotonic()
-    request_resources(bundles=[dict(b) for b in need.bundles])
+    # The job's own demand, as its placement group: the autoscaler adds up every pending group (a second
+    # job waiting meanwhile keeps its own), and the group goes with this driver if it is stopped.
+    group = placement_group([dict(b) for b in need.bundles], strategy="PACK")
     try:
         last_line = -math.inf
         while True:
             waited = time.monotonic() - started
             cluster = refresh()
-            if pack(need.bundles, cluster.nodes):
+            if _placed(group, poll_s) or pack(need.bundles, cluster.nodes):
                 say(f"the autoscaler started the nodes after {waited:.0f} s; the cluster holds {show(cluster.now)}")
                 return cluster
+            waited = time.monotonic() - started
             if waited >= wait_timeout_s:
                 raise ClusterTooSmall(
                     f"scaling.wait_timeout_s: waited {wait_timeout_s:g} s for the autoscaler to start nodes for "
@@ -343,12 +367,21 @@ def ensure(need: Need, cluster: Cluster, *, wait_timeout_s: float, say: Callable
                 say(f"waiting for the autoscaler to start nodes for {describe(need.bundles)} ({need.source}); the "
                     f"cluster holds {show(cluster.now)} · {waited:.0f} s of {wait_timeout_s:g} s "
                     "(scaling.wait_timeout_s)")
-            time.sleep(poll_s)
     finally:
         try:
-            request_resources(bundles=[])  # withdrawn: the job's placement groups hold the nodes from here
-        except Exception:  # noqa: BLE001 - the connection went with an interrupt; the request goes with the job
+            remove_placement_group(group)  # the job's own groups take the nodes from here
+        except Exception:  # noqa: BLE001 - the connection went with an interrupt; the group goes with the job
             pass
+
+
+def _placed(group, wait_s: float) -> bool:
+    import ray
+
+    try:
+        ray.get(group.ready(), timeout=wait_s)
+        return True
+    except ray.exceptions.GetTimeoutError:
+        return False
 
 
 def _why() -> str:

@@ -240,7 +240,8 @@ def _send(command: str, run_folder: str, relative: str, submission_id: str, *, a
     import ray
 
     jobs = client(address, token_file)
-    submitted = {"version": palimpsest.__version__, "ray": ray.__version__, "address": dashboard_address(address),
+    submitted = {"version": palimpsest.__version__, "ray": ray.__version__, "packages": package_versions(),
+                 "address": dashboard_address(address),
                  "run_folder": run_folder, "search": search,
                  "token_file": str(token_file) if token_file else None}
     runtime_env = {
@@ -261,6 +262,23 @@ def _send(command: str, run_folder: str, relative: str, submission_id: str, *, a
     return jobs, Submission(job_id, run_folder, command)
 
 
+# Libraries whose version changes what a run computes: the head says where its own differ from the submitter's.
+COMPARED_PACKAGES = ("torch", "transformers", "peft", "opacus", "deepspeed", "gymnasium", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    """{package: installed version, local build tag dropped (a CUDA torch is the same torch)}."""
+    import importlib.metadata
+
+    found = {}
+    for name in COMPARED_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def await_start(jobs, job_id: str, *, timeout_s: float = START_WAIT_S, poll_s: float = 0.5) -> bool:
     """Until the job's driver says it started (True), or `timeout_s` passed with the job still pending
     (False: Ray is still setting up its environment). A job that ended before it started raises
@@ -275,6 +293,9 @@ def await_start(jobs, job_id: str, *, timeout_s: float = START_WAIT_S, poll_s: f
         if STARTED in logs:
             return True
         if status in TERMINAL:
+            if not logs.strip():  # it never ran a line: Ray could not set up its environment (the reason is Ray's)
+                message = getattr(jobs.get_job_info(job_id), "message", None) or "no log"
+                raise SubmitError(f"job {job_id} {status.lower()} before it started: {message}")
             raise SubmitError(cannot_start(job_id, status, logs))
         if time.monotonic() >= deadline:
             return False

@@ -177,8 +177,9 @@ class PPOSpec(Strict):
     max_seq_len: int = Field(32, ge=1, le=1024, description="chunk length the recurrent state is trained through")
     num_env_runners: int = Field(0, ge=0, le=1024, description="sampling actors per trial (0: sample in the trial itself)")
     num_cpus_per_env_runner: float = Field(1.0, gt=0, description="CPUs each env runner holds")
-    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPUs the trial's learner holds (0: it learns on "
-                                        "the trial's CPU); a fraction shares one GPU between trials")
+    num_gpus_per_learner: float = Field(0.0, ge=0, le=1, description="GPUs the trial's learner holds (0: it learns "
+                                        "on the trial's CPU; RLlib's one learner uses one GPU at most); a fraction "
+                                        "shares one GPU between trials")
     num_envs_per_env_runner: int = Field(32, ge=1, le=8192, description="sub-envs of the batched twin stepped per "
                                                                          "runner")
 

@@ -195,6 +195,9 @@ def with_values(document: dict, values: dict) -> dict:
     return found
 
 
+RESOURCE_PPO = ("ppo.num_env_runners", "ppo.num_cpus_per_env_runner", "ppo.num_gpus_per_learner")
+
+
 def metric_problems(spec) -> list[str]:
     """Rules that tie the tune section to the job: known objectives, what a scheduler needs, one method."""
     tune, kind = spec.tune, spec.kind
@@ -202,6 +205,10 @@ def metric_problems(spec) -> list[str]:
     if kind == "privacy_sweep" or getattr(getattr(spec, "job", None), "tune", None) is not None:
         return [f"tune: kind {kind} cannot be searched (a privacy_sweep is a sweep already; search a train job's "
                 "privacy fields instead)"]
+    sized = [path for path in tune.space if path.split(".")[0] == "scaling" or path in RESOURCE_PPO]
+    if sized:  # Tune reserves one size for every trial, checked against the cluster before the search starts
+        problems.append(f"tune.space: {', '.join(sized)}: a trial's resources are one size for the whole search "
+                        "(set them in the job, or run one search per size)")
     for metric in tune.metrics:
         if metric not in METRICS[kind]:
             problems.append(f"tune.metric: unknown objective '{metric}' for kind {kind}"
