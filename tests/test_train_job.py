@@ -100,7 +100,8 @@ def test_bad_data_file_exits_2_before_any_run_folder(tmp_path, monkeypatch):
 
 def test_impossible_resources_exit_2_before_any_run_folder(tmp_path, ray_session):
     result = run_cli(write_job(tmp_path, scaling={"num_workers": 8}), "--out", tmp_path / "run")
-    assert result.exit_code == 2 and "need 8 CPUs" in result.output
+    assert result.exit_code == 2 and "each job needs 8 × (1 CPU), but the Ray cluster's nodes hold (2 CPU) and it " \
+        "has no autoscaler to add more" in " ".join(result.output.split()), result.output
     assert not (tmp_path / "run").exists()
 
 
