@@ -405,6 +405,7 @@ def _started_on_cluster() -> dict | None:
     import importlib.metadata
     import platform as python_platform
 
+    from palimpsest import __version__
     from palimpsest.submit import STARTED, SUBMITTED_ENV
 
     raw = os.environ.get(SUBMITTED_ENV)
@@ -432,7 +433,7 @@ def _started_on_cluster() -> dict | None:
                         "same Ray on both")
     if problems:
         _fail_input(problems)
-    out.print(f"{STARTED}: palimpsest {palimpsest_version()}, Python {python_platform.python_version()}, "
+    out.print(f"{STARTED}: palimpsest {__version__}, Python {python_platform.python_version()}, "
               f"Ray {ray.__version__} ({sys.executable})", highlight=False, markup=False, soft_wrap=True)
     from palimpsest.submit import package_versions
 
@@ -443,12 +444,6 @@ def _started_on_cluster() -> dict | None:
         out.print(f"[palimpsest] note: the cluster's {', '.join(differ)}: results may differ from a run on the submitting machine",
                   highlight=False, markup=False, soft_wrap=True)
     return context
-
-
-def palimpsest_version() -> str:
-    import palimpsest
-
-    return palimpsest.__version__
 
 
 def _start_ray(spec, address: str | None, prepared=None, *, search: bool = False) -> None:

@@ -336,7 +336,8 @@ def capacity() -> dict[str, float]:
 def ensure(need: Need, cluster: Cluster, *, wait_timeout_s: float, say: Callable[[str], None],
            refresh: Callable[[], Cluster] | None = None, poll_s: float = 1.0) -> Cluster:
     """Refuse a job the cluster can never hold; where an autoscaler runs and the nodes up cannot hold it yet,
-    request it and wait (ClusterTooSmall after wait_timeout_s). Returns the cluster as it then is."""
+    ask for it as a pending placement group and wait (ClusterTooSmall after wait_timeout_s). Returns the cluster
+    as it then is."""
     reason = refusal(need, cluster)
     if reason:
         raise ClusterTooSmall(reason)
@@ -352,12 +353,12 @@ def ensure(need: Need, cluster: Cluster, *, wait_timeout_s: float, say: Callable
     try:
         last_line = -math.inf
         while True:
+            placed = _placed(group, poll_s)
             waited = time.monotonic() - started
             cluster = refresh()
-            if _placed(group, poll_s) or pack(need.bundles, cluster.nodes):
+            if placed or pack(need.bundles, cluster.nodes):
                 say(f"the autoscaler started the nodes after {waited:.0f} s; the cluster holds {show(cluster.now)}")
                 return cluster
-            waited = time.monotonic() - started
             if waited >= wait_timeout_s:
                 raise ClusterTooSmall(
                     f"scaling.wait_timeout_s: waited {wait_timeout_s:g} s for the autoscaler to start nodes for "
