@@ -57,6 +57,8 @@ for source_root in ("envs", "platform"):  # the source roots; the package is `pa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from palimpsest.train.flops import train_flops  # noqa: E402
+
 PEAK_FLOPS = 790e12  # H200 bf16 dense, as DESIGN.md measures MFU
 PAD, BOS, EOS = 0, 1, 2
 STARTED = time.perf_counter()
@@ -242,7 +244,7 @@ def speed(run: dict, warmup: int, *, peak_flops: float = PEAK_FLOPS) -> dict:
         "warmup_step_s": [round(s["s"], 4) for s in run["steps"][:warmup]],
         "examples_per_step_mean": sum(s["examples"] for s in measured) / max(len(measured), 1),
         "tokens_per_s": tps,
-        "mfu": 6 * params * tps / peak_flops,
+        "mfu": train_flops(params, tps) / peak_flops,
         "parameters_total": params,
         "parameters_trainable": run["parameters"]["trainable"],
         "peak_mem_gib": run["peak_mem_gib"],

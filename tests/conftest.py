@@ -18,7 +18,7 @@ for _name, _value in CREDENTIALS.items():
 def ray_session():
     import ray
 
-    from palimpsest.runtime import init_ray
+    from palimpsest.ray_connection import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray()

@@ -21,8 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from palimpsest.cli import app
-from palimpsest.runtime import RunFolder, atomic_write_text
-from palimpsest.spec import JOB_KINDS
+from palimpsest.atomic import atomic_write_text
+from palimpsest.run_folder import RunFolder
+from palimpsest.kinds import KINDS
 
 PALIMPSEST = Path(sys.executable).with_name("palimpsest")
 COMMAND = [str(PALIMPSEST)] if PALIMPSEST.exists() else [sys.executable, "-m", "palimpsest.cli"]
@@ -185,7 +186,7 @@ def test_ctrl_c_during_a_ray_run_leaves_a_resumable_folder(tmp_path):
     status, stdout, stderr = _interrupt_after_first_checkpoint(tmp_path, folder, [])
     _assert_interrupted(folder, status, stderr, "")
     assert "Traceback" not in stderr
-    # Ray's own chatter stays out of the user's terminal (runtime.init_ray).
+    # Ray's own chatter stays out of the user's terminal (ray_connection.init_ray).
     for noise in ("Token authentication", "PreemptionWatcher", "core_worker.cc", "PlacementGroupCleaner",
                   "Found multiple active Ray instances"):
         assert noise not in stdout + stderr, noise
@@ -245,7 +246,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     class Boom(Exception):
         pass
 
-    from palimpsest.runtime import atomic_open
+    from palimpsest.atomic import atomic_open
 
     with pytest.raises(Boom):
         with atomic_open(target) as handle:
@@ -355,7 +356,7 @@ def test_help_describes_only_what_exists(args):
     if args == ["--help"]:
         assert all(command in text for command in ("submit", "jobs", "logs", "stop", "tune")), text
     if args != ["report", "--help"]:
-        assert all(kind in text for kind in JOB_KINDS), text
+        assert all(kind in text for kind in KINDS), text
     if args in (["--help"], ["run", "--help"]):
         assert "130" in text and "--resume" in text
 
@@ -365,7 +366,7 @@ def test_help_describes_only_what_exists(args):
 
 @pytest.mark.integration
 def test_forwarded_ray_noise_is_dropped_and_our_lines_pass(ray_session, capfd):
-    """What Ray forwards from its workers to this terminal goes through runtime's filter."""
+    """What Ray forwards from its workers to this terminal goes through ray_connection's filter."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     noise = ("[2026-11-29 18:26:21,759 E 8688 8744] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "

@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from palimpsest.cli import app
-from palimpsest.runners import RUNNERS
-from palimpsest.runtime import RunFolder
+from palimpsest.kinds import KINDS
+from palimpsest.run_folder import RunFolder
 from palimpsest.spec import parse_spec
 from palimpsest.train.config import FailAt
 
@@ -31,7 +31,7 @@ def private_spec(**overrides) -> dict:
 
 def run_spec(document: dict, out: Path, *, use_ray: bool = True, fail_at: FailAt | None = None) -> dict:
     spec = parse_spec(document)
-    runner = RUNNERS[spec.kind]
+    runner = KINDS[spec.kind].runner
     prepared = runner.prepare(spec)
     if fail_at:
         prepared.worker_config = prepared.worker_config.with_(fail_at=fail_at)

@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from palimpsest.train.session import (
-    MANIFEST,
-    REPORTED_METRICS,
-    CheckpointCorruptError,
-    LocalSession,
-    checkpoint_directory,
-    verify_checkpoint,
-    write_manifest,
-)
+from palimpsest.manifest import MANIFEST, CheckpointCorruptError, verify_checkpoint, write_manifest
+from palimpsest.train.session import REPORTED_METRICS, LocalSession, checkpoint_directory
 
 
 def make_checkpoint_dir(path: Path, step: int = 5) -> Path:

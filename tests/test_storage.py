@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from interrupting import interrupt_at
 from palimpsest.cli import app
 from palimpsest.storage import MIRROR, RunStorage, StorageError, _upload, check_storage_path, filesystem, join, name_of
-from palimpsest.train.checkpoint import STATE_FILE
-from palimpsest.train.session import LEFT_ON_STORAGE, MANIFEST, verify_checkpoint, write_manifest
+from palimpsest.manifest import LEFT_ON_STORAGE, MANIFEST, STATE_FILE, verify_checkpoint, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "methods=[replay]", "--set", "training.steps=40", "--set", "training.log_every=10",

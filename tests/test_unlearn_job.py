@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from palimpsest.cli import app
 from palimpsest.runners import unlearn
-from palimpsest.runtime import RunFolder
+from palimpsest.run_folder import RunFolder
 from palimpsest.spec import parse_spec
 from palimpsest.train.config import FailAt
 from palimpsest.unlearn.ledger import Ledger

@@ -133,9 +133,9 @@ def rl_trial_need(spec, prepared=None) -> Need:
     from palimpsest.rl.ppo import trial_bundles
 
     if prepared is None:
-        from palimpsest.runners.rl import prepare
+        from palimpsest.rl.plan import plan_trials
 
-        prepared = prepare(spec)
+        prepared = plan_trials(spec)
     largest, seen = None, set()
     for trial in prepared.trials:
         key = json.dumps(trial["ppo"], sort_keys=True)

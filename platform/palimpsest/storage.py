@@ -149,8 +149,7 @@ class RunStorage:
         """
         if not self.remote:
             return self.local
-        from palimpsest.train.checkpoint import STATE_FILE
-        from palimpsest.train.session import LEFT_ON_STORAGE, CheckpointCorruptError, verify_checkpoint
+        from palimpsest.manifest import LEFT_ON_STORAGE, STATE_FILE, CheckpointCorruptError, verify_checkpoint
 
         (fs, path), names = self._listing()
         self.local.mkdir(parents=True, exist_ok=True)
@@ -177,7 +176,7 @@ class RunStorage:
         """Upload the mirror's checkpoints that storage lacks whole (a run without Ray writes into the mirror)."""
         if not self.remote or not self.local.is_dir():
             return
-        from palimpsest.train.session import MANIFEST
+        from palimpsest.manifest import MANIFEST
 
         fs, path = filesystem(self.where)
         for directory in sorted(p for p in self.local.glob("checkpoint_*") if p.is_dir()):
@@ -221,7 +220,7 @@ def _upload(directory: Path, fs, path: str, skip: str | None = None) -> None:
 
     `skip`: a folder name left out wherever it occurs (a search's trials have mirrors too).
     """
-    from palimpsest.train.session import MANIFEST_GLOB
+    from palimpsest.manifest import MANIFEST_GLOB
 
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.match(MANIFEST_GLOB))  # stable: the manifests go last

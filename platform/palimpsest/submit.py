@@ -101,7 +101,7 @@ def client(address: str | None, token_file: Path | None = None):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    from palimpsest.runtime import _tcp_unreachable
+    from palimpsest.ray_connection import _tcp_unreachable
 
     url = dashboard_address(address)
     host_port = url.split("://", 1)[1].split("/", 1)[0]
@@ -187,7 +187,7 @@ def _revalidate(job: Path, sets: list[str]) -> None:
 
 def submit(job: Path, sets: list[str], spec, *, address: str | None, storage: str | None, search: bool,
            token_file: Path | None = None, name: str | None = None) -> tuple[object, Submission]:
-    from palimpsest.runtime import utc_stamp
+    from palimpsest.run_folder import utc_stamp
     from palimpsest.storage import is_uri, join
 
     root = storage_root(storage, spec)
@@ -214,7 +214,7 @@ def resubmit(resume: str, *, address: str | None, search: bool, token_file: Path
              name: str | None = None) -> tuple[object, Submission]:
     """`palimpsest run --resume RUN_FOLDER` (or `tune`) on the cluster: a folder on its shared storage, or one
     uploaded to a bucket, which the head fetches into /tmp/palimpsest-runs/NAME and uploads back."""
-    from palimpsest.runtime import utc_stamp
+    from palimpsest.run_folder import utc_stamp
     from palimpsest.storage import StorageError, check_storage_path, is_uri, name_of
 
     try:

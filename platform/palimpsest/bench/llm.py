@@ -49,7 +49,7 @@ def prepared_case(document: dict):
 def ours(document: dict, workdir: Path, *, use_ray: bool) -> dict:
     """Our loop on `document` (Ray Train, or in this process): steady figures, end-to-end wall and tokens."""
     from palimpsest.runners.common import fit
-    from palimpsest.runtime import RunFolder
+    from palimpsest.run_folder import RunFolder
 
     spec, prepared = prepared_case(document)
     folder = RunFolder.create(document["name"], workdir / f"{document['name']}-{time.monotonic_ns()}")

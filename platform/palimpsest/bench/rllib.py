@@ -89,7 +89,7 @@ def quiet_ray():
     RLlib warns at every build (new API stack, deprecations), and one row per case is the output."""
     import ray
 
-    from palimpsest.runtime import init_ray
+    from palimpsest.ray_connection import init_ray
 
     owned = not ray.is_initialized()
     if owned:

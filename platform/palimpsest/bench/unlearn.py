@@ -18,7 +18,7 @@ from palimpsest.bench import Row
 
 def _run(document: dict, workdir: Path, name: str) -> dict:
     from palimpsest.runners import unlearn
-    from palimpsest.runtime import RunFolder
+    from palimpsest.run_folder import RunFolder
     from palimpsest.spec import parse_spec
 
     spec = parse_spec(document)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from palimpsest.runtime import atomic_write_text
+from palimpsest.atomic import atomic_write_text
 
 from .factworld import QAExample
 

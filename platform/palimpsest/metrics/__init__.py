@@ -1,1 +1,1 @@
-"""Metric functions: CL matrix metrics (pure), membership inference (runs the model over examples, draws a histogram)."""
+"""Metrics: continual-learning matrices, membership inference, TOFU/MUSE scores, rliable intervals, seeds."""

@@ -176,9 +176,9 @@ def membership_inference(member_log_probs: list[np.ndarray], member_texts: list[
 def plot_mia(scores: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *, title: str = "",
              result: dict | None = None) -> Path:
     """One histogram panel per attack, members over non-members on shared bins; AUCs from `result` if given."""
-    from palimpsest.report import _plt, _save  # matplotlib only when plotting
+    from palimpsest.report.common import plt_module, save  # matplotlib only when plotting
 
-    plt = _plt()
+    plt = plt_module()
     names = list(scores["members"])
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -194,4 +194,4 @@ def plot_mia(scores: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save(fig, Path(path))

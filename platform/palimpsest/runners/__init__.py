@@ -1,6 +1,4 @@
-"""One runner per job kind: `prepare(spec)` (may raise DataError) and `run(spec, prepared, folder)`."""
+"""One runner per job kind: `prepare(spec)` (may raise DataError) and `run(spec, prepared, folder)`.
 
-from palimpsest.runners import bench, continual, privacy_sweep, rl, train, unlearn
-
-RUNNERS = {"train": train, "continual": continual, "privacy_sweep": privacy_sweep, "unlearn": unlearn, "rl": rl,
-           "bench": bench}
+`palimpsest.kinds` names each kind's runner; they are imported when a job of their kind runs.
+"""

@@ -9,10 +9,11 @@ from pathlib import Path
 from palimpsest.catalog import methods_of
 from palimpsest.data import DataError, load_hf_qa, load_qa_file, qa_texts, train_bpe_tokenizer
 from palimpsest.models import model_config
-from palimpsest.runtime import RunFolder
+from palimpsest.run_folder import RunFolder
 from palimpsest.train.batching import PROMPT_TEMPLATE, TokenizedQA, tokenize_qa
 from palimpsest.train.checkpoint import POSITION_FILE
-from palimpsest.train.session import LEFT_ON_STORAGE
+from palimpsest.manifest import LEFT_ON_STORAGE
+from palimpsest.train.flops import train_flops
 from palimpsest.train.config import NAIVE, Evaluation, LoopConfig, MethodRun, Optimisation
 
 
@@ -137,7 +138,7 @@ def training_cost(result: dict, steps: int) -> dict:
     The FLOPs are the non-private estimate, so a private run's lower FLOP/s is its DP
     overhead (per-example gradients, clipping, noise).
     """
-    flops = 6 * result["parameters"]["total"] * result["train_tokens"]
+    flops = train_flops(result["parameters"]["total"], result["train_tokens"])
     wall = result["wall_s"]
     return {"wall_s": round(wall, 3), "train_tokens": result["train_tokens"], "train_flops": flops,
             "step_s": round(wall / max(steps, 1), 4), "flop_per_s": round(flops / wall, 1) if wall > 0 else None,
@@ -230,7 +231,7 @@ def reported_checkpoints(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def _complete(directory: Path) -> bool:
-    from palimpsest.train.session import CheckpointCorruptError, verify_checkpoint
+    from palimpsest.manifest import CheckpointCorruptError, verify_checkpoint
 
     try:
         # A copy a crash cut short may lack its manifest too: demand one.

@@ -31,7 +31,7 @@ from palimpsest.runners.common import (
 from palimpsest.runners.common import method_runs as checked_method_runs
 from palimpsest.privacy import released_privacy
 from palimpsest.runners.train import RULES_SET
-from palimpsest.runtime import RunFolder
+from palimpsest.run_folder import RunFolder
 from palimpsest.spec import ContinualJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import LoopConfig, MethodRun

@@ -17,7 +17,7 @@ from palimpsest.privacy import released_privacy
 from palimpsest.runners.common import (
     build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, training_cost,
 )
-from palimpsest.runtime import RunFolder
+from palimpsest.run_folder import RunFolder
 from palimpsest.spec import TrainJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import LoopConfig

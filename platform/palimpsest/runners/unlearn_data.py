@@ -13,7 +13,7 @@ from palimpsest.data import DataError, QAExample, load_qa_file
 from palimpsest.data.factworld import percent_ceil
 from palimpsest.runners.common import subsample
 from palimpsest.runners.train import fact_world
-from palimpsest.spec.jobs import UnlearnJob
+from palimpsest.spec.unlearn import UnlearnJob
 from palimpsest.unlearn.ledger import content_hash
 
 

@@ -19,8 +19,8 @@ from types import SimpleNamespace
 from palimpsest.catalog import methods_of
 from palimpsest.runners.common import export_checkpoint, fit, loop_config
 from palimpsest.runners.unlearn_data import Point, PreparedUnlearn
-from palimpsest.runtime import RunFolder
-from palimpsest.spec.jobs import UnlearnJob
+from palimpsest.run_folder import RunFolder
+from palimpsest.spec.unlearn import UnlearnJob
 from palimpsest.train.batching import tokenize_qa
 from palimpsest.train.config import MethodRun
 from palimpsest.unlearn.ledger import content_hash

@@ -6,14 +6,13 @@ same run against what a user would otherwise use (README, "Benchmarks").
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
+from palimpsest.spec.base import NAME_PATTERN
 from palimpsest.spec.common import LoraSpec, ModelSpec, Strict, _existing_path
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class _LLMBench(Strict):
@@ -73,19 +72,6 @@ class UnlearnBench(Strict):
     @classmethod
     def _job_exists(cls, value):
         return _existing_path(value, "job spec")
-
-    @model_validator(mode="after")
-    def _an_unlearn_job(self):
-        from palimpsest.spec.common import SpecError
-        from palimpsest.spec.loading import load_spec
-
-        try:
-            job = load_spec(Path(self.job), [f"{key}={value}" for key, value in self.set.items()])
-        except SpecError as error:
-            raise ValueError(f"{self.job} (with set): " + "; ".join(error.problems)) from None
-        if job.kind != "unlearn":
-            raise ValueError(f"job: {self.job} is a {job.kind} job; an unlearn job is needed")
-        return self
 
 
 class EnvsBench(Strict):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from palimpsest.spec.common import SpecError, _suggest
 from palimpsest.spec.bench import BENCH_TYPES
-from palimpsest.spec.jobs import JOB_KINDS, JobSpec
+from palimpsest.kinds import KINDS
 from palimpsest.spec.rules import cross_problems
 from palimpsest.spec.tuning import corner_values, metric_problems, with_values
 
@@ -54,7 +54,7 @@ def apply_overrides(document: dict, overrides: list[str]) -> list[str]:
     return problems
 
 
-def parse_spec(document: Any, *, origin: str = "spec") -> JobSpec:
+def parse_spec(document: Any, *, origin: str = "spec") -> BaseModel:
     """Validate a parsed YAML document into a typed job spec.
 
     Raises:
@@ -64,10 +64,10 @@ def parse_spec(document: Any, *, origin: str = "spec") -> JobSpec:
         raise SpecError([f"{origin}: expected a mapping of fields at the top level, got {type(document).__name__}"])
     kind = document.get("kind")
     if kind is None:
-        raise SpecError([f"{origin}: kind: required field missing; allowed: {', '.join(JOB_KINDS)}"])
-    if not isinstance(kind, str) or kind not in JOB_KINDS:
-        raise SpecError([f"{origin}: kind: unknown job kind '{kind}'" + _suggest(kind, JOB_KINDS)])
-    model_cls = JOB_KINDS[kind]
+        raise SpecError([f"{origin}: kind: required field missing; allowed: {', '.join(KINDS)}"])
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise SpecError([f"{origin}: kind: unknown job kind '{kind}'" + _suggest(kind, KINDS)])
+    model_cls = KINDS[kind].spec
     problems = cross_problems(kind, document)  # every cross-section rule, whatever else is wrong
     try:
         spec = model_cls.model_validate(document)
@@ -75,9 +75,27 @@ def parse_spec(document: Any, *, origin: str = "spec") -> JobSpec:
         problems = _describe(err, model_cls) + problems
     if not problems and getattr(spec, "tune", None) is not None:
         problems = tune_problems(spec)
+    if not problems and kind == "bench":
+        problems = _bench_job_problems(spec)
     if problems:
         raise SpecError([f"{origin}: {line}" for line in dict.fromkeys(problems)])
     return spec
+
+
+def _bench_job_problems(spec) -> list[str]:
+    """An unlearn benchmark names an unlearn job spec: it must load (with its `set:`) and be one."""
+    problems = []
+    for i, bench in enumerate(spec.benchmarks):
+        if bench.type != "unlearn":
+            continue
+        try:
+            job = load_spec(Path(bench.job), [f"{key}={value}" for key, value in bench.set.items()])
+        except SpecError as error:
+            problems.append(f"benchmarks.{i}.unlearn: {bench.job} (with set): " + "; ".join(error.problems))
+            continue
+        if job.kind != "unlearn":
+            problems.append(f"benchmarks.{i}.unlearn: job: {bench.job} is a {job.kind} job; an unlearn job is needed")
+    return problems
 
 
 def base_document(spec) -> dict:
@@ -115,7 +133,7 @@ def tune_problems(spec) -> list[str]:
     return problems
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BaseModel:
     """Read, override and validate a YAML job spec.
 
     Raises:

@@ -6,6 +6,7 @@ torch or ray.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,10 +15,10 @@ from pydantic import Field, field_validator, model_validator
 
 from palimpsest.rl.catalog import AGENTS, MEMORY_CHOICES, MEMORY_PARAMS
 from palimpsest.spec.common import Strict, WaitSpec, _suggest
-from palimpsest.spec.tuning import TuneSpec
+from palimpsest.spec.base import NAME_PATTERN
+from palimpsest.spec.search import TuneSpec
 from palimpsest.storage import check_storage_path
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class RLHeldOut(Strict):
@@ -307,3 +308,12 @@ class RLJob(Strict):
     def trial_seeds(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
+    # What a trial of a search reports, per greedy evaluation (spec/tuning.py: units, units_done).
+    def trial_units(self) -> int:
+        iterations = math.ceil(self.budget.env_steps / self.ppo.train_batch_size)
+        return math.ceil(iterations / self.evaluation.every)
+
+    def units_done(self, report: dict) -> int:
+        # an evaluation every `every` iterations, and one at the (possibly early) end; the trial's
+        # PPO iteration is kept in its checkpoint, so a final report counts what it did too
+        return math.ceil(report.get("iteration", 0) / self.evaluation.every)

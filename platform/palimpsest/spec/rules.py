@@ -1,6 +1,6 @@
 """Rules that tie a job's sections together, checked on every section that is valid on its own.
 
-Field-level rules live on the models (`spec/jobs.py`, `spec/common.py`); these read more
+Field-level rules live on the models (`spec/<kind>.py`, `spec/common.py`); these read more
 than one section (batch divisibility, a method's parameters and the backends it runs on,
 what a method needs from the stream, privacy against the backend), so `validate` reports
 them all at once, next to any field error, one 'field.path: message' line each.
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from palimpsest.catalog import methods_of
 from palimpsest.spec.common import ModelSpec, PrivacySpec, ScalingSpec, TrainingSpec
-from palimpsest.spec.jobs import _method_entry
+from palimpsest.spec.base import method_entry
 
 
 def _section(model_cls: type[BaseModel], document: dict, key: str):
@@ -69,7 +69,7 @@ def _unlearn_problems(document: dict, training, scaling, model) -> list[str]:
     entries = document.get("methods") if isinstance(document.get("methods"), list) else []
     known = methods_of("unlearning")
     for i, raw in enumerate(entries):
-        entry = _method_entry(raw)
+        entry = method_entry(raw)
         info = known.get(entry.get("name")) if isinstance(entry, dict) else None
         if info is None:
             continue
@@ -131,7 +131,7 @@ def _privacy_problems(kind: str, document: dict, privacy, training, scaling, mod
             problems.append("privacy.grad_sample_mode: ghost_fsdp with model.lora is not supported; use hooks, "
                             "functorch or ghost for DP-LoRA")
         entries = document.get("methods") if kind == "continual" and isinstance(document.get("methods"), list) else []
-        if any(isinstance(_method_entry(m), dict) and _method_entry(m).get("name") == "lora" for m in entries):
+        if any(isinstance(method_entry(m), dict) and method_entry(m).get("name") == "lora" for m in entries):
             problems.append("privacy.grad_sample_mode: ghost_fsdp cannot shard the lora method's per-task adapters; "
                             "use hooks, functorch or ghost")
     if privacy and privacy.grad_sample_mode.startswith("ghost") and model and _tied_embeddings(model):
@@ -141,7 +141,7 @@ def _privacy_problems(kind: str, document: dict, privacy, training, scaling, mod
     if kind == "continual" and isinstance(document.get("methods"), list):
         known = methods_of("continual")
         for i, raw in enumerate(document["methods"]):
-            entry = _method_entry(raw)
+            entry = method_entry(raw)
             info = known.get(entry.get("name")) if isinstance(entry, dict) else None
             if info is not None and not info.private:
                 allowed = ", ".join(n for n, m in known.items() if m.private)
@@ -203,7 +203,7 @@ def _method_problems(document: dict, training, scaling, model, family: str = "co
     problems, names = [], []
     stream = document.get("stream") if isinstance(document.get("stream"), dict) else {}
     for i, raw in enumerate(entries):
-        entry = _method_entry(raw)
+        entry = method_entry(raw)
         if not isinstance(entry, dict) or entry.get("name") not in known:
             continue  # the field validation reports it
         info = known[entry["name"]]

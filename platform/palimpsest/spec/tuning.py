@@ -8,148 +8,22 @@ produce an invalid spec (a negative learning rate, an unknown method) is refused
 anything runs.
 
 Objectives are keys of the run's summary.json (`acc`, `forget_quality`, `mia.min_k`, …;
-`METRICS` lists them per kind). Some are also reported while a trial runs, per task,
+`palimpsest.kinds` lists them per kind). Some are also reported while a trial runs, per task,
 request or evaluation (`PROGRESS`): only those let ASHA and PBT act.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import re
-from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from palimpsest.kinds import KINDS, UNLEARN_REQUEST  # noqa: F401  (UNLEARN_REQUEST: the search's progress keys)
+from palimpsest.spec.common import _suggest
 
-from palimpsest.spec.common import Strict, _suggest
-
-DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
-TRAIN_SETS = ("train", "holdout", "eval", "holdout_rules")
-EVAL_METRICS = ("answer_accuracy", "token_accuracy", "loss")
-MIA_ATTACKS = ("loss", "zlib", "min_k")
-
-UNLEARN_REQUEST = ("forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "privleak",
-                   "extraction_strength", "exact_memorization", "mia.loss", "mia.zlib", "mia.min_k",
-                   "mia.min_k_plus_plus")
-# kind -> objectives a finished trial reports (keys of its summary.json, nested keys dotted)
-METRICS: dict[str, tuple[str, ...]] = {
-    "continual": ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "general_loss", "rule_accuracy",
-                  "cost.wall_s"),
-    "unlearn": UNLEARN_REQUEST + ("cost.ratio", "cost.unlearn_wall_s"),
-    "train": tuple(f"final.{s}.{m}" for s in TRAIN_SETS for m in EVAL_METRICS)
-    + tuple(f"mia.attacks.{a}.auc" for a in MIA_ATTACKS) + ("rule_accuracy", "cost.wall_s"),
-    "rl": ("best_success_rate", "test_success_rate", "best_mean_return"),
-}
-# kind -> objectives also reported while a trial runs (what ASHA and PBT act on), and per what
-PROGRESS: dict[str, tuple[str, ...]] = {
-    "continual": ("acc", "general_loss"),  # after each task: ACC over the tasks seen so far
-    "unlearn": UNLEARN_REQUEST,  # after each request
-    "train": tuple(f"final.{s}.{m}" for s in TRAIN_SETS for m in EVAL_METRICS),  # every eval.eval_every steps
-    "rl": ("best_success_rate",),  # every greedy evaluation
-}
-UNIT = {"continual": "task", "unlearn": "request", "train": "evaluation", "rl": "evaluation"}
-
-
-class TuneSpec(Strict):
-    """A Ray Tune search over the job's own fields."""
-
-    space: dict[str, dict[str, Any]] = Field(
-        min_length=1, description="dotted field path -> one distribution: {uniform: [lo, hi]}, {loguniform: [lo, hi]}, "
-                                  "{randint: [lo, hi]} (both ends included), {choice: [...]} or {grid: [...]} "
-                                  "(every value, num_samples times)")
-    metric: str | list[str] = Field(description="the objective (a summary.json key of the job's kind), or a list "
-                                                "of objectives for a multi-objective search")
-    mode: Literal["min", "max"] | list[Literal["min", "max"]] = Field(
-        description="min or max, one per metric")
-    num_samples: int = Field(8, ge=1, le=100_000, description="trials drawn (with grid: per grid point)")
-    scheduler: Literal["fifo", "asha", "pbt"] = Field(
-        "fifo", description="fifo: every trial runs to the end; asha: stop poor trials early; pbt: exploit and "
-                            "explore at each report (kind rl)")
-    search: Literal["random", "optuna"] = Field("random", description="random sampling, or Optuna's TPE (several "
-                                                                      "metrics: its multi-objective sampler)")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs and GPUs hold")
-    time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this long")
-    grace_period: int = Field(1, ge=1, description="asha: reports (tasks, requests, evaluations) every trial gets")
-    reduction_factor: float = Field(2, gt=1, description="asha: keep the best 1/reduction_factor at each rung")
-    perturbation_interval: int = Field(1, ge=1, description="pbt: reports between exploit/explore steps")
-    seed: int | None = Field(None, ge=0, description="the searcher's seed; default: the job's seed")
-    private_selection: Literal["compose", "poisson"] = Field(
-        "compose", description="a private job: how the selected model's ε counts the search. compose: every "
-                               "trial's accountant history composed (any space, scheduler, searcher); poisson: "
-                               "Papernot & Steinke (2022) — the number of trials is drawn from a Poisson "
-                               "distribution of mean num_samples, and only the best trial's model and score are "
-                               "released (random search, fifo, one objective, privacy plan fixed)")
-    allow_nonprivate_objective: bool = Field(
-        False, description="a private job: allow an objective that reads the training data without noise "
-                           "(final.train.*, mia.*, a fact-world stream's accuracies); the selection then "
-                           "leaks what the ε does not count")
-
-    @field_validator("space")
-    @classmethod
-    def _distributions(cls, value):
-        problems = []
-        for path, dimension in value.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", path):
-                problems.append(f"{path}: not a dotted field path (e.g. training.lr, methods.0.params.ewc_lambda)")
-                continue
-            if path.split(".")[0] in ("kind", "tune", "name"):
-                problems.append(f"{path}: cannot be searched")
-                continue
-            problem = _dimension_problem(dimension)
-            if problem:
-                problems.append(f"{path}: {problem}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return value
-
-    @model_validator(mode="after")
-    def _objectives(self):
-        metrics, modes = self.metrics, self.modes
-        if len(modes) != len(metrics):
-            raise ValueError(f"mode: one per metric ({len(metrics)} metrics, {len(modes)} modes)")
-        if len(set(metrics)) != len(metrics):
-            raise ValueError("metric: each objective once")
-        if len(metrics) > 1 and self.scheduler != "fifo":
-            raise ValueError(f"scheduler: {self.scheduler} acts on one metric; a multi-objective search uses fifo")
-        grid = [p for p, d in self.space.items() if "grid" in d]
-        if grid and self.search == "optuna":
-            raise ValueError(f"search: optuna samples its own points and takes no grid ({', '.join(grid)}); use "
-                             "choice, or search: random")
-        if self.scheduler == "pbt" and (self.search == "optuna" or grid):
-            raise ValueError("scheduler: pbt mutates the space itself: use search: random and no grid")
-        return self
-
-    @property
-    def metrics(self) -> list[str]:
-        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
-
-    @property
-    def modes(self) -> list[str]:
-        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _dimension_problem(dimension) -> str | None:
-    if not isinstance(dimension, dict) or len(dimension) != 1 or next(iter(dimension)) not in DISTRIBUTIONS:
-        return f"give exactly one distribution, one of {', '.join(DISTRIBUTIONS)} (e.g. {{loguniform: [1e-4, 1e-2]}})"
-    (kind, bounds), = dimension.items()
-    if kind in ("choice", "grid"):
-        if not isinstance(bounds, list) or not bounds:
-            return f"{kind}: a non-empty list of values"
-        return None
-    if not isinstance(bounds, list) or len(bounds) != 2 or not all(_number(b) for b in bounds):
-        return f"{kind}: [low, high], two numbers"
-    low, high = bounds
-    if kind == "randint" and not all(isinstance(b, int) for b in bounds):
-        return f"randint: [low, high], two integers (got {bounds})"
-    if low > high or (low == high and kind != "randint"):
-        return f"{kind}: low {low} must be below high {high}"
-    if kind == "loguniform" and low <= 0:
-        return f"loguniform: low {low} must be above 0"
-    return None
+# kind -> objectives a finished trial reports, those also reported while it runs, and per what
+# (declared in palimpsest/kinds.py)
+METRICS = {name: info.objectives for name, info in KINDS.items() if info.objectives}
+PROGRESS = {name: info.progress for name, info in KINDS.items() if info.objectives}
+UNIT = {name: info.unit for name, info in KINDS.items() if info.objectives}
 
 
 def corner_values(dimension: dict) -> list:
@@ -202,9 +76,8 @@ def metric_problems(spec) -> list[str]:
     """Rules that tie the tune section to the job: known objectives, what a scheduler needs, one method."""
     tune, kind = spec.tune, spec.kind
     problems = []
-    if kind == "privacy_sweep" or getattr(getattr(spec, "job", None), "tune", None) is not None:
-        return [f"tune: kind {kind} cannot be searched (a privacy_sweep is a sweep already; search a train job's "
-                "privacy fields instead)"]
+    if KINDS[kind].searchable_note or getattr(getattr(spec, "job", None), "tune", None) is not None:
+        return [f"tune: kind {kind} cannot be searched ({KINDS[kind].searchable_note})"]
     sized = [path for path in tune.space if path.split(".")[0] == "scaling" or path in RESOURCE_PPO]
     if sized:  # Tune reserves one size for every trial, checked against the cluster before the search starts
         problems.append(f"tune.space: {', '.join(sized)}: a trial's resources are one size for the whole search "
@@ -299,18 +172,9 @@ def units(spec) -> int:
 
     The base job's count is ASHA's max_t; a trial whose own count differs (a search over
     training.steps, eval.eval_every, budget.env_steps) is timed as a share of its own (`palimpsest.tune`).
+    Each searchable kind's spec model counts its own (`trial_units`).
     """
-    kind = spec.kind
-    if kind == "continual":
-        stream = spec.stream
-        return stream.num_tasks if stream.source == "factworld" else len(stream.tasks)
-    if kind == "unlearn":
-        return len(spec.requests)
-    if kind == "train":
-        every = spec.eval.eval_every
-        return (spec.training.steps - 1) // every + 1 if every else 1
-    iterations = math.ceil(spec.budget.env_steps / spec.ppo.train_batch_size)
-    return math.ceil(iterations / spec.evaluation.every)
+    return spec.trial_units()
 
 
 FINISHED = "finished"  # a trial's final report (its summary's figures): every unit done
@@ -323,11 +187,6 @@ def units_done(spec, report: dict) -> int:
     resumed trial reports again): the task or request it ended, the step it evaluated at, an rl
     trial's PPO iteration (kept in its checkpoint); a final report counts them all.
     """
-    if spec.kind == "rl":  # an evaluation every `every` iterations, and one at the (possibly early) end
-        return math.ceil(report.get("iteration", 0) / spec.evaluation.every)
-    if report.get(FINISHED):
+    if report.get(FINISHED) and spec.kind != "rl":  # (an rl trial's last report says its iteration)
         return units(spec)
-    if spec.kind == "train":
-        return report["step"] // spec.eval.eval_every if "step" in report and spec.eval.eval_every else 0
-    key = {"continual": "task", "unlearn": "request"}[spec.kind]
-    return report[key] + 1 if key in report else 0
+    return spec.units_done(report)

@@ -1,0 +1,1 @@
+"""The training loop and what it runs on: sessions, backends, methods, checkpoints, FLOP counting."""

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from palimpsest.models import build_model, export_pretrained, unwrap
+from palimpsest.manifest import STATE_FILE
 from palimpsest.train.batching import PROMPT_TEMPLATE
 
-STATE_FILE = "trainer_state.pt"
 PROMPT_FILE = "palimpsest_prompt.json"  # how to ask the model: the format it was trained on
 POSITION_FILE = "checkpoint_position.json"  # what the checkpoint was reported with (method, task, step)
 

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from transformers import get_scheduler
 
-from palimpsest.train.backends import Backend, adamw
+from palimpsest.train.backend_base import Backend, adamw
 from palimpsest.train.config import Optimisation
 
 

@@ -22,6 +22,15 @@ import torch
 _FLAG = "_palimpsest_flop_meter"
 
 
+def train_flops(parameters: float, tokens: float, *, trainable: float | None = None, backward: bool = True) -> float:
+    """Kaplan et al. (2020): 2·N·T forward; with a backward pass 2·N·T more for the activations' gradient and
+    2·N_trainable·T for the weights' (N_trainable = N unless given): 6·N·T for a plain training step."""
+    flops = 2.0 * parameters * tokens
+    if backward:
+        flops += 2.0 * parameters * tokens + 2.0 * (parameters if trainable is None else trainable) * tokens
+    return flops
+
+
 class FlopMeter:
     """Sums the FLOPs of the model calls made while `counting()` is open (this process only)."""
 
@@ -62,10 +71,7 @@ class FlopMeter:
             total += p.numel()
             if p.requires_grad:
                 trainable += p.numel()
-        flops = 2.0 * total * tokens
-        if torch.is_grad_enabled() and trainable:
-            flops += 2.0 * total * tokens + 2.0 * trainable * tokens
-        self.flops += flops
+        self.flops += train_flops(total, tokens, trainable=trainable, backward=torch.is_grad_enabled() and trainable > 0)
         self.calls += 1
 
 

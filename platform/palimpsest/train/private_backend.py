@@ -37,7 +37,7 @@ from transformers import get_scheduler
 
 from palimpsest.models import unwrap
 from palimpsest.privacy import PrivacyPlan, epsilon_spent
-from palimpsest.train.backends import Backend, adamw
+from palimpsest.train.backend_base import Backend, adamw
 from palimpsest.train.config import Optimisation
 from palimpsest.train.hooks import StepBatch, per_example_loss
 from palimpsest.train.sampling import derive_seed

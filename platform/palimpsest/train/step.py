@@ -16,7 +16,7 @@ import inspect
 import torch
 
 from palimpsest.models import unwrap
-from palimpsest.train.backends import Backend
+from palimpsest.train.backend_base import Backend
 from palimpsest.train.batching import collate_qa, token_losses
 from palimpsest.train.hooks import TASK_PART, LoopContext, MicroBatch, StepBatch, TrainingMethod
 from palimpsest.train.sampling import shard_for_rank

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from palimpsest.train.batching import normalised_loss
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
 
 METHOD = MethodInfo(
     name="ce_u", family="unlearning", implementation="CrossEntropyUnlearning",
@@ -29,8 +29,7 @@ METHOD = MethodInfo(
         Param("ignore_first", "int", 1, "answer tokens at the start of each answer left out (the reference: 1)", low=0),
         Param("retain_weight", "float", 0.0, "α, the weight of a retain NLL (the reference has none)", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import RetainTraining
+from palimpsest.unlearn.base import WHOLE_WEIGHTS_BACKENDS, RetainTraining
 
 METHOD = MethodInfo(
     name="dp2u", family="unlearning", implementation="DP2Unlearning",
@@ -26,8 +26,7 @@ METHOD = MethodInfo(
     paper="Mahmud et al., 2025",
     params=(Param("fraction", "float", 0.5, "share of retraining's steps (the authors: 5 of 10 epochs)", low=0,
                   high=1, low_open=True),),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
 )
 
 

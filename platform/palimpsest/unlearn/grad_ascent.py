@@ -11,13 +11,12 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.methods import MethodInfo
-from palimpsest.unlearn.base import FORGET, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
 
 METHOD = MethodInfo(
     name="grad_ascent", family="unlearning", implementation="GradAscent",
     summary="ascend the forget set's answer NLL: L = −NLL(forget)", paper="Jang et al., 2023",
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
 
 METHOD = MethodInfo(
     name="grad_diff", family="unlearning", implementation="GradDiff",
@@ -19,8 +19,7 @@ METHOD = MethodInfo(
         Param("forget_weight", "float", 1.0, "γ, the weight of the ascent term", low=0, low_open=True),
         Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

@@ -23,7 +23,7 @@ from palimpsest.models import unwrap
 from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_likelihood
 from palimpsest.train.hooks import StepBatch
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod, answer_rows
+from palimpsest.unlearn.base import FORGET, RETAIN, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.idk import draw_refusals
 
 METHOD = MethodInfo(
@@ -38,8 +38,7 @@ METHOD = MethodInfo(
         Param("idk_path", "str", None, "a file of \"I don't know\" answers, one per line (TOFU's idontknow.jsonl); "
                                        "null: the built-in 40", nullable=True),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

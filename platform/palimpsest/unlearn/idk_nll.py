@@ -14,7 +14,7 @@ import torch
 from palimpsest.train.batching import TokenizedQA
 from palimpsest.train.hooks import StepBatch
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import RETAIN, UnlearningMethod
+from palimpsest.unlearn.base import RETAIN, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
 from palimpsest.unlearn.idk import IDK, draw_refusals
 
 METHOD = MethodInfo(
@@ -25,8 +25,7 @@ METHOD = MethodInfo(
         Param("idk_path", "str", None, "a file of \"I don't know\" answers, one per line (TOFU's idontknow.jsonl); "
                                        "null: the built-in 40", nullable=True),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod, answer_rows
+from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.objectives import npo_loss
 
 METHOD = MethodInfo(
@@ -27,8 +27,7 @@ METHOD = MethodInfo(
         Param("forget_weight", "float", 1.0, "γ, the weight of the NPO term", low=0, low_open=True),
         Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL (0: NPO without RT)", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from palimpsest.train.hooks import LoopContext, StepBatch
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import RETAIN, RetainTraining
+from palimpsest.unlearn.base import RETAIN, WHOLE_WEIGHTS_BACKENDS, RetainTraining
 
 METHOD = MethodInfo(
     name="retrain", family="unlearning", implementation="Retrain",
@@ -27,8 +27,7 @@ METHOD = MethodInfo(
     params=(Param("seed_offset", "int", 1, "0: the retain model's seed (reproduces it); another: a second "
                                            "retraining with that seed offset (init and batch order), whose forget "
                                            "quality is the metric's noise floor", low=0, high=1_000_000),),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
 )
 
 

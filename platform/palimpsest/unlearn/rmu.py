@@ -19,7 +19,7 @@ import torch
 from palimpsest.models import unwrap
 from palimpsest.train.methods import MethodInfo, Param
 from palimpsest.train.sampling import derive_seed
-from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, RETAIN, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod
 
 METHOD = MethodInfo(
     name="rmu", family="unlearning", implementation="RMU",
@@ -32,8 +32,7 @@ METHOD = MethodInfo(
         Param("steering_coeff", "float", 6.5, "c, the length of the control vector", low=0, low_open=True),
         Param("retain_weight", "float", 1200.0, "α, the weight of the retain activation loss", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
     gu_refusal="GU replaces a method's retain term by α × the mean answer-NLL gradient of retain items, so RMU "
                "would lose its activation-matching retain loss and train another objective (with α = 1200 on an "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import UnlearningMethod, weighted_forget_nll
+from palimpsest.unlearn.base import WHOLE_WEIGHTS_BACKENDS, UnlearningMethod, weighted_forget_nll
 
 METHOD = MethodInfo(
     name="satimp", family="unlearning", implementation="SatImp",
@@ -30,8 +30,7 @@ METHOD = MethodInfo(
               low_open=True),
         Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL (open-unlearning's yaml)", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
 from palimpsest.unlearn.objectives import simnpo_loss
 
 METHOD = MethodInfo(
@@ -25,8 +25,7 @@ METHOD = MethodInfo(
               low_open=True),
         Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

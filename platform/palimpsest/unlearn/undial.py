@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod
 
 METHOD = MethodInfo(
     name="undial", family="unlearning", implementation="UNDIAL",
@@ -34,8 +34,7 @@ METHOD = MethodInfo(
         Param("forget_weight", "float", 1.0, "γ, the weight of the distillation term", low=0, low_open=True),
         Param("retain_weight", "float", 0.0, "α, the weight of a retain NLL (the config: 0)", low=0),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
-    backend_reason="each request is evaluated on the whole weights, which ZeRO-3 partitions",
+    **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
 )
 

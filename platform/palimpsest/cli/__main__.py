@@ -1,0 +1,7 @@
+"""`python -m palimpsest.cli`: the `palimpsest` command."""
+
+import sys
+
+from palimpsest.cli import main
+
+sys.exit(main())

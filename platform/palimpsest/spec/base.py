@@ -1,0 +1,74 @@
+"""What the Ray Train job kinds share: `JobBase`, method entries, and the run name's pattern.
+
+Field-level rules live on the models; rules that tie sections together live in
+`spec/rules.py` (`cross_problems`); each kind's model is in `spec/<kind>.py`, and
+`palimpsest/kinds.py` lists the kinds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from palimpsest.catalog import methods_of
+from palimpsest.spec.common import EvalSpec, ModelSpec, ScalingSpec, Strict, TrainingSpec, _suggest
+from palimpsest.spec.search import TuneSpec
+from palimpsest.storage import check_storage_path
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class JobBase(Strict):
+    """What every Ray Train job kind has: its name, seed, model, training, scaling, evaluation, storage, search."""
+
+    name: str = Field("run", pattern=NAME_PATTERN, description="run name (folder prefix)")
+    seed: int = Field(0, ge=0, description="seeds data order, model init and the fact world")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
+    storage_path: str | None = Field(None, description="where Ray Train writes checkpoints: an absolute path every "
+                                                       "node mounts, or a URI (s3://, gs://); default: inside the "
+                                                       "run folder")
+    tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage(cls, value):
+        return check_storage_path(value)
+
+
+def private_clipping(job):
+    """A private job clips per example (privacy.max_grad_norm): its resolved spec says there is no global clipping."""
+    if job.privacy is not None and job.training.max_grad_norm is not None:
+        job.training.max_grad_norm = None
+    return job
+
+
+class MethodSpec(Strict):
+    """A continual-learning method by registered name, with its parameters."""
+
+    family: ClassVar[str] = "continual"
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's parameters (see README)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value):
+        known = methods_of(cls.family)
+        if value not in known:
+            raise ValueError(f"unknown {cls.family} method '{value}'" + _suggest(value, list(known)))
+        return value
+
+
+def method_entry(value):
+    return {"name": value} if isinstance(value, str) else value
+
+
+def method_entries(value):
+    """`methods: [npo, {name: rmu, params: ...}]`: a bare name is a mapping with defaults."""
+    return [method_entry(v) for v in value] if isinstance(value, list) else value
+
+
