@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from palimpsest.rl.catalog import AGENTS
-from palimpsest.rl.memory import MEMORIES
+from palimpsest.rl.memory import MEMORIES, make_cell
 
 INPUTS, HIDDEN, B, T = 5, 16, 3, 9
 
@@ -18,7 +18,7 @@ def batched(state: dict) -> dict:
 @pytest.mark.parametrize("name", sorted(MEMORIES))
 def test_stepping_one_step_at_a_time_equals_the_whole_sequence(name):
     torch.manual_seed(0)
-    cell = MEMORIES[name](INPUTS, HIDDEN).eval()
+    cell = make_cell(name, INPUTS, HIDDEN).eval()
     x = torch.randn(B, T, INPUTS)
     torch.manual_seed(1)  # shm draws θ_t at random: the same draws both ways
     whole, final = cell(x, batched(cell.initial_state()))
@@ -37,7 +37,7 @@ def test_stepping_one_step_at_a_time_equals_the_whole_sequence(name):
 @pytest.mark.parametrize("name", sorted(MEMORIES))
 def test_the_state_carries_what_was_seen_and_the_memoryless_baseline_carries_nothing(name):
     torch.manual_seed(0)
-    cell = MEMORIES[name](INPUTS, HIDDEN).eval()
+    cell = make_cell(name, INPUTS, HIDDEN).eval()
     x = torch.randn(1, T, INPUTS)
     changed = x.clone()
     changed[:, 0] = torch.randn(1, INPUTS) * 3  # only the first observation differs (not a shift: LayerNorm)
@@ -56,7 +56,7 @@ def test_gradients_reach_the_first_step_through_the_memory(name):
     if name == "none":
         pytest.skip("no memory")
     torch.manual_seed(0)
-    cell = MEMORIES[name](INPUTS, HIDDEN)
+    cell = make_cell(name, INPUTS, HIDDEN)
     x = torch.randn(2, T, INPUTS, requires_grad=True)
     y, _ = cell(x, {k: v.expand(2, *v.shape).clone() for k, v in cell.initial_state().items()})
     y[:, -1].sum().backward()
@@ -92,7 +92,7 @@ def test_gtrxl_runs_a_chunk_at_once_as_stepping_does_with_gradients_through_the_
     gradient of the last output reaches step 0 (Transformer-XL: gradients flow within the segment) and never
     the memory carried in from before it (sg(M))."""
     torch.manual_seed(0)
-    cell = MEMORIES["gtrxl"](INPUTS, HIDDEN, window=4)  # a window shorter than the chunk: entries slide out
+    cell = make_cell("gtrxl", INPUTS, HIDDEN, {"window": 4})  # a window shorter than the chunk: entries slide out
     x = torch.randn(B, T, INPUTS)
     start = batched(cell.initial_state())
     start["memory"] = torch.randn_like(start["memory"])
@@ -108,7 +108,7 @@ def test_gtrxl_runs_a_chunk_at_once_as_stepping_does_with_gradients_through_the_
             outputs.append(y)
     assert torch.allclose(torch.cat(outputs, dim=1), whole, atol=1e-5)
 
-    cell = MEMORIES["gtrxl"](INPUTS, HIDDEN)  # the default window (96) holds the whole chunk
+    cell = make_cell("gtrxl", INPUTS, HIDDEN)  # the default window (96) holds the whole chunk
     x = torch.randn(B, T, INPUTS, requires_grad=True)
     start = batched(cell.initial_state())
     start["memory"] = torch.randn_like(start["memory"]).requires_grad_()
@@ -128,7 +128,7 @@ def test_ffm_learns_decay_and_frequency_from_the_reference_initialisation():
     only by −0.683 (exp: 0.505 per step), not capped near 1."""
     import math
 
-    cell = MEMORIES["ffm"](INPUTS, HIDDEN, memory=8, context=4)
+    cell = make_cell("ffm", INPUTS, HIDDEN, {"memory": 8, "context": 4})
     names = dict(cell.named_parameters())
     assert "a" in names and "b" in names
     assert torch.allclose(torch.exp(cell.a[[0, -1]]), torch.tensor([0.5101, 0.99551]), atol=1e-4)
@@ -151,7 +151,7 @@ def test_shm_calibrates_its_memory_with_a_row_of_theta_drawn_by_its_rule(rule):
     """C_t = 1 + tanh(θ_t ⊗ v_c(x)) scales the memory: θ gets a gradient (it would get none with C ≡ 1), from
     one row per step at random over the table (the SHM paper) or from row 0 alone (the authors' POPGym code)."""
     torch.manual_seed(0)
-    cell = MEMORIES["shm"](INPUTS, HIDDEN, size=8, table=16, theta=rule)
+    cell = make_cell("shm", INPUTS, HIDDEN, {"size": 8, "table": 16, "theta": rule})
     x = torch.randn(32, T, INPUTS)
     y, _ = cell(x, {k: v.expand(32, *v.shape).clone() for k, v in cell.initial_state().items()})
     y.square().sum().backward()
@@ -160,4 +160,17 @@ def test_shm_calibrates_its_memory_with_a_row_of_theta_drawn_by_its_rule(rule):
     v_c = torch.randn(4, 8)
     assert not torch.allclose(cell.calibration(v_c), torch.ones(4, 8, 8))
     with pytest.raises(ValueError, match="theta"):
-        MEMORIES["shm"](INPUTS, HIDDEN, theta="row0")
+        make_cell("shm", INPUTS, HIDDEN, {"theta": "row0"})
+
+
+def test_the_catalog_is_the_one_place_a_cells_defaults_are_written():
+    """Each cell's arguments are exactly the catalog's (MEMORY_PARAMS), and none has a default of its own."""
+    import inspect
+
+    from palimpsest.rl.catalog import MEMORY_PARAMS
+
+    assert set(MEMORIES) == set(MEMORY_PARAMS)
+    for kind, cell in MEMORIES.items():
+        own = [p for p in inspect.signature(cell.__init__).parameters.values() if p.name not in ("self", "inputs", "hidden")]
+        assert {p.name for p in own} == set(MEMORY_PARAMS[kind]), kind
+        assert all(p.default is inspect.Parameter.empty for p in own), f"{kind}: a default outside the catalog"

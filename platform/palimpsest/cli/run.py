@@ -29,11 +29,13 @@ from palimpsest.spec import SpecError, dump_spec, load_spec
 
 @app.command(help=f"Check job specs (kinds: {KIND_NAMES}) without running anything; exit 0 if all are valid, "
                   "2 otherwise (every problem listed, one line each).")
-def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files")) -> None:
+def validate(jobs: List[Path] = typer.Argument(..., help="job spec YAML files"),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field in every job, value parsed "
+                                                      "as YAML (as for run): --set training.lr=1e-3")) -> None:
     problems = []
     for job in jobs:
         try:
-            spec = load_spec(job)
+            spec = load_spec(job, set_ or [])
         except SpecError as error:
             problems += error.problems
             continue

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from palimpsest.rl.catalog import MEMORY_CHOICES
+from palimpsest.rl.catalog import MEMORY_CHOICES, MEMORY_PARAMS
 
 State = dict[str, torch.Tensor]
 
@@ -134,8 +134,7 @@ class FFMemory(MemoryCell):
     step (the reference clamps the parameter in place on chunk calls, not on single steps).
     """
 
-    def __init__(self, inputs: int, hidden: int, memory: int = 32, context: int = 4, min_period: float = 1.0,
-                 max_period: float = 1024.0):
+    def __init__(self, inputs: int, hidden: int, *, memory: int, context: int, min_period: float, max_period: float):
         super().__init__()
         self.hidden, self.memory, self.context = hidden, memory, context
         self.pre = nn.Linear(inputs, 2 * memory + 2 * hidden)  # ỹ (m), thru (o), gates i (m) and g (o)
@@ -199,7 +198,7 @@ class StableHadamardMemory(MemoryCell):
     input (the POPGym agent adds one), no clamp of M (pomdp-baselines clamps to ±100).
     """
 
-    def __init__(self, inputs: int, hidden: int, size: int = 16, table: int = 128, theta: str = "random"):
+    def __init__(self, inputs: int, hidden: int, *, size: int, table: int, theta: str):
         super().__init__()
         if theta not in SHM_THETA:
             raise ValueError(f"theta must be one of {', '.join(SHM_THETA)}, got {theta!r}")
@@ -236,7 +235,7 @@ class StableHadamardMemory(MemoryCell):
 class SlotMemory(MemoryCell):
     """N slots of width W; a controller writes with content-based weights, an erase and an add vector."""
 
-    def __init__(self, inputs: int, hidden: int, slots: int = 8, width: int = 16):
+    def __init__(self, inputs: int, hidden: int, *, slots: int, width: int):
         super().__init__()
         self.hidden, self.slots, self.width = hidden, slots, width
         self.controller = nn.Sequential(nn.Linear(inputs + width, hidden), nn.ReLU())
@@ -351,7 +350,7 @@ class GatedTransformerXL(MemoryCell):
     queries and memory (there: two); the gate weights are torch's default init (there: xavier).
     """
 
-    def __init__(self, inputs: int, hidden: int, layers: int = 2, heads: int = 4, window: int = 96):
+    def __init__(self, inputs: int, hidden: int, *, layers: int, heads: int, window: int):
         super().__init__()
         self.hidden, self.layers, self.window = hidden, layers, window
         self.embed = nn.Linear(inputs, hidden)
@@ -378,3 +377,9 @@ class GatedTransformerXL(MemoryCell):
 
 MEMORIES = {"none": NoMemory, "gru": GRUMemory, "lstm": LSTMMemory, "ffm": FFMemory,
             "shm": StableHadamardMemory, "slots": SlotMemory, "gtrxl": GatedTransformerXL}
+
+
+def make_cell(kind: str, inputs: int, hidden: int, memory: dict | None = None) -> MemoryCell:
+    """The memory cell `kind` (a value of `rl.catalog.AGENTS`) with its arguments: the catalog's defaults
+    (`MEMORY_PARAMS`, the one place they are written) with `memory`'s in their place."""
+    return MEMORIES[kind](inputs, hidden, **{**MEMORY_PARAMS[kind], **dict(memory or {})})

@@ -17,7 +17,7 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from palimpsest.rl.catalog import AGENTS
-from palimpsest.rl.memory import MEMORIES
+from palimpsest.rl.memory import make_cell
 
 
 class MemoryAgent(TorchRLModule, ValueFunctionAPI):
@@ -25,13 +25,13 @@ class MemoryAgent(TorchRLModule, ValueFunctionAPI):
 
     def setup(self):
         config = self.model_config
-        agent = config.get("agent", "gru")
+        agent = config["agent"]  # (the job's spec holds every default: rl/plan.py fills these in)
         if agent not in AGENTS:
             raise ValueError(f"unknown agent {agent!r}; allowed: {', '.join(AGENTS)}")
-        hidden = int(config.get("hidden", 64))
+        hidden = int(config["hidden"])
         inputs = int(np.prod(self.observation_space.shape))
         self.encoder = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU())
-        self.memory = MEMORIES[AGENTS[agent]](hidden, hidden, **dict(config.get("memory") or {}))
+        self.memory = make_cell(AGENTS[agent], hidden, hidden, config.get("memory"))
         self.policy = nn.Linear(hidden, self.action_space.n)
         self.value = nn.Linear(hidden, 1)
 

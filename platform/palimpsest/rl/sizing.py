@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from palimpsest.rl.catalog import AGENTS, width_step
-from palimpsest.rl.memory import MEMORIES
+from palimpsest.rl.memory import make_cell
 
 MAX_WIDTH = 4096
 
@@ -20,7 +20,7 @@ MAX_WIDTH = 4096
 def parameter_count(agent: str, hidden: int, obs_dim: int, num_actions: int, memory: dict | None = None) -> int:
     """Trainable parameters of `agent` at width `hidden` (built on the meta device: no memory is used)."""
     with torch.device("meta"):
-        parts = [nn.Linear(obs_dim, hidden), MEMORIES[AGENTS[agent]](hidden, hidden, **dict(memory or {})),
+        parts = [nn.Linear(obs_dim, hidden), make_cell(AGENTS[agent], hidden, hidden, memory),
                  nn.Linear(hidden, num_actions), nn.Linear(hidden, 1)]
     return sum(p.numel() for part in parts for p in part.parameters() if p.requires_grad)
 
