@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from palimpsest.spec.loading import _describe
 from palimpsest.spec.tracking import TrackingSpec
-from palimpsest.tracking import STATE_FILE, Tracker, flatten_params, metric_key, tune_callbacks
+from palimpsest.tracking import STATE_FILE, Tracker, flatten_params, metric_key, tune_callbacks, worker_tracking
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is a dependency: pip install -e '.[dev]'")
 
@@ -281,10 +281,11 @@ def test_wandb_offline_run(tmp_path, capfd):
 
     finish_folder(tmp_path, ROWS, {"status": "ok", "score": 0.5})
     section = tracking(tmp_path, wandb={"project": "palimpsest-test"})
+    rows = ROWS + [dict(ROWS[-1], value=0.6)]  # one key twice at one step: two points, not one
     tracker = Tracker.open(section, name="cl-demo", folder=tmp_path, spec=SPEC)
     assert tracker.active == ["wandb"], "W&B offline needs no login"
-    tracker.log_records(ROWS)
-    tracker.log_records(ROWS)
+    tracker.log_records(rows[:3])
+    tracker.log_records(rows)
     tracker.finish("ok")
     run_id = json.loads((tmp_path / STATE_FILE).read_text())["wandb"]["id"]
     [run_dir] = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
@@ -308,7 +309,7 @@ def test_wandb_offline_run(tmp_path, capfd):
                             for item in record.summary.update})
         elif kind == "exit":
             exit_code = record.exit.exit_code
-    assert sorted(logged) == sorted((metric_key(r), r["step"], r["value"]) for r in ROWS)  # once, at its step
+    assert sorted(logged) == sorted((metric_key(r), r["step"], r["value"]) for r in rows)  # once, at its step
     assert config["training"] == SPEC["training"]
     assert summary["summary/score"] == 0.5 and exit_code == 0
     assert "wandb" not in capfd.readouterr().err  # W&B's console lines stay out of ours
@@ -320,13 +321,23 @@ def test_wandb_offline_run(tmp_path, capfd):
 def test_tune_callbacks_log_each_trial(tmp_path, ray_session):
     from ray import tune
 
-    def trainable(config):
-        for step in range(3):
-            tune.report({"loss": config["lr"] * (3 - step)})
+    inside = tracking(tmp_path, mlflow={"tracking_uri": str(tmp_path / "mlruns"), "experiment": "inside"})
 
-    section = tracking(tmp_path, mlflow=mlflow_section(tmp_path), tensorboard=True)
+    def trainable(config):
+        worker = worker_tracking(inside, name="search-demo", config=config)  # Ray's setup_mlflow
+        for step in range(3):
+            worker.log({"loss": config["lr"] * (3 - step), "label": "not a number"}, step=step)
+            tune.report({"loss": config["lr"] * (3 - step)})
+        worker.finish()
+
+    try:
+        import wandb  # noqa: F401
+        with_wandb = {"wandb": {"project": "palimpsest-test"}}
+    except ImportError:
+        with_wandb = {}
+    section = tracking(tmp_path, mlflow=mlflow_section(tmp_path), tensorboard=True, **with_wandb)
     callbacks = tune_callbacks(section, name="search-demo", folder=tmp_path / "search")
-    assert len(callbacks) == 2
+    assert len(callbacks) == 2 + len(with_wandb)
     tuner = tune.Tuner(trainable, param_space={"lr": tune.grid_search([0.5, 2.0])},
                        run_config=tune.RunConfig(name="search-demo", storage_path=str(tmp_path / "ray"), verbose=0,
                                                  callbacks=callbacks))
@@ -341,10 +352,20 @@ def test_tune_callbacks_log_each_trial(tmp_path, ray_session):
         lr = float(run.data.params["lr"])
         points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
         assert points == [(1, pytest.approx(3 * lr)), (2, pytest.approx(2 * lr)), (3, pytest.approx(lr))]
+    runs = client.search_runs([client.get_experiment_by_name("inside").experiment_id])  # from the trials
+    assert sorted(float(r.data.params["lr"]) for r in runs) == [0.5, 2.0]
+    for run in runs:
+        lr = float(run.data.params["lr"])
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+        assert points == [(0, pytest.approx(3 * lr)), (1, pytest.approx(2 * lr)), (2, pytest.approx(lr))]
+        assert run.info.status == "FINISHED" and set(run.data.metrics) == {"loss"}
     trials = sorted((tmp_path / "search" / "tensorboard").iterdir())
     assert len(trials) == 2
     for trial in trials:
         assert [step for step, _ in scalars(trial)["ray/tune/loss"]] == [1, 2, 3]
+    if with_wandb:  # Ray's WandbLoggerCallback, offline: one W&B run per trial, its id the trial's
+        ids = {path.name.rsplit("-", 1)[1] for path in (tmp_path / "search" / "wandb").glob("offline-run-*")}
+        assert ids == {result.metrics["trial_id"] for result in results}
 
 
 def test_tune_callbacks_for_no_section():

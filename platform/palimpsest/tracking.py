@@ -247,7 +247,7 @@ class _MlflowRun:
         self.resumed = False
         if saved and saved.get("tracking_uri") == uri and saved.get("run_id") and self._exists(saved["run_id"]):
             self.run_id, self.experiment_id = saved["run_id"], saved.get("experiment_id")
-            self.rows, self.resumed = 0, True
+            self.rows, self.resumed = int(saved.get("rows", 0)), True
             self.client.update_run(self.run_id, status="RUNNING")
         else:
             experiment = section.experiment or job
@@ -717,9 +717,15 @@ def worker_tracking(tracking, *, name: str, config: Mapping[str, Any], folder: s
 
             allow_file_store(tracking.mlflow.tracking_uri)
             probe(tracking.mlflow.tracking_uri)
-            mlflow_module = setup_mlflow(dict(config), tracking_uri=tracking.mlflow.tracking_uri,
-                                         experiment_name=tracking.mlflow.experiment or name,
-                                         create_experiment_if_not_exists=True)
+            for attempt in (1, 2):  # trials starting together race to create the experiment: one loses once
+                try:
+                    mlflow_module = setup_mlflow(dict(config), tracking_uri=tracking.mlflow.tracking_uri,
+                                                 experiment_name=tracking.mlflow.experiment or name,
+                                                 create_experiment_if_not_exists=True)
+                    break
+                except Exception:  # noqa: BLE001
+                    if attempt == 2:
+                        raise
         except Exception as error:  # noqa: BLE001
             _warn("mlflow", error)
     if tracking.wandb is not None:
