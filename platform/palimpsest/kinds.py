@@ -52,6 +52,7 @@ class KindInfo:
     one_worker_without_ray: bool = True  # `--no-ray` needs scaling.num_workers 1 (a bench skips its Ray cases)
     validate_loads_data: bool = False  # `validate` prepares it as `run` would (a private job's always do)
     searchable_note: str | None = None  # why `palimpsest tune` refuses it, when it does
+    pbt: bool = False  # its trials checkpoint at every report, as PBT's exploit step needs
 
     @property
     def spec(self) -> type:
@@ -94,7 +95,7 @@ KINDS: dict[str, KindInfo] = {info.name: info for info in (
         "rl", "palimpsest.spec.rl:RLJob", "palimpsest.runners.rl", "palimpsest.report.rl",
         objectives=("best_success_rate", "test_success_rate", "best_mean_return"),
         progress=("best_success_rate",),  # every greedy evaluation
-        unit="evaluation", needs_ray=True, validate_loads_data=True),
+        unit="evaluation", needs_ray=True, validate_loads_data=True, pbt=True),
     KindInfo(
         "bench", "palimpsest.spec.bench:BenchJob", "palimpsest.runners.bench", "palimpsest.report.bench",
         one_worker_without_ray=False,

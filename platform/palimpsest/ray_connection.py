@@ -258,6 +258,7 @@ def init_ray(address: str | None = None):
     else:
         _start_local_ray(ray, kwargs)
     _drop_ray_noise()
+    _drop_tune_resume_hint()
     return ray
 
 
@@ -330,3 +331,17 @@ def _drop_ray_noise() -> None:
         dispatcher.remove_handler(name)
         dispatcher.add_handler(name, filtered)
 
+
+class _NotTuneResumeHint(logging.Filter):
+    """Ray Tune's own "Resume experiment with: Tuner.restore(...)" after an interrupt: the CLI prints ours
+    (`palimpsest tune --resume FOLDER`), which is the one that works with our folders."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "most recent state was saved" not in message
+
+
+def _drop_tune_resume_hint() -> None:
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NotTuneResumeHint) for f in tune_logger.filters):
+        tune_logger.addFilter(_NotTuneResumeHint())

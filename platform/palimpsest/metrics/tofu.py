@@ -33,6 +33,7 @@ Per item, `avg_loss` is the mean token NLL of an answer given its question (what
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -91,13 +92,27 @@ def answer_probability(avg_loss: Sequence[float], false_avg_losses: Sequence[Seq
     return float(np.mean(p_true / (p_true + p_false)))
 
 
-def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L recall of each prediction against its reference (rouge-score, Porter stemming)."""
+@functools.lru_cache(maxsize=1)
+def _rouge_l_scorer():
+    """One scorer per process (rouge-score logs "Using default tokenizer." at every new one)."""
+    import logging
+
     from rouge_score import rouge_scorer
 
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.WARNING)
+    try:
+        return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    finally:
+        absl.setLevel(level)
+
+
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L recall of each prediction against its reference (rouge-score, Porter stemming)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scorer = _rouge_l_scorer()
     return float(np.mean([scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)]))
 
 

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from palimpsest.catalog import methods_of
 from palimpsest.spec.common import EvalSpec, ModelSpec, ScalingSpec, Strict, TrainingSpec, _suggest
-from palimpsest.spec.search import TuneSpec
+from palimpsest.spec.search import FINISHED, TuneSpec
 from palimpsest.storage import check_storage_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -38,6 +38,26 @@ class JobBase(Strict):
     @classmethod
     def _storage(cls, value):
         return check_storage_path(value)
+
+    # A search over this job (spec/tuning.py asks each kind its own rules) ---------------------
+    def units_done(self, report: dict) -> int:
+        """How many of its units (`trial_units`) a trial had done at one of its reports (a final one: all)."""
+        return self.trial_units() if report.get(FINISHED) else self.units_reported(report)
+
+    def search_problems(self) -> list[str]:
+        """What this kind refuses in its tune: section, beyond the rules every kind shares."""
+        return []
+
+    def reads_training_data(self, metric: str) -> bool:
+        """Whether the objective `metric` scores the training data without noise (a private search must not
+        choose by it unless allowed)."""
+        return False
+
+    def _one_method(self) -> list[str]:
+        if len(self.methods) != 1:
+            return [f"methods: a search tunes one method ({len(self.methods)} given); its objective is that "
+                    "method's"]
+        return []
 
 
 def private_clipping(job):

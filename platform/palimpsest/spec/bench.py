@@ -85,12 +85,19 @@ class EnvsBench(Strict):
     popgym: bool = Field(True, description="compare with POPGym (the bench extra); reported as missing if absent")
 
 
+def _cue_rewrite_defaults() -> dict[str, object]:
+    # The environment's own defaults, declared once there; imported when used (it loads gymnasium).
+    from palimpsest_envs.cue_rewrite import DEFAULTS
+
+    return dict(DEFAULTS)
+
+
 class RLlibBench(Strict):
     """Sampled env steps/s per agent with PPO (RLlib, new API stack)."""
 
     type: Literal["rllib"]
     env: str = "palimpsest/CueRewrite-v0"
-    env_params: dict[str, object] = Field(default_factory=lambda: {"num_cues": 4, "num_rewrites": 1, "delay": 10})
+    env_params: dict[str, object] = Field(default_factory=_cue_rewrite_defaults)
     agents: list[str] = Field(["mlp", "lstm", "gru", "gtrxl", "ffm", "shm", "slots"], min_length=1)
     parameters: int = Field(34000, gt=0, description="the agents' parameter budget")
     iterations: int = Field(3, ge=2, description="PPO iterations timed per agent (the first is warm-up)")

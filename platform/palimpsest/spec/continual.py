@@ -108,5 +108,12 @@ class ContinualJob(JobBase):
     def trial_units(self) -> int:
         return self.stream.num_tasks if self.stream.source == "factworld" else len(self.stream.tasks)
 
-    def units_done(self, report: dict) -> int:
+    def units_reported(self, report: dict) -> int:
         return report["task"] + 1 if "task" in report else 0
+
+    def search_problems(self) -> list[str]:
+        return self._one_method()
+
+    def reads_training_data(self, metric: str) -> bool:
+        # a fact-world stream's tasks are scored on the facts they trained on: retention is the question there
+        return self.stream.source == "factworld" and metric not in ("general_loss", "rule_accuracy", "cost.wall_s")

@@ -317,3 +317,11 @@ class RLJob(Strict):
         # an evaluation every `every` iterations, and one at the (possibly early) end; the trial's
         # PPO iteration is kept in its checkpoint, so a final report counts what it did too
         return math.ceil(report.get("iteration", 0) / self.evaluation.every)
+
+    def search_problems(self) -> list[str]:
+        return [f"{field}: a search trains one agent on one environment setting with one seed per trial ({count} "
+                "given)" for field, count in (("agents", len(self.agents)), ("envs", len(self.envs)),
+                                              ("seeds", self.seeds)) if count != 1]
+
+    def reads_training_data(self, metric: str) -> bool:
+        return False

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from palimpsest.spec.common import Strict
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
+FINISHED = "finished"  # a trial's final report (its summary's figures): every unit done
 
 
 class TuneSpec(Strict):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 from palimpsest.kinds import KINDS, UNLEARN_REQUEST  # noqa: F401  (UNLEARN_REQUEST: the search's progress keys)
+from palimpsest.spec.search import FINISHED  # noqa: F401  (the search reads it here)
 from palimpsest.spec.common import _suggest
 
 # kind -> objectives a finished trial reports, those also reported while it runs, and per what
@@ -86,40 +87,19 @@ def metric_problems(spec) -> list[str]:
         if metric not in METRICS[kind]:
             problems.append(f"tune.metric: unknown objective '{metric}' for kind {kind}"
                             + _suggest(metric, METRICS[kind]))
-    if kind == "train":
-        have = train_sets(spec)
-        for metric in tune.metrics:
-            if metric.startswith("final.") and metric.split(".")[1] not in have:
-                problems.append(f"tune.metric: {metric}: this job evaluates {', '.join(have)} only")
+    problems += spec.search_problems()  # the kind's own rules (spec/<kind>.py)
     if tune.scheduler != "fifo" and not problems:
         (metric,) = tune.metrics
         if metric not in PROGRESS[kind]:
             problems.append(f"tune.metric: {tune.scheduler} acts on results reported per {UNIT[kind]}, and {metric} "
                             f"is known only at the end; per {UNIT[kind]}: {', '.join(PROGRESS[kind])}")
-        if kind == "train" and spec.eval.eval_every is None:
-            problems.append(f"eval.eval_every: {tune.scheduler} needs results while a trial trains; set it")
     problems += private_search_problems(spec)
-    if tune.scheduler == "pbt" and kind != "rl":
+    if tune.scheduler == "pbt" and not KINDS[kind].pbt:
         problems.append(f"tune.scheduler: pbt restores trials from checkpoints at every report; kind {kind} "
                         "checkpoints at task ends only: use asha or fifo")
-    if kind in ("continual", "unlearn") and len(spec.methods) != 1:
-        problems.append(f"methods: a search tunes one method ({len(spec.methods)} given); its objective is that "
-                        "method's")
-    if kind == "rl":
-        for field, count in (("agents", len(spec.agents)), ("envs", len(spec.envs)), ("seeds", spec.seeds)):
-            if count != 1:
-                problems.append(f"{field}: a search trains one agent on one environment setting with one seed per "
-                                f"trial ({count} given)")
     return problems
 
 
-# Objectives that read the training data without noise, per kind (a fact-world stream's tasks are
-# scored on the facts they trained on: retention is the question there).
-NONPRIVATE_OBJECTIVES = {
-    "train": lambda spec, metric: metric.startswith(("final.train.", "mia.")),
-    "continual": lambda spec, metric: spec.stream.source == "factworld" and metric not in (
-        "general_loss", "rule_accuracy", "cost.wall_s"),
-}
 # Fields a `poisson` search may not vary: every trial must be the same (λ, ε)-RDP algorithm.
 PLAN_FIELDS = ("privacy.", "training.steps", "training.batch_size", "training.grad_accum", "data.", "stream.",
                "seed", "scaling.")
@@ -128,17 +108,16 @@ PLAN_FIELDS = ("privacy.", "training.steps", "training.batch_size", "training.gr
 def private_search_problems(spec) -> list[str]:
     """A search over a private job: objectives that read the training data outside DP-SGD, and what a
     `poisson` selection (Papernot & Steinke, 2022) needs."""
-    tune, kind = spec.tune, spec.kind
+    tune = spec.tune
     if getattr(spec, "privacy", None) is None:
         if tune.private_selection != "compose":
             return [f"tune.private_selection: {tune.private_selection} accounts a private search; this job has no "
                     "privacy section"]
         return []
     problems = []
-    reads = NONPRIVATE_OBJECTIVES.get(kind, lambda spec, metric: False)
     if not tune.allow_nonprivate_objective:
         for metric in tune.metrics:
-            if reads(spec, metric):
+            if spec.reads_training_data(metric):
                 problems.append(f"tune.metric: {metric} reads the training data without noise, so choosing by it "
                                 "leaks what ε does not count; pick an objective on data the model never trained "
                                 "on (e.g. final.holdout.*), or set tune.allow_nonprivate_objective: true")
@@ -156,17 +135,6 @@ def private_search_problems(spec) -> list[str]:
     return problems
 
 
-def train_sets(spec) -> list[str]:
-    """The sets a train job evaluates (the names of summary.json's `final`)."""
-    data = spec.data
-    if data.source == "factworld":
-        if not spec.eval.holdout or data.split == "holdout":
-            return ["train"]
-        return ["train", "holdout"] + (["holdout_rules"] if data.rules else [])
-    has_eval = data.eval_path if data.source == "file" else data.eval_split
-    return ["train", "eval"] if has_eval else ["train"]
-
-
 def units(spec) -> int:
     """How many units (tasks, requests, evaluations) a job's trial reports, its last in its summary.
 
@@ -177,7 +145,6 @@ def units(spec) -> int:
     return spec.trial_units()
 
 
-FINISHED = "finished"  # a trial's final report (its summary's figures): every unit done
 
 
 def units_done(spec, report: dict) -> int:
@@ -187,6 +154,4 @@ def units_done(spec, report: dict) -> int:
     resumed trial reports again): the task or request it ended, the step it evaluated at, an rl
     trial's PPO iteration (kept in its checkpoint); a final report counts them all.
     """
-    if report.get(FINISHED) and spec.kind != "rl":  # (an rl trial's last report says its iteration)
-        return units(spec)
     return spec.units_done(report)

@@ -213,5 +213,8 @@ class UnlearnJob(JobBase):
     def trial_units(self) -> int:
         return len(self.requests)
 
-    def units_done(self, report: dict) -> int:
+    def units_reported(self, report: dict) -> int:
         return report["request"] + 1 if "request" in report else 0
+
+    def search_problems(self) -> list[str]:
+        return self._one_method()

@@ -32,6 +32,9 @@ from typing import Any
 
 # Backends as the loop names them: DDP, and DeepSpeed by ZeRO stage.
 ALL_BACKENDS = ("ddp", "zero0", "zero1", "zero2", "zero3")
+# An unlearning method's backends: every request is scored on the whole model, which ZeRO-3 shards.
+WHOLE_WEIGHTS_BACKENDS = {"backends": ("ddp", "zero0", "zero1", "zero2"),
+                          "backend_reason": "each request is evaluated on the whole weights, which ZeRO-3 partitions"}
 PARAM_KINDS = ("int", "float", "bool", "str", "int_list", "str_list")
 
 
@@ -192,6 +195,7 @@ def _read_declaration(path: Path) -> MethodInfo | None:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [_DECLARATION]:
             code = compile(ast.Expression(node.value), str(path), "eval")
             namespace = {"MethodInfo": MethodInfo, "Param": Param, "ALL_BACKENDS": ALL_BACKENDS,
+                         "WHOLE_WEIGHTS_BACKENDS": WHOLE_WEIGHTS_BACKENDS,
                          "__builtins__": {}}
             try:
                 info = eval(code, namespace)  # noqa: S307 — names limited to the declaration types

@@ -20,9 +20,6 @@ from palimpsest.train.config import Optimisation
 from palimpsest.train.hooks import LoopContext, MicroBatch, StepBatch, TrainingMethod
 
 FORGET, RETAIN = "forget", "retain"
-# Where an unlearning method runs: every request is scored on the whole model, which ZeRO-3 shards.
-WHOLE_WEIGHTS_BACKENDS = {"backends": ("ddp", "zero0", "zero1", "zero2"),
-                          "backend_reason": "each request is evaluated on the whole weights, which ZeRO-3 partitions"}
 
 
 class UnlearningMethod(TrainingMethod):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from palimpsest.train.batching import normalised_loss
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import FORGET, UnlearningMethod
 
 METHOD = MethodInfo(
     name="ce_u", family="unlearning", implementation="CrossEntropyUnlearning",

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import WHOLE_WEIGHTS_BACKENDS, RetainTraining
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import RetainTraining
 
 METHOD = MethodInfo(
     name="dp2u", family="unlearning", implementation="DP2Unlearning",

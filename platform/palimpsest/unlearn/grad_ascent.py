@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import MethodInfo
-from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo
+from palimpsest.unlearn.base import FORGET, UnlearningMethod
 
 METHOD = MethodInfo(
     name="grad_ascent", family="unlearning", implementation="GradAscent",

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from palimpsest.models import unwrap
 from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_likelihood
 from palimpsest.train.hooks import StepBatch
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, RETAIN, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod, answer_rows
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.idk import draw_refusals
 
 METHOD = MethodInfo(

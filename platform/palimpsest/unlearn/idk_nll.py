@@ -13,8 +13,8 @@ import torch
 
 from palimpsest.train.batching import TokenizedQA
 from palimpsest.train.hooks import StepBatch
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import RETAIN, WHOLE_WEIGHTS_BACKENDS, UnlearningMethod
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import RETAIN, UnlearningMethod
 from palimpsest.unlearn.idk import IDK, draw_refusals
 
 METHOD = MethodInfo(

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod, answer_rows
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.objectives import npo_loss
 
 METHOD = MethodInfo(

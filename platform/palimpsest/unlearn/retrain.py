@@ -17,8 +17,8 @@ trained that way).
 from __future__ import annotations
 
 from palimpsest.train.hooks import LoopContext, StepBatch
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import RETAIN, WHOLE_WEIGHTS_BACKENDS, RetainTraining
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import RETAIN, RetainTraining
 
 METHOD = MethodInfo(
     name="retrain", family="unlearning", implementation="Retrain",

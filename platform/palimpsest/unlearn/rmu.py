@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from palimpsest.models import unwrap
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
 from palimpsest.train.sampling import derive_seed
-from palimpsest.unlearn.base import FORGET, RETAIN, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod
+from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod
 
 METHOD = MethodInfo(
     name="rmu", family="unlearning", implementation="RMU",

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import WHOLE_WEIGHTS_BACKENDS, UnlearningMethod, weighted_forget_nll
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import UnlearningMethod, weighted_forget_nll
 
 METHOD = MethodInfo(
     name="satimp", family="unlearning", implementation="SatImp",

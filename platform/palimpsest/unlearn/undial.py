@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from palimpsest.train.methods import MethodInfo, Param
-from palimpsest.unlearn.base import FORGET, WHOLE_WEIGHTS_BACKENDS, FrozenStart, UnlearningMethod
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod
 
 METHOD = MethodInfo(
     name="undial", family="unlearning", implementation="UNDIAL",
