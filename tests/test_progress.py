@@ -96,18 +96,23 @@ def test_eta_is_the_remaining_units_at_the_rate_so_far():
     assert progress._eta(SimpleNamespace(total=None, completed=3, finished=False, elapsed=3.0, fields={})) == ""
 
 
-def test_an_ended_transient_row_is_hidden_and_a_kept_one_stays_full():
+def test_an_ended_transient_row_is_hidden_and_a_kept_one_stays_at_its_count():
     console, _ = terminal()
     with progress.display(console) as display:
         progress.begin("steps", "task 1/1 steps", 40, transient=True)
         progress.update("steps", done=40)
         progress.end("steps")
         progress.begin("points", "sweep points", 3, done=1)
-        progress.update("points", advance=1)
+        progress.update("points", advance=2)
         progress.end("points")
+        progress.begin("trials", "trials", 12)
+        progress.update("trials", done=8)
+        progress.end("trials")  # a search its time budget stopped: at its count, not full
         rows = {row["key"]: row for row in display.rows()}
+        stopped = next(t for t in display.progress.tasks if t.description == "trials")
     assert rows["steps"]["visible"] is False
     assert rows["points"] == {"key": "points", "description": "sweep points", "done": 3, "total": 3, "visible": True}
+    assert rows["trials"]["done"] == 8 and progress._eta(stopped) == "stopped"
 
 
 def test_the_display_is_removed_after_the_block(capsys):
@@ -151,7 +156,7 @@ def test_trials_done_count_against_the_searchs_total_not_the_trials_made_so_far(
         first, second, third = trial("t1"), trial("t2"), trial("t3")
         callback.on_trial_complete(1, [first, second], first)
         first.status = "TERMINATED"
-        callback.on_trial_complete(2, [first, second, third], second, )
+        callback.on_trial_complete(2, [first, second, third], second)
         rows = display.rows()
     lines = [line for line in capsys.readouterr().out.splitlines() if "done" in line]
     assert rows == [{"key": "s trials", "description": "trials", "done": 2, "total": 6, "visible": True}]
@@ -170,8 +175,6 @@ def test_a_poisson_search_counts_its_trials_without_a_total():
     console, buffer = plain()
     with progress.display(console):
         callback.on_trial_complete(1, [first, trial("t2")], first)
-    import logging
-    print("PROP", logging.getLogger("palimpsest.progress").propagate)
     assert buffer.getvalue() == "[palimpsest] trial t1 done (stopped early) (1 trial done)\n"
 
 
@@ -189,13 +192,9 @@ def test_rl_trials_count_against_the_benchmarks_trials():
     assert rows == [{"key": "run trials", "description": "trials", "done": 1, "total": 8, "visible": True}]
 
 
-def test_the_ledger_counts_requests_and_methods_apart():
-    """Was `3 request(s)` for one request served by three methods (the state is keyed by method too)."""
-    state = {(method, "r1", "sha256:x"): {} for method in ("retrain", "npo", "grad_ascent")}
-    assert progress.ledger_counts(state) == "1 request, 3 methods"
-    state[("npo", "r2", "sha256:x")] = {}
-    assert progress.ledger_counts(state) == "2 requests, 3 methods"
+def test_counts_in_words():
     assert progress.counted(1, "trial") == "1 trial" and progress.counted(0, "trial") == "0 trials"
+    assert progress.counted(2, "request") == "2 requests"
 
 
 def test_a_method_with_its_own_schedule_counts_its_own_steps(tmp_path):

@@ -16,6 +16,10 @@ A trial folder that exists when Tune (re)starts the trial â€” a resumed search â
 like `run --resume` (from its last checkpoint), or, when it had finished, reports its
 summary again without training.
 
+What the user sees: a line per trial report and per trial end, `done (k/N trials)` against the
+search's own total (num_samples per grid point: Tune makes its trials as it goes), and on a
+terminal a trials row with an ETA (`palimpsest.progress`).
+
 The search folder: spec.yaml, env.json, summary.json (`best_config`, `best_result`,
 `trials`, the Pareto front of a multi-objective search), trials.csv, best.yaml (a complete
 job that `palimpsest run` accepts), plots/, report.md, trials/, ray/ (Tune's own state).
@@ -33,8 +37,10 @@ from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from palimpsest import progress as ui
 from palimpsest.private_search import PLANNED, best_yaml_header, planned_block, poisson_trial_count, search_privacy
-from palimpsest.runtime import RunFolder, atomic_write_text
+from palimpsest.atomic import atomic_write_text
+from palimpsest.run_folder import RunFolder
 from palimpsest.storage import finish_upload, is_uri, join
 from palimpsest.spec import dump_spec, parse_spec
 from palimpsest.spec.loading import base_document
@@ -178,9 +184,9 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
         _rl_trial(spec, folder_path)
         return
     from palimpsest.report import write_report
-    from palimpsest.runners import RUNNERS
+    from palimpsest.kinds import KINDS
 
-    runner = RUNNERS[spec.kind]
+    runner = KINDS[spec.kind].runner
     resumed = (folder_path / "summary.json").is_file()
     if resumed:
         folder = RunFolder(folder_path)
@@ -227,8 +233,8 @@ def _to_bucket(spec, folder: RunFolder, *, finished: bool) -> None:
     try:
         finish_upload(folder.path, spec.storage_path, finished=finished)
     except Exception as error:  # noqa: BLE001 - the trial's result stands; its folder is still on its node
-        print(f"[palimpsest] warning: trial folder {folder.path} not uploaded to {spec.storage_path}: "
-              f"{type(error).__name__}: {error}", flush=True)
+        ui.warn(f"trial folder {folder.path} not uploaded to {spec.storage_path}: "
+                f"{type(error).__name__}: {error}")
 
 
 def _rl_trial(spec, folder_path: Path) -> None:
@@ -330,13 +336,13 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
         trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 1}]))
     at_once, note = concurrency(spec, capacity())
     if note:
-        print(f"[palimpsest] note: {note}", flush=True)
+        ui.say(f"note: {note}")
     if resume and tune.Tuner.can_restore(experiment):
-        print(f"[palimpsest] resuming the search in {experiment}", flush=True)
+        ui.say(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         if resume:
-            print("[palimpsest] the interrupted search had not started its trials; starting it", flush=True)
+            ui.say("the interrupted search had not started its trials; starting it")
         samples = search.num_samples
         if getattr(spec, "privacy", None) is not None and search.private_selection == "poisson":
             # Papernot & Steinke: a secret, Poisson-distributed number of trials (kept in Tune's state on resume)
@@ -348,11 +354,10 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
                            run_config=tune.RunConfig(
                                name=name, storage_path=storage, verbose=0,
                                failure_config=tune.FailureConfig(max_failures=getattr(spec, "max_failures", 0)),
-                               callbacks=[_progress_table(spec, metrics, budgets)]))
+                               callbacks=[_progress_table(spec, metrics, budgets, folder.path.name)]))
     count = "a secret, Poisson-drawn number of" if search.private_selection == "poisson" else search.num_samples
-    print(f"[palimpsest] search: {search.search}, scheduler {search.scheduler}, {count} sample(s), "
-          f"{at_once} trial(s) at once; objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}",
-          flush=True)
+    ui.say(f"search: {search.search}, scheduler {search.scheduler}, {count} sample(s), "
+           f"{at_once} trial(s) at once; objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}")
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
     rows = [_row(result, search, metrics, search_dir=folder.path, budgets=budgets) for result in grid]
@@ -394,8 +399,7 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
                                    for r in front]
     if spec.kind == "rl" and AGENT_PATH in search.space:
         summary["agent_ppo"] = write_agent_ppo(folder.path / AGENT_PPO_FILE, finished, metrics[0], modes[0])
-        print(f"[palimpsest] each agent's best PPO settings: {folder.path / AGENT_PPO_FILE} (agent_ppo: in an rl job)",
-              flush=True)
+        ui.say(f"each agent's best PPO settings: {folder.path / AGENT_PPO_FILE} (agent_ppo: in an rl job)")
     return summary
 
 
@@ -512,15 +516,27 @@ def _write_csv(path: Path, rows: list[dict], space: list[str], metrics: list[str
     atomic_write_text(path, buffer.getvalue())
 
 
-def _progress_table(spec, metrics: list[str], budgets: TrialBudgets):
-    """One line per report and per trial end, in place of Tune's status tables."""
+def search_total(spec) -> int | None:
+    """The trials the search runs: num_samples per grid point (what Tune's BasicVariantGenerator makes; optuna
+    takes no grid); None for a Poisson selection, whose number of trials is secret."""
+    search = spec.tune
+    if search.private_selection == "poisson":
+        return None
+    total = search.num_samples
+    for dimension in search.space.values():
+        if "grid" in dimension:
+            total *= len(dimension["grid"])
+    return total
+
+
+def _progress_table(spec, metrics: list[str], budgets: TrialBudgets, name: str = "search"):
+    """One line per report and per trial end, in place of Tune's status tables; a display's trials row."""
     from ray import tune
 
-    from palimpsest.spec.tuning import UNIT
+    from palimpsest.spec.tuning import PROGRESS, UNIT
 
     unit = UNIT[spec.kind]
-
-    from palimpsest.spec.tuning import PROGRESS
+    total = search_total(spec)
 
     def values(result) -> str:
         shown = [m for m in metrics if isinstance(result.get(m), (int, float))]
@@ -532,17 +548,29 @@ def _progress_table(spec, metrics: list[str], budgets: TrialBudgets):
         return ", ".join(f"{p}={v:.4g}" if isinstance(v, float) else f"{p}={v}" for p, v in config.items())
 
     class Progress(tune.Callback):
+        key = f"{name} trials"
+
+        def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+            ui.begin(self.key, "trials", total)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             what = "finished" if result.get(FINISHED) else f"{unit} {budgets.done(trial.config, result)}"
-            print(f"[palimpsest] {trial.trial_id} ({short(trial.config)}): {what}: {values(result)}", flush=True)
+            ui.say(f"{trial.trial_id} ({short(trial.config)}): {what}: {values(result)}")
+            ui.update(self.key, note=f"{trial.trial_id}: {values(result)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             done = sum(t.status in ("TERMINATED", "ERROR") or t is trial for t in trials)
             early = "" if (trial.last_result or {}).get(FINISHED) else " (stopped early)"
-            print(f"[palimpsest] trial {trial.trial_id} done{early} ({done}/{len(trials)} trials)", flush=True)
+            # Tune creates trials as the search goes: len(trials) grows; the search's own total does not.
+            of = f"{done}/{total} trials" if total is not None else ui.counted(done, "trial") + " done"
+            ui.say(f"trial {trial.trial_id} done{early} ({of})")
+            ui.update(self.key, done=done)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[palimpsest] trial {trial.trial_id} failed: see {trial.local_path}", flush=True)
+            ui.say(f"trial {trial.trial_id} failed: see {trial.local_path}")
+            ui.update(self.key, done=sum(t.status in ("TERMINATED", "ERROR") or t is trial for t in trials))
+
+        def on_experiment_end(self, trials, **info):
+            ui.end(self.key)
 
     return Progress()
-

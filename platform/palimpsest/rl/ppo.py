@@ -115,9 +115,10 @@ def learner_gpus(ppo: dict, *, here: bool = True) -> float:
         import torch
 
         if not torch.cuda.is_available():
-            print(f"[palimpsest] warning: this trial holds {gpus:g} GPU but torch sees no CUDA device on this node "
-                  "(a CPU build of torch, or a node that declares GPUs it lacks): its learner runs on the CPU",
-                  flush=True)
+            from palimpsest import progress as ui
+
+            ui.warn(f"this trial holds {gpus:g} GPU but torch sees no CUDA device on this node "
+                    "(a CPU build of torch, or a node that declares GPUs it lacks): its learner runs on the CPU")
             return 0.0
     return gpus
 

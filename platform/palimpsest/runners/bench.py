@@ -18,7 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
-from palimpsest.runtime import RunFolder, atomic_write_text
+from palimpsest import progress as ui
+from palimpsest.atomic import atomic_write_text
+from palimpsest.run_folder import RunFolder
 
 # A section may run without Ray; these need it for some of their cases (they skip those and say so).
 NEEDS_RAY = False
@@ -53,16 +55,21 @@ def run(spec, prepared, folder: RunFolder, *, use_ray: bool = True, progress=Non
     rows, timings = [], {}
     labels = [b.type if [c.type for c in spec.benchmarks].count(b.type) == 1 else f"{b.type}-{i + 1}"
               for i, b in enumerate(spec.benchmarks)]
+    key = f"{folder.path.name} bench"
+    ui.begin(key, "bench sections", len(labels))
     for label, benchmark in zip(labels, spec.benchmarks):
-        print(f"[palimpsest] bench {label} ...", flush=True)
+        ui.say(f"bench {label} ...")
+        ui.update(key, note=label)
         began = time.perf_counter()
         workdir = folder.path / "work" / label
         workdir.mkdir(parents=True, exist_ok=True)
         one = SimpleNamespace(name=spec.name, seed=spec.seed, benchmark=benchmark)
         rows += [row.to_dict() for row in section(benchmark.type)(one, workdir, use_ray)]
         timings[label] = round(time.perf_counter() - began, 1)
-        print(f"[palimpsest] bench {label}: done in {timings[label]:.0f} s", flush=True)
+        ui.say(f"bench {label}: done in {timings[label]:.0f} s")
+        ui.update(key, advance=1, note=f"{label}: {timings[label]:.0f} s")
         _write_bench(folder, rows, timings)
+    ui.end(key)
     shutil.rmtree(folder.path / "work", ignore_errors=True)
     return {
         "status": "ok", "kind": "bench", "name": spec.name, "seed": spec.seed, "rows": rows,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from palimpsest import progress as ui
 from palimpsest.data import DataError
 from palimpsest.privacy import released_privacy
 from palimpsest.runners import train
-from palimpsest.runtime import RunFolder
+from palimpsest.run_folder import RunFolder
 from palimpsest.spec import PrivacySweepJob, dump_spec, parse_spec
 from palimpsest.storage import join
 
@@ -50,24 +51,29 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
 
     started = time.perf_counter()
     rows, blocks = [], []
-    for point in points:
+    finished = [_finished(RunFolder(folder.path / point.label)) for point in points]
+    key = f"{folder.path.name} points"
+    ui.begin(key, "sweep points", len(points), done=sum(finished))
+    for point, done in zip(points, finished):
         child = RunFolder(folder.path / point.label)
         job = point.spec
         if job.storage_path:  # each sweep's points apart on a shared storage_path: STORAGE/<sweep>/<label>/
             job = job.model_copy(update={"storage_path": join(job.storage_path, folder.path.name)})
-        done = (child.path / "summary.json").is_file() and child.read_summary().get("status") == "ok"
         if not done:  # a sweep resumed after an interrupt reruns unfinished points from the start
             child.path.mkdir(parents=True, exist_ok=True)
             child.write_spec(dump_spec(job))
             child.write_env()
             child.write_summary({"status": "running", "kind": "train", "name": job.name})
-            print(f"[palimpsest] sweep point {point.label}", flush=True)
+            ui.say(f"sweep point {point.label}")
+            ui.update(key, note=point.label)
             summary = train.run(job, point.prepared, child, use_ray=use_ray)
             child.write_summary(summary)
             write_report(child)
-        finished = child.read_summary()
-        rows.append(_row(point, finished))
-        blocks.append(finished.get("privacy"))
+            ui.update(key, advance=1)
+        ended = child.read_summary()
+        rows.append(_row(point, ended))
+        blocks.append(ended.get("privacy"))
+    ui.end(key)
     return {
         "status": "ok",
         "kind": "privacy_sweep",
@@ -81,6 +87,11 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
                  "train_tokens": sum(r["train_tokens"] for r in rows),
                  "train_flops": sum(r["train_flops"] for r in rows)},
     }
+
+
+def _finished(child: RunFolder) -> bool:
+    """Whether a point's folder holds a finished run (a resumed sweep keeps it)."""
+    return (child.path / "summary.json").is_file() and child.read_summary().get("status") == "ok"
 
 
 def _row(point: Point, summary: dict) -> dict:

@@ -27,11 +27,12 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from palimpsest.data import DataError
-from palimpsest.runtime import RunFolder, atomic_write_text
+from palimpsest import progress as ui
+from palimpsest.rl.plan import PreparedRL, plan_trials
+from palimpsest.atomic import atomic_write_text
+from palimpsest.run_folder import RunFolder
 from palimpsest.spec.rl import RLJob
 from palimpsest.storage import join
 
@@ -41,52 +42,13 @@ RESULT_COLUMNS = ("agent", "env", "settings", "seed", "test_success_rate", "best
                   "parameters", "hidden")  # then one held_out:<label> column per held-out setting
 
 
-@dataclass
-class PreparedRL:
-    trials: list[dict]
-
-
 def prepare(spec: RLJob, *, saved_tokenizer=None) -> PreparedRL:
-    """Every trial's configuration, widths matched to the parameter budget.
+    """Every trial's configuration, widths matched to the parameter budget (`rl/plan.py`).
 
     Raises:
         DataError: an agent's memory arguments do not build.
     """
-    import numpy as np
-
-    from palimpsest.rl.envs import make
-    from palimpsest.rl.ppo import evaluation_seeds
-    from palimpsest.rl.sizing import matched_width, parameter_count
-
-    trials = []
-    for e, env in enumerate(spec.envs):
-        probe = make(env.id, **env.params)
-        obs_dim, actions = int(np.prod(probe.observation_space.shape)), int(probe.action_space.n)
-        probe.close()
-        for a, agent in enumerate(spec.agents):
-            try:
-                hidden = agent.hidden or (matched_width(agent.name, spec.parameters, obs_dim, actions, agent.memory)
-                                          if spec.parameters else spec.hidden)
-                count = parameter_count(agent.name, hidden, obs_dim, actions, agent.memory)
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise DataError(f"agents[{a}].memory: {agent.name} does not build with {agent.memory}: {error}") \
-                    from None
-            held = env.held_out_params()
-            ppo = spec.agent_ppo_spec(a)
-            for seed in spec.trial_seeds:
-                seeds = evaluation_seeds(seed, len(held))
-                trials.append({
-                    "label": f"{agent.label}-{env.label}-s{seed}", "agent_label": agent.label, "agent": agent.name,
-                    "memory": dict(agent.memory), "hidden": hidden, "parameters": count,
-                    "env_id": env.id, "env": env.short_name, "env_label": env.label, "settings": env.settings,
-                    "env_params": dict(env.params), "seed": seed,
-                    "eval_seed": seeds[0], "test_seed": seeds[1],
-                    "held_out": [{"label": label, "env_params": params, "seed": s}
-                                 for (label, params), s in zip(held, seeds[2:])],
-                    "max_seq_len": ppo.max_seq_len, "ppo": ppo.model_dump(),
-                    "budget": spec.budget.model_dump(), "evaluation": spec.evaluation.model_dump(),
-                })
-    return PreparedRL(trials)
+    return plan_trials(spec)
 
 
 def trial_resources(config: dict):
@@ -127,12 +89,12 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     if spec.max_concurrent_trials:
         at_once = min(at_once, spec.max_concurrent_trials)
     if exists:  # a rerun of this folder: finished trials stay finished
-        print(f"[palimpsest] resuming the Tune experiment in {experiment}", flush=True)
+        ui.say(f"resuming the Tune experiment in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        print(f"[palimpsest] {len(prepared.trials)} trials ({len(spec.agents)} agents × {len(spec.envs)} environments "
-              f"× {spec.seeds} seeds), each holding {describe(bundles)}; {at_once} at once on this cluster"
-              + (f" ({limit} bound)" if limit and at_once < len(prepared.trials) else ""), flush=True)
+        ui.say(f"{len(prepared.trials)} trials ({len(spec.agents)} agents × {len(spec.envs)} environments "
+               f"× {spec.seeds} seeds), each holding {describe(bundles)}; {at_once} at once on this cluster"
+               + (f" ({limit} bound)" if limit and at_once < len(prepared.trials) else ""))
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(prepared.trials)},
@@ -143,7 +105,7 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
                 name=name, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[_progress_callback()], verbose=0),
+                callbacks=[_progress_callback(len(prepared.trials), name)], verbose=0),
         )
     outcomes = {result.config["trial"]["label"]: result for result in tuner.fit()}
     unfinished = [t["label"] for t in prepared.trials
@@ -195,24 +157,39 @@ def run(spec: RLJob, prepared: PreparedRL, folder: RunFolder, *, use_ray: bool =
     }
 
 
-def _progress_callback():
+def _progress_callback(total: int, name: str = "rl"):
+    """One line per evaluation and per trial end, in place of Tune's status tables; a display's trials row.
+
+    `total`: the benchmark's trials (Tune creates them as it goes: its list grows while they run).
+    """
     from ray import tune
 
     class Progress(tune.Callback):
         """One line per evaluation and per trial end, in place of Tune's status tables."""
 
+        key = f"{name} trials"
+
+        def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+            ui.begin(self.key, "trials", total)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get("success_rate") is not None:
-                print(f"[palimpsest] {trial.config['trial']['label']}: {result['env_steps']} env steps, greedy success "
-                      f"{result['success_rate']:.2f} (best {result['best_success_rate']:.2f}), "
-                      f"{result['wall_s']:.0f} s", flush=True)
+                label = trial.config['trial']['label']
+                ui.say(f"{label}: {result['env_steps']} env steps, greedy success "
+                       f"{result['success_rate']:.2f} (best {result['best_success_rate']:.2f}), "
+                       f"{result['wall_s']:.0f} s")
+                ui.update(self.key, note=f"{label}: success {result['success_rate']:.2f}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             done = sum(t.status == "TERMINATED" or t is trial for t in trials)  # (its status is set after)
-            print(f"[palimpsest] trial {trial.config['trial']['label']} finished ({done}/{len(trials)})", flush=True)
+            ui.say(f"trial {trial.config['trial']['label']} finished ({done}/{total})")
+            ui.update(self.key, done=done)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[palimpsest] trial {trial.config['trial']['label']} failed: see {trial.local_path}", flush=True)
+            ui.say(f"trial {trial.config['trial']['label']} failed: see {trial.local_path}")
+
+        def on_experiment_end(self, trials, **info):
+            ui.end(self.key)
 
     return Progress()
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from palimpsest import progress as ui
 from palimpsest.data import DataError, QAExample
 from palimpsest.metrics.curves import gu_gaps
 from palimpsest.models import model_config
@@ -34,8 +35,8 @@ from palimpsest.runners.unlearn_data import Point, PreparedUnlearn, Request, loa
 from palimpsest.runners.unlearn_models import (
     RETAIN_POOL, as_train, pretrained_base, pretrained_config, retain_models, target_model,
 )
-from palimpsest.runtime import INTERRUPTED, RunFolder
-from palimpsest.spec.jobs import UnlearnJob
+from palimpsest.run_folder import INTERRUPTED, RunFolder
+from palimpsest.spec.unlearn import UnlearnJob
 from palimpsest.train.batching import TokenizedQA, tokenize_qa
 from palimpsest.train.config import MethodRun, TaskEnd
 from palimpsest.unlearn.evaluation import OPTION_SPLITS
@@ -172,6 +173,7 @@ class RequestEvaluator:
     batch_size: int
     max_new_tokens: int
     order: list[tuple[str, int]]  # (method label, first task) in the order the loop runs them
+    progress_key: str | None = None  # the display's row of served requests (`palimpsest.progress`)
 
     def __call__(self, end: TaskEnd) -> list[dict]:
         from transformers import AutoTokenizer
@@ -198,6 +200,8 @@ class RequestEvaluator:
         ledger.finish(point.request.id, end.method, config_hash(self.configs[end.method][end.task]), metrics=metrics,
                       checkpoint=str(target))
         self._begin_next(ledger, end)
+        if self.progress_key:
+            ui.update(self.progress_key, advance=1, note=f"{point.request.id} by {end.method}")
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
         flat.update({f"mia_{name}": v for name, v in metrics["mia"].items()})
         flat.update({f"cost_{name}": v for name, v in metrics["cost"].items() if v is not None})
@@ -293,8 +297,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
     for run, first, _ in plan:
         for index, point in enumerate(prepared.points[:first]):
             served = ledger.latest(run.name, point.request.id, config_hash(prepared.configs[run.name][index]))
-            print(f"[palimpsest] {point.request.id} by {run.name}: already served at {served['time']}, skipped",
-                  flush=True)
+            ui.say(f"{point.request.id} by {run.name}: already served at {served['time']}, skipped")
     # Every method stays in the loop's list (a method done with every request starts past the last
     # task), so the method indices in this run's checkpoints mean the same methods on a resume.
     pending = [first < len(prepared.points) for _, first, _ in plan]
@@ -342,7 +345,8 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
             configs=prepared.configs,
             export_root=str(folder.path / "requests"), epsilon=epsilon, batch_size=spec.eval.batch_size,
             max_new_tokens=spec.eval.max_new_tokens,
-            order=[(m.name, m.first_task) for m in methods if m.first_task < len(prepared.points)])
+            order=[(m.name, m.first_task) for m in methods if m.first_task < len(prepared.points)],
+            progress_key=f"{folder.path.name} requests")
         config = unlearning.with_(
             model=target_cfg, models={"base": prepared.base_model, "target": target_cfg,
                                       **({"dp_base": dp_base_cfg} if dp_base_cfg else {})}, methods=methods,
@@ -354,12 +358,17 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
         first = methods[pending.index(True)]
         begin(ledger, prepared.points[first.first_task].request, first.name,
               prepared.configs[first.name][first.first_task], epsilon)
+        # One request served by each method is one row unit: the row counts (request, method) servings.
+        ui.begin(evaluator.progress_key, f"requests served ({ui.counted(len(prepared.points), 'request')}"
+                 f" × {ui.counted(len(plan), 'method')})", len(prepared.points) * len(plan),
+                 done=sum(first for _, first, _ in plan))
         try:
             output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray, progress=progress)
         except Exception as error:  # a Ctrl-C (KeyboardInterrupt) leaves the request pending, to serve on
             if not INTERRUPTED.is_set():  # under Ray an interrupt surfaces as the aborted run's error
                 mark_failed(ledger, prepared.configs, prepared.points, error)
             raise
+        ui.end(evaluator.progress_key)
         folder.write_metrics([{**r, "method": result["name"]} for result in output["methods"]
                               for r in result["records"]])
     else:
@@ -552,15 +561,18 @@ def run_seeds(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
     started = time.perf_counter()
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     summaries, records = [], []
+    key = f"{folder.path.name} seeds"
+    ui.begin(key, "seeds", spec.seeds)
     for offset in range(spec.seeds):
         one = seed_spec(spec, offset)
         sub = RunFolder(folder.path / "seeds" / f"seed-{one.seed}")
         sub.path.mkdir(parents=True, exist_ok=True)
         if (sub.path / "summary.json").is_file() and sub.read_summary().get("status") == "ok":
-            print(f"[palimpsest] seed {one.seed}: finished by an earlier attempt, kept", flush=True)
+            ui.say(f"seed {one.seed}: finished by an earlier attempt, kept")
             summary = sub.read_summary()
+            ui.update(key, advance=1)
         else:
-            print(f"[palimpsest] seed {one.seed} ({offset + 1} of {spec.seeds})", flush=True)
+            ui.say(f"seed {one.seed} ({offset + 1} of {spec.seeds})")
             sub.write_spec(dump_spec(one))
             sub.write_env()
             sub.write_summary({"status": "running", "kind": "unlearn", "name": one.name, "seed": one.seed})
@@ -568,8 +580,10 @@ def run_seeds(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
             summary = run(one, here, sub, use_ray=use_ray, progress=progress, fail_at=fail_at)
             sub.write_summary(summary)
             write_report(sub)
+            ui.update(key, advance=1, note=f"seed {one.seed}")
         summaries.append(summary)
         records += [{**r, "seed": one.seed} for r in sub.read_metrics()]
+    ui.end(key)
     folder.write_metrics(records)
     return seed_summary(spec, summaries, started=started, folders=[str(folder.path / "seeds" / f"seed-{s['seed']}")
                                                                   for s in summaries])

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from palimpsest import progress as ui
 from palimpsest.models import build_model, count_parameters, unwrap
 from palimpsest.privacy import epsilon_spent, fresh_secret, method_secret
 from palimpsest.train.backends import make_backend
@@ -38,6 +39,8 @@ from palimpsest.train.step import train_step
 # Steps at the start of each task left out of the steady-state throughput (allocator and
 # kernel warm-up, the first steps' lazy initialisation).
 STEADY_SKIP = 3
+# The fits an unlearn job makes, named `<run folder>-<stage>` (runners/unlearn*.py): the display says which.
+STAGES = ("pretrain", "target", "deployed", "retain", "unlearn")
 
 
 def train_loop_per_worker(config: LoopConfig) -> dict:
@@ -69,6 +72,9 @@ class _Run:
         self.baseline: dict | None = saved.baseline if saved else None
         self.window = torch.tensor(saved.window if saved else [0.0, 0.0], dtype=torch.float64, device=session.device)
         self.clock = time.perf_counter()
+        self.name = _run_name(session) if session.rank == 0 else ""
+        stage = self.name.rsplit("-", 1)[-1] if "-" in self.name else ""
+        self.stage = f"{stage} · " if stage in STAGES else ""
 
     def noise_seed(self, method: int) -> int | None:
         """What method `method`'s DP noise and Poisson batches derive from (None: not private)."""
@@ -104,8 +110,22 @@ class _Run:
             return list(self.config.eval_sets)
         return self.config.task_eval_names[: task + 1]  # continual evaluation: the seen tasks
 
-    def log_train_loss(self, result: MethodResult, *, task: int, done: int, stream_step: int, grad_norm,
-                       backend, method) -> None:
+    def progress_key(self, method: int, task: int) -> str:
+        """The display's row for one task's steps (`palimpsest.progress`)."""
+        return f"{self.name}/{method}/{task}"
+
+    def label(self, result: MethodResult) -> str:
+        """The method's name in front of its lines when a run has several (or a continual stream's tasks)."""
+        cfg = self.config
+        return f"{result.name} · " if len(cfg.methods) > 1 or cfg.task_eval_names else ""
+
+    def log_train_loss(self, result: MethodResult, *, task: int, done: int, total: int, stream_step: int, grad_norm,
+                       backend, method, key: str) -> None:
+        """The train loss since the last log point into the records; on rank 0 a line and the display's row.
+
+        `done` of `total`: the steps of this task the loop has run and runs (the method's own schedule;
+        an unlearning run's `retrain` trains with the target's).
+        """
         if self.session.world_size > 1:
             dist.all_reduce(self.window)
         train_loss = (self.window[0] / self.window[1].clamp(min=1)).item()
@@ -117,11 +137,11 @@ class _Run:
             extra = {**backend.progress(), **method.progress()}  # e.g. ε spent so far
             result.records += [{"step": stream_step, "task": task, "split": "train", "metric": name, "value": value}
                                for name, value in extra.items()]
-            label = f"{result.name} · " if len(cfg.methods) > 1 or cfg.task_eval_names else ""
-            print(f"[palimpsest] {label}task {task + 1}/{len(cfg.tasks)} step {done}/{result.steps} "
-                  f"train_loss {train_loss:.4f} grad_norm {float(grad_norm):.3f} "
-                  + "".join(f"{name} {value:.4g} " for name, value in extra.items())
-                  + f"({result.wall_s + time.perf_counter() - self.clock:.1f}s)", flush=True)
+            ui.say(f"{self.label(result)}task {task + 1}/{len(cfg.tasks)} step {done}/{total} "
+                   f"train_loss {train_loss:.4f} grad_norm {float(grad_norm):.3f} "
+                   + "".join(f"{name} {value:.4g} " for name, value in extra.items())
+                   + f"({result.wall_s + time.perf_counter() - self.clock:.1f}s)")
+            ui.update(key, done=done, note=f"train_loss {train_loss:.4f}")
 
 
 def run_training(config: LoopConfig, session: TrainSession) -> dict:
@@ -193,6 +213,10 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             backend.load_state_dict(saved.backend)
         backend.model.train()
         first = start_step if mid_task else 0
+        key = run.progress_key(index, task)
+        if session.rank == 0:  # (one event per task and per log point, never per step)
+            ui.begin(key, f"{run.stage}{run.label(result)}task {task + 1}/{len(config.tasks)} steps", opt.steps,
+                     done=first, transient=True)
         steady = _SteadyClock(result, first + min(STEADY_SKIP, max(opt.steps - first - 1, 0)), session.device)
 
         def checkpoint(position: Position, metrics: dict) -> dict:
@@ -221,8 +245,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             if done == opt.steps:
                 steady.stop()  # before the last log line (a private run's ε is computed for it)
             if done % opt.log_every == 0 or done == opt.steps:
-                run.log_train_loss(result, task=task, done=done, stream_step=stream_step, grad_norm=grad_norm,
-                                   backend=backend, method=method)
+                run.log_train_loss(result, task=task, done=done, total=opt.steps, stream_step=stream_step,
+                                   grad_norm=grad_norm, backend=backend, method=method, key=key)
             if done == opt.steps:
                 break
             if config.evaluation.every and done % config.evaluation.every == 0:
@@ -233,6 +257,8 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
                 session.report({"method": spec.name, "task": task, "step": stream_step, "scores": evaluated})
             if opt.checkpoint_every and done % opt.checkpoint_every == 0:
                 checkpoint(Position(index, task, done), {"task": task, "step": done})
+        if session.rank == 0:
+            ui.end(key)
         with meter.counting():
             method.after_task(ctx)
         result.flops_local, meter.flops = result.flops_local + meter.flops, 0.0
@@ -256,6 +282,19 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
         if backend.shards_parameters:  # the next task (or the caller) gets a plain, whole model
             ctx.model = build_model(model_cfg).to(session.device)
             ctx.model.load_state_dict(full_state)
+
+
+def _run_name(session: TrainSession) -> str:
+    """The fit's name (its checkpoint folder's: `<run folder>-retain`, …), told apart in the display."""
+    root = getattr(session, "root", None)
+    if root is not None:
+        return Path(root).name
+    try:
+        from ray import train
+
+        return train.get_context().get_experiment_name()
+    except Exception:  # noqa: BLE001 - another Ray layout: a name unique to this worker
+        return f"pid-{os.getpid()}"
 
 
 def _run_secret(config: LoopConfig, session: TrainSession, saved: SavedState | None) -> int | None:
