@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GPU check of OUR training loop (DESIGN.md, "GPU checks"), without Ray, at world size 1.
+"""GPU check of OUR training loop (docs/design.md, "GPU checks"), without Ray, at world size 1.
 
 Every measured step goes through `palimpsest.train.loop.run_training` with a
 `LocalSession` (what `run_without_ray` does), our backends (`make_backend`: DDP at world
@@ -59,7 +59,7 @@ import torch  # noqa: E402
 
 from palimpsest.train.flops import train_flops  # noqa: E402
 
-PEAK_FLOPS = 790e12  # H200 bf16 dense, as DESIGN.md measures MFU
+PEAK_FLOPS = 790e12  # H200 bf16 dense, as docs/design.md ("GPU checks") measures MFU
 PAD, BOS, EOS = 0, 1, 2
 STARTED = time.perf_counter()
 

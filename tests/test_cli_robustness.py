@@ -350,7 +350,7 @@ def test_help_describes_only_what_exists(args):
     result = runner.invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
     text = result.output
-    # commands and features that do not exist yet (DESIGN.md plans them)
+    # commands and features that do not exist (help must not advertise these)
     for missing in (r"DP-SGD",):
         assert not re.search(missing, text), (missing, text)
     if args == ["--help"]:

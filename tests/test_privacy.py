@@ -48,7 +48,7 @@ def test_calibrated_noise_never_spends_more_than_the_target(sizes, batch, steps,
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_the_93_batch_case_stays_under_the_target(accountant):
-    """DESIGN.md: make_private_with_epsilon spent ε 8.031 for a target of 8 with 93 batches per epoch."""
+    """docs/design.md ("Opacus"): make_private_with_epsilon spent ε 8.031 for a target of 8 with 93 batches per epoch."""
     rate = 1 / 93
     sigma = calibrate(epsilon=8.0, delta=1e-5, sample_rates=[rate], steps_per_task=93 * 5, accountant=accountant)
     assert epsilon_spent([(sigma, rate, 93 * 5)], 1e-5, accountant) <= 8.0

@@ -5,7 +5,7 @@ Pure data, so the spec can validate preset names without importing torch.
 
 # Sizes chosen so the fact-world tests and the quickstart fit a 2-core CPU:
 # tiny-llama (~0.6M parameters with a 1,024-token BPE) memorises ~300 short facts in
-# a few hundred steps (measured in DESIGN.md, "Fact-world budget").
+# a few hundred steps (measured: docs/design.md, "Fact-world budget").
 MODEL_PRESETS: dict[str, dict] = {
     "tiny-llama": dict(
         hidden_size=128,
@@ -23,7 +23,7 @@ MODEL_PRESETS: dict[str, dict] = {
         num_key_value_heads=8,
         max_position_embeddings=512,
     ),
-    # ~350M parameters: the GPU throughput check (DESIGN.md, "GPU checks").
+    # ~350M parameters: the GPU throughput check (docs/design.md, "GPU checks").
     "llama-350m": dict(
         hidden_size=1024,
         intermediate_size=2816,

@@ -7,7 +7,7 @@ batch size. What this module decides before training:
 - `calibrate`: σ for (ε, δ, sample rates, planned steps) with Opacus's own
   `get_noise_multiplier`, then checked against the accountant on the exact planned
   history; σ is raised until the ε spent after the last planned step is ≤ the target
-  (never trust the search alone: DESIGN.md's 93-batch trap);
+  (never trust the search alone: docs/design.md, "Opacus (the 93-batch trap)");
 - `PrivacyPlan`: what every worker needs (picklable, part of the loop config);
 - `epsilon_spent`: ε of a step history, by the same accountant.
 

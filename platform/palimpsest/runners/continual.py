@@ -230,7 +230,7 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
     }
     summary["table"] = [{"method": name, **{k: block[k] for k in TABLE_KEYS}, "wall_s": block["cost"]["wall_s"]}
                         for name, block in methods.items()]
-    if len(methods) == 1:  # the DESIGN.md keys at the top level when there is one method
+    if len(methods) == 1:  # docs/design.md: the keys at the top level when there is one method
         (only,) = methods.values()
         summary.update({k: v for k, v in only.items() if k != "cost"})
         summary["cost"] = only["cost"]

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO backend (stages 0-3) for the shared loop.
 
-What we verified on CPU (DESIGN.md): DeepSpeed reuses the process group Ray Train set
+What we verified on CPU (docs/design.md, "DeepSpeed on CPU"): DeepSpeed reuses the process group Ray Train set
 up; a client `torch.optim.AdamW` avoids the 3-4 min JIT compile of its fused Adams;
 the `deepspeed_shm_comm` op would compile for ~67 s on first use, so we skip it (it
 only speeds up intra-node CPU collectives).

@@ -1,6 +1,6 @@
 """What a training method declares about itself, as data, and how methods are found by name.
 
-A method (continual today, unlearning next) is one file in its family's package. The
+A method (continual or unlearning) is one file in its family's package. The
 file opens with its declaration:
 
     METHOD = MethodInfo(
