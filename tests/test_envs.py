@@ -534,3 +534,39 @@ def test_tmaze_uniform_lengths_are_uniform_over_both_ends(low, high):
     counts = np.bincount(first_junction, minlength=high + 1)[low:]
     assert counts.sum() == 2000 and counts.min() > 0, counts
     assert chisquare(counts).pvalue > 1e-4, counts
+
+
+def _entry(entry_point: str):
+    import importlib
+
+    module, name = entry_point.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_argument_defaults_are_the_declared_ones(env_id):
+    """Each env's argument defaults are declared once (`DEFAULTS` in its module): the single env's, the
+    batched twin's and make_config's signatures have exactly those arguments, in that order, with those defaults
+    (repr: 1 and 1.0 differ)."""
+    import inspect
+
+    spec = gym.spec(env_id)
+    single, vector = _entry(spec.entry_point), _entry(spec.vector_entry_point)
+    module = sys.modules[single.__module__]
+    declared = [(name, repr(value)) for name, value in module.DEFAULTS.items()]
+
+    def defaults(fn):
+        return [(p.name, repr(p.default)) for p in inspect.signature(fn).parameters.values()
+                if p.name not in ("self", "num_envs", "render_mode")]
+
+    assert defaults(single.__init__) == declared
+    assert defaults(vector.__init__) == declared
+    assert defaults(module.make_config) == declared
+
+
+def test_rllib_bench_default_env_params_are_cue_rewrites_defaults():
+    from palimpsest.spec.bench import RLlibBench
+    from palimpsest_envs import cue_rewrite
+
+    bench = RLlibBench(type="rllib")
+    assert bench.env == CUE and bench.env_params == dict(cue_rewrite.DEFAULTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -12,6 +13,19 @@ from palimpsest_envs._plans import PlanQueue, scaled
 
 UP, DOWN, LEFT, RIGHT, PICK = 0, 1, 2, 3, 4
 
+# The arguments' defaults, declared here only: make_config and both classes' signatures read
+# them (tests/test_envs.py checks the signatures). A None takes its value from the mode (MODES),
+# or, for max_steps, from make_config's budget.
+DEFAULTS = MappingProxyType({
+    "mode": "medium",
+    "grid_size": None,
+    "num_cubes": None,
+    "num_phases": None,
+    "teleports_per_phase": None,
+    "max_steps": None,
+    "penalty": -0.01,
+    "goal_reward": 1.0,
+})
 # What each difficulty sets when an argument is left as None.
 MODES: dict[str, dict[str, int]] = {
     "trivial": {"grid_size": 5, "num_cubes": 1, "num_phases": 1, "teleports_per_phase": 0},
@@ -60,22 +74,22 @@ class ColorCubesConfig(NamedTuple):
 
 
 def make_config(
-    mode: str = "medium",
-    grid_size: int | None = None,
-    num_cubes: int | None = None,
-    num_phases: int | None = None,
-    teleports_per_phase: int | None = None,
-    max_steps: int | None = None,
-    penalty: float = -0.01,
-    goal_reward: float = 1.0,
+    mode: str = DEFAULTS["mode"],
+    grid_size: int | None = DEFAULTS["grid_size"],
+    num_cubes: int | None = DEFAULTS["num_cubes"],
+    num_phases: int | None = DEFAULTS["num_phases"],
+    teleports_per_phase: int | None = DEFAULTS["teleports_per_phase"],
+    max_steps: int | None = DEFAULTS["max_steps"],
+    penalty: float = DEFAULTS["penalty"],
+    goal_reward: float = DEFAULTS["goal_reward"],
 ) -> ColorCubesConfig:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    defaults = MODES[mode]
-    g = int(defaults["grid_size"] if grid_size is None else grid_size)
-    n = int(defaults["num_cubes"] if num_cubes is None else num_cubes)
-    k = int(defaults["num_phases"] if num_phases is None else num_phases)
-    e = int(defaults["teleports_per_phase"] if teleports_per_phase is None else teleports_per_phase)
+    by_mode = MODES[mode]
+    g = int(by_mode["grid_size"] if grid_size is None else grid_size)
+    n = int(by_mode["num_cubes"] if num_cubes is None else num_cubes)
+    k = int(by_mode["num_phases"] if num_phases is None else num_phases)
+    e = int(by_mode["teleports_per_phase"] if teleports_per_phase is None else teleports_per_phase)
     if not 2 <= g <= MAX_GRID:
         raise ValueError(f"grid_size must be in [2, {MAX_GRID}], got {g}")
     if not 1 <= n <= MAX_CUBES:
@@ -176,6 +190,23 @@ def choose_free_cells(occupied: np.ndarray, draws: np.ndarray, num_cells: int) -
     return free_cell
 
 
+_MODES_TABLE_MARK = "(MODES as a table: filled in from MODES after the class)"
+
+
+def _modes_table(indent: str = "    ") -> str:
+    """``MODES`` as the markdown table of ``ColorCubes``' docstring (so the numbers are written once)."""
+    keys = list(next(iter(MODES.values())))
+    rows = [
+        "| mode      |" + "|".join(f" {k} " for k in keys) + "|",
+        "|-----------|" + "|".join("-" * (len(k) + 2) for k in keys) + "|",
+    ]
+    rows += [
+        f'| "{mode}"'.ljust(12) + "|" + "|".join(f" {v}".ljust(len(k) + 2) for k, v in values.items()) + "|"
+        for mode, values in MODES.items()
+    ]
+    return f"\n{indent}".join(rows)
+
+
 class ColorCubes(gym.Env[np.ndarray, np.int64]):
     """
     ## Description
@@ -250,30 +281,28 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
 
-    `mode="medium"` sets the defaults of the arguments left as `None`:
+    `mode`, `grid_size`, `num_cubes`, `num_phases`, `teleports_per_phase`, `max_steps`,
+    `penalty`, `goal_reward`; their defaults are `DEFAULTS` in this module (`palimpsest envs`
+    lists them). Left as `None`, the mode's arguments take its values (`MODES` in this module):
 
-    | mode      | grid_size | num_cubes | num_phases | teleports_per_phase |
-    |-----------|-----------|-----------|------------|---------------------|
-    | "trivial" | 5         | 1         | 1          | 0                   |
-    | "medium"  | 5         | 3         | 3          | 2                   |
-    | "extreme" | 7         | 5         | 5          | 3                   |
+    (MODES as a table: filled in from MODES after the class)
 
-    `max_steps=None` (= `4 * num_phases * (2 * grid_size - 1)`, four times the longest
-    optimal episode), `penalty=-0.01`, `goal_reward=1.0`. Seed through `reset(seed=...)`.
+    and `max_steps` is `4 * num_phases * (2 * grid_size - 1)`, four times the longest
+    optimal episode. Seed through `reset(seed=...)`.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(
         self,
-        mode: str = "medium",
-        grid_size: int | None = None,
-        num_cubes: int | None = None,
-        num_phases: int | None = None,
-        teleports_per_phase: int | None = None,
-        max_steps: int | None = None,
-        penalty: float = -0.01,
-        goal_reward: float = 1.0,
+        mode: str = DEFAULTS["mode"],
+        grid_size: int | None = DEFAULTS["grid_size"],
+        num_cubes: int | None = DEFAULTS["num_cubes"],
+        num_phases: int | None = DEFAULTS["num_phases"],
+        teleports_per_phase: int | None = DEFAULTS["teleports_per_phase"],
+        max_steps: int | None = DEFAULTS["max_steps"],
+        penalty: float = DEFAULTS["penalty"],
+        goal_reward: float = DEFAULTS["goal_reward"],
         render_mode: str | None = None,
     ):
         if render_mode is not None:
@@ -375,3 +404,7 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
             info["success"] = float(self._phase == cfg.num_phases)
             info["stages_passed"], info["stages"] = self._phase, cfg.num_phases
         return self._obs(), reward, terminated, truncated, info
+
+
+if ColorCubes.__doc__:  # None under python -OO
+    ColorCubes.__doc__ = ColorCubes.__doc__.replace(_MODES_TABLE_MARK, _modes_table())

@@ -7,6 +7,7 @@ from gymnasium.vector import AutoresetMode
 
 from palimpsest_envs._plans import PlannedVectorEnv
 from palimpsest_envs.color_cubes import (
+    DEFAULTS,
     PICK,
     cell_coordinates,
     choose_free_cells,
@@ -53,7 +54,7 @@ class ColorCubesVector(PlannedVectorEnv):
 
     ## Arguments
 
-    `num_envs=1` plus the arguments of `ColorCubes`.
+    `num_envs` plus the arguments of `ColorCubes`, with the same defaults (`DEFAULTS` there).
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -61,14 +62,14 @@ class ColorCubesVector(PlannedVectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        mode: str = "medium",
-        grid_size: int | None = None,
-        num_cubes: int | None = None,
-        num_phases: int | None = None,
-        teleports_per_phase: int | None = None,
-        max_steps: int | None = None,
-        penalty: float = -0.01,
-        goal_reward: float = 1.0,
+        mode: str = DEFAULTS["mode"],
+        grid_size: int | None = DEFAULTS["grid_size"],
+        num_cubes: int | None = DEFAULTS["num_cubes"],
+        num_phases: int | None = DEFAULTS["num_phases"],
+        teleports_per_phase: int | None = DEFAULTS["teleports_per_phase"],
+        max_steps: int | None = DEFAULTS["max_steps"],
+        penalty: float = DEFAULTS["penalty"],
+        goal_reward: float = DEFAULTS["goal_reward"],
         render_mode: str | None = None,
     ):
         if render_mode is not None:  # before the config: the same error whatever the arguments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -11,6 +12,10 @@ from gymnasium import logger, spaces
 from palimpsest_envs._plans import PlanQueue, scaled
 
 NO_CUE = -1
+
+# The arguments' defaults, declared here only: make_config, both classes' signatures and the
+# RL benchmark's default `env_params` read them (tests/test_envs.py checks the signatures).
+DEFAULTS = MappingProxyType({"num_cues": 4, "num_rewrites": 1, "delay": 10})
 
 
 class CueRewriteConfig(NamedTuple):
@@ -25,7 +30,11 @@ class CueRewriteConfig(NamedTuple):
         return self.num_cues + 2
 
 
-def make_config(num_cues: int = 4, num_rewrites: int = 1, delay: int = 10) -> CueRewriteConfig:
+def make_config(
+    num_cues: int = DEFAULTS["num_cues"],
+    num_rewrites: int = DEFAULTS["num_rewrites"],
+    delay: int = DEFAULTS["delay"],
+) -> CueRewriteConfig:
     # A rewrite must change the value, so it needs a second value to change to.
     if not 2 <= num_cues < 2**15:
         raise ValueError(f"num_cues must be in [2, 32767], got {num_cues}")
@@ -110,13 +119,20 @@ class CueRewrite(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
 
-    `num_cues=4` (K >= 2), `num_rewrites=1` (0..delay-1), `delay=10` (steps from the first
-    cue to the query). Seed through `reset(seed=...)`.
+    `num_cues` (K >= 2), `num_rewrites` (0..delay-1), `delay` (steps from the first cue to
+    the query); their defaults are `DEFAULTS` in this module (`palimpsest envs` lists them).
+    Seed through `reset(seed=...)`.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, num_cues: int = 4, num_rewrites: int = 1, delay: int = 10, render_mode: str | None = None):
+    def __init__(
+        self,
+        num_cues: int = DEFAULTS["num_cues"],
+        num_rewrites: int = DEFAULTS["num_rewrites"],
+        delay: int = DEFAULTS["delay"],
+        render_mode: str | None = None,
+    ):
         if render_mode is not None:
             raise ValueError("CueRewrite has no render modes")
         self.config = make_config(num_cues, num_rewrites, delay)

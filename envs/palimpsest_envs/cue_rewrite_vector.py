@@ -6,7 +6,13 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from palimpsest_envs._plans import PlannedVectorEnv
-from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config, plan_uniforms
+from palimpsest_envs.cue_rewrite import (
+    DEFAULTS,
+    NO_CUE,
+    draw_plans,
+    make_config,
+    plan_uniforms,
+)
 
 
 class CueRewriteVector(PlannedVectorEnv):
@@ -43,7 +49,7 @@ class CueRewriteVector(PlannedVectorEnv):
 
     ## Arguments
 
-    `num_envs=1` plus the arguments of `CueRewrite`.
+    `num_envs` plus the arguments of `CueRewrite`, with the same defaults (`DEFAULTS` there).
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -51,9 +57,9 @@ class CueRewriteVector(PlannedVectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        num_cues: int = 4,
-        num_rewrites: int = 1,
-        delay: int = 10,
+        num_cues: int = DEFAULTS["num_cues"],
+        num_rewrites: int = DEFAULTS["num_rewrites"],
+        delay: int = DEFAULTS["delay"],
         render_mode: str | None = None,
     ):
         if render_mode is not None:  # before the config: the same error whatever the arguments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -12,6 +13,19 @@ from palimpsest_envs._plans import PlanQueue, scaled
 
 FORWARD, LEFT, RIGHT = 0, 1, 2
 CUE_LEFT, CUE_RIGHT = 0, 1
+
+# The arguments' defaults, declared here only: make_config and both classes' signatures read
+# them (tests/test_envs.py checks the signatures).
+DEFAULTS = MappingProxyType({
+    "num_corridors": 5,
+    "corridor_length": 10,
+    "length_mode": "fixed",
+    "min_length": 1,
+    "max_length": None,  # None: corridor_length
+    "penalty": -0.01,
+    "goal_reward": 1.0,
+    "junction_signal": False,
+})
 
 
 class TMazeConfig(NamedTuple):
@@ -36,14 +50,14 @@ class TMazeConfig(NamedTuple):
 
 
 def make_config(
-    num_corridors: int = 5,
-    corridor_length: int = 10,
-    length_mode: str = "fixed",
-    min_length: int = 1,
-    max_length: int | None = None,
-    penalty: float = -0.01,
-    goal_reward: float = 1.0,
-    junction_signal: bool = False,
+    num_corridors: int = DEFAULTS["num_corridors"],
+    corridor_length: int = DEFAULTS["corridor_length"],
+    length_mode: str = DEFAULTS["length_mode"],
+    min_length: int = DEFAULTS["min_length"],
+    max_length: int | None = DEFAULTS["max_length"],
+    penalty: float = DEFAULTS["penalty"],
+    goal_reward: float = DEFAULTS["goal_reward"],
+    junction_signal: bool = DEFAULTS["junction_signal"],
 ) -> TMazeConfig:
     if num_corridors < 1:
         raise ValueError(f"num_corridors must be >= 1, got {num_corridors}")
@@ -132,9 +146,10 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
 
-    `num_corridors=5`, `corridor_length=10`, `length_mode="fixed"|"uniform"`,
-    `min_length=1`, `max_length=None` (= `corridor_length`), `penalty=-0.01`,
-    `goal_reward=1.0`, `junction_signal=False`. Seed through `reset(seed=...)`.
+    `num_corridors`, `corridor_length`, `length_mode` (`"fixed"` or `"uniform"`),
+    `min_length`, `max_length` (`None`: `corridor_length`), `penalty`, `goal_reward`,
+    `junction_signal`; their defaults are `DEFAULTS` in this module (`palimpsest envs`
+    lists them). Seed through `reset(seed=...)`.
 
     ## Departures from the reference code
 
@@ -146,21 +161,21 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
     - `corridor_length`/`min_length`/`max_length` replace the reference's
       `lengths: {mode, min, max}` config; `L_max` is `max_length` (uniform) or
       `corridor_length` (fixed), as there.
-    - `junction_signal` is an addition (off by default).
+    - `junction_signal=True` is an addition (the reference has no such entry).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(
         self,
-        num_corridors: int = 5,
-        corridor_length: int = 10,
-        length_mode: str = "fixed",
-        min_length: int = 1,
-        max_length: int | None = None,
-        penalty: float = -0.01,
-        goal_reward: float = 1.0,
-        junction_signal: bool = False,
+        num_corridors: int = DEFAULTS["num_corridors"],
+        corridor_length: int = DEFAULTS["corridor_length"],
+        length_mode: str = DEFAULTS["length_mode"],
+        min_length: int = DEFAULTS["min_length"],
+        max_length: int | None = DEFAULTS["max_length"],
+        penalty: float = DEFAULTS["penalty"],
+        goal_reward: float = DEFAULTS["goal_reward"],
+        junction_signal: bool = DEFAULTS["junction_signal"],
         render_mode: str | None = None,
     ):
         if render_mode is not None:

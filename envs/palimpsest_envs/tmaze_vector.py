@@ -6,7 +6,16 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from palimpsest_envs._plans import PlannedVectorEnv
-from palimpsest_envs.tmaze import CUE_LEFT, CUE_RIGHT, FORWARD, LEFT, draw_plans, make_config, plan_uniforms
+from palimpsest_envs.tmaze import (
+    CUE_LEFT,
+    CUE_RIGHT,
+    DEFAULTS,
+    FORWARD,
+    LEFT,
+    draw_plans,
+    make_config,
+    plan_uniforms,
+)
 
 
 class EndlessTMazeVector(PlannedVectorEnv):
@@ -44,7 +53,7 @@ class EndlessTMazeVector(PlannedVectorEnv):
 
     ## Arguments
 
-    `num_envs=1` plus the arguments of `EndlessTMaze`.
+    `num_envs` plus the arguments of `EndlessTMaze`, with the same defaults (`DEFAULTS` there).
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -52,14 +61,14 @@ class EndlessTMazeVector(PlannedVectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        num_corridors: int = 5,
-        corridor_length: int = 10,
-        length_mode: str = "fixed",
-        min_length: int = 1,
-        max_length: int | None = None,
-        penalty: float = -0.01,
-        goal_reward: float = 1.0,
-        junction_signal: bool = False,
+        num_corridors: int = DEFAULTS["num_corridors"],
+        corridor_length: int = DEFAULTS["corridor_length"],
+        length_mode: str = DEFAULTS["length_mode"],
+        min_length: int = DEFAULTS["min_length"],
+        max_length: int | None = DEFAULTS["max_length"],
+        penalty: float = DEFAULTS["penalty"],
+        goal_reward: float = DEFAULTS["goal_reward"],
+        junction_signal: bool = DEFAULTS["junction_signal"],
         render_mode: str | None = None,
     ):
         if render_mode is not None:  # before the config: the same error whatever the arguments
