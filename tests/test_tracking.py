@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from pydantic import ValidationError
-
 from palimpsest.spec.loading import _describe
 from palimpsest.spec.tracking import TrackingSpec
 from palimpsest.tracking import STATE_FILE, Tracker, flatten_params, metric_key, tune_callbacks, worker_tracking
+from pydantic import ValidationError
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is a dependency: pip install -e '.[dev]'")
 
@@ -134,7 +133,7 @@ def test_mlflow_run_params_metrics_artifacts_status(tmp_path):
     assert tracker.log_records(ROWS + MORE) == len(MORE)  # the grown list: only its new rows
     finish_folder(folder, ROWS + MORE, {"status": "ok", "methods": {"ewc": {"final_accuracy": 0.75}},
                                         "results": [{"a": 1}], "flag": True})
-    tracker.finish("ok")
+    tracker.finish(folder, "ok")
 
     client = client_for(tmp_path)
     state = json.loads((folder / STATE_FILE).read_text())
@@ -163,13 +162,13 @@ def test_finish_logs_rows_not_yet_logged_and_maps_statuses(tmp_path):
                                spec=SPEC)
         tracker.log_records(ROWS[:2])
         finish_folder(folder, ROWS, {"status": status})
-        tracker.finish(status)
+        tracker.finish(folder, status)
         client = client or client_for(tmp_path)
         run = client.get_run(json.loads((folder / STATE_FILE).read_text())["mlflow"]["run_id"])
         assert run.info.status == expected
         assert sum(len(points) for points in history(client, run.info.run_id).values()) == len(ROWS)
     with pytest.raises(ValueError, match="allowed: ok, failed, interrupted"):
-        Tracker.open(None, name="x", folder=tmp_path, spec={}).finish("done")
+        Tracker.open(None, name="x", folder=tmp_path, spec={}).finish(tmp_path, "done")
 
 
 def test_a_resumed_run_folder_continues_its_mlflow_run(tmp_path):
@@ -179,16 +178,16 @@ def test_a_resumed_run_folder_continues_its_mlflow_run(tmp_path):
     section = tracking(tmp_path, mlflow=mlflow_section(tmp_path))
     tracker = Tracker.open(section, name="cl-demo", folder=first, spec=SPEC)
     tracker.log_records(ROWS)
-    tracker.finish("interrupted")
+    tracker.finish(None, "interrupted")
     run_id = json.loads((first / STATE_FILE).read_text())["mlflow"]["run_id"]
-    Tracker.open(section, name="cl-demo", folder=other, spec=SPEC).finish("ok")  # another run in between
+    Tracker.open(section, name="cl-demo", folder=other, spec=SPEC).finish(other, "ok")  # another run in between
 
     resumed = Tracker.open(section, name="cl-demo", folder=first, spec={**SPEC, "resumed": True})
     client = client_for(tmp_path)
     assert json.loads((first / STATE_FILE).read_text())["mlflow"]["run_id"] == run_id
     assert client.get_run(run_id).info.status == "RUNNING"
     resumed.log_records(ROWS + MORE)  # the run folder's metrics.jsonl: the old rows and the new
-    resumed.finish("ok")
+    resumed.finish(SimpleNamespace(path=first), "ok")  # a RunFolder: its .path
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["resumed"] == "true"
     got = history(client, run_id)
@@ -206,7 +205,7 @@ def test_an_unreachable_server_is_one_warning_and_the_run_goes_on(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="palimpsest"):
         tracker = Tracker.open(section, name="cl-demo", folder=tmp_path, spec=SPEC)
         tracker.log_records(ROWS)
-        tracker.finish("ok")
+        tracker.finish(tmp_path, "ok")
     warnings = [r.getMessage() for r in caplog.records if r.name == "palimpsest"]
     assert len(warnings) == 1 and warnings[0].startswith("tracking: mlflow left out, the run goes on without it:")
     assert tracker.finished and list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -215,7 +214,7 @@ def test_an_unreachable_server_is_one_warning_and_the_run_goes_on(tmp_path, capl
 def test_no_section_tracks_nothing_and_writes_nothing(tmp_path):
     tracker = Tracker.open(None, name="x", folder=tmp_path, spec=SPEC)
     assert tracker.log_records(ROWS) == 0
-    tracker.finish("ok")
+    tracker.finish(tmp_path, "ok")
     assert not list(tmp_path.iterdir())
 
 
@@ -275,25 +274,11 @@ def wandb_records(path: Path) -> list[bytes]:
     return records
 
 
-def test_wandb_offline_run(tmp_path, capfd):
-    pytest.importorskip("wandb", reason="wandb is optional (pip install -e '.[wandb]')")
+def read_wandb_run(run_file: Path) -> dict:
     from wandb.proto import wandb_internal_pb2
 
-    finish_folder(tmp_path, ROWS, {"status": "ok", "score": 0.5})
-    section = tracking(tmp_path, wandb={"project": "palimpsest-test"})
-    rows = ROWS + [dict(ROWS[-1], value=0.6)]  # one key twice at one step: two points, not one
-    tracker = Tracker.open(section, name="cl-demo", folder=tmp_path, spec=SPEC)
-    assert tracker.active == ["wandb"], "W&B offline needs no login"
-    tracker.log_records(rows[:3])
-    tracker.log_records(rows)
-    tracker.finish("ok")
-    run_id = json.loads((tmp_path / STATE_FILE).read_text())["wandb"]["id"]
-    [run_dir] = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
-    assert {"spec.yaml", "summary.json", "report.md", "metrics.jsonl", "plots/curves.png"} <= {
-        str(p.relative_to(run_dir / "files")) for p in (run_dir / "files").rglob("*") if p.is_file()}
-
     logged, config, summary, exit_code = [], {}, {}, None
-    for data in wandb_records(run_dir / f"run-{run_id}.wandb"):
+    for data in wandb_records(run_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
         kind = record.WhichOneof("record_type")
@@ -309,15 +294,41 @@ def test_wandb_offline_run(tmp_path, capfd):
                             for item in record.summary.update})
         elif kind == "exit":
             exit_code = record.exit.exit_code
-    assert sorted(logged) == sorted((metric_key(r), r["step"], r["value"]) for r in rows)  # once, at its step
-    assert config["training"] == SPEC["training"]
-    assert summary["summary/score"] == 0.5 and exit_code == 0
+    return {"logged": logged, "config": config, "summary": summary, "exit_code": exit_code}
+
+
+def test_wandb_offline_run_and_its_resume(tmp_path, capfd):
+    pytest.importorskip("wandb", reason="wandb is optional (pip install -e '.[wandb]')")
+
+    section = tracking(tmp_path, wandb={"project": "palimpsest-test"})
+    rows = ROWS + [dict(ROWS[-1], value=0.6)]  # one key twice at one step: two points, not one
+    tracker = Tracker.open(section, name="cl-demo", folder=tmp_path, spec=SPEC)
+    assert tracker.active == ["wandb"], "W&B offline needs no login"
+    tracker.log_records(rows[:3])
+    tracker.finish(None, "interrupted")
+    run_id = json.loads((tmp_path / STATE_FILE).read_text())["wandb"]["id"]
+
+    finish_folder(tmp_path, rows, {"status": "ok", "score": 0.5})
+    resumed = Tracker.open(section, name="cl-demo", folder=tmp_path, spec=SPEC)  # the run folder resumed
+    resumed.log_records(rows)
+    resumed.finish(None, "ok")
+    assert json.loads((tmp_path / STATE_FILE).read_text())["wandb"]["id"] == run_id
+
+    first, last = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))  # offline: a folder each, one id
+    before, after = read_wandb_run(first / f"run-{run_id}.wandb"), read_wandb_run(last / f"run-{run_id}.wandb")
+    assert (before["exit_code"], after["exit_code"]) == (130, 0)
+    assert sorted(before["logged"] + after["logged"]) == sorted((metric_key(r), r["step"], r["value"]) for r in rows)
+    assert before["config"]["training"] == SPEC["training"]
+    assert after["summary"]["summary/score"] == 0.5
+    assert {"spec.yaml", "summary.json", "report.md", "metrics.jsonl", "plots/curves.png"} <= {
+        str(p.relative_to(last / "files")) for p in (last / "files").rglob("*") if p.is_file()}
     assert "wandb" not in capfd.readouterr().err  # W&B's console lines stay out of ours
 
 
 # ----------------------------------------------------------------------------- Ray Tune
 
 
+@pytest.mark.integration
 def test_tune_callbacks_log_each_trial(tmp_path, ray_session):
     from ray import tune
 

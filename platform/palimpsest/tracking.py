@@ -5,8 +5,8 @@ Two entry points, chosen by where the code runs:
 * `Tracker` — the driver of `palimpsest run` (any kind). `Tracker.open(...)` starts (or, for a
   resumed run folder, continues) one tracked run per backend and logs the resolved spec as
   parameters; `log_records(rows)` logs `metrics.jsonl` rows as metrics with their steps and may
-  be called again with the whole, grown list (only the new rows are logged); `finish(status)`
-  logs the summary's scalars and the run's files as artifacts and ends the tracked runs.
+  be called again with the whole, grown list (only the new rows are logged); `finish(folder,
+  status)` logs the summary's scalars and the run's files as artifacts and ends the tracked runs.
 * `tune_callbacks(...)` — Ray Tune's `RunConfig(callbacks=...)` for `palimpsest tune`: Ray's
   own `MLflowLoggerCallback`, `WandbLoggerCallback` and `TBXLoggerCallback`, one tracked run per
   trial with the trial's config as parameters and every reported result as metrics.
@@ -58,8 +58,9 @@ import shutil
 import socket
 import string
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 logger = logging.getLogger("palimpsest")
@@ -403,7 +404,7 @@ class Tracker:
                                spec=spec.model_dump(mode="json"))
         ...                                      # as metrics.jsonl grows (optional):
         tracker.log_records(folder.read_metrics())
-        tracker.finish("ok")                     # or "failed" / "interrupted", after summary.json
+        tracker.finish(folder, "ok")             # or "failed" / "interrupted", after summary.json
                                                  # and report.md are written
 
     or `with Tracker.open(...) as tracker:` — the block's end finishes the runs as ok, an
@@ -422,7 +423,7 @@ class Tracker:
         return [backend.name for backend in self.backends]
 
     @classmethod
-    def open(cls, tracking, *, name: str, folder: str | Path, spec: Mapping[str, Any] | Any) -> "Tracker":
+    def open(cls, tracking, *, name: str, folder: str | Path, spec: Mapping[str, Any] | Any) -> Tracker:
         """Start the tracked runs of `folder`, or continue them when `folder/tracking.json` names them.
 
         Args:
@@ -476,12 +477,18 @@ class Tracker:
         self._save()
         return new
 
-    def finish(self, status: str = "ok") -> None:
+    def finish(self, folder=None, status: str = "ok") -> None:
         """Log metrics.jsonl's remaining rows, the summary's scalars and the run's files (spec.yaml,
         summary.json, report.md, metrics.jsonl, plots/*.png), and end the tracked runs with `status`:
-        ok, failed or interrupted (MLflow FINISHED / FAILED / KILLED; W&B exit code 0 / 1 / 130)."""
+        ok, failed or interrupted (MLflow FINISHED / FAILED / KILLED; W&B exit code 0 / 1 / 130).
+
+        `folder`: the run folder (a RunFolder or a path; None: the one the tracker was opened on)
+        whose files are logged. A second call does nothing.
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown run status '{status}'; allowed: {', '.join(STATUSES)}")
+        if folder is not None:
+            self.folder = Path(getattr(folder, "path", folder))
         if self.finished:
             return
         self.finished = True
@@ -495,14 +502,14 @@ class Tracker:
         self._save()
         self.backends = []
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         if kind is None:
-            self.finish("ok")
+            self.finish(None, "ok")
         else:
-            self.finish("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+            self.finish(None, "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
 
     # ---------------------------------------------------------------------
     def _call(self, backend, method: str, *args) -> bool:
@@ -723,7 +730,7 @@ def worker_tracking(tracking, *, name: str, config: Mapping[str, Any], folder: s
                                                  experiment_name=tracking.mlflow.experiment or name,
                                                  create_experiment_if_not_exists=True)
                     break
-                except Exception:  # noqa: BLE001
+                except Exception:
                     if attempt == 2:
                         raise
         except Exception as error:  # noqa: BLE001
