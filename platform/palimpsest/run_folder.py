@@ -77,6 +77,8 @@ class RunFolder:
 
     def write_metrics(self, records: list[dict]) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r, default=_jsonable) + "\n" for r in records))
+        if self.tracker is not None:  # the rows not logged yet, with their steps
+            self.tracker.log_records(records)
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)

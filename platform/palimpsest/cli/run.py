@@ -178,6 +178,10 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "Interrupts", 
         folder.start(kind="tune" if search else spec.kind, name=spec.name, seed=spec.seed,
                      spec_yaml=None if resume else dump_spec(spec), resumed=resume is not None,
                      attempts_wall_s=earlier_attempts)
+        if getattr(spec, "tracking", None) is not None and not search:  # (a search tracks each trial: tune.py)
+            from palimpsest.tracking import Tracker
+
+            folder.tracker = Tracker.open(spec.tracking, name=spec.name, folder=folder.path, spec=spec)
         out.print(f"{'search' if search else 'run'} folder: {folder.path}", highlight=False)
         started = time.perf_counter()
         interrupts.check()

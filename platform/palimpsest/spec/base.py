@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from palimpsest.catalog import methods_of
 from palimpsest.spec.common import EvalSpec, ModelSpec, ScalingSpec, Strict, TrainingSpec, _suggest
 from palimpsest.spec.search import FINISHED, TuneSpec
+from palimpsest.spec.tracking import TrackingSpec
 from palimpsest.storage import check_storage_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -33,6 +34,8 @@ class JobBase(Strict):
                                                        "node mounts, or a URI (s3://, gs://); default: inside the "
                                                        "run folder")
     tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
+    tracking: TrackingSpec | None = Field(None, description="experiment tracking: MLflow, TensorBoard, W&B "
+                                                          "(docs/tracking.md)")
 
     @field_validator("storage_path")
     @classmethod

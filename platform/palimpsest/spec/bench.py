@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from palimpsest.spec.base import NAME_PATTERN
 from palimpsest.spec.common import LoraSpec, ModelSpec, Strict, _existing_path
+from palimpsest.spec.tracking import TrackingSpec
 
 
 
@@ -139,6 +140,8 @@ class BenchJob(Strict):
     name: str = Field("bench", pattern=NAME_PATTERN, description="run name (folder prefix)")
     seed: int = Field(0, ge=0)
     benchmarks: list[Benchmark] = Field(min_length=1, description="what to measure, in order")
+    tracking: TrackingSpec | None = Field(None, description="experiment tracking: MLflow, TensorBoard, W&B "
+                                                          "(docs/tracking.md)")
 
     @property
     def scaling(self):

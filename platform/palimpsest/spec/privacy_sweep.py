@@ -10,6 +10,7 @@ from palimpsest.spec.base import NAME_PATTERN
 from palimpsest.spec.common import PrivacySettings, Strict
 from palimpsest.spec.train import TrainJob
 from palimpsest.spec.search import TuneSpec
+from palimpsest.spec.tracking import TrackingSpec
 
 
 class PrivacySweepJob(Strict):
@@ -27,6 +28,8 @@ class PrivacySweepJob(Strict):
                                 "need a larger one than non-private training); default: job.training.lr. The "
                                 "not-private point keeps job.training.lr, so neither side is handicapped")
     tune: TuneSpec | None = Field(None, description="refused: a privacy sweep is a sweep already")
+    tracking: TrackingSpec | None = Field(None, description="experiment tracking: MLflow, TensorBoard, W&B "
+                                                          "(docs/tracking.md)")
 
     @field_validator("epsilons")
     @classmethod
@@ -38,6 +41,8 @@ class PrivacySweepJob(Strict):
     @field_validator("job")
     @classmethod
     def _no_privacy(cls, value):
+        if value.tracking is not None:
+            raise ValueError("give tracking: on the sweep, not in job (the sweep is the run that is tracked)")
         if value.privacy is not None:
             raise ValueError("give the DP settings in the sweep's privacy section and the budgets in epsilons, "
                              "not in job.privacy")

@@ -17,6 +17,7 @@ from palimpsest.rl.catalog import AGENTS, MEMORY_CHOICES, MEMORY_PARAMS
 from palimpsest.spec.common import Strict, WaitSpec, _suggest
 from palimpsest.spec.base import NAME_PATTERN
 from palimpsest.spec.search import TuneSpec
+from palimpsest.spec.tracking import TrackingSpec
 from palimpsest.storage import check_storage_path
 
 
@@ -235,6 +236,8 @@ class RLJob(Strict):
     storage_path: str | None = Field(None, description="Ray Tune storage (shared on a cluster); default: inside "
                                                        "the run folder")
     tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
+    tracking: TrackingSpec | None = Field(None, description="experiment tracking: MLflow, TensorBoard, W&B "
+                                                          "(docs/tracking.md)")
 
     @field_validator("agents", mode="before")
     @classmethod
