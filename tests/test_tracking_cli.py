@@ -86,3 +86,4 @@ def test_a_failed_run_is_failed_in_mlflow_and_its_resume_finishes_the_same_run(t
     key = metric_key({"task": 0, "split": "train", "metric": "train_loss"})
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
     assert sorted(steps) == sorted(set(steps)) and max(steps) == 12  # every step once, through the end
+

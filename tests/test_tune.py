@@ -271,7 +271,7 @@ def test_concurrency_is_what_the_cluster_holds_in_cpus_and_gpus():
 
 @pytest.mark.integration
 def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(tmp_path, ray_session,
-                                                                                object_store):
+                                                                                object_store, monkeypatch):
     """Done-means 2, 3 and 5: two trials at once, each a Ray Train run, never deadlock; ASHA stops a bad
     learning rate after its first task; the best trial's job reruns to the same ACC. Storage is a
     bucket: each trial's checkpoints and folder land under STORAGE/<search>/trials/<id>/."""
@@ -281,10 +281,17 @@ def test_asha_stops_a_bad_learning_rate_and_best_yaml_reproduces_the_best_trial(
     storage = object_store.uri("searches")
     document = continual_search(space={"training.lr": {"grid": [GOOD_LR, BAD_LR, BAD_LR]}}, scheduler="asha",
                                 max_concurrent_trials=2)
-    job.write_text(yaml.safe_dump({**document, "storage_path": storage}))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking = {"mlflow": {"tracking_uri": str(tmp_path / "mlruns"), "experiment": "search"}}  # a run per trial
+    job.write_text(yaml.safe_dump({**document, "storage_path": storage, "tracking": tracking}))
     folder = tmp_path / "search"
     result = CliRunner().invoke(app, ["tune", str(job), "--out", str(folder)])
     assert result.exit_code == 0, result.output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    tracked = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    assert sorted(float(r.data.params["training.lr"]) for r in tracked) == sorted([GOOD_LR, BAD_LR, BAD_LR])
     found = rows(folder)
     assert len(found) == 3 and list(found[0])[:4] == ["trial", "status", "iterations", "training.lr"]
     stopped = [r for r in found if r["status"] == "stopped early"]

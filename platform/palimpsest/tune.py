@@ -354,7 +354,8 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
                            run_config=tune.RunConfig(
                                name=name, storage_path=storage, verbose=0,
                                failure_config=tune.FailureConfig(max_failures=getattr(spec, "max_failures", 0)),
-                               callbacks=[_progress_table(spec, metrics, budgets, folder.path.name)]))
+                               callbacks=[_progress_table(spec, metrics, budgets, folder.path.name),
+                                          *_tracking(spec, folder)]))
     count = "a secret, Poisson-drawn number of" if search.private_selection == "poisson" else search.num_samples
     ui.say(f"search: {search.search}, scheduler {search.scheduler}, {count} sample(s), "
            f"{at_once} trial(s) at once; objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}")
@@ -527,6 +528,15 @@ def search_total(spec) -> int | None:
         if "grid" in dimension:
             total *= len(dimension["grid"])
     return total
+
+
+def _tracking(spec, folder: RunFolder) -> list:
+    """The job's `tracking:` as Ray Tune's logger callbacks: one tracked run per trial (palimpsest.tracking)."""
+    if getattr(spec, "tracking", None) is None:
+        return []
+    from palimpsest.tracking import tune_callbacks
+
+    return tune_callbacks(spec.tracking, name=spec.name, folder=folder.path)
 
 
 def _progress_table(spec, metrics: list[str], budgets: TrialBudgets, name: str = "search"):
