@@ -246,3 +246,29 @@ def test_a_ray_worker_reaches_the_drivers_display_through_the_channel(ray_sessio
     assert rows == [{"key": "run/0/0", "description": "task 1/1 steps", "done": 20, "total": 40, "visible": True}]
     with pytest.raises(ValueError):  # the channel goes with the display
         ray.get_actor(progress.CHANNEL_NAME)
+
+
+@pytest.mark.integration
+def test_a_ray_train_runs_steps_show_on_the_drivers_display(tmp_path, ray_session):
+    """The loop's rank 0 sends its task's row at its log points; the lines still come as Ray streams them."""
+    from palimpsest.kinds import KINDS
+    from palimpsest.run_folder import RunFolder
+    from palimpsest.spec import parse_spec
+
+    spec = parse_spec({"kind": "train", "name": "t", "seed": 1,
+                       "data": {"source": "factworld", "num_entities": 8, "attributes_per_entity": 3,
+                                "split": "retain90"},
+                       "training": {"steps": 12, "batch_size": 8, "log_every": 4},
+                       "scaling": {"num_workers": 1}})
+    runner = KINDS["train"].runner
+    prepared = runner.prepare(spec)
+    folder = RunFolder.create(spec.name, tmp_path / "run")
+    console, _ = terminal()
+    with progress.display(console) as display:
+        runner.run(spec, prepared, folder, use_ray=True)
+        deadline = time.monotonic() + 20  # (the worker's last events may still be on their way to the channel)
+        while time.monotonic() < deadline and any(row["visible"] for row in display.rows()):
+            time.sleep(0.2)
+        rows = display.rows()
+    assert [(row["description"], row["done"], row["total"], row["visible"]) for row in rows] == [
+        ("task 1/1 steps", 12, 12, False)], rows

@@ -261,6 +261,7 @@ class _Live:
 
     def __enter__(self):
         self.progress.start()
+        self._channel()  # before any worker looks for it, when Ray is up (else the poll makes it once Ray is)
         self._thread = threading.Thread(target=self._poll, name="palimpsest-progress", daemon=True)
         self._thread.start()
         return self
@@ -269,9 +270,11 @@ class _Live:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if kind is None:  # (after Ctrl-C or an error, the CLI's own last words come first)
+        if kind is None:
             self._drain()
-        self._close_channel()
+            self._close_channel()
+        # After Ctrl-C or an error the CLI's own last words come first, and workers still going down may
+        # send: the channel is left to end with the driver's job (it is not detached).
         self.progress.stop()
         return False
 
