@@ -561,16 +561,16 @@ def run_seeds(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
     started = time.perf_counter()
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     summaries, records = [], []
+    subs = [RunFolder(folder.path / "seeds" / f"seed-{seed_spec(spec, offset).seed}") for offset in range(spec.seeds)]
+    kept = [(sub.path / "summary.json").is_file() and sub.read_summary().get("status") == "ok" for sub in subs]
     key = f"{folder.path.name} seeds"
-    ui.begin(key, "seeds", spec.seeds)
-    for offset in range(spec.seeds):
+    ui.begin(key, "seeds", spec.seeds, done=sum(kept))
+    for offset, (sub, finished) in enumerate(zip(subs, kept)):
         one = seed_spec(spec, offset)
-        sub = RunFolder(folder.path / "seeds" / f"seed-{one.seed}")
         sub.path.mkdir(parents=True, exist_ok=True)
-        if (sub.path / "summary.json").is_file() and sub.read_summary().get("status") == "ok":
+        if finished:
             ui.say(f"seed {one.seed}: finished by an earlier attempt, kept")
             summary = sub.read_summary()
-            ui.update(key, advance=1)
         else:
             ui.say(f"seed {one.seed} ({offset + 1} of {spec.seeds})")
             sub.write_spec(dump_spec(one))
