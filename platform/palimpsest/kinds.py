@@ -97,7 +97,7 @@ KINDS: dict[str, KindInfo] = {info.name: info for info in (
         progress=("best_success_rate",),  # every greedy evaluation
         unit="evaluation", needs_ray=True, validate_loads_data=True, pbt=True),
     KindInfo(
-        "bench", "palimpsest.spec.bench:BenchJob", "palimpsest.runners.bench", "palimpsest.report.bench",
+        "bench", "palimpsest.spec.bench:BenchJob", "palimpsest.bench.runner", "palimpsest.report.bench",
         one_worker_without_ray=False,
         searchable_note="a bench measures; it has no objective to search"),
 )}

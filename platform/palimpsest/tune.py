@@ -43,8 +43,7 @@ from palimpsest.atomic import atomic_write_text
 from palimpsest.run_folder import RunFolder
 from palimpsest.storage import finish_upload, is_uri, join
 from palimpsest.spec import dump_spec, parse_spec
-from palimpsest.spec.loading import base_document
-from palimpsest.spec.tuning import FINISHED, UNLEARN_REQUEST, units, units_done, with_values
+from palimpsest.spec.tuning import FINISHED, units, units_done, with_values
 
 TRIALS_DIR = "trials"
 WALL = "trial_wall_s"  # the trial run's own wall time, in its summary and in its final report
@@ -65,26 +64,12 @@ def lookup(summary: dict, dotted: str):
 
 
 def progress_metrics(kind: str, report: dict, last_unit: int) -> dict | None:
-    """The progress objectives in one report of the training loop (rank 0's), or None.
+    """The progress objectives in one report of the training loop (rank 0's), or None: the kind's runner
+    reads its loop's reports (`search_progress`). The last task / request is left out: the finished run's
+    summary reports it."""
+    from palimpsest.kinds import KINDS
 
-    The last task / request is left out: the finished run's summary reports it.
-    """
-    scores = report.get("scores") or {}
-    if kind == "continual" and "task_end" in report and report["task_end"] < last_unit:
-        seen = [scores.get(f"task{j}", {}).get("answer_accuracy") for j in range(report["task_end"] + 1)]
-        found = {"acc": sum(seen) / len(seen)} if None not in seen else {}
-        if "general" in scores:
-            found["general_loss"] = scores["general"]["loss"]
-        return {**found, "task": report["task_end"]}
-    if kind == "unlearn" and "task_end" in report and report["task_end"] < last_unit:
-        hook = report.get("hook") or {}
-        names = {name: name.replace("mia.", "mia_") for name in UNLEARN_REQUEST}
-        return {**{name: hook[key] for name, key in names.items() if hook.get(key) is not None},
-                "request": report["task_end"]}
-    if kind == "train" and "task" in report and "task_end" not in report:
-        return {**{f"final.{name}.{metric}": value for name, values in scores.items()
-                   for metric, value in values.items() if metric != "count"}, "step": report["step"]}
-    return None
+    return KINDS[kind].runner.search_progress(report, last_unit)
 
 
 class TrialProgress(UserCallback):
@@ -180,18 +165,17 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
     folder_path = Path(search_dir) / TRIALS_DIR / tune.get_context().get_trial_id()
     if is_uri(spec.storage_path):  # a bucket: each trial's checkpoints beside its folder, STORAGE/<search>/trials/<id>
         spec = spec.model_copy(update={"storage_path": join(spec.storage_path, Path(search_dir).name, TRIALS_DIR)})
-    if spec.kind == "rl":
-        _rl_trial(spec, folder_path)
-        return
-    from palimpsest.report import write_report
     from palimpsest.kinds import KINDS
 
     runner = KINDS[spec.kind].runner
+    if hasattr(runner, "search_trial"):  # a kind whose trials are not Ray Train runs (rl: RLlib's PPO trial)
+        runner.search_trial(spec, folder_path)
+        return
     resumed = (folder_path / "summary.json").is_file()
     if resumed:
         folder = RunFolder(folder_path)
-        previous = folder.read_summary()
-        if previous.get("status") == "ok":  # finished before the search stopped: report it again, as it was
+        if folder.finished:  # finished before the search stopped: report it again, as it was
+            previous = folder.read_summary()
             tune.report({**objective_values(previous, spec.kind), FINISHED: True, "run_folder": str(folder.path),
                          WALL: previous.get(WALL)})
             return
@@ -199,26 +183,22 @@ def run_trial(config: dict, *, base: dict, search_dir: str, metrics: list[str]) 
     else:
         prepared = runner.prepare(spec)
         folder = RunFolder.create(spec.name, folder_path)
-        folder.write_spec(dump_spec(spec))
-        folder.write_env()
     plan = getattr(getattr(prepared, "worker_config", None), "privacy", None)
     # Before it reads a byte: what this trial spends if it finishes (the search counts a stopped one so).
     planned = {PLANNED: planned_block(plan)} if plan is not None else {}
-    folder.write_summary({"status": "running", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
-                          "resumed": resumed, "trial_config": config, **planned})
+    folder.start(kind=spec.kind, name=spec.name, seed=spec.seed, spec_yaml=None if resumed else dump_spec(spec),
+                 resumed=resumed, trial_config=config, **planned)
     started = time.perf_counter()
     try:
         summary = runner.run(spec, prepared, folder, use_ray=True,
                              progress=TrialProgress(spec.kind, units(spec) - 1, metrics))
     except BaseException as error:
-        folder.write_summary({"status": "failed", "kind": spec.kind, "name": spec.name, "seed": spec.seed,
-                              "error": f"{type(error).__name__}: {error}", "trial_config": config, **planned})
+        folder.fail(f"{type(error).__name__}: {error}")
         _to_bucket(spec, folder, finished=False)
         raise
     summary.update({"resumed": resumed, "trial_config": config, WALL: round(time.perf_counter() - started, 3),
                     **planned})
-    folder.write_summary(summary)
-    write_report(folder)
+    folder.finish(summary)
     _to_bucket(spec, folder, finished=True)
     tune.report({**objective_values(summary, spec.kind), FINISHED: True, "run_folder": str(folder.path),
                  WALL: summary[WALL]})
@@ -237,28 +217,6 @@ def _to_bucket(spec, folder: RunFolder, *, finished: bool) -> None:
                 f"{type(error).__name__}: {error}")
 
 
-def _rl_trial(spec, folder_path: Path) -> None:
-    """An rl trial: the benchmark's PPO trial (its reports are Tune's), then a small run folder."""
-    from palimpsest.rl.trial import train_trial
-    from palimpsest.runners.rl import prepare
-
-    (trial,) = prepare(spec).trials
-    if not (folder_path / "spec.yaml").is_file():
-        folder = RunFolder.create(spec.name, folder_path)
-        folder.write_spec(dump_spec(spec))
-        folder.write_env()
-    folder = RunFolder(folder_path)
-    progress = train_trial({"trial": trial}, final_extra={"run_folder": str(folder.path)})
-    best = progress["best"]
-    folder.write_summary({"status": "ok", "kind": "rl-trial", "name": spec.name, "seed": spec.seed,
-                          "best_success_rate": best["success_rate"], "best_mean_return": best["mean_return"],
-                          "test_success_rate": progress["test"]["success_rate"], "best_env_steps": best["env_steps"],
-                          "test": progress["test"], "held_out": progress.get("held_out") or {},
-                          "env_steps": progress["env_steps"], "evaluations": progress["evaluations"],
-                          "agent": trial["agent"], "hidden": trial["hidden"], "parameters": trial["parameters"],
-                          "env": trial["env_label"], "cost": {"wall_s": round(progress["wall_s"], 3)}})
-
-
 def objective_values(summary: dict, kind: str) -> dict:
     """Every objective of the kind that the summary holds, by its dotted name."""
     from palimpsest.spec.tuning import METRICS
@@ -270,12 +228,8 @@ def objective_values(summary: dict, kind: str) -> dict:
 
 
 def search_base(spec) -> dict:
-    """The resolved job every trial starts from; an unlearn job's model cache pinned to an absolute path
-    (trials share the target and retain models, whatever folder Ray runs them in)."""
-    base = base_document(spec)
-    if spec.kind == "unlearn" and base.get("cache") is None:
-        base["cache"] = str(Path.cwd().resolve() / ".palimpsest-cache")
-    return base
+    """The resolved job every trial starts from (the job's own `search_document`)."""
+    return spec.search_document()
 
 
 def _domain(dimension: dict):
@@ -316,6 +270,7 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
+    from palimpsest.kinds import KINDS
     from palimpsest.scaling import capacity
 
     started = time.perf_counter()
@@ -327,11 +282,9 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     experiment = f"{storage}/{name}"
     budgets = TrialBudgets(base)
     trainable = tune.with_parameters(run_trial, base=base, search_dir=str(folder.path), metrics=metrics)
-    if spec.kind == "rl":  # what RLlib asks for the trial's config (its learner's CPU or GPU, its env runners)
-        from palimpsest.runners.rl import prepare, trial_resources
-
-        (first, *_) = prepare(spec).trials
-        trainable = tune.with_resources(trainable, trial_resources({"trial": first}))
+    runner = KINDS[spec.kind].runner
+    if hasattr(runner, "search_resources"):  # rl: what RLlib asks for the trial's config
+        trainable = tune.with_resources(trainable, runner.search_resources(spec))
     else:  # the trial's Ray Train workers hold the CPUs (a bundle must hold something: one byte)
         trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 1}]))
     at_once, note = concurrency(spec, capacity())
@@ -398,30 +351,9 @@ def run_search(spec, folder: RunFolder, *, resume: bool) -> dict:
     if front is not None:
         summary["pareto_front"] = [{"trial": r["trial"], "config": r["config"], **{m: r[m] for m in metrics}}
                                    for r in front]
-    if spec.kind == "rl" and AGENT_PATH in search.space:
-        summary["agent_ppo"] = write_agent_ppo(folder.path / AGENT_PPO_FILE, finished, metrics[0], modes[0])
-        ui.say(f"each agent's best PPO settings: {folder.path / AGENT_PPO_FILE} (agent_ppo: in an rl job)")
+    if hasattr(runner, "search_results"):  # rl: a search over agents writes each agent's best PPO settings
+        summary.update(runner.search_results(spec, folder, finished, metrics, modes))
     return summary
-
-
-AGENT_PATH = "agents.0.name"  # an rl search over this path tunes each agent apart
-AGENT_PPO_FILE = "agent_ppo.yaml"
-
-
-def write_agent_ppo(path: Path, rows: list[dict], metric: str, mode: str) -> dict:
-    """agent → the searched ppo.* values of its best finished trial, written to `path` (what `agent_ppo:` reads)."""
-    import yaml
-
-    document, trials = {}, {}
-    for agent in dict.fromkeys(r["config"][AGENT_PATH] for r in rows):
-        best = _best([r for r in rows if r["config"][AGENT_PATH] == agent], metric, mode)
-        document[agent] = {key.removeprefix("ppo."): value for key, value in best["config"].items()
-                           if key.startswith("ppo.")}
-        trials[agent] = best["trial"]
-    atomic_write_text(path, f"# each agent's best trial by {metric} ({mode}): "
-                      + ", ".join(f"{a} {t}" for a, t in trials.items()) + "\n"
-                      + yaml.safe_dump(document, sort_keys=False))
-    return document
 
 
 def _no_trial(spec, started: float) -> dict:

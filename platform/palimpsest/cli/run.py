@@ -185,14 +185,17 @@ def _run(job, set_, out_dir, address, no_ray, resume, interrupts: "Interrupts", 
         out.print(f"{'search' if search else 'run'} folder: {folder.path}", highlight=False)
         started = time.perf_counter()
         interrupts.check()
-        if search:
-            from palimpsest.tune import run_search
+        from palimpsest import progress
 
-            summary = run_search(spec, folder, resume=resume is not None)
-            if interrupts.requested:  # trials that Ctrl-C reached end as errors: the resume reruns them
-                raise KeyboardInterrupt
-        else:
-            summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
+        with progress.display(out):  # a progress display with ETA on a terminal, the lines otherwise
+            if search:
+                from palimpsest.tune import run_search
+
+                summary = run_search(spec, folder, resume=resume is not None)
+            else:
+                summary = runner.run(spec, prepared, folder, use_ray=not no_ray)
+        if search and interrupts.requested:  # trials that Ctrl-C reached end as errors: the resume reruns them
+            raise KeyboardInterrupt
         interrupts.caught()  # the run is done: a late Ctrl-C must not cut its folder short
     except (KeyboardInterrupt, Exception, SystemExit) as error:
         interrupts.caught()  # from here a second Ctrl-C cannot cut the folder's last words short

@@ -237,3 +237,16 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
     # Every method's models are released from the same data: their budgets compose.
     summary["privacy"] = released_privacy([block["privacy"] for block in methods.values()])
     return summary
+
+
+def search_progress(report: dict, last_task: int) -> dict | None:
+    """A search's progress objectives in one report of the loop: ACC over the tasks seen, after each task
+    but the last (its summary reports that one)."""
+    if "task_end" not in report or report["task_end"] >= last_task:
+        return None
+    scores = report.get("scores") or {}
+    seen = [scores.get(f"task{j}", {}).get("answer_accuracy") for j in range(report["task_end"] + 1)]
+    found = {"acc": sum(seen) / len(seen)} if None not in seen else {}
+    if "general" in scores:
+        found["general_loss"] = scores["general"]["loss"]
+    return {**found, "task": report["task_end"]}

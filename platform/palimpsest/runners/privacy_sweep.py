@@ -47,11 +47,9 @@ def prepare(spec: PrivacySweepJob, *, saved_tokenizer=None) -> list[Point]:
 
 
 def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ray: bool = True) -> dict:
-    from palimpsest.report import write_report
-
     started = time.perf_counter()
     rows, blocks = [], []
-    finished = [_finished(RunFolder(folder.path / point.label)) for point in points]
+    finished = [RunFolder(folder.path / point.label).finished for point in points]
     key = f"{folder.path.name} points"
     ui.begin(key, "sweep points", len(points), done=sum(finished))
     for point, done in zip(points, finished):
@@ -61,14 +59,11 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
             job = job.model_copy(update={"storage_path": join(job.storage_path, folder.path.name)})
         if not done:  # a sweep resumed after an interrupt reruns unfinished points from the start
             child.path.mkdir(parents=True, exist_ok=True)
-            child.write_spec(dump_spec(job))
-            child.write_env()
-            child.write_summary({"status": "running", "kind": "train", "name": job.name})
+            child.start(kind="train", name=job.name, seed=job.seed, spec_yaml=dump_spec(job))
             ui.say(f"sweep point {point.label}")
             ui.update(key, note=point.label)
             summary = train.run(job, point.prepared, child, use_ray=use_ray)
-            child.write_summary(summary)
-            write_report(child)
+            child.finish(summary)
             ui.update(key, advance=1)
         ended = child.read_summary()
         rows.append(_row(point, ended))
@@ -87,11 +82,6 @@ def run(spec: PrivacySweepJob, points: list[Point], folder: RunFolder, *, use_ra
                  "train_tokens": sum(r["train_tokens"] for r in rows),
                  "train_flops": sum(r["train_flops"] for r in rows)},
     }
-
-
-def _finished(child: RunFolder) -> bool:
-    """Whether a point's folder holds a finished run (a resumed sweep keeps it)."""
-    return (child.path / "summary.json").is_file() and child.read_summary().get("status") == "ok"
 
 
 def _row(point: Point, summary: dict) -> dict:

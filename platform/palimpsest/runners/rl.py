@@ -309,3 +309,66 @@ def _round(value):
     if isinstance(value, list):
         return [round(v, 4) for v in value]
     return round(value, 4)
+
+
+# ----------------------------------------------------------------------------- a search over an rl job
+
+def search_trial(spec: RLJob, folder_path: Path) -> None:
+    """A trial of a search over an rl job (`palimpsest tune`): the benchmark's PPO trial (its reports are
+    Tune's), then a small run folder."""
+    from palimpsest.rl.trial import train_trial
+
+    from palimpsest.spec import dump_spec
+
+    (trial,) = prepare(spec).trials
+    resumed = (folder_path / "spec.yaml").is_file()
+    folder = RunFolder(folder_path) if resumed else RunFolder.create(spec.name, folder_path)
+    folder.start(kind="rl-trial", name=spec.name, seed=spec.seed, spec_yaml=None if resumed else dump_spec(spec),
+                 resumed=resumed)
+    progress = train_trial({"trial": trial}, final_extra={"run_folder": str(folder.path)})
+    best = progress["best"]
+    folder.write_summary({"status": "ok", "kind": "rl-trial", "name": spec.name, "seed": spec.seed,
+                          "best_success_rate": best["success_rate"], "best_mean_return": best["mean_return"],
+                          "test_success_rate": progress["test"]["success_rate"], "best_env_steps": best["env_steps"],
+                          "test": progress["test"], "held_out": progress.get("held_out") or {},
+                          "env_steps": progress["env_steps"], "evaluations": progress["evaluations"],
+                          "agent": trial["agent"], "hidden": trial["hidden"], "parameters": trial["parameters"],
+                          "env": trial["env_label"], "cost": {"wall_s": round(progress["wall_s"], 3)}})
+
+
+def search_resources(spec: RLJob):
+    """What Tune reserves for each trial of a search: RLlib's own request for the first trial's config (a
+    search cannot vary a trial's resources)."""
+    (first, *_) = prepare(spec).trials
+    return trial_resources({"trial": first})
+
+
+def search_results(spec: RLJob, folder: RunFolder, finished: list[dict], metrics: list[str], modes: list[str]) -> dict:
+    """What a finished search over an rl job adds to its summary: each agent's best PPO settings, when the
+    search is over agents (`agent_ppo.yaml`, what `agent_ppo:` in an rl job reads)."""
+    if AGENT_PATH not in spec.tune.space:
+        return {}
+    document = write_agent_ppo(folder.path / AGENT_PPO_FILE, finished, metrics[0], modes[0])
+    ui.say(f"each agent's best PPO settings: {folder.path / AGENT_PPO_FILE} (agent_ppo: in an rl job)")
+    return {"agent_ppo": document}
+
+
+AGENT_PATH = "agents.0.name"  # an rl search over this path tunes each agent apart
+AGENT_PPO_FILE = "agent_ppo.yaml"
+
+
+def write_agent_ppo(path: Path, rows: list[dict], metric: str, mode: str) -> dict:
+    """agent → the searched ppo.* values of its best finished trial, written to `path` (what `agent_ppo:` reads)."""
+    import yaml
+
+    document, trials = {}, {}
+    for agent in dict.fromkeys(r["config"][AGENT_PATH] for r in rows):
+        best = (max if mode == "max" else min)((r for r in rows if r["config"][AGENT_PATH] == agent),
+                                               key=lambda r: r[metric])
+        document[agent] = {key.removeprefix("ppo."): value for key, value in best["config"].items()
+                           if key.startswith("ppo.")}
+        trials[agent] = best["trial"]
+    atomic_write_text(path, f"# each agent's best trial by {metric} ({mode}): "
+                      + ", ".join(f"{a} {t}" for a, t in trials.items()) + "\n"
+                      + yaml.safe_dump(document, sort_keys=False))
+    return document

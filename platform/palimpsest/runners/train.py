@@ -207,3 +207,12 @@ def membership(prepared: PreparedTrain, folder: RunFolder) -> dict:
     plot_mia(scores, folder.plots / "mia.png", title="membership inference: training vs "
              f"{prepared.non_member_set} examples", result=result)
     return result
+
+
+def search_progress(report: dict, last_unit: int) -> dict | None:
+    """A search's progress objectives in one report of the loop: each periodic evaluation's scores."""
+    if "task" not in report or "task_end" in report:
+        return None
+    scores = report.get("scores") or {}
+    return {**{f"final.{name}.{metric}": value for name, values in scores.items()
+               for metric, value in values.items() if metric != "count"}, "step": report["step"]}

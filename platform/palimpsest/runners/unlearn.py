@@ -528,7 +528,7 @@ def summarise(spec, prepared, ledger, runs, target_points, target_meta, retained
         "notes": prepared.notes,
         "warnings": forget_set_warnings(prepared.points),
     }
-    if len(methods) == 1:  # DESIGN.md's keys at the top level when there is one method
+    if len(methods) == 1:  # docs/design.md: the keys at the top level when there is one method
         (only,) = methods.values()
         summary.update({k: v for k, v in only.items() if k not in ("cost", "requests")})
         summary["cost"].update(only["cost"])
@@ -555,14 +555,13 @@ def run_seeds(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
 
     A resumed run keeps the seeds an earlier attempt finished.
     """
-    from palimpsest.report import write_report
     from palimpsest.spec.loading import dump_spec
 
     started = time.perf_counter()
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     summaries, records = [], []
     subs = [RunFolder(folder.path / "seeds" / f"seed-{seed_spec(spec, offset).seed}") for offset in range(spec.seeds)]
-    kept = [(sub.path / "summary.json").is_file() and sub.read_summary().get("status") == "ok" for sub in subs]
+    kept = [sub.finished for sub in subs]
     key = f"{folder.path.name} seeds"
     ui.begin(key, "seeds", spec.seeds, done=sum(kept))
     for offset, (sub, finished) in enumerate(zip(subs, kept)):
@@ -573,13 +572,10 @@ def run_seeds(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *,
             summary = sub.read_summary()
         else:
             ui.say(f"seed {one.seed} ({offset + 1} of {spec.seeds})")
-            sub.write_spec(dump_spec(one))
-            sub.write_env()
-            sub.write_summary({"status": "running", "kind": "unlearn", "name": one.name, "seed": one.seed})
+            sub.start(kind="unlearn", name=one.name, seed=one.seed, spec_yaml=dump_spec(one))
             here = prepared if offset == 0 else prepare(one, saved_tokenizer=folder.tokenizer)
             summary = run(one, here, sub, use_ray=use_ray, progress=progress, fail_at=fail_at)
-            sub.write_summary(summary)
-            write_report(sub)
+            sub.finish(summary)
             ui.update(key, advance=1, note=f"seed {one.seed}")
         summaries.append(summary)
         records += [{**r, "seed": one.seed} for r in sub.read_metrics()]
@@ -646,3 +642,16 @@ def seed_summary(spec: UnlearnJob, summaries: list[dict], *, started: float, fol
         merged.update({k: v for k, v in only.items() if k not in ("cost", "requests")})
         merged["cost"].update(only["cost"])
     return merged
+
+
+def search_progress(report: dict, last_request: int) -> dict | None:
+    """A search's progress objectives in one report of the loop: a served request's scores, for each
+    request but the last (its summary reports that one)."""
+    from palimpsest.kinds import UNLEARN_REQUEST
+
+    if "task_end" not in report or report["task_end"] >= last_request:
+        return None
+    hook = report.get("hook") or {}
+    names = {name: name.replace("mia.", "mia_") for name in UNLEARN_REQUEST}
+    return {**{name: hook[key] for name, key in names.items() if hook.get(key) is not None},
+            "request": report["task_end"]}

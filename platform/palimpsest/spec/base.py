@@ -43,6 +43,12 @@ class JobBase(Strict):
         return check_storage_path(value)
 
     # A search over this job (spec/tuning.py asks each kind its own rules) ---------------------
+    def search_document(self) -> dict:
+        """The resolved job without its tune section: what each trial of a search starts from."""
+        document = self.model_dump(mode="json")
+        document.pop("tune", None)
+        return document
+
     def units_done(self, report: dict) -> int:
         """How many of its units (`trial_units`) a trial had done at one of its reports (a final one: all)."""
         return self.trial_units() if report.get(FINISHED) else self.units_reported(report)

@@ -99,14 +99,8 @@ def _bench_job_problems(spec) -> list[str]:
 
 
 def base_document(spec) -> dict:
-    """The resolved job without its tune section: what each trial of a search starts from."""
-    document = spec.model_dump(mode="json")
-    document.pop("tune", None)
-    if spec.kind == "rl":  # a label that is only the agent's name follows the name (a search over agents.0.name)
-        for agent in document["agents"]:
-            if agent.get("label") == agent["name"]:
-                agent.pop("label")
-    return document
+    """The resolved job without its tune section: what each trial of a search starts from (the kind's own)."""
+    return spec.search_document()
 
 
 def tune_problems(spec) -> list[str]:

@@ -328,3 +328,13 @@ class RLJob(Strict):
 
     def reads_training_data(self, metric: str) -> bool:
         return False
+
+    def search_document(self) -> dict:
+        """The resolved job without its tune section: what each trial of a search starts from. A label that is
+        only the agent's name follows the name (a search over agents.0.name)."""
+        document = self.model_dump(mode="json")
+        document.pop("tune", None)
+        for agent in document["agents"]:
+            if agent.get("label") == agent["name"]:
+                agent.pop("label")
+        return document

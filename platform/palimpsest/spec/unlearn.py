@@ -218,3 +218,11 @@ class UnlearnJob(JobBase):
 
     def search_problems(self) -> list[str]:
         return self._one_method()
+
+    def search_document(self) -> dict:
+        # the model cache pinned to an absolute path: a search's trials share the target and retain
+        # models, whatever folder Ray runs them in
+        document = super().search_document()
+        if document.get("cache") is None:
+            document["cache"] = str(Path.cwd().resolve() / ".palimpsest-cache")
+        return document
