@@ -54,7 +54,7 @@ def ours(document: dict, workdir: Path, *, use_ray: bool) -> dict:
     spec, prepared = prepared_case(document)
     folder = RunFolder.create(document["name"], workdir / f"{document['name']}-{time.monotonic_ns()}")
     started = time.perf_counter()
-    output, _ = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray)
+    output, _ = fit(spec, prepared.worker_config, folder, use_ray=use_ray)
     wall = time.perf_counter() - started
     shutil.rmtree(folder.path, ignore_errors=True)
     (result,) = output["methods"]

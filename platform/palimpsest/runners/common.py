@@ -154,9 +154,13 @@ def steady_throughput(result: dict) -> dict:
             "steady_steps": steps}
 
 
-def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: bool,
+def fit(spec, config: LoopConfig, folder: RunFolder, stage: str = "", *, use_ray: bool,
         progress=None) -> tuple[dict, list[tuple[str, dict]]]:
     """Run the shared loop once: N Ray Train workers, or this process.
+
+    `stage`: which of a job's fits this is (an unlearn job's pretrain, target, deployed, retain,
+    unlearn): its checkpoints are the Ray Train run `<run folder>-<stage>`, and the progress
+    lines and display name it.
 
     `progress`: a Ray Train callback that passes the loop's reports on (a search's trial
     reports them to Ray Tune: `palimpsest.tune.TrialProgress`).
@@ -165,6 +169,8 @@ def fit(spec, config: LoopConfig, folder: RunFolder, run_name: str, *, use_ray: 
     """
     from palimpsest.storage import RunStorage
 
+    run_name = f"{folder.path.name}-{stage}" if stage else folder.path.name
+    config = config.with_(stage=stage)
     storage = RunStorage(spec.storage_path, folder.path, run_name)
     # A URI's checkpoints are read through the run folder's mirror: whole ones for a run without
     # Ray (it resumes from there), without the trainer state under Ray (its workers read the bucket).

@@ -200,7 +200,7 @@ def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, u
     """Run every method on the stream in one fit; write checkpoints/<method>/task-<t>, metrics and the summary."""
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     started = time.perf_counter()
-    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray,
+    output, checkpoints = fit(spec, prepared.worker_config, folder, use_ray=use_ray,
                               progress=progress)
     for directory, metrics in checkpoints:
         if "task_end" in metrics:

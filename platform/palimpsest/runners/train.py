@@ -141,7 +141,7 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
     """Train, then write checkpoints/final (model + tokenizer), metrics.jsonl and the summary."""
     prepared.tokenizer.save_pretrained(str(folder.tokenizer))
     started = time.perf_counter()
-    output, checkpoints = fit(spec, prepared.worker_config, folder, folder.path.name, use_ray=use_ray,
+    output, checkpoints = fit(spec, prepared.worker_config, folder, use_ray=use_ray,
                               progress=progress)
     export_checkpoint(checkpoints[-1][0], folder.checkpoints / "final", prepared.tokenizer)
     (result,) = output["methods"]

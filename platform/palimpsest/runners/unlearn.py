@@ -363,7 +363,7 @@ def run(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder, *, use_r
                  f" × {ui.counted(len(plan), 'method')})", len(prepared.points) * len(plan),
                  done=sum(first for _, first, _ in plan))
         try:
-            output, _ = fit(spec, config, folder, f"{folder.path.name}-unlearn", use_ray=use_ray, progress=progress)
+            output, _ = fit(spec, config, folder, "unlearn", use_ray=use_ray, progress=progress)
         except Exception as error:  # a Ctrl-C (KeyboardInterrupt) leaves the request pending, to serve on
             if not INTERRUPTED.is_set():  # under Ray an interrupt surfaces as the aborted run's error
                 mark_failed(ledger, prepared.configs, prepared.points, error)

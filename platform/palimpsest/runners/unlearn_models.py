@@ -112,7 +112,7 @@ def pretrained_base(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFold
         return found
     config = loop_config(as_train(spec, spec.target.pretraining, None), prepared.tokenizer, tasks=[prepared.public],
                          eval_sets={})
-    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-pretrain",
+    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, "pretrain",
                               use_ray=use_ray)
     (result,) = output["methods"]
     meta = {"kind": "pretrained_base", "cost": _cost(result, 0), "examples": len(prepared.public),
@@ -144,7 +144,7 @@ def target_model(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder,
     training = training.model_copy(update={"steps": steps, "warmup_steps": min(training.warmup_steps, steps - 1)})
     config = loop_config(as_train(spec, training, None), prepared.tokenizer, tasks=[prepared.train], eval_sets={})
     output, checkpoints = fit(spec, config.with_(model=pretrained_config(prepared.base_model, base_dir)), folder,
-                              f"{folder.path.name}-deployed", use_ray=use_ray)
+                              "deployed", use_ray=use_ray)
     (result,) = output["methods"]
     meta = {"kind": "deployed", "cost": _cost(result, 0), "privacy": None, "examples": len(prepared.train),
             "trained_in": folder.path.name, "steps": steps,
@@ -167,7 +167,7 @@ def _trained_target(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFold
         return found
     config = loop_config(as_train(spec, spec.target.training, spec.target.privacy), prepared.tokenizer,
                          tasks=[prepared.train], eval_sets={})
-    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, f"{folder.path.name}-target",
+    output, checkpoints = fit(spec, config.with_(model=prepared.base_model), folder, "target",
                               use_ray=use_ray)
     (result,) = output["methods"]
     meta = {"kind": "dp_base" if spec.target.privacy else "target", "cost": _cost(result, 0),
@@ -193,7 +193,7 @@ def retain_models(spec: UnlearnJob, prepared: PreparedUnlearn, folder: RunFolder
         tokenize = lambda examples: tokenize_qa(prepared.tokenizer, examples)  # noqa: E731
         config = config.with_(model=prepared.base_model, models={"base": prepared.base_model},
                               pools={RETAIN_POOL: [tokenize(p.remaining) for p in points]})
-        output, checkpoints = fit(spec, config, folder, f"{folder.path.name}-retain", use_ray=use_ray)
+        output, checkpoints = fit(spec, config, folder, "retain", use_ray=use_ray)
         (result,) = output["methods"]
         ends = {metrics["task_end"]: directory for directory, metrics in checkpoints if "task_end" in metrics}
         for task, i in enumerate(missing):

@@ -122,6 +122,7 @@ class LoopConfig:
     threads: int = 1
     resume_from: str | None = None
     fail_at: FailAt | None = None
+    stage: str = ""  # which of a job's fits this is (runners/common.fit): named in progress lines
 
     def __post_init__(self):
         if self.task_eval_names is not None and len(self.task_eval_names) != len(self.tasks):

@@ -39,8 +39,6 @@ from palimpsest.train.step import train_step
 # Steps at the start of each task left out of the steady-state throughput (allocator and
 # kernel warm-up, the first steps' lazy initialisation).
 STEADY_SKIP = 3
-# The fits an unlearn job makes, named `<run folder>-<stage>` (runners/unlearn*.py): the display says which.
-STAGES = ("pretrain", "target", "deployed", "retain", "unlearn")
 
 
 def train_loop_per_worker(config: LoopConfig) -> dict:
@@ -73,8 +71,7 @@ class _Run:
         self.window = torch.tensor(saved.window if saved else [0.0, 0.0], dtype=torch.float64, device=session.device)
         self.clock = time.perf_counter()
         self.name = _run_name(session) if session.rank == 0 else ""
-        stage = self.name.rsplit("-", 1)[-1] if "-" in self.name else ""
-        self.stage = f"{stage} · " if stage in STAGES else ""
+        self.stage = f"{config.stage} · " if config.stage else ""  # which of a job's fits (runners/common.fit)
 
     def noise_seed(self, method: int) -> int | None:
         """What method `method`'s DP noise and Poisson batches derive from (None: not private)."""
