@@ -179,7 +179,7 @@ def _assert_interrupted(folder: Path, status: int, stderr: str, hint: str) -> No
     assert "interrupted" in report and "--resume" in report
 
 
-@pytest.mark.integration
+@pytest.mark.cluster  # the CLI subprocess starts a local Ray of its own
 def test_ctrl_c_during_a_ray_run_leaves_a_resumable_folder(tmp_path):
     folder = tmp_path / "run"
     status, stdout, stderr = _interrupt_after_first_checkpoint(tmp_path, folder, [])

@@ -148,6 +148,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.cluster  # the resumed run (a CLI subprocess) starts a local Ray of its own
 def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_it(store, tmp_path):
     """Ctrl-C in task 2 of a run without Ray: the bucket holds task 1's checkpoint and the interrupted
     folder. With the local folder gone, --resume of the bucket's copy fetches the folder (not the
