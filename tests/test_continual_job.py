@@ -227,8 +227,9 @@ SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").rglob("
                  if "kind" in (yaml.safe_load(p.read_text()) or {}))
 
 # One shipped job per code path runs end to end on a tiny budget (below); every other job takes the path of one
-# of them (another ε, LoRA or not, another split, another method's parameters, a search's base job) and is
-# validated as written, as `palimpsest validate` does. A new job file fails the first test until it is placed.
+# of them (another ε, LoRA or not, another split, another method's parameters, a search's base job) or runs in
+# another test (RUN_IN), and is validated as written, as `palimpsest validate` does. A new job file fails the
+# first test below until it is placed.
 RUN_END_TO_END = {
     "jobs/quickstart.yaml": "continual on the fact world: several methods, replay and EWC",
     "jobs/continual/real_data.yaml": "continual on Hugging Face datasets",
@@ -236,13 +237,18 @@ RUN_END_TO_END = {
     "jobs/private/factworld_lora_eps8.yaml": "train under DP-SGD with LoRA",
     "jobs/private/sweep_epsilon.yaml": "privacy_sweep, checkpoints in a bucket",
     "jobs/rl/rewriting_small.yaml": "rl through RLlib, held-out settings",
-    "jobs/bench/deepspeed.yaml": "bench: deepspeed", "jobs/bench/envs.yaml": "bench: envs",
-    "jobs/bench/loop.yaml": "bench: loop", "jobs/bench/ppo.yaml": "bench: ppo",
+    "jobs/bench/deepspeed.yaml": "bench: deepspeed", "jobs/bench/ppo.yaml": "bench: ppo (skipped without Ray)",
     "jobs/bench/private.yaml": "bench: private", "jobs/bench/rllib.yaml": "bench: rllib",
     "jobs/bench/unlearn.yaml": "bench: unlearn",
     "jobs/unlearn/factworld_forget01.yaml": "unlearn: every method family, GU, RMU, GS-LoRA",
     "jobs/unlearn/dp2u_eps8.yaml": "unlearn from a DP target: dp2u, per-method steps and lr, seeds",
     "jobs/unlearn/tofu_files.yaml": "unlearn on the shipped TOFU-format sample files",
+}
+# A section `palimpsest bench` runs end to end in another test (tests/test_bench.py; POPGym's rows in
+# tests/test_bench_envs.py): there, and validated here.
+RUN_IN = {
+    "jobs/bench/loop.yaml": "tests/test_bench.py::test_bench_joins_specs_into_one_table_bench_json_and_a_plot",
+    "jobs/bench/envs.yaml": "tests/test_bench.py::test_bench_joins_specs_into_one_table_bench_json_and_a_plot",
 }
 TAKES_THE_PATH_OF = {
     "jobs/continual/deepspeed_zero2.yaml": "jobs/quickstart.yaml",  # ZeRO-2/3 on 2 workers: test_two_workers_...
@@ -282,10 +288,13 @@ def _kind(job: str) -> str:
 
 
 def test_each_shipped_job_runs_end_to_end_or_takes_the_path_of_one_that_does():
-    assert not set(RUN_END_TO_END) & set(TAKES_THE_PATH_OF)
-    assert sorted({*RUN_END_TO_END, *TAKES_THE_PATH_OF}) == SHIPPED, "place each job file in one of the two lists"
+    placed = [*RUN_END_TO_END, *TAKES_THE_PATH_OF, *RUN_IN]
+    assert len(placed) == len(set(placed)) and sorted(placed) == SHIPPED, "place each job file in one list"
     for job, runs in TAKES_THE_PATH_OF.items():
         assert runs in RUN_END_TO_END and _kind(runs) == _kind(job), (job, runs)
+    for job, test in RUN_IN.items():
+        module, name = test.split("::")
+        assert f"def {name}(" in (REPO / module).read_text(), (job, test)
 
 
 # A private job's noise is calibrated for the budget the end-to-end run gives it (as written, the PRV accountant
@@ -293,7 +302,7 @@ def test_each_shipped_job_runs_end_to_end_or_takes_the_path_of_one_that_does():
 TINY_PRIVATE = ["training.steps=3", "training.batch_size=4", "scaling.num_workers=1", "data.num_entities=6"]
 
 
-@pytest.mark.parametrize("job", sorted(TAKES_THE_PATH_OF))
+@pytest.mark.parametrize("job", sorted([*TAKES_THE_PATH_OF, *RUN_IN]))
 def test_every_other_shipped_job_validates(job, monkeypatch, tmp_path):
     """`palimpsest validate` on the file as shipped: its fields, and for private, unlearn and rl jobs its data
     loaded and its noise calibrated as `run` would (a private job's on the tiny budget, see TINY_PRIVATE)."""
