@@ -190,14 +190,14 @@ def test_ctrl_c_during_a_ray_run_leaves_a_resumable_folder(tmp_path):
                   "Found multiple active Ray instances"):
         assert noise not in stdout + stderr, noise
 
-    resumed = subprocess.run(COMMAND + ["run", "--resume", str(folder), "--no-ray"], capture_output=True,
-                             text=True, timeout=600, env=_env())
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(folder), "--no-ray"])  # (in this process)
+    assert resumed.exit_code == 0, resumed.output
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["resumed"] is True
     assert len(summary["accuracy_matrix"]) == 2
     # It went on from the checkpoint: task 1's first progress line (step 10) is not logged again.
-    assert not re.search(r"task 1/2 step 10/40\b", resumed.stdout + resumed.stderr)
+    assert re.search(r"task 2/2 step 40/40\b", resumed.output), resumed.output  # (the lines are in the output)
+    assert not re.search(r"task 1/2 step 10/40\b", resumed.output)
 
 
 @pytest.mark.integration
