@@ -42,6 +42,15 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def unlearn_cache(tmp_path_factory):
+    """One model cache for the session's small unlearn jobs (tests/test_unlearn_job.py, tests/test_tune.py): the
+    cache is content-addressed, so jobs with the same target recipe reuse its pre-trained base, target and retain
+    models instead of training them again. (A test that asserts on a retraining timed in its own job keeps a
+    cache of its own.)"""
+    return tmp_path_factory.mktemp("unlearn-cache")
+
+
+@pytest.fixture(scope="session")
 def object_store(tmp_path_factory):
     """An S3-compatible server on this machine (moto), one for the test session."""
     server = ObjectStore(tmp_path_factory.mktemp("s3") / "server.log")

@@ -358,10 +358,11 @@ def test_a_search_bigger_than_the_cluster_is_refused_before_it_starts(tmp_path, 
 
 @pytest.mark.integration
 @pytest.mark.cluster  # the interrupted search runs in a CLI subprocess with its own Ray
-def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto_front(tmp_path, ray_session):
+def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto_front(tmp_path, ray_session,
+                                                                                      unlearn_cache):
     """Done-means 1 and 4: SIGINT after a trial finished, --resume finishes the search without rerunning it;
     the Pareto front holds the non-dominated trials."""
-    document = unlearn_search(tmp_path / "cache")
+    document = unlearn_search(unlearn_cache)  # (the session's: the same recipe as tests/test_unlearn_job.py's)
     # The target and retain models into the cache first, as a plain run of the job (what the trials
     # then share): each trial trains only its unlearning.
     plain = tmp_path / "plain.yaml"

@@ -135,14 +135,14 @@ def _statuses(path: Path) -> dict:
         if path.exists() else {}
 
 
-def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path):
+def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path, unlearn_cache):
     """Done-means 5: killed in request 2 of 3 → 1 done, 2 pending; the next run serves 2 and 3; a rerun changes
     nothing; a reused id with other items is refused.
 
     The kill is SIGKILL to the CLI's process group at step 1 of request 2 (tests/crashing.py, at the loop's
     FailAt hook): no handler runs, and no race against a long request is needed."""
     ledger = tmp_path / "ledger.jsonl"
-    document = unlearn_spec(tmp_path, ledger=str(ledger),
+    document = unlearn_spec(tmp_path, ledger=str(ledger), cache=str(unlearn_cache),
                             requests=[{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}, {"id": "r3", "percent": 5}],
                             training={"steps": 4, "batch_size": 4, "lr": 1e-4, "lr_schedule": "constant",
                                       "log_every": 2})
@@ -180,11 +180,13 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
     assert not (tmp_path / "fourth").exists() and ledger.read_bytes() == before
 
 
-def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration_is_refused(tmp_path, capfd):
+def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration_is_refused(tmp_path, capfd,
+                                                                                             unlearn_cache):
     """Done-means 5 and 11 (#22): serving that raises → `failed` with the error; the rerun says what it skipped and
     serves the rest; the same ids under another unlearning lr are refused naming the field, unless serve_again."""
     ledger = tmp_path / "ledger.jsonl"
     document = unlearn_spec(tmp_path, ledger=str(ledger), eval={"max_examples": 4, "batch_size": 32},
+                            cache=str(unlearn_cache),
                             training={"steps": 2, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant"})
     with pytest.raises(RuntimeError, match="injected failure"):
         run_spec(document, tmp_path / "first", use_ray=False,
@@ -217,12 +219,12 @@ def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration
     assert len(hashes) == 4  # both configurations' results, each under its own key
 
 
-def test_idk_nll_serves_requests_with_i_dont_know_answers_the_tokenizer_knows(tmp_path):
+def test_idk_nll_serves_requests_with_i_dont_know_answers_the_tokenizer_knows(tmp_path, unlearn_cache):
     """The runner tokenises the refusals (a fitted tokenizer learns their words) and records the answer file."""
     idk = tmp_path / "idk.txt"
     idk.write_text("I don't know.\nNo idea at all.\n")
     document = unlearn_spec(tmp_path, methods=[{"name": "idk_nll", "params": {"idk_path": str(idk)}}],
-                            eval={"max_examples": 4, "batch_size": 32})
+                            eval={"max_examples": 4, "batch_size": 32}, cache=str(unlearn_cache))
     spec = parse_spec(document)
     prepared = unlearn.prepare(spec)
     assert [prepared.tokenizer.decode(a).strip() for a in prepared.idk] == ["I don't know.", "No idea at all."]
