@@ -57,7 +57,7 @@ def unlearn_search(cache: Path, **tune) -> dict:
                        "pretraining": PRETRAINING},
             "requests": [{"id": "r1", "percent": 5}],
             "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 4},
-            "eval": {"max_examples": 16, "batch_size": 32},
+            "eval": {"max_examples": 16, "batch_size": 32, "max_new_tokens": 32},  # as tests/test_unlearn_job.py
             "methods": ["npo"], "cache": str(cache),
             "tune": {"space": {"training.lr": {"loguniform": [1e-4, 1e-2]},
                                "methods.0.params.beta": {"uniform": [0.05, 0.5]}},
