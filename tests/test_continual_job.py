@@ -350,7 +350,7 @@ def test_one_shipped_job_per_code_path_runs_on_a_tiny_budget(job, tmp_path, monk
                                     "target.pretraining.warmup_steps": 0, "data.real_authors": 4,
                                     "data.world_facts": 4,
                                     "target.training.batch_size": 4, "target.training.warmup_steps": 0,
-                                    "training.batch_size": 4, "eval.max_examples": 4}},
+                                    "training.batch_size": 4, "eval.max_examples": 4, "eval.max_new_tokens": 8}},
                 "envs": {"batches": [8], "batch_steps": 3, "single_steps": 20, "repeats": 1},
                 "rllib": {}, "ppo": {}}
         document["benchmarks"] = [{**b, **tiny[b["type"]]} for b in document["benchmarks"]]
