@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+import tiers
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -49,6 +51,7 @@ class LocalCluster:
     WORKER_PORTS_PER_NODE = 200
 
     def __init__(self, root: Path, *, venv_on_path: bool = True):
+        tiers.require_cluster_marker("a Ray cluster of its own (tests/cluster_nodes.py)")
         self.root = Path(root)
         self.token_file = self.root / "auth_token"
         self.token_file.write_text(secrets.token_hex(32))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import tiers
+
 
 def interrupt_at(args: list[str], cwd, marker, *, timeout_s: float = 400) -> tuple[int, str, str | None]:
     """Run `python -m palimpsest.cli ARGS` under its own local Ray, in its own process group; send SIGINT to
@@ -15,6 +17,8 @@ def interrupt_at(args: list[str], cwd, marker, *, timeout_s: float = 400) -> tup
 
     Returns the exit code, the whole output and the line it was interrupted at (None if never).
     """
+    if "--no-ray" not in args:
+        tiers.require_cluster_marker("a CLI subprocess with a local Ray of its own")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen([sys.executable, "-m", "palimpsest.cli", *args], cwd=cwd, env=env,

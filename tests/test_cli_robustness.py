@@ -180,7 +180,7 @@ def _assert_interrupted(folder: Path, status: int, stderr: str, hint: str) -> No
     assert "interrupted" in report and "--resume" in report
 
 
-@pytest.mark.integration
+@pytest.mark.cluster  # the CLI subprocess starts a local Ray of its own
 def test_ctrl_c_during_a_ray_run_leaves_a_resumable_folder(tmp_path):
     folder = tmp_path / "run"
     status, stdout, stderr = _interrupt_after_first_checkpoint(tmp_path, folder, [])
@@ -191,14 +191,14 @@ def test_ctrl_c_during_a_ray_run_leaves_a_resumable_folder(tmp_path):
                   "Found multiple active Ray instances"):
         assert noise not in stdout + stderr, noise
 
-    resumed = subprocess.run(COMMAND + ["run", "--resume", str(folder), "--no-ray"], capture_output=True,
-                             text=True, timeout=600, env=_env())
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(folder), "--no-ray"])  # (in this process)
+    assert resumed.exit_code == 0, resumed.output
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["resumed"] is True
     assert len(summary["accuracy_matrix"]) == 2
     # It went on from the checkpoint: task 1's first progress line (step 10) is not logged again.
-    assert not re.search(r"task 1/2 step 10/40\b", resumed.stdout + resumed.stderr)
+    assert re.search(r"task 2/2 step 40/40\b", resumed.output), resumed.output  # (the lines are in the output)
+    assert not re.search(r"task 1/2 step 10/40\b", resumed.output)
 
 
 @pytest.mark.integration

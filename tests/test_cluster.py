@@ -122,6 +122,7 @@ def undisturbed(cluster, tmp_path_factory):
     return result, Path(_run_folder(result.stdout)), storage, home
 
 
+@pytest.mark.cluster
 def test_submit_runs_the_quickstart_on_a_two_node_cluster_and_refuses_a_request_without_the_token(
         cluster, undisturbed, tmp_path):
     result, folder, storage, home = undisturbed
@@ -157,6 +158,7 @@ def test_submit_runs_the_quickstart_on_a_two_node_cluster_and_refuses_a_request_
     assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
 
 
+@pytest.mark.cluster
 def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undisturbed, bucket):
     """The node running both training workers dies (SIGKILL to all its processes) during task 2; a
     new node joins, Ray Train (FailureConfig) restarts the workers from the task-1 checkpoint in
@@ -209,6 +211,7 @@ def test_a_job_survives_losing_its_node_during_the_second_task(cluster, undistur
     assert "checkpoints/replay/task-2/model.safetensors" in files and "report.md" in files
 
 
+@pytest.mark.cluster
 def test_a_stopped_job_marks_its_folder_interrupted_and_uploads_it_and_resumes_from_the_bucket(
         cluster, undisturbed, bucket):
     """`palimpsest stop` sends SIGTERM; the driver gets the time it needs (RAY_JOB_STOP_WAIT_TIME_S, not

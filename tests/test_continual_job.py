@@ -226,10 +226,105 @@ def test_quickstart_replay_forgets_less_than_naive(tmp_path, ray_session):
 SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").rglob("*.yaml")
                  if "kind" in (yaml.safe_load(p.read_text()) or {}))
 
+# One shipped job per code path runs end to end on a tiny budget (below); every other job takes the path of one
+# of them (another ε, LoRA or not, another split, another method's parameters, a search's base job) or runs in
+# another test (RUN_IN), and is validated as written, as `palimpsest validate` does. A new job file fails the
+# first test below until it is placed.
+RUN_END_TO_END = {
+    "jobs/quickstart.yaml": "continual on the fact world: several methods, replay and EWC",
+    "jobs/continual/real_data.yaml": "continual on Hugging Face datasets",
+    "jobs/private/factworld_full_eps1.yaml": "train under DP-SGD, per-person unit, the whole model",
+    "jobs/private/factworld_lora_eps8.yaml": "train under DP-SGD with LoRA",
+    "jobs/private/sweep_epsilon.yaml": "privacy_sweep, checkpoints in a bucket",
+    "jobs/rl/rewriting_small.yaml": "rl through RLlib, held-out settings",
+    "jobs/bench/deepspeed.yaml": "bench: deepspeed", "jobs/bench/ppo.yaml": "bench: ppo (skipped without Ray)",
+    "jobs/bench/private.yaml": "bench: private", "jobs/bench/rllib.yaml": "bench: rllib",
+    "jobs/bench/unlearn.yaml": "bench: unlearn",
+    "jobs/unlearn/factworld_forget01.yaml": "unlearn: every method family, GU, RMU, GS-LoRA",
+    "jobs/unlearn/dp2u_eps8.yaml": "unlearn from a DP target: dp2u, per-method steps and lr, seeds",
+    "jobs/unlearn/tofu_files.yaml": "unlearn on the shipped TOFU-format sample files",
+}
+# A section `palimpsest bench` runs end to end in another test (tests/test_bench.py; POPGym's rows in
+# tests/test_bench_envs.py): there, and validated here.
+RUN_IN = {
+    "jobs/bench/loop.yaml": "tests/test_bench.py::test_bench_joins_specs_into_one_table_bench_json_and_a_plot",
+    "jobs/bench/envs.yaml": "tests/test_bench.py::test_bench_joins_specs_into_one_table_bench_json_and_a_plot",
+}
+TAKES_THE_PATH_OF = {
+    "jobs/continual/deepspeed_zero2.yaml": "jobs/quickstart.yaml",  # ZeRO-2/3 on 2 workers: test_two_workers_...
+    "jobs/continual/deepspeed_zero3.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/ewc.yaml": "jobs/quickstart.yaml",  # each method's run: tests/test_continual*.py
+    "jobs/continual/fpf.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/gere.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/joint.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/kappatune.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/l2.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/lora.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/lwf.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/naive.yaml": "jobs/quickstart.yaml",
+    "jobs/continual/replay.yaml": "jobs/quickstart.yaml",
+    "jobs/tune/continual_ewc.yaml": "jobs/quickstart.yaml",  # searches themselves: tests/test_tune.py
+    "jobs/train/memorise_facts.yaml": "jobs/private/factworld_full_eps1.yaml",  # without DP: tests/test_train_job.py
+    "jobs/private/factworld_full_eps8.yaml": "jobs/private/factworld_full_eps1.yaml",
+    "jobs/private/factworld_full_open.yaml": "jobs/private/factworld_full_eps1.yaml",
+    "jobs/private/factworld_lora_eps1.yaml": "jobs/private/factworld_lora_eps8.yaml",
+    "jobs/private/factworld_lora_open.yaml": "jobs/private/factworld_lora_eps8.yaml",
+    "jobs/tune/private_clipping.yaml": "jobs/private/factworld_full_eps1.yaml",
+    "jobs/rl/paper_matrix.yaml": "jobs/rl/rewriting_small.yaml",
+    "jobs/rl/quick_cpu.yaml": "jobs/rl/rewriting_small.yaml",
+    "jobs/tune/rl_agents.yaml": "jobs/rl/rewriting_small.yaml",
+    "jobs/tune/rl_ppo_lstm.yaml": "jobs/rl/rewriting_small.yaml",
+    "jobs/unlearn/factworld_forget05.yaml": "jobs/unlearn/factworld_forget01.yaml",
+    "jobs/unlearn/factworld_forget10.yaml": "jobs/unlearn/factworld_forget01.yaml",
+    "jobs/unlearn/gu_sweep.yaml": "jobs/unlearn/factworld_forget01.yaml",  # per-method lr: dp2u_eps8's path
+    "jobs/unlearn/sequence3.yaml": "jobs/unlearn/factworld_forget01.yaml",  # request sequences: test_unlearn_job
+    "jobs/unlearn/dp2u_eps1.yaml": "jobs/unlearn/dp2u_eps8.yaml",
+    "jobs/tune/unlearn_npo_pareto.yaml": "jobs/unlearn/factworld_forget01.yaml",
+}
 
-@pytest.mark.parametrize("job", SHIPPED)
-def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp_path_factory, request):
-    """Every example runs end to end (without Ray, a few steps) — not just validates."""
+
+def _kind(job: str) -> str:
+    return yaml.safe_load((REPO / job).read_text())["kind"]
+
+
+def test_each_shipped_job_runs_end_to_end_or_takes_the_path_of_one_that_does():
+    placed = [*RUN_END_TO_END, *TAKES_THE_PATH_OF, *RUN_IN]
+    assert len(placed) == len(set(placed)) and sorted(placed) == SHIPPED, "place each job file in one list"
+    for job, runs in TAKES_THE_PATH_OF.items():
+        assert runs in RUN_END_TO_END and _kind(runs) == _kind(job), (job, runs)
+    for job, test in RUN_IN.items():
+        module, name = test.split("::")
+        assert f"def {name}(" in (REPO / module).read_text(), (job, test)
+
+
+# A private job's noise is calibrated for the budget the end-to-end run gives it (as written, the PRV accountant
+# takes a minute per job over thousands of steps).
+TINY_PRIVATE = ["training.steps=3", "training.batch_size=4", "scaling.num_workers=1", "data.num_entities=6"]
+
+
+@pytest.mark.parametrize("job", sorted([*TAKES_THE_PATH_OF, *RUN_IN]))
+def test_every_other_shipped_job_validates(job, monkeypatch, tmp_path):
+    """`palimpsest validate` on the file as shipped: its fields, and for private, unlearn and rl jobs its data
+    loaded and its noise calibrated as `run` would (a private job's on the tiny budget, see TINY_PRIVATE)."""
+    from palimpsest.spec.loading import apply_overrides
+
+    monkeypatch.chdir(REPO)  # examples name files relative to the repository root
+    document = yaml.safe_load((REPO / job).read_text())
+    path = job
+    if document.get("privacy"):
+        assert apply_overrides(document, TINY_PRIVATE) == []
+        path = str(tmp_path / Path(job).name)
+        Path(path).write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["validate", path])
+    assert result.exit_code == 0, result.output
+    assert f"ok: {path} (kind: {document['kind']})" in result.output, result.output
+
+
+@pytest.mark.parametrize("job", [pytest.param(job, marks=[pytest.mark.integration] if _kind(job) == "rl" else [])
+                                 for job in sorted(RUN_END_TO_END)])  # rl: RLlib on the shared Ray session
+def test_one_shipped_job_per_code_path_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp_path_factory,
+                                                            request):
+    """One example per code path runs end to end (without Ray, a few steps) — not just validates."""
     monkeypatch.chdir(REPO)  # examples name files relative to the repository root
     document = yaml.safe_load((REPO / job).read_text())
     # A search's job runs as written under `run` (its tune: section is left to `palimpsest tune`, which
@@ -255,7 +350,7 @@ def test_every_shipped_job_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp
                                     "target.pretraining.warmup_steps": 0, "data.real_authors": 4,
                                     "data.world_facts": 4,
                                     "target.training.batch_size": 4, "target.training.warmup_steps": 0,
-                                    "training.batch_size": 4, "eval.max_examples": 4}},
+                                    "training.batch_size": 4, "eval.max_examples": 4, "eval.max_new_tokens": 8}},
                 "envs": {"batches": [8], "batch_steps": 3, "single_steps": 20, "repeats": 1},
                 "rllib": {}, "ppo": {}}
         document["benchmarks"] = [{**b, **tiny[b["type"]]} for b in document["benchmarks"]]

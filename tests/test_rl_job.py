@@ -227,6 +227,7 @@ def _rows(folder: Path) -> list[dict]:
 
 
 @pytest.mark.integration
+@pytest.mark.cluster  # the interrupted run is a CLI subprocess with its own Ray
 def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_path, ray_session):
     """Done-means 5: the 2 × 2 × 2 job writes results.csv, curves, the table and a best module per trial;
     Ctrl-C after the first trial leaves a resumable folder, and the resume does not rerun finished trials."""
@@ -304,6 +305,7 @@ LEARNING_PPO = {"lr": 3e-3, "num_epochs": 4, "train_batch_size": 2048, "minibatc
 MEMORY_AGENTS = ["lstm", "gru", "gtrxl", "ffm", "shm", "slots"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_memory_agents_learn_a_rewrite_and_the_memoryless_agent_stays_at_chance(tmp_path, ray_session):
     """Through RLlib end to end: every memory agent reaches test success ≥ 0.9 on fresh CueRewrite episodes (K = 4,

@@ -32,7 +32,7 @@ TINY = ["--set", "methods=[replay]", "--set", "training.steps=20", "--set", "tra
 # it, as fake nodes share the head's session folder.)
 POOLS = ("pool_a", "pool_b", "pool_c")
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster  # each test on a Ray cluster of its own (tests/cluster_nodes.py)
 
 
 @pytest.fixture(scope="module")

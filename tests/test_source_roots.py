@@ -44,7 +44,7 @@ ray.shutdown()
 """
 
 
-@pytest.mark.integration
+@pytest.mark.cluster  # its probe starts a Ray of its own
 def test_import_platform_inside_ray_worker_with_repo_working_dir_is_stdlib(tmp_path):
     # A job-level working_dir can only be given to ray.init, so this probe owns a small Ray of its own.
     script = tmp_path / "probe.py"

@@ -147,6 +147,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.cluster  # the resumed run (a CLI subprocess) starts a local Ray of its own
 def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_it(store, tmp_path):
     """Ctrl-C in task 2 of a run without Ray: the bucket holds task 1's checkpoint and the interrupted
     folder. With the local folder gone, --resume of the bucket's copy fetches the folder (not the
@@ -168,9 +169,10 @@ def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_i
     assert "task 1/3" not in resumed.stdout and "task 2/3 step 10/40" in resumed.stdout
     local = tmp_path / "again" / "cut"
     assert f"fetched {join(base, 'cut')} into {local}" in resumed.stdout
-    clean = _run(["run", "jobs/quickstart.yaml", *TINY, "--set", f"storage_path={base}", "--out",
-                  str(tmp_path / "clean"), "--no-ray"])
-    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
+    # the undisturbed run, in this process (the same loop: one worker computes what one Ray worker did)
+    clean = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "quickstart.yaml"), *TINY, "--set",
+                                     f"storage_path={base}", "--out", str(tmp_path / "clean"), "--no-ray"])
+    assert clean.exit_code == 0, clean.output[-3000:]
 
     summaries = {name: json.loads(store.read(f"runs/palimpsest/{name}/summary.json")) for name in ("cut", "clean")}
     assert summaries["cut"] == json.loads((local / "summary.json").read_text())
@@ -186,7 +188,7 @@ def test_a_run_keeps_its_checkpoints_and_folder_in_the_bucket_and_resumes_from_i
     assert (local / "checkpoints" / "replay" / "task-2" / "model.safetensors").is_file()
     # A finished run is not resumed again; a prefix without a run folder is named.
     for uri, why in ((join(base, "cut"), "already finished"), (join(base, "nothing"), "no run folder there")):
-        refused = _run(["run", "--resume", uri, "--out", str(tmp_path / "more")])
-        assert refused.returncode == 2 and why in refused.stderr and "Traceback" not in refused.stderr, \
-            refused.stderr
+        refused = CliRunner().invoke(app, ["run", "--resume", uri, "--out", str(tmp_path / "more")])
+        assert refused.exit_code == 2 and why in refused.output and "Traceback" not in refused.output, \
+            refused.output
     assert not (tmp_path / "more").exists()

@@ -57,7 +57,7 @@ def unlearn_search(cache: Path, **tune) -> dict:
                        "pretraining": PRETRAINING},
             "requests": [{"id": "r1", "percent": 5}],
             "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 4},
-            "eval": {"max_examples": 16, "batch_size": 32},
+            "eval": {"max_examples": 16, "batch_size": 32, "max_new_tokens": 32},  # as tests/test_unlearn_job.py
             "methods": ["npo"], "cache": str(cache),
             "tune": {"space": {"training.lr": {"loguniform": [1e-4, 1e-2]},
                                "methods.0.params.beta": {"uniform": [0.05, 0.5]}},
@@ -364,10 +364,12 @@ def test_a_search_bigger_than_the_cluster_is_refused_before_it_starts(tmp_path, 
 
 
 @pytest.mark.integration
-def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto_front(tmp_path, ray_session):
+@pytest.mark.cluster  # the interrupted search runs in a CLI subprocess with its own Ray
+def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto_front(tmp_path, ray_session,
+                                                                                      unlearn_cache):
     """Done-means 1 and 4: SIGINT after a trial finished, --resume finishes the search without rerunning it;
     the Pareto front holds the non-dominated trials."""
-    document = unlearn_search(tmp_path / "cache")
+    document = unlearn_search(unlearn_cache)  # (the session's: the same recipe as tests/test_unlearn_job.py's)
     # The target and retain models into the cache first, as a plain run of the job (what the trials
     # then share): each trial trains only its unlearning.
     plain = tmp_path / "plain.yaml"

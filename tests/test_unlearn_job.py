@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,7 +47,9 @@ def unlearn_spec(tmp_path: Path, **overrides) -> dict:
                        "pretraining": PRETRAINING},
             "requests": [{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}],
             "training": {"steps": 4, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant", "log_every": 1},
-            "eval": {"max_examples": 16, "batch_size": 32},
+            # generation for ROUGE-L up to 32 tokens, not TOFU's 200: every answer here is ≤ 23 with its eos, and a
+            # model that babbles past it (after unlearning, most do) costs 200 steps per batch, per request and set
+            "eval": {"max_examples": 16, "batch_size": 32, "max_new_tokens": 32},
             "methods": ["npo"],
             "cache": str(tmp_path / "cache")}
     for key, value in overrides.items():
@@ -132,41 +132,33 @@ def test_the_gradient_methods_run_under_deepspeed_zero2_on_two_workers(tmp_path,
                                                               "model.safetensors").read_bytes(), name
 
 
-def _cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "palimpsest.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            **kwargs)
-
-
 def _statuses(path: Path) -> dict:
     return {request: record["status"] for (_, request, _), record in Ledger(path).state().items()} \
         if path.exists() else {}
 
 
-def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path):
+def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path, unlearn_cache):
     """Done-means 5: killed in request 2 of 3 → 1 done, 2 pending; the next run serves 2 and 3; a rerun changes
-    nothing; a reused id with other items is refused."""
+    nothing; a reused id with other items is refused.
+
+    The kill is SIGKILL to the CLI's process group at step 1 of request 2 (tests/crashing.py, at the loop's
+    FailAt hook): no handler runs, and no race against a long request is needed."""
     ledger = tmp_path / "ledger.jsonl"
-    document = unlearn_spec(tmp_path, ledger=str(ledger),
+    document = unlearn_spec(tmp_path, ledger=str(ledger), cache=str(unlearn_cache),
                             requests=[{"id": "r1", "percent": 5}, {"id": "r2", "percent": 5}, {"id": "r3", "percent": 5}],
-                            training={"steps": 250, "batch_size": 4, "lr": 1e-4, "lr_schedule": "constant",
-                                      "log_every": 100})
+                            training={"steps": 4, "batch_size": 4, "lr": 1e-4, "lr_schedule": "constant",
+                                      "log_every": 2})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(document))
-    process = _cli(["run", str(job), "--no-ray", "--out", str(tmp_path / "first")], tmp_path)
-    deadline = time.time() + 600
-    while _statuses(ledger).get("r2") != "pending":
-        assert process.poll() is None, process.stdout.read()
-        assert time.time() < deadline, "request 2 never started"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # no handler runs: the crash a power cut would be
-    process.wait()
+    marker = tmp_path / "killed"
+    first = subprocess.run([sys.executable, str(Path(__file__).parent / "crashing.py"), "1", "1", str(marker),
+                            "--", "run", str(job), "--no-ray", "--out", str(tmp_path / "first")],
+                           cwd=tmp_path, capture_output=True, text=True, start_new_session=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL and marker.exists(), first.stdout + first.stderr
     assert _statuses(ledger) == {"r1": "done", "r2": "pending"}
 
-    second = subprocess.run([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--no-ray", "--out",
-                             str(tmp_path / "second")], cwd=tmp_path, capture_output=True, text=True)
-    assert second.returncode == 0, second.stdout + second.stderr
+    second = CliRunner().invoke(app, ["run", str(job), "--no-ray", "--out", str(tmp_path / "second")])
+    assert second.exit_code == 0, second.output
     assert _statuses(ledger) == {"r1": "done", "r2": "done", "r3": "done"}
     served = {row["request"] for row in metric_rows(tmp_path / "second") if "request" in row}
     assert served == {"r2", "r3"}  # request 1 was not served again
@@ -177,9 +169,8 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
     assert str(tmp_path / "first") in r1["checkpoint"]
 
     before = ledger.read_bytes()
-    third = subprocess.run([sys.executable, "-m", "palimpsest.cli", "run", str(job), "--no-ray", "--out",
-                            str(tmp_path / "third")], cwd=tmp_path, capture_output=True, text=True)
-    assert third.returncode == 0, third.stdout + third.stderr
+    third = CliRunner().invoke(app, ["run", str(job), "--no-ray", "--out", str(tmp_path / "third")])
+    assert third.exit_code == 0, third.output
     assert ledger.read_bytes() == before  # nothing served, nothing appended
     assert json.loads((tmp_path / "third" / "summary.json").read_text())["skipped"] == ["npo"]
 
@@ -191,11 +182,13 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
     assert not (tmp_path / "fourth").exists() and ledger.read_bytes() == before
 
 
-def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration_is_refused(tmp_path, capfd):
+def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration_is_refused(tmp_path, capfd,
+                                                                                             unlearn_cache):
     """Done-means 5 and 11 (#22): serving that raises → `failed` with the error; the rerun says what it skipped and
     serves the rest; the same ids under another unlearning lr are refused naming the field, unless serve_again."""
     ledger = tmp_path / "ledger.jsonl"
     document = unlearn_spec(tmp_path, ledger=str(ledger), eval={"max_examples": 4, "batch_size": 32},
+                            cache=str(unlearn_cache),
                             training={"steps": 2, "batch_size": 4, "lr": 1e-3, "lr_schedule": "constant"})
     with pytest.raises(RuntimeError, match="injected failure"):
         run_spec(document, tmp_path / "first", use_ray=False,
@@ -228,12 +221,12 @@ def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration
     assert len(hashes) == 4  # both configurations' results, each under its own key
 
 
-def test_idk_nll_serves_requests_with_i_dont_know_answers_the_tokenizer_knows(tmp_path):
+def test_idk_nll_serves_requests_with_i_dont_know_answers_the_tokenizer_knows(tmp_path, unlearn_cache):
     """The runner tokenises the refusals (a fitted tokenizer learns their words) and records the answer file."""
     idk = tmp_path / "idk.txt"
     idk.write_text("I don't know.\nNo idea at all.\n")
     document = unlearn_spec(tmp_path, methods=[{"name": "idk_nll", "params": {"idk_path": str(idk)}}],
-                            eval={"max_examples": 4, "batch_size": 32})
+                            eval={"max_examples": 4, "batch_size": 32}, cache=str(unlearn_cache))
     spec = parse_spec(document)
     prepared = unlearn.prepare(spec)
     assert [prepared.tokenizer.decode(a).strip() for a in prepared.idk] == ["I don't know.", "No idea at all."]
