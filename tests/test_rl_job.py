@@ -242,6 +242,8 @@ def test_two_agents_two_envs_two_seeds_end_to_end_through_ctrl_c_and_resume(tmp_
                                      lambda line: "[palimpsest] trial " in line and " finished (" in line,
                                      timeout_s=300)
     assert code == 130 and hit is not None, output
+    # RLlib's deprecation of its own RLModuleConfig and Tune's reporter box stay out of the user's terminal
+    assert "RLModuleConfig" not in output and "Configuration for experiment" not in output, output
     first = hit.split("[palimpsest] trial ", 1)[1].split(" finished", 1)[0]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "--resume" in summary["error"]

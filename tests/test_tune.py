@@ -383,6 +383,9 @@ def test_a_multi_objective_unlearning_search_survives_ctrl_c_and_writes_a_pareto
                                      lambda line: "[palimpsest] trial " in line and " done (" in line)
     assert code == 130 and hit is not None, output
     first = hit.split("[palimpsest] trial ", 1)[1].split(" done", 1)[0]
+    # only our resume line; none of Tune's reporter box, Tune's Tuner.restore hint, Optuna's study line
+    assert not any(noise in output for noise in ("Tuner.restore", "Configuration for experiment",
+                                                   "A new study created")), output
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "palimpsest tune --resume" in summary["error"]
     finished = (folder / "trials" / first / "summary.json").read_bytes()

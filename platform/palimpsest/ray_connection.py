@@ -228,6 +228,11 @@ def init_ray(address: str | None = None):
     # Ray Train v2 reroutes print() through its logger, which shows each line twice on
     # the driver; plain prints reach the driver once through log_to_driver.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Our progress lines and display replace Ray Tune's reporter. Its new output engine prints its
+    # "Configuration for experiment" box, results path and TensorBoard hint even at verbose=0
+    # (ray/tune/tune.py calls experiment_started whenever that engine is on); the legacy engine at
+    # verbose=0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not sys.stdout.isatty():  # no colour codes around "(RayTrainWorker pid=…)" in logs and pipes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # Ray 2.60 turns token authentication on for a new local cluster (and for one found by

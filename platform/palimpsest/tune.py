@@ -374,8 +374,10 @@ def _tune_config(spec, at_once: int, samples: int, budgets: TrialBudgets):
     metrics, modes = search.metrics, search.modes
     seed = search.seed if search.seed is not None else spec.seed
     if search.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
         searcher = OptunaSearch(metric=metrics if len(metrics) > 1 else metrics[0],
                                 mode=modes if len(modes) > 1 else modes[0], seed=seed)
     else:

@@ -74,13 +74,26 @@ class NoMemory(MemoryCell):
         return self.net(x), state
 
 
-class GRUMemory(MemoryCell):
-    """torch's GRU: a chunk runs as one `nn.GRU` call (its C++ loop over time), a step as a chunk of one."""
+class _TorchRecurrent(MemoryCell):
+    """A torch recurrent layer (`layer`): a chunk runs as one call (its C++ loop over time), a step as a chunk of
+    one."""
+
+    layer: type[nn.RNNBase]
 
     def __init__(self, inputs: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.rnn = nn.GRU(inputs, hidden, batch_first=True)
+        self.rnn = self.layer(inputs, hidden, batch_first=True)
+
+    def step(self, x, state):
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+
+class GRUMemory(_TorchRecurrent):
+    """torch's GRU as a `_TorchRecurrent`."""
+
+    layer = nn.GRU
 
     def initial_state(self) -> State:
         return {"h": torch.zeros(self.hidden)}
@@ -89,18 +102,11 @@ class GRUMemory(MemoryCell):
         out, h = self.rnn(x, state["h"][None].contiguous())
         return out, {"h": h[0]}
 
-    def step(self, x, state):
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
+class LSTMMemory(_TorchRecurrent):
+    """torch's LSTM as a `_TorchRecurrent`."""
 
-class LSTMMemory(MemoryCell):
-    """torch's LSTM: a chunk runs as one `nn.LSTM` call (its C++ loop over time), a step as a chunk of one."""
-
-    def __init__(self, inputs: int, hidden: int):
-        super().__init__()
-        self.hidden = hidden
-        self.rnn = nn.LSTM(inputs, hidden, batch_first=True)
+    layer = nn.LSTM
 
     def initial_state(self) -> State:
         return {"h": torch.zeros(self.hidden), "c": torch.zeros(self.hidden)}
@@ -108,10 +114,6 @@ class LSTMMemory(MemoryCell):
     def forward(self, x, state):
         out, (h, c) = self.rnn(x, (state["h"][None].contiguous(), state["c"][None].contiguous()))
         return out, {"h": h[0], "c": c[0]}
-
-    def step(self, x, state):
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
 
 # The reference FFA's bounds on the decay a (its float64 defaults, max_len 1024, fudge 0.01, forgotten_at 0.01):

@@ -9,6 +9,8 @@ as a dict of tensors with a batch dimension. PPO's value function shares the tru
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -18,6 +20,20 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from palimpsest.rl.catalog import AGENTS
 from palimpsest.rl.memory import make_cell
+
+
+class _NotRLlibsOwnDeprecation(logging.Filter):
+    """RLlib 2.60's `RLModule.__init__` builds its own deprecated `RLModuleConfig` ("TODO (sven): Deprecate
+    this", rl_module.py), so every module logs "RLModule(config=[RLModuleConfig object]) has been deprecated"
+    though none of ours passes a config: dropped, the only message dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RLModule(config=[RLModuleConfig object])" not in record.getMessage()
+
+
+_deprecations = logging.getLogger("ray._common.deprecation")
+if not any(isinstance(f, _NotRLlibsOwnDeprecation) for f in _deprecations.filters):
+    _deprecations.addFilter(_NotRLlibsOwnDeprecation())
 
 
 class MemoryAgent(TorchRLModule, ValueFunctionAPI):
