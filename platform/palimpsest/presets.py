@@ -3,33 +3,22 @@
 Pure data, so the spec can validate preset names without importing torch.
 """
 
+
+def _llama(hidden_size: int, intermediate_size: int, num_hidden_layers: int, num_attention_heads: int,
+           max_position_embeddings: int) -> dict:
+    """A Llama config's sizes, with as many key/value heads as attention heads (no grouped-query attention)."""
+    return dict(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
+                num_attention_heads=num_attention_heads, num_key_value_heads=num_attention_heads,
+                max_position_embeddings=max_position_embeddings)
+
+
 # Sizes chosen so the fact-world tests and the quickstart fit a 2-core CPU:
 # tiny-llama (~0.6M parameters with a 1,024-token BPE) memorises ~300 short facts in
 # a few hundred steps (measured: docs/design.md, "Fact-world budget").
+# llama-350m (~350M parameters) is the GPU throughput check (docs/design.md, "GPU checks").
+# _llama(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, max_position_embeddings):
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny-llama": dict(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-    ),
-    "small-llama": dict(
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=512,
-    ),
-    # ~350M parameters: the GPU throughput check (docs/design.md, "GPU checks").
-    "llama-350m": dict(
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        max_position_embeddings=2048,
-    ),
+    "tiny-llama": _llama(128, 256, 2, 4, 256),
+    "small-llama": _llama(256, 688, 4, 8, 512),
+    "llama-350m": _llama(1024, 2816, 24, 16, 2048),
 }
