@@ -7,7 +7,7 @@ Field-level rules live on the models; rules that tie sections together live in
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -18,12 +18,16 @@ from palimpsest.spec.tracking import TrackingSpec
 from palimpsest.storage import check_storage_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# The run name and the tracking section, as each kind declares them (`name: RunName = "<kind>"`).
+RunName = Annotated[str, Field(pattern=NAME_PATTERN, description="run name (folder prefix)")]
+Tracking = Annotated[TrackingSpec | None, Field(description="experiment tracking: MLflow, TensorBoard, W&B "
+                                                            "(docs/tracking.md)")]
 
 
 class JobBase(Strict):
     """What every Ray Train job kind has: its name, seed, model, training, scaling, evaluation, storage, search."""
 
-    name: str = Field("run", pattern=NAME_PATTERN, description="run name (folder prefix)")
+    name: RunName = "run"
     seed: int = Field(0, ge=0, description="seeds data order, model init and the fact world")
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -34,8 +38,7 @@ class JobBase(Strict):
                                                        "node mounts, or a URI (s3://, gs://); default: inside the "
                                                        "run folder")
     tune: TuneSpec | None = Field(None, description="search this job's fields with Ray Tune (palimpsest tune)")
-    tracking: TrackingSpec | None = Field(None, description="experiment tracking: MLflow, TensorBoard, W&B "
-                                                          "(docs/tracking.md)")
+    tracking: Tracking = None
 
     @field_validator("storage_path")
     @classmethod

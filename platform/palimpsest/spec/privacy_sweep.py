@@ -6,18 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from palimpsest.spec.base import NAME_PATTERN
+from palimpsest.spec.base import RunName, Tracking
 from palimpsest.spec.common import PrivacySettings, Strict
 from palimpsest.spec.train import TrainJob
 from palimpsest.spec.search import TuneSpec
-from palimpsest.spec.tracking import TrackingSpec
 
 
 class PrivacySweepJob(Strict):
     """`kind: privacy_sweep` — one train job at several ε (null: not private): MIA AUC and accuracy against ε."""
 
     kind: Literal["privacy_sweep"]
-    name: str = Field("privacy-sweep", pattern=NAME_PATTERN, description="run name (folder prefix)")
+    name: RunName = "privacy-sweep"
     job: TrainJob = Field(description="the train job run at every ε (without a privacy section)")
     privacy: PrivacySettings = Field(default_factory=PrivacySettings, description="DP-SGD settings shared by "
                                                                                   "every private point")
@@ -28,8 +27,7 @@ class PrivacySweepJob(Strict):
                                 "need a larger one than non-private training); default: job.training.lr. The "
                                 "not-private point keeps job.training.lr, so neither side is handicapped")
     tune: TuneSpec | None = Field(None, description="refused: a privacy sweep is a sweep already")
-    tracking: TrackingSpec | None = Field(None, description="experiment tracking: MLflow, TensorBoard, W&B "
-                                                          "(docs/tracking.md)")
+    tracking: Tracking = None
 
     @field_validator("epsilons")
     @classmethod
