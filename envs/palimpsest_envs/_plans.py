@@ -20,19 +20,48 @@ so both see the same stream of episodes.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
+from gymnasium import logger, spaces
 from gymnasium.utils import seeding
-from gymnasium.vector import VectorEnv
+from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 EPISODES_PER_DRAW = 64
 
 Plan = dict[str, np.ndarray]
 DrawFn = Callable[[np.ndarray, Any], Plan]  # (n_episodes, uniforms) numbers in [0, 1), config → plans
+UniformsFn = Callable[[Any], int]  # config → uniform numbers per episode
+
+
+def config_signature(make_config: Callable, *, batched: bool = False) -> inspect.Signature:
+    """The signature of an env's `__init__(self, [num_envs,] *arguments, render_mode=None, **keywords)`.
+
+    An env's arguments are listed once, in its module's `make_config` (their defaults in
+    `DEFAULTS`); the single env and its batched twin pass theirs on to it and carry this
+    signature as `__init__.__signature__`, so `inspect.signature`, `palimpsest envs` and
+    `gymnasium.make(id, **kwargs)` users see the arguments themselves.
+    """
+    own = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if batched:
+        own.append(inspect.Parameter("num_envs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1, annotation="int"))
+    render_mode = inspect.Parameter("render_mode", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation="str | None")
+    return inspect.Signature([*own, *inspect.signature(make_config).parameters.values(), render_mode])
+
+
+def _configure(env: Any, make_config: Callable, arguments: tuple, keywords: dict, render_mode: str | None) -> Any:
+    """`make_config(*arguments, **keywords)`, after refusing any render mode (first: the same error whatever the
+    arguments)."""
+    if render_mode is not None:
+        raise ValueError(f"{type(env).__name__} has no render modes")
+    env.render_mode = render_mode
+    env.config = make_config(*arguments, **keywords)
+    return env.config
 
 
 def scaled(u: np.ndarray, low: int, count: int) -> np.ndarray:
@@ -65,6 +94,48 @@ class PlanQueue:
         row = {k: v[self._next] for k, v in self._block.items()}
         self._next += 1
         return row
+
+
+class PlannedEnv(gym.Env[np.ndarray, np.int64]):
+    """What the single environments share: arguments, spaces, plans, and the end of a step with stages.
+
+    Subclasses call `_setup` from `__init__` and define `_obs()`; those with stages and a step
+    budget (`config.max_steps`) end each step with `_end_step`.
+    """
+
+    metadata = {"render_modes": []}
+
+    def _setup(self, make_config: Callable, draw: DrawFn, uniforms: UniformsFn, arguments: tuple, keywords: dict,
+               render_mode: str | None) -> Any:
+        """The config of `arguments`/`keywords` (`make_config`'s), its spaces (`config.num_actions` actions,
+        `config.obs_dim` floats in [0, 1]) and its plans; returns the config."""
+        config = _configure(self, make_config, arguments, keywords, render_mode)
+        self.action_space = spaces.Discrete(config.num_actions)
+        self.observation_space = spaces.Box(0.0, 1.0, (config.obs_dim,), np.float32)
+        self._plans = PlanQueue(draw, uniforms(config), config)
+        self._steps = 0
+        self._ended: tuple[bool, bool] | None = None  # (terminated, truncated) once over
+        return config
+
+    def _after_end(self):
+        """The step's return once the episode is over, or None. As CartPole: stepping a finished episode is
+        undefined; keep it inert."""
+        if self._ended is None:
+            return None
+        logger.warn("step() called after the episode ended; call reset() first.")
+        return self._obs(), 0.0, *self._ended, {}
+
+    def _end_step(self, reward: float, terminated: bool, stages_passed: int, stages: int):
+        """The step's return after its rules ran: one more step counted against `config.max_steps` (truncation),
+        and on the episode's end `info["success"]` (every stage passed), `stages_passed` and `stages`."""
+        self._steps += 1
+        truncated = not terminated and self._steps >= self.config.max_steps
+        info: dict[str, Any] = {}
+        if terminated or truncated:
+            self._ended = (terminated, truncated)
+            info["success"] = float(stages_passed == stages)
+            info["stages_passed"], info["stages"] = stages_passed, stages
+        return self._obs(), reward, terminated, truncated, info
 
 
 class BatchedPlans:
@@ -129,27 +200,33 @@ class BatchedPlans:
 class PlannedVectorEnv(VectorEnv):
     """What the batched twins share: reset draws every sub-env's first episode from its own plans.
 
-    Subclasses call `_setup` from `__init__`, set `_pending_reset`, and define
-    `_start_episodes(env_ids)` and `_obs()`.
+    Subclasses call `_setup` from `__init__` and define `_start_episodes(env_ids, plan)`
+    (the sub-envs' next episodes, `plan` their rows of it) and `_obs()`.
     """
 
-    def _setup(self, num_envs: int, config: Any, num_actions: int, draw: DrawFn, uniforms: int,
-               render_mode: str | None) -> int:
-        """Spaces, plans and rows for `num_envs` sub-envs of `config` (its `obs_dim` floats in [0, 1]); returns N."""
-        if render_mode is not None:
-            raise ValueError(f"{type(self).__name__} has no render modes")
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def _setup(self, num_envs: int, make_config: Callable, draw: DrawFn, uniforms: UniformsFn, arguments: tuple,
+               keywords: dict, render_mode: str | None) -> tuple[Any, int]:
+        """The config of `arguments`/`keywords` (`make_config`'s), and spaces, plans and rows for `num_envs`
+        sub-envs of it (`config.num_actions` actions, `config.obs_dim` floats in [0, 1]); returns (config, N)."""
+        config = _configure(self, make_config, arguments, keywords, render_mode)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.config = config
         self.num_envs = n = int(num_envs)
-        self.render_mode = render_mode
-        self.single_action_space = spaces.Discrete(num_actions)
+        self.single_action_space = spaces.Discrete(config.num_actions)
         self.single_observation_space = spaces.Box(0.0, 1.0, (config.obs_dim,), np.float32)
         self.action_space = batch_space(self.single_action_space, n)
         self.observation_space = batch_space(self.single_observation_space, n)
-        self._plans = BatchedPlans(draw, uniforms, config, n)
+        self._plans = BatchedPlans(draw, uniforms(config), config, n)
         self._rows = np.arange(n)
-        return n
+        # Sub-envs whose episode ended on the previous step: reset on this one.
+        self._pending_reset = np.zeros(n, dtype=bool)
+        self._started = False
+        return config, n
+
+    def _restart(self, env_ids: np.ndarray) -> None:
+        self._start_episodes(env_ids, self._plans.take(env_ids))
 
     def _end_step(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, success: np.ndarray,
                   stages_passed: np.ndarray | None = None):
@@ -169,7 +246,7 @@ class PlannedVectorEnv(VectorEnv):
                 infos["_stages"] = ended
         restarting = np.flatnonzero(self._pending_reset)
         if restarting.size:
-            self._start_episodes(restarting)
+            self._restart(restarting)
         self._pending_reset = ended
         return self._obs(), rewards, terminated, truncated, infos
 
@@ -177,7 +254,7 @@ class PlannedVectorEnv(VectorEnv):
         if seed is None or isinstance(seed, (int, np.integer)):
             super().reset(seed=seed)
         self._plans.seed(seed)
-        self._start_episodes(self._rows)
+        self._restart(self._rows)
         self._pending_reset[:] = False
         self._started = True
         return self._obs(), {}

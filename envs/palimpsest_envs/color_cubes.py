@@ -5,16 +5,14 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import logger, spaces
 
-from palimpsest_envs._plans import PlanQueue, scaled
+from palimpsest_envs._plans import PlannedEnv, config_signature, scaled
 
 UP, DOWN, LEFT, RIGHT, PICK = 0, 1, 2, 3, 4
 
-# The arguments' defaults, declared here only: make_config and both classes' signatures read
-# them (tests/test_envs.py checks the signatures). A None takes its value from the mode (MODES),
+# The arguments' defaults, declared here only: make_config's signature reads them, and both
+# classes take make_config's arguments (_plans.config_signature; tests/test_envs.py checks). A None takes its value from the mode (MODES),
 # or, for max_steps, from make_config's budget.
 DEFAULTS = MappingProxyType({
     "mode": "medium",
@@ -71,6 +69,10 @@ class ColorCubesConfig(NamedTuple):
     @property
     def obs_dim(self) -> int:
         return 2 + 4 * self.num_cubes
+
+    @property
+    def num_actions(self) -> int:
+        return 5  # UP, DOWN, LEFT, RIGHT, PICK
 
 
 def make_config(
@@ -207,7 +209,7 @@ def _modes_table(indent: str = "    ") -> str:
     return f"\n{indent}".join(rows)
 
 
-class ColorCubes(gym.Env[np.ndarray, np.int64]):
+class ColorCubes(PlannedEnv):
     """
     ## Description
 
@@ -291,29 +293,8 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
     optimal episode. Seed through `reset(seed=...)`.
     """
 
-    metadata = {"render_modes": []}
-
-    def __init__(
-        self,
-        mode: str = DEFAULTS["mode"],
-        grid_size: int | None = DEFAULTS["grid_size"],
-        num_cubes: int | None = DEFAULTS["num_cubes"],
-        num_phases: int | None = DEFAULTS["num_phases"],
-        teleports_per_phase: int | None = DEFAULTS["teleports_per_phase"],
-        max_steps: int | None = DEFAULTS["max_steps"],
-        penalty: float = DEFAULTS["penalty"],
-        goal_reward: float = DEFAULTS["goal_reward"],
-        render_mode: str | None = None,
-    ):
-        if render_mode is not None:
-            raise ValueError("ColorCubes has no render modes")
-        self.config = make_config(
-            mode, grid_size, num_cubes, num_phases, teleports_per_phase, max_steps, penalty, goal_reward
-        )
-        self.render_mode = render_mode
-        self.action_space = spaces.Discrete(5)
-        self.observation_space = spaces.Box(0.0, 1.0, (self.config.obs_dim,), np.float32)
-        self._plans = PlanQueue(draw_plans, plan_uniforms(self.config), self.config)
+    def __init__(self, *arguments, render_mode: str | None = None, **keywords):
+        self._setup(make_config, draw_plans, plan_uniforms, arguments, keywords, render_mode)
         self._next_cell = next_cells(self.config.grid_size)
         self._coords = cell_coordinates(self.config.grid_size)
         self._plan: dict[str, np.ndarray] | None = None
@@ -322,10 +303,10 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
         self._phase = 0  # index of the current target; num_phases once all are picked
         self._phase_t = 0  # steps since the phase began
         self._next_event = 0  # index into the phase's offsets
-        self._steps = 0
         self._shown = np.zeros(self.config.num_cubes, dtype=bool)
         self._target_shown = False
-        self._ended: tuple[bool, bool] | None = None
+
+    __init__.__signature__ = config_signature(make_config)
 
     def _obs(self) -> np.ndarray:
         assert self._plan is not None
@@ -358,10 +339,8 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
     def step(self, action):
         assert self.action_space.contains(action), f"{action!r} ({type(action)}) invalid"
         assert self._plan is not None, "Call reset before step"
-        if self._ended is not None:
-            # As CartPole: stepping a finished episode is undefined; keep it inert.
-            logger.warn("step() called after the episode ended; call reset() first.")
-            return self._obs(), 0.0, *self._ended, {}
+        if (ended := self._after_end()) is not None:
+            return ended
         cfg, plan = self.config, self._plan
         self._shown[:] = False
         self._target_shown = False
@@ -396,14 +375,7 @@ class ColorCubes(gym.Env[np.ndarray, np.int64]):
                         self._teleport(slot + (slot >= target), draws[slot])
                     self._shown[:] = True
                     self._target_shown = True
-        self._steps += 1
-        truncated = not terminated and self._steps >= cfg.max_steps
-        info: dict[str, Any] = {}
-        if terminated or truncated:
-            self._ended = (terminated, truncated)
-            info["success"] = float(self._phase == cfg.num_phases)
-            info["stages_passed"], info["stages"] = self._phase, cfg.num_phases
-        return self._obs(), reward, terminated, truncated, info
+        return self._end_step(reward, terminated, self._phase, cfg.num_phases)
 
 
 if ColorCubes.__doc__:  # None under python -OO

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from gymnasium.vector import AutoresetMode
 
-from palimpsest_envs._plans import PlannedVectorEnv
+from palimpsest_envs._plans import Plan, PlannedVectorEnv, config_signature
 from palimpsest_envs.color_cubes import (
-    DEFAULTS,
-    PICK,
-    cell_coordinates,
-    choose_free_cells,
-    draw_plans,
-    make_config,
-    next_cells,
-    plan_uniforms,
+    PICK, cell_coordinates, choose_free_cells, draw_plans, make_config, next_cells, plan_uniforms,
 )
 
 NO_EVENT = np.iinfo(np.int32).max  # `_event_at` of a phase with no teleport left
@@ -57,27 +49,8 @@ class ColorCubesVector(PlannedVectorEnv):
     `num_envs` plus the arguments of `ColorCubes`, with the same defaults (`DEFAULTS` there).
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
-
-    def __init__(
-        self,
-        num_envs: int = 1,
-        mode: str = DEFAULTS["mode"],
-        grid_size: int | None = DEFAULTS["grid_size"],
-        num_cubes: int | None = DEFAULTS["num_cubes"],
-        num_phases: int | None = DEFAULTS["num_phases"],
-        teleports_per_phase: int | None = DEFAULTS["teleports_per_phase"],
-        max_steps: int | None = DEFAULTS["max_steps"],
-        penalty: float = DEFAULTS["penalty"],
-        goal_reward: float = DEFAULTS["goal_reward"],
-        render_mode: str | None = None,
-    ):
-        if render_mode is not None:  # before the config: the same error whatever the arguments
-            raise ValueError("ColorCubesVector has no render modes")
-        cfg = make_config(
-            mode, grid_size, num_cubes, num_phases, teleports_per_phase, max_steps, penalty, goal_reward
-        )
-        n = self._setup(num_envs, cfg, 5, draw_plans, plan_uniforms(cfg), render_mode)
+    def __init__(self, num_envs: int = 1, *arguments, render_mode: str | None = None, **keywords):
+        cfg, n = self._setup(num_envs, make_config, draw_plans, plan_uniforms, arguments, keywords, render_mode)
         k, e, c = cfg.num_phases, cfg.teleports_per_phase, cfg.num_cubes
         # Lookup tables: the cell each action leads to, and each cell's scaled row and column.
         self._next_cell = next_cells(cfg.grid_size).ravel()
@@ -99,13 +72,11 @@ class ColorCubesVector(PlannedVectorEnv):
         self._event_at = np.zeros(n, dtype=np.int64)  # phase step of the next teleport
         self._steps = np.zeros(n, dtype=np.int64)
         self._target_shown = np.zeros(n, dtype=bool)
-        # Sub-envs whose episode ended on the previous step: reset on this one.
-        self._pending_reset = np.zeros(n, dtype=bool)
-        self._started = False
         self.stages = cfg.num_phases
 
-    def _start_episodes(self, env_ids: np.ndarray) -> None:
-        plan = self._plans.take(env_ids)
+    __init__.__signature__ = config_signature(make_config, batched=True)
+
+    def _start_episodes(self, env_ids: np.ndarray, plan: Plan) -> None:
         k = self.config.num_phases
         self._agent[env_ids] = plan["start"][:, 0]
         self._cubes[:, env_ids] = plan["start"][:, 1:].T

@@ -5,16 +5,16 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import logger, spaces
+from gymnasium import logger
 
-from palimpsest_envs._plans import PlanQueue, scaled
+from palimpsest_envs._plans import PlannedEnv, config_signature, scaled
 
 NO_CUE = -1
 
-# The arguments' defaults, declared here only: make_config, both classes' signatures and the
-# RL benchmark's default `env_params` read them (tests/test_envs.py checks the signatures).
+# The arguments' defaults, declared here only: make_config's signature and the RL benchmark's
+# default `env_params` read them, and both classes take make_config's arguments
+# (_plans.config_signature; tests/test_envs.py checks the signatures).
 DEFAULTS = MappingProxyType({"num_cues": 4, "num_rewrites": 1, "delay": 10})
 
 
@@ -28,6 +28,10 @@ class CueRewriteConfig(NamedTuple):
     @property
     def obs_dim(self) -> int:
         return self.num_cues + 2
+
+    @property
+    def num_actions(self) -> int:
+        return self.num_cues  # the answer
 
 
 def make_config(
@@ -75,7 +79,7 @@ def draw_plans(u: np.ndarray, cfg: CueRewriteConfig) -> dict[str, np.ndarray]:
     return {"schedule": schedule, "answer": answer.astype(np.int16)}
 
 
-class CueRewrite(gym.Env[np.ndarray, np.int64]):
+class CueRewrite(PlannedEnv):
     """
     ## Description
 
@@ -124,25 +128,13 @@ class CueRewrite(gym.Env[np.ndarray, np.int64]):
     Seed through `reset(seed=...)`.
     """
 
-    metadata = {"render_modes": []}
-
-    def __init__(
-        self,
-        num_cues: int = DEFAULTS["num_cues"],
-        num_rewrites: int = DEFAULTS["num_rewrites"],
-        delay: int = DEFAULTS["delay"],
-        render_mode: str | None = None,
-    ):
-        if render_mode is not None:
-            raise ValueError("CueRewrite has no render modes")
-        self.config = make_config(num_cues, num_rewrites, delay)
-        self.render_mode = render_mode
-        self.action_space = spaces.Discrete(self.config.num_cues)
-        self.observation_space = spaces.Box(0.0, 1.0, (self.config.obs_dim,), np.float32)
-        self._plans = PlanQueue(draw_plans, plan_uniforms(self.config), self.config)
+    def __init__(self, *arguments, render_mode: str | None = None, **keywords):
+        self._setup(make_config, draw_plans, plan_uniforms, arguments, keywords, render_mode)
         self._schedule: np.ndarray | None = None
         self._answer = 0
         self._t = 0
+
+    __init__.__signature__ = config_signature(make_config)
 
     def _obs(self) -> np.ndarray:
         assert self._schedule is not None

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from gymnasium.vector import AutoresetMode
 
-from palimpsest_envs._plans import PlannedVectorEnv
-from palimpsest_envs.cue_rewrite import (
-    DEFAULTS,
-    NO_CUE,
-    draw_plans,
-    make_config,
-    plan_uniforms,
-)
+from palimpsest_envs._plans import Plan, PlannedVectorEnv, config_signature
+from palimpsest_envs.cue_rewrite import NO_CUE, draw_plans, make_config, plan_uniforms
 
 
 class CueRewriteVector(PlannedVectorEnv):
@@ -52,29 +45,15 @@ class CueRewriteVector(PlannedVectorEnv):
     `num_envs` plus the arguments of `CueRewrite`, with the same defaults (`DEFAULTS` there).
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
-
-    def __init__(
-        self,
-        num_envs: int = 1,
-        num_cues: int = DEFAULTS["num_cues"],
-        num_rewrites: int = DEFAULTS["num_rewrites"],
-        delay: int = DEFAULTS["delay"],
-        render_mode: str | None = None,
-    ):
-        if render_mode is not None:  # before the config: the same error whatever the arguments
-            raise ValueError("CueRewriteVector has no render modes")
-        cfg = make_config(num_cues, num_rewrites, delay)
-        n = self._setup(num_envs, cfg, cfg.num_cues, draw_plans, plan_uniforms(cfg), render_mode)
+    def __init__(self, num_envs: int = 1, *arguments, render_mode: str | None = None, **keywords):
+        cfg, n = self._setup(num_envs, make_config, draw_plans, plan_uniforms, arguments, keywords, render_mode)
         self._schedule = np.full((n, cfg.delay + 1), NO_CUE, dtype=np.int16)
         self._answer = np.zeros(n, dtype=np.int16)
         self._t = np.zeros(n, dtype=np.int32)
-        # Sub-envs whose episode ended on the previous step: reset on this one.
-        self._pending_reset = np.zeros(n, dtype=bool)
-        self._started = False
 
-    def _start_episodes(self, env_ids: np.ndarray) -> None:
-        plan = self._plans.take(env_ids)
+    __init__.__signature__ = config_signature(make_config, batched=True)
+
+    def _start_episodes(self, env_ids: np.ndarray, plan: Plan) -> None:
         self._schedule[env_ids] = plan["schedule"]
         self._answer[env_ids] = plan["answer"]
         self._t[env_ids] = 0

@@ -5,17 +5,15 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import logger, spaces
 
-from palimpsest_envs._plans import PlanQueue, scaled
+from palimpsest_envs._plans import PlannedEnv, config_signature, scaled
 
 FORWARD, LEFT, RIGHT = 0, 1, 2
 CUE_LEFT, CUE_RIGHT = 0, 1
 
-# The arguments' defaults, declared here only: make_config and both classes' signatures read
-# them (tests/test_envs.py checks the signatures).
+# The arguments' defaults, declared here only: make_config's signature reads them, and both
+# classes take make_config's arguments (_plans.config_signature; tests/test_envs.py checks).
 DEFAULTS = MappingProxyType({
     "num_corridors": 5,
     "corridor_length": 10,
@@ -47,6 +45,10 @@ class TMazeConfig(NamedTuple):
     @property
     def obs_dim(self) -> int:
         return 4 if self.junction_signal else 3
+
+    @property
+    def num_actions(self) -> int:
+        return 3  # FORWARD, LEFT, RIGHT
 
 
 def make_config(
@@ -93,7 +95,7 @@ def draw_plans(u: np.ndarray, cfg: TMazeConfig) -> dict[str, np.ndarray]:
     return {"cues": cues, "lengths": lengths.astype(np.int32)}
 
 
-class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
+class EndlessTMaze(PlannedEnv):
     """
     ## Description
 
@@ -164,36 +166,14 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
     - `junction_signal=True` is an addition (the reference has no such entry).
     """
 
-    metadata = {"render_modes": []}
-
-    def __init__(
-        self,
-        num_corridors: int = DEFAULTS["num_corridors"],
-        corridor_length: int = DEFAULTS["corridor_length"],
-        length_mode: str = DEFAULTS["length_mode"],
-        min_length: int = DEFAULTS["min_length"],
-        max_length: int | None = DEFAULTS["max_length"],
-        penalty: float = DEFAULTS["penalty"],
-        goal_reward: float = DEFAULTS["goal_reward"],
-        junction_signal: bool = DEFAULTS["junction_signal"],
-        render_mode: str | None = None,
-    ):
-        if render_mode is not None:
-            raise ValueError("EndlessTMaze has no render modes")
-        self.config = make_config(
-            num_corridors, corridor_length, length_mode, min_length, max_length,
-            penalty, goal_reward, junction_signal,
-        )
-        self.render_mode = render_mode
-        self.action_space = spaces.Discrete(3)
-        self.observation_space = spaces.Box(0.0, 1.0, (self.config.obs_dim,), np.float32)
-        self._plans = PlanQueue(draw_plans, plan_uniforms(self.config), self.config)
+    def __init__(self, *arguments, render_mode: str | None = None, **keywords):
+        self._setup(make_config, draw_plans, plan_uniforms, arguments, keywords, render_mode)
         self._cues: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
         self._corridor = 0
         self._x = 0
-        self._steps = 0
-        self._ended: tuple[bool, bool] | None = None  # (terminated, truncated) once over
+
+    __init__.__signature__ = config_signature(make_config)
 
     def _obs(self) -> np.ndarray:
         assert self._cues is not None and self._lengths is not None
@@ -221,10 +201,8 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
     def step(self, action):
         assert self.action_space.contains(action), f"{action!r} ({type(action)}) invalid"
         assert self._cues is not None and self._lengths is not None, "Call reset before step"
-        if self._ended is not None:
-            # As CartPole: stepping a finished episode is undefined; keep it inert.
-            logger.warn("step() called after the episode ended; call reset() first.")
-            return self._obs(), 0.0, *self._ended, {}
+        if (ended := self._after_end()) is not None:
+            return ended
         cfg = self.config
         c = self._corridor
         terminated = False
@@ -244,11 +222,4 @@ class EndlessTMaze(gym.Env[np.ndarray, np.int64]):
         else:
             reward = cfg.penalty
             terminated = True
-        self._steps += 1
-        truncated = not terminated and self._steps >= cfg.max_steps
-        info: dict[str, Any] = {}
-        if terminated or truncated:
-            self._ended = (terminated, truncated)
-            info["success"] = float(self._corridor == cfg.num_corridors)
-            info["stages_passed"], info["stages"] = self._corridor, cfg.num_corridors
-        return self._obs(), reward, terminated, truncated, info
+        return self._end_step(reward, terminated, self._corridor, cfg.num_corridors)

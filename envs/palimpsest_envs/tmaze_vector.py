@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from gymnasium.vector import AutoresetMode
 
-from palimpsest_envs._plans import PlannedVectorEnv
-from palimpsest_envs.tmaze import (
-    CUE_LEFT,
-    CUE_RIGHT,
-    DEFAULTS,
-    FORWARD,
-    LEFT,
-    draw_plans,
-    make_config,
-    plan_uniforms,
-)
+from palimpsest_envs._plans import Plan, PlannedVectorEnv, config_signature
+from palimpsest_envs.tmaze import CUE_LEFT, CUE_RIGHT, FORWARD, LEFT, draw_plans, make_config, plan_uniforms
 
 
 class EndlessTMazeVector(PlannedVectorEnv):
@@ -56,40 +46,18 @@ class EndlessTMazeVector(PlannedVectorEnv):
     `num_envs` plus the arguments of `EndlessTMaze`, with the same defaults (`DEFAULTS` there).
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
-
-    def __init__(
-        self,
-        num_envs: int = 1,
-        num_corridors: int = DEFAULTS["num_corridors"],
-        corridor_length: int = DEFAULTS["corridor_length"],
-        length_mode: str = DEFAULTS["length_mode"],
-        min_length: int = DEFAULTS["min_length"],
-        max_length: int | None = DEFAULTS["max_length"],
-        penalty: float = DEFAULTS["penalty"],
-        goal_reward: float = DEFAULTS["goal_reward"],
-        junction_signal: bool = DEFAULTS["junction_signal"],
-        render_mode: str | None = None,
-    ):
-        if render_mode is not None:  # before the config: the same error whatever the arguments
-            raise ValueError("EndlessTMazeVector has no render modes")
-        cfg = make_config(
-            num_corridors, corridor_length, length_mode, min_length, max_length,
-            penalty, goal_reward, junction_signal,
-        )
-        n = self._setup(num_envs, cfg, 3, draw_plans, plan_uniforms(cfg), render_mode)
+    def __init__(self, num_envs: int = 1, *arguments, render_mode: str | None = None, **keywords):
+        cfg, n = self._setup(num_envs, make_config, draw_plans, plan_uniforms, arguments, keywords, render_mode)
         self._cues = np.zeros((n, cfg.num_corridors), dtype=np.int8)
         self._lengths = np.zeros((n, cfg.num_corridors), dtype=np.int32)
         self._corridor = np.zeros(n, dtype=np.int32)
         self._x = np.zeros(n, dtype=np.int32)
         self._steps = np.zeros(n, dtype=np.int32)
-        # Sub-envs whose episode ended on the previous step: reset on this one.
-        self._pending_reset = np.zeros(n, dtype=bool)
-        self._started = False
         self.stages = cfg.num_corridors
 
-    def _start_episodes(self, env_ids: np.ndarray) -> None:
-        plan = self._plans.take(env_ids)
+    __init__.__signature__ = config_signature(make_config, batched=True)
+
+    def _start_episodes(self, env_ids: np.ndarray, plan: Plan) -> None:
         self._cues[env_ids] = plan["cues"]
         self._lengths[env_ids] = plan["lengths"]
         self._corridor[env_ids] = 0
