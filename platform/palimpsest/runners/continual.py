@@ -26,11 +26,11 @@ from palimpsest.metrics.continual import (
     average_accuracy, backward_transfer, forgetting, forward_transfer, min_accuracy, worst_case_accuracy,
 )
 from palimpsest.runners.common import (
-    build_tokenizer, export_checkpoint, fit, load_dataset_spec, loop_config, subsample, text_items, training_cost,
+    build_tokenizer, load_dataset_spec, loop_config, subsample, text_items, training_cost,
 )
 from palimpsest.runners.common import method_runs as checked_method_runs
 from palimpsest.privacy import released_privacy
-from palimpsest.runners.train import RULES_SET
+from palimpsest.runners.train import RULES_SET, fit_and_export
 from palimpsest.run_folder import RunFolder
 from palimpsest.spec import ContinualJob
 from palimpsest.train.batching import tokenize_qa
@@ -198,14 +198,11 @@ def summarise_method(result: dict, baseline: dict, task_names: list[str], *, per
 def run(spec: ContinualJob, prepared: PreparedContinual, folder: RunFolder, *, use_ray: bool = True,
         progress=None) -> dict:
     """Run every method on the stream in one fit; write checkpoints/<method>/task-<t>, metrics and the summary."""
-    prepared.tokenizer.save_pretrained(str(folder.tokenizer))
-    started = time.perf_counter()
-    output, checkpoints = fit(spec, prepared.worker_config, folder, use_ray=use_ray,
-                              progress=progress)
-    for directory, metrics in checkpoints:
-        if "task_end" in metrics:
-            export_checkpoint(directory, folder.checkpoints / metrics["method"] / f"task-{metrics['task_end']}",
-                              prepared.tokenizer)
+    def task_ends(checkpoints):
+        return [(directory, folder.checkpoints / metrics["method"] / f"task-{metrics['task_end']}")
+                for directory, metrics in checkpoints if "task_end" in metrics]
+
+    output, started = fit_and_export(spec, prepared, folder, task_ends, use_ray=use_ray, progress=progress)
     methods, records = {}, []
     periodic = spec.eval.eval_every is not None
     for result in output["methods"]:

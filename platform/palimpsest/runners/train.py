@@ -136,14 +136,27 @@ def _by_person(facts: list[QAExample]) -> list[list[QAExample]]:
     return list(groups.values())
 
 
+def fit_and_export(spec, prepared, folder: RunFolder, exports, *, use_ray: bool, progress) -> tuple[dict, float]:
+    """A job's fit with its tokenizer saved first, then each checkpoint `exports(checkpoints)` names, as
+    (checkpoint directory, target folder) pairs, exported with the tokenizer (train and continual jobs).
+
+    Returns:
+        The fit's output and when the job started (`time.perf_counter()`, before the fit).
+    """
+    prepared.tokenizer.save_pretrained(str(folder.tokenizer))
+    started = time.perf_counter()
+    output, checkpoints = fit(spec, prepared.worker_config, folder, use_ray=use_ray, progress=progress)
+    for directory, target in exports(checkpoints):
+        export_checkpoint(directory, target, prepared.tokenizer)
+    return output, started
+
+
 def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: bool = True,
         progress=None) -> dict:
     """Train, then write checkpoints/final (model + tokenizer), metrics.jsonl and the summary."""
-    prepared.tokenizer.save_pretrained(str(folder.tokenizer))
-    started = time.perf_counter()
-    output, checkpoints = fit(spec, prepared.worker_config, folder, use_ray=use_ray,
-                              progress=progress)
-    export_checkpoint(checkpoints[-1][0], folder.checkpoints / "final", prepared.tokenizer)
+    output, started = fit_and_export(spec, prepared, folder, lambda checkpoints: [(checkpoints[-1][0],
+                                                                                  folder.checkpoints / "final")],
+                                     use_ray=use_ray, progress=progress)
     (result,) = output["methods"]
     folder.write_metrics(result["records"])
     mia = membership(prepared, folder)
