@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from palimpsest.train.batching import TokenizedQA, collate_qa
 from palimpsest.train.hooks import LoopContext, StepBatch, TrainingMethod
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.methods import BELOW_ZERO3, MethodInfo, Param
 from palimpsest.train.sampling import rng_for
 
 METHOD = MethodInfo(
@@ -55,7 +55,7 @@ METHOD = MethodInfo(
         Param("layers", "int_list", [-1], "hidden_states indices to constrain (null: every decoder layer)",
               nullable=True),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
+    backends=BELOW_ZERO3,
     backend_reason="it reads hidden states through the unwrapped model, whose weights ZeRO-3 partitions",
     needs_general=True,
     private_reason="its batches mix in general samples outside the Poisson sampler",

@@ -18,7 +18,7 @@ import math
 import torch
 
 from palimpsest.train.hooks import LoopContext, TrainingMethod
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.methods import BELOW_ZERO3, MethodInfo, Param
 
 METHOD = MethodInfo(
     name="kappatune", family="continual", implementation="KappaTune",
@@ -30,7 +30,7 @@ METHOD = MethodInfo(
         Param("max_dim", "int", None, "skip tensors with a dimension above this (embeddings)", low=1, nullable=True),
         Param("order", "str", "lowest", "lowest κ (the paper) or highest", choices=("lowest", "highest")),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
+    backends=BELOW_ZERO3,
     backend_reason="it reads whole weights (singular values), which ZeRO-3 partitions",
     private=True,
 )

@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.hooks import LoopContext, TrainingMethod
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.methods import BELOW_ZERO3, MethodInfo, Param
 
 METHOD = MethodInfo(
     name="l2", family="continual", implementation="L2SP",
     summary="L2-SP: (α/2)‖θ−θ_prev‖² to the previous task's weights", paper="Li, Grandvalet & Davoine, 2018",
     params=(Param("alpha", "float", 1.0, "penalty strength α", low=0),),
-    backends=("ddp", "zero0", "zero1", "zero2"),
+    backends=BELOW_ZERO3,
     backend_reason="it reads whole weights, which ZeRO-3 partitions",
     private_reason="its penalty gradient bypasses Opacus's per-example gradients (the DP optimizer would drop it)",
 )

@@ -15,19 +15,19 @@ from __future__ import annotations
 import torch
 
 from palimpsest.train.hooks import LoopContext, TrainingMethod
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.methods import BELOW_ZERO3, LORA_RANK, MethodInfo, Param
 
 METHOD = MethodInfo(
     name="lora", family="continual", implementation="LoRA",
     summary="a fresh LoRA adapter per task (peft), merged at the task's end; base weights frozen during a task",
     paper="Hu et al., 2021",
     params=(
-        Param("r", "int", 8, "adapter rank", low=1),
+        LORA_RANK,
         Param("alpha", "float", 16.0, "scaling numerator: the update is (alpha / r)·BA", low=0, low_open=True),
         Param("dropout", "float", 0.0, "dropout on the adapter input", low=0, high=1, high_open=True),
         Param("target_modules", "str_list", ["q_proj", "v_proj"], "module names (peft matching) with an adapter"),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
+    backends=BELOW_ZERO3,
     backend_reason="its adapters wrap whole weights, which ZeRO-3 partitions",
     private=True,
 )

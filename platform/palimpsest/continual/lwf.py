@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from palimpsest.train.batching import IGNORE_INDEX
 from palimpsest.train.hooks import LoopContext, TrainingMethod
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.train.methods import BELOW_ZERO3, MethodInfo, Param
 
 METHOD = MethodInfo(
     name="lwf", family="continual", implementation="LwF",
@@ -35,7 +35,7 @@ METHOD = MethodInfo(
         Param("temperature", "float", 2.0, "softening temperature T", low=0, low_open=True),
         Param("t_squared", "bool", False, "multiply the term by T² (Hinton et al.'s scaling; not the paper's)"),
     ),
-    backends=("ddp", "zero0", "zero1", "zero2"),
+    backends=BELOW_ZERO3,
     backend_reason="its teacher is a copy of the whole weights, which ZeRO-3 partitions",
     private_reason="its teacher's outputs on the training data enter the loss unclipped",
 )

@@ -32,8 +32,10 @@ from typing import Any
 
 # Backends as the loop names them: DDP, and DeepSpeed by ZeRO stage.
 ALL_BACKENDS = ("ddp", "zero0", "zero1", "zero2", "zero3")
+# Every backend but ZeRO-3, which partitions the weights: for methods that read or copy whole weights.
+BELOW_ZERO3 = ("ddp", "zero0", "zero1", "zero2")
 # An unlearning method's backends: every request is scored on the whole model, which ZeRO-3 shards.
-WHOLE_WEIGHTS_BACKENDS = {"backends": ("ddp", "zero0", "zero1", "zero2"),
+WHOLE_WEIGHTS_BACKENDS = {"backends": BELOW_ZERO3,
                           "backend_reason": "each request is evaluated on the whole weights, which ZeRO-3 partitions"}
 PARAM_KINDS = ("int", "float", "bool", "str", "int_list", "str_list")
 
@@ -147,6 +149,24 @@ class MethodInfo:
         return backend_name(backend, zero_stage) in self.backends
 
 
+# ----------------------------------------------------------------------------- parameters several methods share
+
+
+def retain_weight(default: float = 1.0, doc: str = "α, the weight of the retain NLL") -> Param:
+    """An unlearning method's α: the weight of the retain set's answer NLL that `UnlearningMethod.retain_loss`
+    adds (0: no retain term). `doc` says it in the method's words (its source's default, say)."""
+    return Param("retain_weight", "float", default, doc, low=0)
+
+
+def forget_weight(default: float, doc: str) -> Param:
+    """An unlearning method's weight of its forget term (γ in most papers); > 0, or the method forgets nothing."""
+    return Param("forget_weight", "float", default, doc, low=0, low_open=True)
+
+
+# A LoRA adapter's rank (continual `lora`, unlearning `gs_lora`).
+LORA_RANK = Param("r", "int", 8, "adapter rank", low=1)
+
+
 def _close(word, allowed) -> str:
     match = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1, cutoff=0.6)
     return f"; did you mean '{match[0]}'?" if match else ""
@@ -155,6 +175,10 @@ def _close(word, allowed) -> str:
 # ----------------------------------------------------------------------------- discovery
 
 _DECLARATION = "METHOD"
+# What a declaration may name: the declaration types and the shared backends and parameters above.
+_DECLARATION_NAMES = {"MethodInfo": MethodInfo, "Param": Param, "ALL_BACKENDS": ALL_BACKENDS,
+                      "BELOW_ZERO3": BELOW_ZERO3, "WHOLE_WEIGHTS_BACKENDS": WHOLE_WEIGHTS_BACKENDS,
+                      "retain_weight": retain_weight, "forget_weight": forget_weight, "LORA_RANK": LORA_RANK}
 _CACHE: dict[str, dict[str, MethodInfo]] = {}
 
 
@@ -189,16 +213,15 @@ def _with_module(info: MethodInfo, module: str) -> MethodInfo:
 
 
 def _read_declaration(path: Path) -> MethodInfo | None:
-    """The `METHOD = MethodInfo(...)` of a file, evaluated with nothing but the declaration types."""
+    """The `METHOD = MethodInfo(...)` of a file, evaluated with nothing but the declaration types and the shared
+    backends and parameters (`_DECLARATION_NAMES`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in tree.body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [_DECLARATION]:
             code = compile(ast.Expression(node.value), str(path), "eval")
-            namespace = {"MethodInfo": MethodInfo, "Param": Param, "ALL_BACKENDS": ALL_BACKENDS,
-                         "WHOLE_WEIGHTS_BACKENDS": WHOLE_WEIGHTS_BACKENDS,
-                         "__builtins__": {}}
+            namespace = {**_DECLARATION_NAMES, "__builtins__": {}}
             try:
-                info = eval(code, namespace)  # noqa: S307 — names limited to the declaration types
+                info = eval(code, namespace)  # noqa: S307 — names limited to the declaration names
             except Exception as error:
                 raise ValueError(f"{path}: METHOD must be a MethodInfo(...) of plain values: {error}") from None
             if not isinstance(info, MethodInfo):

@@ -56,11 +56,28 @@ class UnlearningMethod(TrainingMethod):
     def loss(self, ctx: LoopContext, model, micro: MicroBatch, outputs) -> torch.Tensor:
         return self.forget_loss(ctx, model, micro, outputs) + self.retain_loss(ctx, model, micro, outputs)
 
+    # A method's `FrozenStart` copies (NPO's reference, UNDIAL's teacher, RMU's frozen model) are taken as each
+    # request begins and kept in its state under their attribute's name.
+    def _frozen_starts(self) -> dict[str, FrozenStart]:
+        return {name: value for name, value in vars(self).items() if isinstance(value, FrozenStart)}
+
+    def before_task(self, ctx: LoopContext) -> None:
+        for frozen in self._frozen_starts().values():
+            frozen.take(ctx)
+
+    def state_dict(self) -> dict:
+        return {name: frozen.state_dict() for name, frozen in self._frozen_starts().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, frozen in self._frozen_starts().items():
+            frozen.load_state_dict(state.get(name, {}))
+
 
 class FrozenStart:
     """A frozen copy of the model as the current request began (NPO's reference, RMU's frozen model).
 
-    Taken in `before_task` when a request starts and kept in the method's state, because
+    Taken in `before_task` when a request starts and kept in the method's state (`UnlearningMethod` does both for
+    every FrozenStart a method holds), because
     a resume in the middle of a request calls `before_task` before the saved weights are
     loaded: the copy must come from the checkpoint then, not from the model.
     """

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from palimpsest.train.batching import normalised_loss
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, retain_weight
 from palimpsest.unlearn.base import FORGET, UnlearningMethod
 
 METHOD = MethodInfo(
@@ -27,7 +27,7 @@ METHOD = MethodInfo(
     paper="Yang, 2025 (arXiv 2503.01224)",
     params=(
         Param("ignore_first", "int", 1, "answer tokens at the start of each answer left out (the reference: 1)", low=0),
-        Param("retain_weight", "float", 0.0, "α, the weight of a retain NLL (the reference has none)", low=0),
+        retain_weight(0.0, "α, the weight of a retain NLL (the reference has none)"),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,

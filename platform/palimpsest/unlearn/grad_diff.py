@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, forget_weight, retain_weight
 from palimpsest.unlearn.base import FORGET, UnlearningMethod
 
 METHOD = MethodInfo(
     name="grad_diff", family="unlearning", implementation="GradDiff",
     summary="L = γ·(−NLL(forget)) + α·NLL(retain)", paper="Liu, Liu & Stone, 2022",
     params=(
-        Param("forget_weight", "float", 1.0, "γ, the weight of the ascent term", low=0, low_open=True),
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
+        forget_weight(1.0, "γ, the weight of the ascent term"),
+        retain_weight(),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,

@@ -22,7 +22,8 @@ import warnings
 
 import torch
 
-from palimpsest.train.methods import MethodInfo, Param
+from palimpsest.continual.lora import lora_config
+from palimpsest.train.methods import LORA_RANK, MethodInfo, Param
 from palimpsest.unlearn.base import FORGET, RETAIN, UnlearningMethod
 from palimpsest.unlearn.rmu import decoder_layers
 
@@ -31,7 +32,7 @@ METHOD = MethodInfo(
     summary="a LoRA adapter per request on the FFNs; NLL(retain) + β·ReLU(BND − NLL(forget)) + α·Σ‖group‖₂",
     paper="Zhao et al., 2024",
     params=(
-        Param("r", "int", 8, "adapter rank", low=1),
+        LORA_RANK,
         Param("lora_alpha", "float", 16.0, "LoRA scaling numerator (update = lora_alpha / r · BA)", low=0,
               low_open=True),
         Param("target_modules", "str_list", ["gate_proj", "up_proj", "down_proj"], "FFN linears with adapters"),
@@ -63,10 +64,7 @@ class GSLoRA(UnlearningMethod):
         self.beta, self.bound, self.group_weight, self.prox = beta, bound, group_weight, prox
 
     def _config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(task_type="CAUSAL_LM", r=self.r, lora_alpha=self.lora_alpha, lora_dropout=0.0,
-                          target_modules=self.target_modules)
+        return lora_config(r=self.r, alpha=self.lora_alpha, dropout=0.0, target_modules=self.target_modules)
 
     def _add(self, ctx, task: int) -> None:
         from peft import get_peft_model

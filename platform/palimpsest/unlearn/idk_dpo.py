@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from palimpsest.models import unwrap
 from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_likelihood
 from palimpsest.train.hooks import StepBatch
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
 from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.idk import draw_refusals
 
@@ -33,8 +33,8 @@ METHOD = MethodInfo(
     paper="Maini et al., 2024 (TOFU); Rafailov et al., 2023 (DPO)",
     params=(
         Param("beta", "float", 0.1, "β, the inverse temperature", low=0, low_open=True),
-        Param("forget_weight", "float", 1.0, "γ, the weight of the DPO term", low=0, low_open=True),
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
+        forget_weight(1.0, "γ, the weight of the DPO term"),
+        retain_weight(),
         Param("idk_path", "str", None, "a file of \"I don't know\" answers, one per line (TOFU's idontknow.jsonl); "
                                        "null: the built-in 40", nullable=True),
     ),
@@ -48,9 +48,6 @@ class IdkDPO(UnlearningMethod):
         self.beta, self.forget_weight, self.retain_weight, self.idk_path = beta, forget_weight, retain_weight, idk_path
         self.reference = FrozenStart()
         self._refusal: dict[tuple, tuple] = {}  # (prompt, true answer) -> this step's "I don't know" answer
-
-    def before_task(self, ctx) -> None:
-        self.reference.take(ctx)
 
     def batch(self, ctx, step: int) -> StepBatch:
         drawn = draw_refusals(ctx, step)
@@ -78,12 +75,6 @@ class IdkDPO(UnlearningMethod):
         margin = (chosen - reference_chosen) - (true - reference_true)
         total = (-2.0 / self.beta * F.logsigmoid(self.beta * margin)).sum()
         return self.forget_weight * micro.item_mean(FORGET, total)
-
-    def state_dict(self) -> dict:
-        return {"reference": self.reference.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.reference.load_state_dict(state.get("reference", {}))
 
 
 def _pairs(micro, rows: torch.Tensor) -> list[tuple[tuple, tuple]]:

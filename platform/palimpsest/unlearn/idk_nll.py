@@ -13,7 +13,7 @@ import torch
 
 from palimpsest.train.batching import TokenizedQA
 from palimpsest.train.hooks import StepBatch
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, retain_weight
 from palimpsest.unlearn.base import RETAIN, UnlearningMethod
 from palimpsest.unlearn.idk import IDK, draw_refusals
 
@@ -21,7 +21,7 @@ METHOD = MethodInfo(
     name="idk_nll", family="unlearning", implementation="IdkNLL",
     summary="L = NLL(forget questions → \"I don't know\") + α·NLL(retain)", paper="Maini et al., 2024 (TOFU)",
     params=(
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
+        retain_weight(),
         Param("idk_path", "str", None, "a file of \"I don't know\" answers, one per line (TOFU's idontknow.jsonl); "
                                        "null: the built-in 40", nullable=True),
     ),

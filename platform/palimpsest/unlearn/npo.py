@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
 from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.objectives import npo_loss
 
@@ -24,8 +24,8 @@ METHOD = MethodInfo(
     paper="Zhang et al., 2024",
     params=(
         Param("beta", "float", 0.1, "β, the inverse temperature", low=0, low_open=True),
-        Param("forget_weight", "float", 1.0, "γ, the weight of the NPO term", low=0, low_open=True),
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL (0: NPO without RT)", low=0),
+        forget_weight(1.0, "γ, the weight of the NPO term"),
+        retain_weight(1.0, "α, the weight of the retain NLL (0: NPO without RT)"),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
@@ -37,17 +37,8 @@ class NPO(UnlearningMethod):
         self.beta, self.forget_weight, self.retain_weight = beta, forget_weight, retain_weight
         self.reference = FrozenStart()
 
-    def before_task(self, ctx) -> None:
-        self.reference.take(ctx)
-
     def forget_loss(self, ctx, model, micro, outputs) -> torch.Tensor:
         log_likelihood, _ = micro.sequence_log_likelihood(FORGET)
         reference, _ = answer_rows(micro, FORGET, self.reference.model)
         total = npo_loss(log_likelihood, reference, self.beta, reduce="sum")
         return self.forget_weight * micro.item_mean(FORGET, total)
-
-    def state_dict(self) -> dict:
-        return {"reference": self.reference.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.reference.load_state_dict(state.get("reference", {}))

@@ -131,9 +131,3 @@ class RMU(UnlearningMethod):
                               attention_mask=micro.inputs["attention_mask"][rows])
         per_item = self._per_item(activations - self._frozen.value, self._answer_mask(micro, rows))
         return self.retain_weight * micro.item_mean(RETAIN, per_item.sum())
-
-    def state_dict(self) -> dict:
-        return {"frozen": self.frozen.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.frozen.load_state_dict(state.get("frozen", {}))

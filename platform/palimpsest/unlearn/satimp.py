@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
 from palimpsest.unlearn.base import UnlearningMethod, weighted_forget_nll
 
 METHOD = MethodInfo(
@@ -26,9 +26,8 @@ METHOD = MethodInfo(
     params=(
         Param("beta1", "float", 5.0, "β1, the power of p_t (saturation)", low=0),
         Param("beta2", "float", 1.0, "β2, the power of 1 − p_t (importance)", low=0),
-        Param("forget_weight", "float", 0.1, "γ, the weight of the weighted ascent (open-unlearning's yaml)", low=0,
-              low_open=True),
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL (open-unlearning's yaml)", low=0),
+        forget_weight(0.1, "γ, the weight of the weighted ascent (open-unlearning's yaml)"),
+        retain_weight(1.0, "α, the weight of the retain NLL (open-unlearning's yaml)"),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,

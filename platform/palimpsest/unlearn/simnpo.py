@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
 from palimpsest.unlearn.base import FORGET, UnlearningMethod
 from palimpsest.unlearn.objectives import simnpo_loss
 
@@ -21,9 +21,8 @@ METHOD = MethodInfo(
     params=(
         Param("beta", "float", 4.5, "β, the inverse temperature", low=0, low_open=True),
         Param("margin", "float", 0.0, "γ, the reward margin (open-unlearning's delta × β)", low=0),
-        Param("forget_weight", "float", 0.125, "weight of the SimNPO term (open-unlearning's gamma)", low=0,
-              low_open=True),
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
+        forget_weight(0.125, "weight of the SimNPO term (open-unlearning's gamma)"),
+        retain_weight(),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
 from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod
 
 METHOD = MethodInfo(
@@ -31,8 +31,8 @@ METHOD = MethodInfo(
     summary="distil the request's starting model with the true token's logit lowered by β", paper="Dong et al., 2025",
     params=(
         Param("beta", "float", 10.0, "β, how much logit the true next token loses in the teacher", low=0),
-        Param("forget_weight", "float", 1.0, "γ, the weight of the distillation term", low=0, low_open=True),
-        Param("retain_weight", "float", 0.0, "α, the weight of a retain NLL (the config: 0)", low=0),
+        forget_weight(1.0, "γ, the weight of the distillation term"),
+        retain_weight(0.0, "α, the weight of a retain NLL (the config: 0)"),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
@@ -45,9 +45,6 @@ class UNDIAL(UnlearningMethod):
     def __init__(self, beta: float, forget_weight: float, retain_weight: float):
         self.beta, self.forget_weight, self.retain_weight = beta, forget_weight, retain_weight
         self.teacher = FrozenStart()
-
-    def before_task(self, ctx) -> None:
-        self.teacher.take(ctx)
 
     def forget_loss(self, ctx, model, micro, outputs) -> torch.Tensor:
         rows = micro.rows(FORGET)
@@ -62,9 +59,3 @@ class UNDIAL(UnlearningMethod):
         per_position = -(target * student.log_softmax(-1)).sum(-1)  # CE with a soft target
         per_item = per_position.mean(dim=1)
         return self.forget_weight * micro.item_mean(FORGET, per_item.sum())
-
-    def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.teacher.load_state_dict(state.get("teacher", {}))

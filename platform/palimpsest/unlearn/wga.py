@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param
+from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
 from palimpsest.unlearn.base import UnlearningMethod, weighted_forget_nll
 
 METHOD = MethodInfo(
@@ -24,8 +24,8 @@ METHOD = MethodInfo(
     summary="L = −γ·mean_t[sg(p_t^β)·NLL_t](forget) + α·NLL(retain)", paper="Wang et al., 2025 (ICLR)",
     params=(
         Param("beta", "float", 1.0, "β, the power of the token probability that weights its ascent", low=0),
-        Param("forget_weight", "float", 1.0, "γ, the weight of the weighted ascent", low=0, low_open=True),
-        Param("retain_weight", "float", 1.0, "α, the weight of the retain NLL", low=0),
+        forget_weight(1.0, "γ, the weight of the weighted ascent"),
+        retain_weight(),
     ),
     **WHOLE_WEIGHTS_BACKENDS,
     projectable=True,
