@@ -163,6 +163,11 @@ def forget_weight(default: float, doc: str) -> Param:
     return Param("forget_weight", "float", default, doc, low=0, low_open=True)
 
 
+def inverse_temperature(default: float) -> Param:
+    """β of a log-sigmoid preference loss (DPO and its unlearning forms NPO, SimNPO); > 0 (the loss divides by it)."""
+    return Param("beta", "float", default, "β, the inverse temperature", low=0, low_open=True)
+
+
 # A LoRA adapter's rank (continual `lora`, unlearning `gs_lora`).
 LORA_RANK = Param("r", "int", 8, "adapter rank", low=1)
 
@@ -178,7 +183,8 @@ _DECLARATION = "METHOD"
 # What a declaration may name: the declaration types and the shared backends and parameters above.
 _DECLARATION_NAMES = {"MethodInfo": MethodInfo, "Param": Param, "ALL_BACKENDS": ALL_BACKENDS,
                       "BELOW_ZERO3": BELOW_ZERO3, "WHOLE_WEIGHTS_BACKENDS": WHOLE_WEIGHTS_BACKENDS,
-                      "retain_weight": retain_weight, "forget_weight": forget_weight, "LORA_RANK": LORA_RANK}
+                      "retain_weight": retain_weight, "forget_weight": forget_weight,
+                      "inverse_temperature": inverse_temperature, "LORA_RANK": LORA_RANK}
 _CACHE: dict[str, dict[str, MethodInfo]] = {}
 
 

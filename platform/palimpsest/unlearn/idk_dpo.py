@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from palimpsest.models import unwrap
 from palimpsest.train.batching import TokenizedQA, collate_qa, sequence_log_likelihood
 from palimpsest.train.hooks import StepBatch
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
+from palimpsest.train.methods import (
+    WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, inverse_temperature, retain_weight,
+)
 from palimpsest.unlearn.base import FORGET, RETAIN, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.idk import draw_refusals
 
@@ -32,7 +34,7 @@ METHOD = MethodInfo(
             "+ α·NLL(retain)",
     paper="Maini et al., 2024 (TOFU); Rafailov et al., 2023 (DPO)",
     params=(
-        Param("beta", "float", 0.1, "β, the inverse temperature", low=0, low_open=True),
+        inverse_temperature(0.1),
         forget_weight(1.0, "γ, the weight of the DPO term"),
         retain_weight(),
         Param("idk_path", "str", None, "a file of \"I don't know\" answers, one per line (TOFU's idontknow.jsonl); "

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
+from palimpsest.train.methods import (
+    WHOLE_WEIGHTS_BACKENDS, MethodInfo, forget_weight, inverse_temperature, retain_weight,
+)
 from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod, answer_rows
 from palimpsest.unlearn.objectives import npo_loss
 
@@ -23,7 +25,7 @@ METHOD = MethodInfo(
     summary="−(2/β)·log σ(−β·log(π_θ/π_ref)) on forget items + α·NLL(retain); π_ref = the model as the request began",
     paper="Zhang et al., 2024",
     params=(
-        Param("beta", "float", 0.1, "β, the inverse temperature", low=0, low_open=True),
+        inverse_temperature(0.1),
         forget_weight(1.0, "γ, the weight of the NPO term"),
         retain_weight(1.0, "α, the weight of the retain NLL (0: NPO without RT)"),
     ),

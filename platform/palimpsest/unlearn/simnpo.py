@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from palimpsest.train.methods import WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, retain_weight
+from palimpsest.train.methods import (
+    WHOLE_WEIGHTS_BACKENDS, MethodInfo, Param, forget_weight, inverse_temperature, retain_weight,
+)
 from palimpsest.unlearn.base import FORGET, UnlearningMethod
 from palimpsest.unlearn.objectives import simnpo_loss
 
@@ -19,7 +21,7 @@ METHOD = MethodInfo(
     summary="−(2/β)·log σ(−(β/|y|)·log π_θ − γ) on forget items (no reference) + α·NLL(retain)",
     paper="Fan et al., 2024",
     params=(
-        Param("beta", "float", 4.5, "β, the inverse temperature", low=0, low_open=True),
+        inverse_temperature(4.5),
         Param("margin", "float", 0.0, "γ, the reward margin (open-unlearning's delta × β)", low=0),
         forget_weight(0.125, "weight of the SimNPO term (open-unlearning's gamma)"),
         retain_weight(),
