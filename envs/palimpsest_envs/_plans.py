@@ -16,6 +16,10 @@ since the loop only pulls raw numbers from each generator (one call), turning
 them into plans is one vectorised ``draw`` over every sub-env that needed a
 block. The single environment consumes its generator in exactly the same blocks,
 so both see the same stream of episodes.
+
+What the environments share around their plans lives here too: `config_signature` (an
+env's arguments are its `make_config`'s), `PlannedEnv` (single) and `PlannedVectorEnv`
+(batched).
 """
 
 from __future__ import annotations
