@@ -1,5 +1,6 @@
 # make run   - set up .venv (once) and run jobs/quickstart.yaml
-# make test  - set up .venv (once) and run every test tier (unit, integration, slow)
+# make test       - set up .venv (once) and run every test tier (unit, heavy, integration, cluster, slow)
+# make test-fast  - unit behaviour of every module, for iteration: no Ray, no whole jobs, no learning thresholds
 # make bench - set up .venv (once, with the bench extra) and run every benchmark in jobs/bench/
 # TORCH_SPEC: CPU users keep the pin (a local CPU wheel); GPU users may override,
 # e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url https://..."`.
@@ -38,8 +39,10 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/palimpsest bench jobs/bench
 
+# tiers by marker (pyproject.toml): slow = learning thresholds; heavy = whole jobs and long computations without
+# Ray; integration = the shared local Ray session; cluster = Ray clusters of the tests' own
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow and not heavy and not integration and not cluster" tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

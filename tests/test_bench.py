@@ -110,6 +110,7 @@ def test_bench_refuses_a_job_of_another_kind_and_writes_nothing(tmp_path, monkey
     assert result.exit_code == 2 and "no such file or folder" in result.output and not out.exists()
 
 
+@pytest.mark.heavy
 def test_bench_joins_specs_into_one_table_bench_json_and_a_plot(tmp_path, monkeypatch):
     """Two specs, one run folder: the loop against bare PyTorch and Trainer (no Ray), and the environments."""
     monkeypatch.chdir(REPO)
@@ -144,6 +145,7 @@ def test_bench_joins_specs_into_one_table_bench_json_and_a_plot(tmp_path, monkey
 # ----------------------------------------------------------------------------- the GPU script
 
 
+@pytest.mark.heavy
 def test_the_gpu_script_runs_every_section_in_dry_run_mode(tmp_path):
     """Done-means 5: `scripts/gpu_check.py --dry-run` (CPU, tiny sizes) runs each section the GPU run does."""
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry-run", "--out",

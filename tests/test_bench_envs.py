@@ -47,6 +47,7 @@ def measured() -> list[Row]:
     return bench_envs.measure(tiny_spec(), None, use_ray=False)
 
 
+@pytest.mark.heavy
 def test_every_env_has_its_single_and_batch_rows(measured):
     cases = by_case(measured)
     for name in NAMES:
@@ -59,6 +60,7 @@ def test_every_env_has_its_single_and_batch_rows(measured):
     assert_ratios_consistent(measured)
 
 
+@pytest.mark.heavy
 def test_without_popgym_compared_only_with_the_single_env():
     rows = bench_envs.measure(tiny_spec(popgym=False), None, use_ray=False)
     assert [row.case for row in rows] == [f"{name} {case}" for name in NAMES
@@ -67,6 +69,7 @@ def test_without_popgym_compared_only_with_the_single_env():
     assert_ratios_consistent(rows)
 
 
+@pytest.mark.heavy
 def test_popgym_missing_is_one_row_not_a_crash(monkeypatch):
     monkeypatch.setitem(sys.modules, "popgym", None)  # importlib.util.find_spec("popgym") -> None
     rows = bench_envs.measure(tiny_spec(), None, use_ray=False)
@@ -76,6 +79,7 @@ def test_popgym_missing_is_one_row_not_a_crash(monkeypatch):
     assert all(f"{name} single" in by_case(rows) for name in NAMES)
 
 
+@pytest.mark.heavy
 def test_popgym_rows_pair_each_env_stepped_the_same_way(measured):
     pytest.importorskip("popgym")
     cases = by_case(measured)
@@ -93,6 +97,7 @@ def test_popgym_rows_pair_each_env_stepped_the_same_way(measured):
     assert_ratios_consistent(measured)
 
 
+@pytest.mark.heavy
 def test_popgym_batch_is_measured_when_not_among_the_batches():
     pytest.importorskip("popgym")
     rows = bench_envs.measure(tiny_spec(batches=[4]), None, use_ray=False)

@@ -199,6 +199,7 @@ def test_ewc_penalises_only_after_the_first_task_and_anchors_at_its_end():
 
 # --------------------------------------------------------------------------- backends
 
+@pytest.mark.heavy
 def test_zero1_gives_the_same_loss_curve_as_ddp(tmp_path):
     """Same seed: DDP and DeepSpeed ZeRO-1 (torch AdamW) produce the same losses (world size 1 here;
     the 2-worker comparison runs in the integration test)."""

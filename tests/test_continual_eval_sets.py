@@ -36,6 +36,7 @@ def run_cli(document: dict, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.heavy
 def test_a_stream_is_evaluated_on_its_eval_files_and_the_summary_says_so(tmp_path):
     held_out = run_cli(datasets_stream(), tmp_path / "held_out")
     on_train = run_cli(datasets_stream(eval_files=False, eval_on_train=True), tmp_path / "on_train")
@@ -94,6 +95,7 @@ def test_general_replay_and_general_evaluation_pools_never_overlap(tmp_path):
         assert drawn and set(drawn) <= replayable and not set(drawn) & scored
 
 
+@pytest.mark.heavy
 def test_min_acc_is_null_and_explained_when_only_task_ends_are_evaluated(tmp_path):
     document = datasets_stream(eval_files=False, eval_on_train=True)
     document["training"]["steps"] = 10

@@ -91,6 +91,7 @@ def test_bad_method_parameter_exits_2_before_any_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.heavy
 def test_a_failed_run_resumes_from_its_folder_to_the_same_result(tmp_path):
     """`palimpsest run --resume DIR` finishes an interrupted run from its last checkpoint."""
     from palimpsest.spec import dump_spec
@@ -191,6 +192,7 @@ def test_validate_refuses_bad_method_parameters_naming_the_field(params, words, 
         assert word in result.output, result.output
 
 
+@pytest.mark.heavy
 def test_several_methods_without_ray_write_one_block_each(tmp_path):
     out = tmp_path / "run"
     job = tmp_path / "job.yaml"
@@ -322,6 +324,7 @@ def test_every_other_shipped_job_validates(job, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("job", [pytest.param(job, marks=[pytest.mark.integration] if _kind(job) == "rl" else [])
                                  for job in sorted(RUN_END_TO_END)])  # rl: RLlib on the shared Ray session
+@pytest.mark.heavy
 def test_one_shipped_job_per_code_path_runs_on_a_tiny_budget(job, tmp_path, monkeypatch, tmp_path_factory,
                                                             request):
     """One example per code path runs end to end (without Ray, a few steps) — not just validates."""

@@ -63,6 +63,7 @@ def _checkpoint_at(root: Path, task: int, step: int, method: int = 0) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(CONTINUAL))
+@pytest.mark.heavy
 def test_every_method_resumes_bit_identically_mid_task_and_its_state_round_trips(name, tmp_path):
     """Two tasks × 20 steps; a resume from task 1 step 10 replays the uninterrupted run exactly."""
     run = method_run(name, **SETTINGS.get(name, {}))
@@ -82,6 +83,7 @@ def test_every_method_resumes_bit_identically_mid_task_and_its_state_round_trips
     assert _state_bytes(fresh.state_dict()) == _state_bytes(saved)
 
 
+@pytest.mark.heavy
 def test_several_methods_in_one_run_resume_from_a_checkpoint_of_the_second(tmp_path):
     methods = [method_run("naive"), method_run("replay", buffer_size=8, memory_batch_size=4)]
     config = loop_config([qa_items(16, 0), qa_items(16, 1)], steps=10, methods=methods, checkpoint_every=5)

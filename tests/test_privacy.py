@@ -31,6 +31,7 @@ from synthetic import EOS, PAD, make_method, qa_items, tiny_model
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sizes=st.lists(st.integers(20, 200_000), min_size=1, max_size=3), batch=st.integers(1, 1024),
        steps=st.integers(1, 3000), epsilon=st.floats(0.2, 30), accountant=st.sampled_from(["rdp", "rdp", "prv"]))
+@pytest.mark.heavy
 def test_calibrated_noise_never_spends_more_than_the_target(sizes, batch, steps, epsilon, accountant):
     """Done-means 1: over data sizes, batches, steps, ε, tasks of different sizes and both accountants."""
     assume(batch <= min(sizes))
@@ -47,6 +48,7 @@ def test_calibrated_noise_never_spends_more_than_the_target(sizes, batch, steps,
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.heavy
 def test_the_93_batch_case_stays_under_the_target(accountant):
     """docs/design.md ("Opacus"): make_private_with_epsilon spent ε 8.031 for a target of 8 with 93 batches per epoch."""
     rate = 1 / 93
@@ -54,6 +56,7 @@ def test_the_93_batch_case_stays_under_the_target(accountant):
     assert epsilon_spent([(sigma, rate, 93 * 5)], 1e-5, accountant) <= 8.0
 
 
+@pytest.mark.heavy
 def test_a_plan_refuses_what_cannot_be_private_and_defaults_delta_to_a_tenth_of_one_over_n():
     spec = PrivacySpec(epsilon=8.0, accountant="rdp")
     plan = make_plan(spec, task_sizes=[60, 40], batch_size=10, steps_per_task=20)
@@ -194,6 +197,7 @@ def test_the_accountant_continues_from_the_carried_history():
     assert second.progress()["epsilon"] == pytest.approx(epsilon_spent([(1.0, 0.5, 4)], 1e-5, "rdp"))
 
 
+@pytest.mark.heavy
 def test_a_private_run_resumed_mid_task_continues_the_same_epsilon_and_replays_exactly(tmp_path):
     """Two tasks × 10 steps, resumed at task 1 step 5: the accountant comes back from the checkpoint."""
     from palimpsest.train.loop import run_without_ray
@@ -251,6 +255,7 @@ def final_weights(root) -> dict:
     return load_checkpoint(str(sorted(root.glob("checkpoint_*"))[-1])).model
 
 
+@pytest.mark.heavy
 def test_a_private_run_draws_from_a_fresh_owner_only_secret_unless_it_opts_into_the_public_seed(tmp_path):
     """Two runs of one private job give different weights; the secret lives in the trainer state only (0600),
     the same in every checkpoint of a run; `reproducible` restores the seeded draws and says the guarantee is void."""
@@ -281,6 +286,7 @@ def test_a_private_run_draws_from_a_fresh_owner_only_secret_unless_it_opts_into_
     assert load_checkpoint(str(sorted((tmp_path / "c").glob("checkpoint_*"))[-1])).secret is None
 
 
+@pytest.mark.heavy
 def test_every_release_draws_independent_noise_and_the_public_seed_shares_it(tmp_path):
     """Two runs at two ε (sweep points, trials) and two methods of one run: the noise the optimizer added at
     step 0 is uncorrelated; with `reproducible` the same standard-normal draw is scaled by each σ (corr 1)."""
@@ -310,6 +316,7 @@ def test_every_release_draws_independent_noise_and_the_public_seed_shares_it(tmp
             assert abs(at_two_epsilons) < 0.05 and abs(two_methods) < 0.05
 
 
+@pytest.mark.heavy
 def test_delta_at_exactly_one_over_n_is_refused_and_just_below_is_accepted():
     n = 100
     with pytest.raises(BudgetError, match="privacy.delta"):
@@ -319,6 +326,7 @@ def test_delta_at_exactly_one_over_n_is_refused_and_just_below_is_accepted():
     assert plan.delta < 1.0 / n
 
 
+@pytest.mark.heavy
 def test_the_summary_epsilon_is_the_accountants_real_history_not_the_plan(tmp_path):
     """A plan made for 12 steps, a loop that takes 5: the summary reports the 5 steps the accountant saw."""
     from palimpsest.train.loop import run_without_ray
@@ -337,6 +345,7 @@ def test_the_summary_epsilon_is_the_accountants_real_history_not_the_plan(tmp_pa
 # --------------------------------------------------------------------------- person-level privacy
 
 
+@pytest.mark.heavy
 def test_person_level_plans_count_people_and_refuse_examples_without_a_person():
     from palimpsest.data import QAExample
     from palimpsest.privacy import people_of

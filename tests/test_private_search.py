@@ -70,6 +70,7 @@ def write_trial(folder: Path, name: str, summary: dict) -> dict:
     return {"run_folder": str(folder / name)}
 
 
+@pytest.mark.heavy
 def test_the_selected_models_epsilon_composes_every_trial_and_a_stopped_one_counts_its_whole_plan(tmp_path):
     spec = parse_spec(private_search())
     plan = make_plan(PrivacySpec(epsilon=4.0, accountant="rdp"), task_sizes=[64], batch_size=8, steps_per_task=20)

@@ -132,6 +132,7 @@ def assert_secret_kept(run: Path, checkpoints: list[Path]) -> None:
     assert exported & 0o044, "the exported model kept the trainer state's owner-only mode"
 
 
+@pytest.mark.heavy
 def test_a_private_continual_stream_composes_every_task_into_one_budget(tmp_path):
     document = {"kind": "continual", "name": "dpcl", "seed": 2,
                 "stream": {"source": "factworld", "num_entities": 12, "attributes_per_entity": 3, "num_tasks": 2,
@@ -164,6 +165,7 @@ def test_a_private_continual_stream_composes_every_task_into_one_budget(tmp_path
     assert not report.startswith("**Privacy guarantee: none")
 
 
+@pytest.mark.heavy
 def test_a_train_job_reports_membership_inference_and_draws_it(tmp_path):
     """A model that memorised its facts: members score above non-members (a swapped pair reads below 0.5)."""
     summary = run_spec(private_spec(scaling={"num_workers": 1}, privacy=None, data={"num_entities": 40},
@@ -254,6 +256,7 @@ def test_ghost_clipping_is_refused_where_it_cannot_run(tmp_path):
         assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.heavy
 def test_a_sweep_names_its_own_fields_and_its_resolved_spec_reruns(tmp_path):
     from palimpsest.spec import dump_spec, load_spec
 

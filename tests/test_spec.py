@@ -113,6 +113,7 @@ def test_run_with_bad_spec_creates_no_run_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.heavy
 def test_real_entry_point_prints_no_traceback(tmp_path):
     path = write(tmp_path, {"kind": "train", "data": {"source": "file", "path": "missing.jsonl"}, "modle": {}})
     proc = subprocess.run([sys.executable, "-m", "palimpsest.cli", "validate", str(path)],
@@ -145,6 +146,7 @@ documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_si
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=documents)
+@pytest.mark.heavy
 def test_random_documents_never_raise_anything_but_spec_error(document):
     try:
         parse_spec(document)

@@ -48,6 +48,7 @@ def reload_and_evaluate(run_dir: Path, split_items):
                        eos_id=tokenizer.eos_token_id)
 
 
+@pytest.mark.heavy
 def test_run_without_ray_writes_the_whole_run_folder(tmp_path):
     out = tmp_path / "run"
     result = run_cli(write_job(tmp_path), "--no-ray", "--out", out)
@@ -73,6 +74,7 @@ def test_run_without_ray_writes_the_whole_run_folder(tmp_path):
     assert "| train |" in (out / "report.md").read_text()
 
 
+@pytest.mark.heavy
 def test_tofu_format_file_trains_and_checkpoint_reproduces_eval_loss(tmp_path):
     world = generate_world(seed=4, num_entities=6, attributes_per_entity=2)
     train_file, eval_file = tmp_path / "train.json", tmp_path / "eval.jsonl"

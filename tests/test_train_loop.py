@@ -68,6 +68,7 @@ def test_left_padded_batch_generation_matches_one_by_one():
     assert batched == alone
 
 
+@pytest.mark.heavy
 def test_loop_without_ray_learns_checkpoints_and_resumes_bit_identically(tmp_path):
     config = loop_config(steps=400, checkpoint_every=200)
     full = run_without_ray(config, tmp_path / "full")["methods"][0]

@@ -137,6 +137,7 @@ def _statuses(path: Path) -> dict:
         if path.exists() else {}
 
 
+@pytest.mark.heavy
 def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes_the_sequence(tmp_path, unlearn_cache):
     """Done-means 5: killed in request 2 of 3 → 1 done, 2 pending; the next run serves 2 and 3; a rerun changes
     nothing; a reused id with other items is refused.
@@ -182,6 +183,7 @@ def test_the_ledger_survives_a_kill_during_request_two_and_the_next_run_finishes
     assert not (tmp_path / "fourth").exists() and ledger.read_bytes() == before
 
 
+@pytest.mark.heavy
 def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration_is_refused(tmp_path, capfd,
                                                                                              unlearn_cache):
     """Done-means 5 and 11 (#22): serving that raises → `failed` with the error; the rerun says what it skipped and
@@ -221,6 +223,7 @@ def test_a_request_that_raises_is_failed_and_a_rerun_under_another_configuration
     assert len(hashes) == 4  # both configurations' results, each under its own key
 
 
+@pytest.mark.heavy
 def test_idk_nll_serves_requests_with_i_dont_know_answers_the_tokenizer_knows(tmp_path, unlearn_cache):
     """The runner tokenises the refusals (a fitted tokenizer learns their words) and records the answer file."""
     idk = tmp_path / "idk.txt"
@@ -281,6 +284,7 @@ def test_bad_input_is_one_clear_line_and_exit_2_before_any_folder(change, messag
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.heavy
 def test_seeds_repeat_target_retain_model_and_methods_and_report_mean_and_bootstrap_interval(tmp_path):
     """Done-means 8: each seed is a run of its own (another target, retain model and retraining); the summary
     gives the mean over seeds and scipy's 95% BCa interval; retrain (another seed) is not the retain model."""
@@ -346,6 +350,7 @@ def test_a_request_of_items_never_trained_on_is_refused(tmp_path):
     assert result.exit_code == 2 and "were never trained on" in result.output
 
 
+@pytest.mark.heavy
 def test_tofu_format_files_are_read_as_the_real_tofu_is(tmp_path):
     """The shipped sample (written by `palimpsest export-tofu`) through the TOFU loader, without Ray."""
     result = CliRunner().invoke(app, ["export-tofu", str(tmp_path / "tofu"), "--entities", "24", "--real-authors", "0",
