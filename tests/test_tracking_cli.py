@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -34,6 +35,7 @@ def mlflow_runs(store: Path):
     return client, client.search_runs([experiment.experiment_id])
 
 
+@pytest.mark.heavy  # whole runs (no Ray)
 def test_a_tracked_run_logs_its_spec_metrics_and_report_to_mlflow_and_tensorboard(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store, out = tmp_path / "mlruns", tmp_path / "run"
@@ -59,6 +61,7 @@ def test_a_tracked_run_logs_its_spec_metrics_and_report_to_mlflow_and_tensorboar
     assert [e.step for e in events.Scalars(metric_key(losses[0]))] == [r["step"] for r in losses]
 
 
+@pytest.mark.heavy
 def test_a_failed_run_is_failed_in_mlflow_and_its_resume_finishes_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from palimpsest.runners import train as train_runner
