@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from palimpsest.train.loop import HOLD_ENV
+
 import tiers
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -64,11 +66,31 @@ class LocalCluster:
                         PATH=os.pathsep.join(([str(Path(sys.executable).parent)] if venv_on_path else [])
                                              + [p for p in os.environ.get("PATH", "").split(os.pathsep)
                                                 if p != str(Path(sys.executable).parent)]))
+        # the training loop's test hook (palimpsest.train.loop._maybe_hold): the tests' jobs wait at a step they name
+        self.hold = self.root / "hold"
+        self.hold.mkdir()
+        self.env[HOLD_ENV] = str(self.hold)
         self.nodes: list[Node] = []
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         # below the ephemeral range (free_port) and above the worker ports of a default Ray (10002-19999)
         self._next_worker_port = 20000 + (os.getpid() % 25) * 500
+
+    def hold_at(self, task: int, step: int) -> None:
+        """The next job to reach the top of (task, step), 0-based, waits there until `release()`."""
+        for name in ("held", "release"):
+            (self.hold / name).unlink(missing_ok=True)
+        (self.hold / "at").write_text(f"{task} {step}\n")
+
+    def wait_held(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.hold / "held").exists():
+            assert time.monotonic() < deadline, "the job never reached its hold"
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        (self.hold / "release").write_text("go\n")
+        (self.hold / "at").unlink(missing_ok=True)
 
     @property
     def gcs_address(self) -> str:

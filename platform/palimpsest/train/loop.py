@@ -226,6 +226,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
 
         for step in range(first, opt.steps):
             _maybe_inject_failure(config.fail_at, index, task, step, session.rank)
+            _maybe_hold(task, step, session.rank)
             steady.at_step(step)
             # Dropout and other randomness: a function of (seed, method, task, step), so a resume replays it.
             _seed_step(derive_seed(config.seed, "step", index, task, step), session.device)
@@ -395,6 +396,32 @@ def _privacy_spent(plan, history: list) -> dict:
     if spent > plan.epsilon:  # calibration makes this impossible; never report such a run as private
         raise RuntimeError(f"privacy: ε spent {spent:.4f} exceeds the target {plan.epsilon}")
     return plan.summary(history, spent)
+
+
+# Test hook for jobs no test can hand a FailAt (submitted to a cluster: tests/test_cluster.py), set in the
+# environment of the cluster's nodes; see _maybe_hold.
+HOLD_ENV = "PALIMPSEST_TEST_HOLD"
+HOLD_LIMIT_S = 600.0
+
+
+def _maybe_hold(task: int, step: int, rank: int) -> None:
+    """With $PALIMPSEST_TEST_HOLD=DIR and DIR/at holding "TASK STEP" (0-based, the top of that step: after the
+    log line of the steps before it), rank 0 writes DIR/held there and waits until DIR/release exists (at most
+    HOLD_LIMIT_S), so a test acts on a job at a known point instead of racing its log."""
+    folder = os.environ.get(HOLD_ENV)
+    if not folder or rank != 0:
+        return
+    folder = Path(folder)
+    try:
+        at = (folder / "at").read_text().split()
+    except FileNotFoundError:
+        return
+    if at != [str(task), str(step)] or (folder / "release").exists():
+        return
+    (folder / "held").write_text(f"{os.getpid()}\n")
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not (folder / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _maybe_inject_failure(fail_at, method: int, task: int, step: int, rank: int) -> None:
