@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(BIN)/palimpsest run jobs/quickstart.yaml
 
+# Two runs, both always: the tests without Ray on 2 processes (pytest-xdist), then the tests that start Ray one at a
+# time (two Ray instances on one machine contend for the same cores and were no faster: 1416 s against ~1500 s).
 test: install
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=10 -m "not integration and not cluster" tests; without_ray=$$?; \
+	$(BIN)/python -m pytest -q --durations=20 -m "integration or cluster" tests; with_ray=$$?; \
+	test $$without_ray -eq 0 -a $$with_ray -eq 0
 
 # the bench extra (POPGym, the environments' comparison) on top of the dev install
 $(BENCH_STAMP): $(STAMP)
@@ -42,7 +46,7 @@ bench: $(BENCH_STAMP)
 # tiers by marker (pyproject.toml): slow = learning thresholds; heavy = whole jobs and long computations without
 # Ray; integration = the shared local Ray session; cluster = Ray clusters of the tests' own
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not heavy and not integration and not cluster" tests
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not heavy and not integration and not cluster" tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
