@@ -28,7 +28,7 @@ run: install
 	$(BIN)/palimpsest run jobs/quickstart.yaml
 
 # Two runs, both always: the tests without Ray on 2 processes (pytest-xdist), then the tests that start Ray one at a
-# time (two Ray instances on one machine contend for the same cores and were no faster: 1416 s against ~1500 s).
+# time (two Ray instances on one machine contend for the same cores and were barely faster: 1416 s against 1463 s, each test twice as slow).
 test: install
 	$(BIN)/python -m pytest -q -n 2 --durations=10 -m "not integration and not cluster" tests; without_ray=$$?; \
 	$(BIN)/python -m pytest -q --durations=20 -m "integration or cluster" tests; with_ray=$$?; \
