@@ -47,7 +47,9 @@ def command_for(job: Path) -> list[str]:
 
 def commit() -> str:
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+    # (the table itself, which this script rewrites after each job, does not make the tree dirty)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            f":(exclude){TABLE.relative_to(ROOT).as_posix()}"],
                            capture_output=True, text=True).stdout.strip()
     return (found.stdout.strip() or "?") + ("-dirty" if dirty else "")
 
