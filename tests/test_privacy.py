@@ -399,3 +399,18 @@ def test_the_person_of_a_record_comes_from_person_field_or_a_known_key(tmp_path)
     assert [e.entity for e in load_qa_file(path, person_key="user")] == ["7", "8"]
     with pytest.raises(DataError, match="person_field"):
         load_qa_file(path, person_key="owner")
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_epsilon_spent_is_opacus_own_figure_for_each_delta_asked(accountant):
+    """The cached ε is keyed on everything it depends on: the same history at two δ gives Opacus's two figures."""
+    from opacus.accountants import create_accountant
+
+    history = [(1.1, 0.01, 300), (1.3, 0.02, 100)]
+    for delta in (1e-3, 1e-7):
+        counter = create_accountant(mechanism=accountant)
+        counter.history = list(history)
+        assert epsilon_spent(history, delta, accountant) == pytest.approx(counter.get_epsilon(delta=delta), rel=1e-9)
+    assert epsilon_spent(history, 1e-7, accountant) > epsilon_spent(history, 1e-3, accountant)
+    assert epsilon_spent(history, 1e-3, "rdp" if accountant == "prv" else "prv") != epsilon_spent(history, 1e-3,
+                                                                                                  accountant)
