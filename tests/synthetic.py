@@ -23,12 +23,13 @@ def qa_items(n: int = 24, seed: int = 0) -> list[TokenizedQA]:
     return items
 
 
-def tiny_model_cfg(seed: int = 0) -> dict:
-    return model_config({"preset": "tiny-llama"}, vocab_size=VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS, seed=seed)
+def tiny_model_cfg(seed: int = 0, **model) -> dict:
+    return model_config({"preset": "tiny-llama", **model}, vocab_size=VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS,
+                        seed=seed)
 
 
-def tiny_model(seed: int = 0):
-    return build_model(tiny_model_cfg(seed))
+def tiny_model(seed: int = 0, **model):
+    return build_model(tiny_model_cfg(seed, **model))
 
 
 def method_run(name: str, **params) -> MethodRun:

@@ -24,6 +24,7 @@ def model_config(model_spec: dict, *, vocab_size: int, pad_id: int, bos_id: int 
         "preset": model_spec.get("preset"),
         "pretrained": model_spec.get("pretrained"),
         "dtype": model_spec.get("dtype", "float32"),
+        "attn_implementation": model_spec.get("attn_implementation", "sdpa"),
         "lora": model_spec.get("lora"),
         "vocab_size": vocab_size,
         "pad_id": pad_id,
@@ -40,6 +41,7 @@ def build_model(cfg: dict, *, random_init: bool = False) -> torch.nn.Module:
     the reference GEM's forward transfer is measured against. Presets are random-init anyway.
     """
     dtype = _DTYPES[cfg.get("dtype", "float32")]
+    attention = {"attn_implementation": cfg.get("attn_implementation") or "sdpa"}
     if cfg.get("pretrained"):  # no "Loading weights" bar per model a worker loads (a run loads many)
         from transformers.utils import logging as hf_logging
 
@@ -49,11 +51,12 @@ def build_model(cfg: dict, *, random_init: bool = False) -> torch.nn.Module:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg["seed"])
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg["pretrained"]), dtype=dtype)
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg["pretrained"]), dtype=dtype,
+                                                     **attention)
         if model.get_input_embeddings().num_embeddings < cfg["vocab_size"]:
             model.resize_token_embeddings(cfg["vocab_size"])
     elif cfg.get("pretrained"):
-        model = AutoModelForCausalLM.from_pretrained(cfg["pretrained"], dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(cfg["pretrained"], dtype=dtype, **attention)
         if model.get_input_embeddings().num_embeddings < cfg["vocab_size"]:
             model.resize_token_embeddings(cfg["vocab_size"])
     else:
@@ -64,6 +67,7 @@ def build_model(cfg: dict, *, random_init: bool = False) -> torch.nn.Module:
             bos_token_id=cfg["bos_id"],
             eos_token_id=cfg["eos_id"],
             tie_word_embeddings=False,
+            **attention,
         )
         # Same seed on every rank -> identical init without relying on DDP's broadcast.
         with torch.random.fork_rng(devices=[]):

@@ -81,6 +81,10 @@ class ModelSpec(Strict):
     )
     vocab_size: int = Field(1024, ge=260, description="BPE vocabulary size when training a tokenizer (256 bytes + 4 special tokens at least)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="parameter dtype")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="transformers' attention kernel: sdpa (torch's scaled_dot_product_attention; "
+                            "flash or memory-efficient kernels on GPU), eager (the reference Python "
+                            "attention), or flash_attention_2 (the flash-attn package, on GPU at bf16/fp16)")
     lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of all weights")
 
     @field_validator("preset")
@@ -192,7 +196,11 @@ class DeepSpeedSpec(Strict):
     """DeepSpeed ZeRO settings (torch AdamW as the client optimizer: no compile step on CPU)."""
 
     zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3 (3 also partitions the weights)")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="the older name of training.precision (kept so older jobs run); give training.precision")
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 class TrainingSpec(Strict):
@@ -210,6 +218,26 @@ class TrainingSpec(Strict):
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="used when backend is deepspeed")
     log_every: int = Field(10, gt=0, description="steps between train-loss records")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints; default: only the last")
+    precision: Literal[PRECISIONS] = Field(
+        "auto", description="auto: bf16 mixed precision on a GPU that has it, fp32 elsewhere (CPU, and DP-SGD); "
+                            "bf16 / fp16: autocast with fp32 master weights (fp16 with a loss scaler; DeepSpeed: "
+                            "its own bf16 / fp16 modes); fp32: no autocast")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass (less memory, about "
+                           "a third more compute)")
+    compile: bool = Field(False, description="torch.compile the model (in place; recompiles bounded by "
+                                             "COMPILE_RECOMPILE_LIMIT, then eager)")
+
+    @model_validator(mode="after")
+    def _one_precision(self):
+        older = self.deepspeed.precision
+        if older is not None and self.precision not in ("auto", older):
+            raise ValueError(f"precision is {self.precision} but deepspeed.precision (its older name) is {older}: "
+                             "give precision only")
+        if older is not None:  # moved to its one place (no assignment validation: it would run this again)
+            self.__dict__["precision"] = older
+            self.deepspeed.__dict__["precision"] = None
+        return self
 
 
 class PrivacySettings(Strict):

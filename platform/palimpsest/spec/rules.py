@@ -43,6 +43,7 @@ def cross_problems(kind: str, document: dict) -> list[str]:
                             f"scaling.num_workers × training.grad_accum ({per_step})")
     if model and training and model.lora is not None and training.backend == "deepspeed":
         problems.append("training.backend: LoRA (model.lora) runs on the ddp backend only")
+    problems += _speed_problems(training, scaling, model, private)
     if kind == "continual":
         problems += _method_problems(document, training, scaling, model)
     if kind == "privacy_sweep":
@@ -112,6 +113,44 @@ def _sweep_problems(document: dict) -> list[str]:
         found += cross_problems("train", {**job, "privacy": None})
     # The privacy rules speak of the sweep's own privacy section; the rest of the job's sections.
     return list(dict.fromkeys(line if line.startswith("privacy.") else f"job.{line}" for line in found))
+
+
+# Why DP-SGD (Opacus) refuses each speed option: its per-example gradients come from hooks on
+# each layer's forward activations and backward gradients.
+PRIVATE_SPEED_REFUSALS = {
+    "precision": "Opacus computes and clips per-example gradients in fp32 (auto is fp32 with privacy); give fp32 "
+                 "or auto",
+    "activation_checkpointing": "Opacus's per-example hooks would capture each recomputed layer a second time",
+    "compile": "Opacus's per-example gradient hooks do not run inside torch.compile's graphs",
+}
+
+
+def _speed_problems(training, scaling, model, private: bool) -> list[str]:
+    """The speed options (precision, activation checkpointing, compile, attention kernel) against the rest."""
+    problems = []
+    if training and private:
+        if training.precision in ("bf16", "fp16"):
+            problems.append(f"training.precision: {training.precision} with privacy: "
+                            f"{PRIVATE_SPEED_REFUSALS['precision']}")
+        for name in ("activation_checkpointing", "compile"):
+            if getattr(training, name):
+                problems.append(f"training.{name}: not with privacy: {PRIVATE_SPEED_REFUSALS[name]}")
+    if training and training.compile and training.backend == "deepspeed":
+        problems.append("training.compile: DeepSpeed wraps the model in its own engine; compile runs on the ddp "
+                        "backend")
+    if model and model.attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            problems.append("model.attn_implementation: flash_attention_2 needs the flash-attn package, which is not "
+                            "installed here; use sdpa (torch's own flash kernel on GPU)")
+        if scaling and not scaling.use_gpu:
+            problems.append("model.attn_implementation: flash_attention_2 runs on GPUs only; set scaling.use_gpu or "
+                            "use sdpa")
+        if training and training.precision == "fp32":
+            problems.append("model.attn_implementation: flash_attention_2 needs bf16 or fp16; set training.precision "
+                            "to auto, bf16 or fp16, or use sdpa")
+    return problems
 
 
 def _privacy_problems(kind: str, document: dict, privacy, training, scaling, model) -> list[str]:

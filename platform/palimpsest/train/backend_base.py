@@ -39,6 +39,15 @@ class Backend:
     # may differ by one example and be empty (Poisson-sampled batches).
     uneven_batches: bool = False
 
+    # The precision the forward runs at (resolved: bf16, fp16 or fp32); see `autocast`.
+    precision: str = "fp32"
+
+    def autocast(self):
+        """Context for a micro-batch's forward and loss: autocast at `precision` (DeepSpeed casts by itself)."""
+        from palimpsest.train.speed import autocast
+
+        return autocast(self.precision, next(unwrap(self.model).parameters()).device)
+
     def choose_batch(self, method, ctx, step: int):
         """The global batch of `step`: the method's, unless the backend must sample its own."""
         return method.batch(ctx, step)

@@ -16,14 +16,23 @@ from transformers import get_scheduler
 from palimpsest.models import unwrap
 from palimpsest.train.backend_base import Backend, adamw
 from palimpsest.train.config import Optimisation
+from palimpsest.train.speed import prepare_model, resolve_precision
 
 
 class DDPBackend(Backend):
-    """torch DistributedDataParallel (gloo on CPU, NCCL on GPU); plain module at world size 1."""
+    """torch DistributedDataParallel (gloo on CPU, NCCL on GPU); plain module at world size 1.
+
+    bf16 / fp16: the forward autocasts (`Backend.autocast`) and the weights, gradients and
+    AdamW state stay fp32; fp16 scales the loss (torch's GradScaler) and skips a step whose
+    gradients overflowed, as torch's own mixed-precision recipe does.
+    """
 
     def __init__(self, model: torch.nn.Module, training: Optimisation, *, world_size: int, device: torch.device,
                  carried: dict | None = None):
-        model = model.to(device)
+        model = prepare_model(model.to(device), activation_checkpointing=training.activation_checkpointing,
+                              compile=training.compile)
+        self.precision = resolve_precision(training.precision, torch.device(device))
+        self.scaler = torch.amp.GradScaler(torch.device(device).type) if self.precision == "fp16" else None
         if world_size > 1:
             device_ids = [device.index] if device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
@@ -35,7 +44,7 @@ class DDPBackend(Backend):
                                        num_training_steps=training.steps)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def accumulating(self, is_last_micro_batch: bool):
         if isinstance(self.model, DistributedDataParallel) and not is_last_micro_batch:
@@ -44,18 +53,29 @@ class DDPBackend(Backend):
 
     def step(self) -> torch.Tensor:
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        self.optimizer.step()
+        if self.scaler is None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            self.optimizer.step()
+        else:  # clip the true gradients; an overflow (inf norm) skips the step and lowers the scale
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def make_backend(model: torch.nn.Module, training: Optimisation, *, world_size: int, device,

@@ -26,7 +26,9 @@ class Optimisation:
     max_grad_norm: float | None = 1.0
     backend: str = "ddp"
     zero_stage: int = 2
-    precision: str = "fp32"
+    precision: str = "fp32"  # auto | bf16 | fp16 | fp32 (the backend resolves auto on its device)
+    activation_checkpointing: bool = False
+    compile: bool = False
     log_every: int = 10
     checkpoint_every: int | None = None
 

@@ -29,6 +29,7 @@ from transformers import get_scheduler
 
 from palimpsest.train.backend_base import Backend, adamw
 from palimpsest.train.config import Optimisation
+from palimpsest.train.speed import prepare_model, resolve_precision
 
 
 def _skip_shm_build() -> None:
@@ -52,7 +53,9 @@ def _single_process_group() -> None:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
 
 
-def deepspeed_config(training: Optimisation, world_size: int) -> dict:
+def deepspeed_config(training: Optimisation, world_size: int, precision: str | None = None) -> dict:
+    """DeepSpeed's config; `precision`: the resolved one (bf16, fp16, fp32), default training.precision."""
+    precision = precision or training.precision
     accum = training.grad_accum
     return {
         "train_batch_size": training.batch_size,
@@ -61,7 +64,8 @@ def deepspeed_config(training: Optimisation, world_size: int) -> dict:
         "gradient_clipping": training.max_grad_norm or 0.0,
         "zero_optimization": {"stage": training.zero_stage},
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": training.precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},  # with DeepSpeed's dynamic loss scaling
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -75,13 +79,17 @@ class DeepSpeedBackend(Backend):
 
         _skip_shm_build()
         _single_process_group()
+        # DeepSpeed's bf16 / fp16 modes cast the model themselves (fp32 master weights in the
+        # optimizer): no autocast on top (`precision` stays fp32 for Backend.autocast).
+        cast = resolve_precision(training.precision, torch.device(device))
+        model = prepare_model(model, activation_checkpointing=training.activation_checkpointing, compile=False)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = adamw(params, lr=training.lr, weight_decay=training.weight_decay)
         scheduler = get_scheduler(training.lr_schedule, optimizer, num_warmup_steps=training.warmup_steps,
                                   num_training_steps=training.steps)
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(training, world_size), dist_init_required=False,
+            config=deepspeed_config(training, world_size, cast), dist_init_required=False,
         )
         self.model, self.optimizer, self.scheduler = engine, optimizer, scheduler
         self.shards_parameters = training.zero_stage == 3

@@ -43,13 +43,16 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
                   collate_qa([item for _, item in chunk], pad_id=ctx.pad_id, eos_id=ctx.eos_id).items()}
         row_weights = torch.tensor(weights, device=ctx.device)
         with backend.accumulating(k == accumulation - 1):
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            **_logits_window(method, model, chunk, inputs["input_ids"].size(1)))
-            losses, mask = token_losses(outputs.logits, inputs["labels"])
-            micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in chunk], token_losses=losses,
-                               token_mask=mask, step_batch=batch, world_size=ctx.world_size,
-                               accumulation=accumulation, reduction=backend.loss_reduction, row_weights=row_weights)
-            backend.backward(method.loss(ctx, model, micro, outputs))
+            with backend.autocast():  # the forward and the method's loss; backward outside, as torch's AMP
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                **_logits_window(method, model, chunk, inputs["input_ids"].size(1)))
+                losses, mask = token_losses(outputs.logits.float(), inputs["labels"])
+                micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in chunk], token_losses=losses,
+                                   token_mask=mask, step_batch=batch, world_size=ctx.world_size,
+                                   accumulation=accumulation, reduction=backend.loss_reduction,
+                                   row_weights=row_weights)
+                loss = method.loss(ctx, model, micro, outputs)
+            backend.backward(loss)
         counted = torch.stack([(losses.detach().sum(dim=1) * row_weights).sum().double(),
                                (mask.sum(dim=1) * row_weights).sum().double()])
         window += counted.to(window.device)
