@@ -45,6 +45,7 @@ METHOD = MethodInfo(
     name="gere", family="continual", implementation="GeRe",
     summary="general-sample replay + threshold-margin loss keeping hidden activations on their side of thresholds "
             "recorded from the initial model", paper="Zhang et al., 2025 (GeRe)",
+    packing_reason="it reads each example's hidden states from the model's outputs",
     params=(
         Param("replay_ratio", "float", 0.5, "share of every batch drawn from the general samples", low=0, high=1,
               low_open=True, high_open=True),

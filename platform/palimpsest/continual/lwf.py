@@ -30,6 +30,7 @@ METHOD = MethodInfo(
     name="lwf", family="continual", implementation="LwF",
     summary="λ·KL(teacher ‖ student) at temperature T on answer tokens, teacher = the model before the task",
     paper="Li & Hoiem, 2016",
+    packing_reason="it distils the teacher's logits row by row from the model's outputs",
     params=(
         Param("lam", "float", 1.0, "weight λ_o of the distillation term", low=0),
         Param("temperature", "float", 2.0, "softening temperature T", low=0, low_open=True),

@@ -118,6 +118,7 @@ def loop_config(spec, tokenizer, *, tasks, eval_sets, task_eval_names=None, gene
             lr_schedule=training.lr_schedule, max_grad_norm=training.max_grad_norm, backend=training.backend,
             zero_stage=training.deepspeed.zero_stage, precision=training.precision,
             activation_checkpointing=training.activation_checkpointing, compile=training.compile,
+            packing=training.packing, packing_row_tokens=training.packing_row_tokens,
             log_every=training.log_every, checkpoint_every=training.checkpoint_every),
         evaluation=Evaluation(every=spec.eval.eval_every, batch_size=spec.eval.batch_size, periodic=periodic,
                               baseline=baseline),

@@ -227,6 +227,12 @@ class TrainingSpec(Strict):
                            "a third more compute)")
     compile: bool = Field(False, description="torch.compile the model (in place; recompiles bounded by "
                                              "COMPILE_RECOMPILE_LIMIT, then eager)")
+    packing: bool = Field(
+        False, description="concatenate each micro-batch's examples into rows (own position ids, no attention "
+                           "across examples): no FLOP on padding, the same per-example losses. Not with privacy "
+                           "(one example per row) nor with methods that read the model's outputs by row")
+    packing_row_tokens: int = Field(2048, gt=0, description="tokens a packed row holds at most (a longer example "
+                                                            "gets a row of its own)")
 
     @model_validator(mode="after")
     def _one_precision(self):

@@ -122,6 +122,7 @@ PRIVATE_SPEED_REFUSALS = {
                  "or auto",
     "activation_checkpointing": "Opacus's per-example hooks would capture each recomputed layer a second time",
     "compile": "Opacus's per-example gradient hooks do not run inside torch.compile's graphs",
+    "packing": "per-example gradients need one example per row (a packed row holds several)",
 }
 
 
@@ -132,7 +133,7 @@ def _speed_problems(training, scaling, model, private: bool) -> list[str]:
         if training.precision in ("bf16", "fp16"):
             problems.append(f"training.precision: {training.precision} with privacy: "
                             f"{PRIVATE_SPEED_REFUSALS['precision']}")
-        for name in ("activation_checkpointing", "compile"):
+        for name in ("activation_checkpointing", "compile", "packing"):
             if getattr(training, name):
                 problems.append(f"training.{name}: not with privacy: {PRIVATE_SPEED_REFUSALS[name]}")
     if training and training.compile and training.backend == "deepspeed":
@@ -247,6 +248,9 @@ def _method_problems(document: dict, training, scaling, model, family: str = "co
             continue  # the field validation reports it
         info = known[entry["name"]]
         names.append(info.name)
+        if training and training.packing and info.packing_reason:
+            problems.append(f"methods[{i}]: {info.name} cannot train on packed rows: {info.packing_reason}; set "
+                            "training.packing false")
         params = entry.get("params") or {}
         if not isinstance(params, dict):
             continue

@@ -41,6 +41,9 @@ class Backend:
 
     # The precision the forward runs at (resolved: bf16, fp16 or fp32); see `autocast`.
     precision: str = "fp32"
+    # training.packing: the forward sees the micro-batch packed into rows of at most this many
+    # tokens (train/packing.py); None: padded rows.
+    packing_row_tokens: int | None = None
 
     def autocast(self):
         """Context for a micro-batch's forward and loss: autocast at `precision` (DeepSpeed casts by itself)."""

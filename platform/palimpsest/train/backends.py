@@ -33,6 +33,7 @@ class DDPBackend(Backend):
                               compile=training.compile)
         self.precision = resolve_precision(training.precision, torch.device(device))
         self.scaler = torch.amp.GradScaler(torch.device(device).type) if self.precision == "fp16" else None
+        self.packing_row_tokens = training.packing_row_tokens if training.packing else None
         if world_size > 1:
             device_ids = [device.index] if device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)

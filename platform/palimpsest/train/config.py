@@ -29,6 +29,8 @@ class Optimisation:
     precision: str = "fp32"  # auto | bf16 | fp16 | fp32 (the backend resolves auto on its device)
     activation_checkpointing: bool = False
     compile: bool = False
+    packing: bool = False
+    packing_row_tokens: int = 2048
     log_every: int = 10
     checkpoint_every: int | None = None
 

@@ -121,6 +121,9 @@ class MethodInfo:
     # unless `gu_refusal` says why GU would train another objective than the method's.
     projectable: bool = False
     gu_refusal: str = ""
+    # training.packing: why the method cannot train on packed rows (it reads the model's
+    # outputs row by row: logits or hidden states per example); empty: it can.
+    packing_reason: str = ""
     module: str = field(default="", compare=False)  # filled in by `discover`
 
     def defaults(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from palimpsest.models import unwrap
 from palimpsest.train.backend_base import Backend
 from palimpsest.train.batching import collate_qa, token_losses
 from palimpsest.train.hooks import TASK_PART, LoopContext, MicroBatch, StepBatch, TrainingMethod
+from palimpsest.train.packing import pack_qa, unpack
 from palimpsest.train.sampling import shard_for_rank
 
 
@@ -39,14 +40,18 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
         weights = [1.0] * len(chunk)
         if not chunk:  # a Poisson draw left this micro-batch empty: one zero-weight row keeps collectives in step
             chunk, weights = [(TASK_PART, ctx.tasks[ctx.task][0])], [0.0]
+        examples = [item for _, item in chunk]
         inputs = {key: value.to(ctx.device) for key, value in
-                  collate_qa([item for _, item in chunk], pad_id=ctx.pad_id, eos_id=ctx.eos_id).items()}
+                  collate_qa(examples, pad_id=ctx.pad_id, eos_id=ctx.eos_id).items()}
         row_weights = torch.tensor(weights, device=ctx.device)
         with backend.accumulating(k == accumulation - 1):
             with backend.autocast():  # the forward and the method's loss; backward outside, as torch's AMP
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                **_logits_window(method, model, chunk, inputs["input_ids"].size(1)))
-                losses, mask = token_losses(outputs.logits.float(), inputs["labels"])
+                if backend.packing_row_tokens:  # the model sees packed rows; the method, the padded layout
+                    outputs, losses, mask = _packed_forward(model, examples, ctx, backend.packing_row_tokens)
+                else:
+                    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                    **_logits_window(method, model, chunk, inputs["input_ids"].size(1)))
+                    losses, mask = token_losses(outputs.logits.float(), inputs["labels"])
                 micro = MicroBatch(inputs=inputs, part_of_row=[part for part, _ in chunk], token_losses=losses,
                                    token_mask=mask, step_batch=batch, world_size=ctx.world_size,
                                    accumulation=accumulation, reduction=backend.loss_reduction,
@@ -58,6 +63,20 @@ def train_step(ctx: LoopContext, method: TrainingMethod, backend: Backend, batch
         window += counted.to(window.device)
     method.after_backward(ctx)
     return backend.step()
+
+
+def _packed_forward(model, examples, ctx: LoopContext, row_tokens: int):
+    """The forward on packed rows; per-example token losses and mask in the padded (B, L-1) layout.
+
+    The returned outputs are the packed ones: methods that read `outputs` are refused with
+    packing (`MethodInfo.packing_reason`).
+    """
+    packed = pack_qa(examples, pad_id=ctx.pad_id, eos_id=ctx.eos_id, row_tokens=row_tokens)
+    # No cache: transformers reads restarting position ids as packed examples only without one.
+    outputs = model(input_ids=packed.input_ids.to(ctx.device), position_ids=packed.position_ids.to(ctx.device),
+                    use_cache=False)
+    losses, mask = token_losses(outputs.logits.float(), packed.labels.to(ctx.device))
+    return outputs, unpack(losses, packed), unpack(mask, packed)
 
 
 def _logits_window(method: TrainingMethod, model, chunk: list, width: int) -> dict:

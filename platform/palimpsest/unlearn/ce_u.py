@@ -25,6 +25,7 @@ METHOD = MethodInfo(
     name="ce_u", family="unlearning", implementation="CrossEntropyUnlearning",
     summary="L = mean_t CE(sg(p_t without the true token), p_t) over forget answer tokens",
     paper="Yang, 2025 (arXiv 2503.01224)",
+    packing_reason="it scores each example's logits from the model's outputs",
     params=(
         Param("ignore_first", "int", 1, "answer tokens at the start of each answer left out (the reference: 1)", low=0),
         retain_weight(0.0, "α, the weight of a retain NLL (the reference has none)"),

@@ -29,6 +29,7 @@ from palimpsest.unlearn.base import FORGET, FrozenStart, UnlearningMethod
 METHOD = MethodInfo(
     name="undial", family="unlearning", implementation="UNDIAL",
     summary="distil the request's starting model with the true token's logit lowered by β", paper="Dong et al., 2025",
+    packing_reason="it distils each example's logits from the model's outputs",
     params=(
         Param("beta", "float", 10.0, "β, how much logit the true next token loses in the teacher", low=0),
         forget_weight(1.0, "γ, the weight of the distillation term"),
