@@ -18,8 +18,14 @@ finished:
   throughput_zero2  same model, DeepSpeed ZeRO-2, bf16 (fp32 master weights), torch AdamW (no JIT ops)
   dp_*              Opacus DP-SGD (hooks, ghost clipping) and DP-LoRA (hooks, ghost) vs non-private,
                     fp32, on a ~134M model; dp_summary gives the ratios
-MFU = 6 · parameters · tokens/s ÷ 790 TFLOP/s (H200 bf16 dense; LoRA/DP runs use the same formula,
-so read their figure as "model FLOPs at 6N", not hardware utilisation).
+  throughput_packed     the same model on variable-length items: padded rows against training.packing
+  throughput_compiled   the plain path with training.compile
+  throughput_zero3      DeepSpeed ZeRO-3, bf16
+  baseline_trainer      Hugging Face `Trainer` on the same model, items, batch and precision (when it installs)
+MFU = 6 · parameters · tokens/s ÷ the device's dense bf16 peak, looked up by its name in PEAKS (H100
+SXM/PCIe/NVL, H200 SXM/NVL, A100; LoRA/DP runs use the same formula, so read their figure as "model
+FLOPs at 6N", not hardware utilisation). The plain path is the default one: fp32 weights, bf16 autocast
+(training.precision auto), sdpa attention.
 
 Device command (repo root; run with carry [".whl"]):
 
@@ -59,7 +65,30 @@ import torch  # noqa: E402
 
 from palimpsest.train.flops import train_flops  # noqa: E402
 
-PEAK_FLOPS = 790e12  # H200 bf16 dense, as docs/design.md ("GPU checks") measures MFU
+# Dense bf16 tensor-core peak by device name (torch.cuda.get_device_name), first match wins: NVIDIA's
+# datasheet figures, whose bf16 numbers are quoted "with sparsity" (halved here). Entered 2026-12-07.
+PEAKS = (
+    ("H200 NVL", "H200 NVL", 835e12, "NVIDIA H200 Tensor Core GPU datasheet: 1,671 TFLOPS bf16 with sparsity"),
+    ("H200", "H200 SXM", 989e12, "NVIDIA H200 Tensor Core GPU datasheet: 1,979 TFLOPS bf16 with sparsity"),
+    ("H100 PCIe", "H100 PCIe", 756e12, "NVIDIA H100 Tensor Core GPU datasheet: 1,513 TFLOPS bf16 with sparsity"),
+    ("H100 NVL", "H100 NVL", 835e12, "NVIDIA H100 Tensor Core GPU datasheet: 1,671 TFLOPS bf16 with sparsity"),
+    ("H100", "H100 SXM", 989e12, "NVIDIA H100 Tensor Core GPU datasheet: 1,979 TFLOPS bf16 with sparsity"),
+    ("A100", "A100", 312e12, "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS bf16 dense"),
+)
+PEAKS_ENTERED = "2026-12-07"
+
+
+def peak_for(device_name: str | None) -> dict:
+    """The PEAKS entry for `device_name`; without a GPU (the dry run) H200 SXM's, marked assumed."""
+    for pattern, name, flops, source in PEAKS:
+        if device_name and pattern in device_name:
+            return {"device": name, "flops": flops, "source": source, "entered": PEAKS_ENTERED, "assumed": False}
+    pattern, name, flops, source = PEAKS[1]
+    return {"device": name, "flops": flops, "source": source, "entered": PEAKS_ENTERED, "assumed": True,
+            "why": f"{device_name or 'no GPU'} is not in PEAKS"}
+
+
+PEAK = peak_for(None)  # set in main() from the device
 PAD, BOS, EOS = 0, 1, 2
 STARTED = time.perf_counter()
 
@@ -229,7 +258,7 @@ def run_loop(cfg: dict, items, optimisation, *, device: str, threads: int, priva
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
-def speed(run: dict, warmup: int, *, peak_flops: float = PEAK_FLOPS) -> dict:
+def speed(run: dict, warmup: int, *, peak_flops: float | None = None) -> dict:
     """Tokens/s, step time and MFU over the steps after `warmup`."""
     measured = run["steps"][warmup:]
     seconds = sum(s["s"] for s in measured)
@@ -244,7 +273,8 @@ def speed(run: dict, warmup: int, *, peak_flops: float = PEAK_FLOPS) -> dict:
         "warmup_step_s": [round(s["s"], 4) for s in run["steps"][:warmup]],
         "examples_per_step_mean": sum(s["examples"] for s in measured) / max(len(measured), 1),
         "tokens_per_s": tps,
-        "mfu": train_flops(params, tps) / peak_flops,
+        "mfu": train_flops(params, tps) / (peak_flops or PEAK["flops"]),
+        "mfu_peak": PEAK["device"],
         "parameters_total": params,
         "parameters_trainable": run["parameters"]["trainable"],
         "peak_mem_gib": run["peak_mem_gib"],
@@ -268,7 +298,7 @@ def section_meta(args, device: str) -> dict:
     figures = {"python": sys.version.split()[0], "machine": stdlib_platform.machine(), "versions": versions,
                "device": device, "dry_run": args.cpu_dry_run, "cpu_count": os.cpu_count(),
                "sizes": SIZES["dry" if args.cpu_dry_run else "gpu"], "dp_preset": DP_PRESET, "lora": LORA,
-               "peak_flops": PEAK_FLOPS, "palimpsest": str(ROOT / "platform" / "palimpsest"),
+               "peak": PEAK, "palimpsest": str(ROOT / "platform" / "palimpsest"),
                "ray_importable": _importable("ray")}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -331,22 +361,99 @@ def section_parity(sizes: dict, gpu_device: str, threads: int, tolerance: float)
     return figures
 
 
-def section_throughput(sizes: dict, device: str, threads: int, *, backend: str) -> dict:
+def section_throughput(sizes: dict, device: str, threads: int, *, backend: str, zero_stage: int = 2,
+                       **training) -> dict:
+    """Our default path (fp32 weights, precision auto: bf16 autocast on GPU, sdpa), or DeepSpeed ZeRO at bf16
+    (fp32 master weights; DeepSpeed casts the module), with `training` options on top (compile, ...)."""
     from palimpsest.train.config import Optimisation
 
     t = sizes["throughput"]
     steps = t["warmup"] + t["measured"]
     items = qa_items(max(4 * t["batch"], 64), vocab=t["vocab"], seq=t["seq"], seed=1)
-    if backend == "ddp":  # our plain path: bf16 weights, torch AdamW, no wrapper at world size 1
-        cfg = model_cfg(t["preset"], t["vocab"], dtype="bfloat16")
-        opt = Optimisation(steps=steps, batch_size=t["batch"], lr=t["lr"], log_every=steps)
-    else:  # ZeRO-2: fp32 master weights, bf16 compute (DeepSpeed casts the module)
-        cfg = model_cfg(t["preset"], t["vocab"], dtype="float32")
+    cfg = model_cfg(t["preset"], t["vocab"], dtype="float32")
+    if backend == "ddp":
+        opt = Optimisation(steps=steps, batch_size=t["batch"], lr=t["lr"], log_every=steps, precision="auto",
+                           **training)
+    else:
         opt = Optimisation(steps=steps, batch_size=t["batch"], lr=t["lr"], log_every=steps, backend="deepspeed",
-                           zero_stage=2, precision="bf16")
+                           zero_stage=zero_stage, precision="bf16", **training)
     run = run_loop(cfg, items, opt, device=device, threads=threads)
-    return {"backend": backend, "preset": t["preset"], "seq": t["seq"], "batch": t["batch"],
-            "tokens_per_step": t["batch"] * t["seq"], **speed(run, t["warmup"])}
+    return {"backend": backend, "zero_stage": zero_stage if backend == "deepspeed" else None, "training": training,
+            "preset": t["preset"], "seq": t["seq"], "batch": t["batch"], "tokens_per_step": t["batch"] * t["seq"],
+            **speed(run, t["warmup"])}
+
+
+def varied_items(n: int, *, vocab: int, seq: int, seed: int):
+    """QA-like items of 1/8 to all of `seq` tokens (a fact world's are short): what padding wastes, packing keeps."""
+    from palimpsest.train.batching import TokenizedQA
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(n):
+        length = int(rng.integers(max(4, seq // 8), seq + 1))
+        half = length // 2
+        items.append(TokenizedQA((BOS, *rng.integers(3, vocab, size=half - 1).tolist()),
+                                 tuple(rng.integers(3, vocab, size=length - half - 1).tolist())))
+    return items
+
+
+def section_packed(sizes: dict, device: str, threads: int) -> dict:
+    """Padded rows against packed ones on the same variable-length items: tokens/s counts real tokens only."""
+    from palimpsest.train.config import Optimisation
+
+    t = sizes["throughput"]
+    steps = t["warmup"] + t["measured"]
+    items = varied_items(max(4 * t["batch"], 64), vocab=t["vocab"], seq=t["seq"], seed=2)
+    cfg = model_cfg(t["preset"], t["vocab"], dtype="float32")
+    figures = {}
+    for name, packing in (("padded", False), ("packed", True)):
+        opt = Optimisation(steps=steps, batch_size=t["batch"], lr=t["lr"], log_every=steps, precision="auto",
+                           packing=packing, packing_row_tokens=t["seq"])
+        figures[name] = speed(run_loop(cfg, items, opt, device=device, threads=threads), t["warmup"])
+    figures["packed_vs_padded_x"] = figures["packed"]["tokens_per_s"] / figures["padded"]["tokens_per_s"]
+    figures["mfu"] = figures["packed"]["mfu"]
+    return figures
+
+
+def section_trainer(sizes: dict, device: str, threads: int) -> dict:
+    """Hugging Face `Trainer` on the same model config, items, batch, LR and precision as throughput_plain."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from palimpsest.models import build_model
+    from palimpsest.train.batching import collate_qa
+
+    t = sizes["throughput"]
+    steps = t["warmup"] + t["measured"]
+    items = qa_items(max(4 * t["batch"], 64), vocab=t["vocab"], seq=t["seq"], seed=1)
+    model = build_model(model_cfg(t["preset"], t["vocab"], dtype="float32"))
+    timings: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            _sync(device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            timings.append(time.perf_counter() - self.start)
+
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-trainer-") as root:
+        arguments = TrainingArguments(output_dir=root, per_device_train_batch_size=t["batch"], max_steps=steps,
+                                      learning_rate=t["lr"], lr_scheduler_type="cosine", bf16=bf16,
+                                      use_cpu=device != "cuda", report_to=[], save_strategy="no",
+                                      logging_strategy="no", dataloader_num_workers=0, seed=3,
+                                      remove_unused_columns=False, disable_tqdm=True)
+        trainer = Trainer(model=model, args=arguments, train_dataset=list(items), callbacks=[StepTimer()],
+                          data_collator=lambda batch: collate_qa(batch, pad_id=PAD, eos_id=EOS))
+        trainer.train()
+    measured = timings[t["warmup"]:]
+    tokens = sum(len(it.prompt) + len(it.answer) + 1 for it in items[: t["batch"]])  # every item is seq tokens
+    tps = tokens * len(measured) / sum(measured)
+    return {"preset": t["preset"], "seq": t["seq"], "batch": t["batch"], "bf16": bf16, "tokens_per_s": tps,
+            "step_s_mean": sum(measured) / len(measured), "measured_steps": len(measured),
+            "mfu": train_flops(sum(p.numel() for p in model.parameters()), tps) / PEAK["flops"],
+            "mfu_peak": PEAK["device"]}
 
 
 def section_dp(sizes: dict, device: str, threads: int, *, mode: str | None, lora: bool) -> dict:
@@ -415,6 +522,8 @@ def main() -> int:
             return 2
         device, sizes, threads = "cuda", SIZES["gpu"], min(8, os.cpu_count() or 1)
         os.environ.setdefault("DS_ACCELERATOR", "cuda")
+    global PEAK
+    PEAK = peak_for(torch.cuda.get_device_name(0) if device == "cuda" else None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from palimpsest.presets import MODEL_PRESETS
 
@@ -439,9 +548,19 @@ def main() -> int:
         recorder.section("parity", lambda: section_parity(sizes, device, threads, args.tolerance),
                          lambda f: f"max |Δloss| {f['max_abs_diff']:.2e} (rel {f['max_rel_diff']:.2e}); "
                                    f"ZeRO-2: {f.get('gpu_zero2_vs_cpu', f.get('gpu_zero2_error'))}")
-    for name, backend in (("throughput_plain", "ddp"), ("throughput_zero2", "deepspeed")):
+    for name, backend, options in (("throughput_plain", "ddp", {}), ("throughput_compiled", "ddp", {"compile": True}),
+                                   ("throughput_zero2", "deepspeed", {"zero_stage": 2}),
+                                   ("throughput_zero3", "deepspeed", {"zero_stage": 3})):
         if wanted(name):
-            recorder.section(name, lambda b=backend: section_throughput(sizes, device, threads, backend=b), speed_line)
+            recorder.section(name, lambda b=backend, o=options: section_throughput(sizes, device, threads, backend=b,
+                                                                                   **o), speed_line)
+    if wanted("throughput_packed"):
+        recorder.section("throughput_packed", lambda: section_packed(sizes, device, threads),
+                         lambda f: f"packed {f['packed']['tokens_per_s']:,.0f} tok/s against padded "
+                                   f"{f['padded']['tokens_per_s']:,.0f} ({f['packed_vs_padded_x']:.2f}x)")
+    if wanted("baseline_trainer"):
+        recorder.section("baseline_trainer", lambda: section_trainer(sizes, device, threads),
+                         lambda f: f"Trainer {f['tokens_per_s']:,.0f} tok/s, MFU {f['mfu'] * 100:.1f}%")
     for name, mode, lora in (("dp_nonprivate", None, False), ("dp_hooks", "hooks", False),
                              ("dp_ghost", "ghost", False), ("dp_nonprivate_lora", None, True),
                              ("dp_lora_hooks", "hooks", True), ("dp_lora_ghost", "ghost", True)):

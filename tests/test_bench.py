@@ -153,7 +153,8 @@ def test_the_gpu_script_runs_every_section_in_dry_run_mode(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["finished"] and report["sections"]["meta"]["figures"]["dry_run"] is True
-    expected = {"meta", "parity", "throughput_plain", "throughput_zero2", "dp_nonprivate", "dp_hooks", "dp_ghost",
+    expected = {"meta", "parity", "throughput_plain", "throughput_compiled", "throughput_zero2", "throughput_zero3",
+                "throughput_packed", "baseline_trainer", "dp_nonprivate", "dp_hooks", "dp_ghost",
                 "dp_nonprivate_lora", "dp_lora_hooks", "dp_lora_ghost", "dp_summary"}
     assert set(report["sections"]) == expected
     failed = {name: entry.get("error") for name, entry in report["sections"].items() if not entry["ok"]}
