@@ -286,3 +286,44 @@ def test_a_packed_training_step_takes_the_padded_step():
     # gradient is ~0 may differ by a little of that; the gradients themselves agree within 1e-5 (above).
     for a, b in zip(packed.model.parameters(), padded.model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0.0)
+
+
+@pytest.mark.heavy
+def test_through_the_loop_packing_and_checkpointing_keep_the_loss_curve_under_ddp_and_deepspeed(tmp_path,
+                                                                                                monkeypatch):
+    """12 steps of the shared loop (world size 1): the options reach both backends and change no loss."""
+    import numpy as np
+
+    from synthetic import loop_config
+
+    from palimpsest.train import speed, step
+    from palimpsest.train.loop import run_without_ray
+
+    seen = {"packed": 0, "checkpointing": 0}
+    packed_forward, prepare = step._packed_forward, speed.prepare_model
+
+    def counting_forward(*args, **kwargs):  # the real forward, counted
+        seen["packed"] += 1
+        return packed_forward(*args, **kwargs)
+
+    def counting_prepare(model, **options):
+        model = prepare(model, **options)
+        seen["checkpointing"] += bool(is_checkpointing(model))
+        return model
+
+    monkeypatch.setattr(step, "_packed_forward", counting_forward)
+    for module in ("palimpsest.train.backends", "palimpsest.train.deepspeed_backend"):
+        monkeypatch.setattr(f"{module}.prepare_model", counting_prepare)
+
+    def curve(name, **training):
+        seen.update(packed=0, checkpointing=0)
+        result = run_without_ray(loop_config(steps=12, log_every=1, eval_every=None, **training), tmp_path / name)
+        return [r["value"] for r in result["methods"][0]["records"] if r["metric"] == "train_loss"], dict(seen)
+
+    plain, counts = curve("plain")
+    assert len(plain) == 12 and plain[-1] < plain[0] and counts == {"packed": 0, "checkpointing": 0}
+    fast = dict(packing=True, packing_row_tokens=48, activation_checkpointing=True)
+    for name, backend in (("ddp-fast", {}), ("zero1-fast", {"backend": "deepspeed", "zero_stage": 1})):
+        losses, counts = curve(name, **fast, **backend)
+        assert counts == {"packed": 12, "checkpointing": 1}, name  # every step packed; checkpointing on
+        np.testing.assert_allclose(losses, plain, rtol=1e-4, err_msg=name)
