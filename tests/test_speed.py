@@ -192,6 +192,7 @@ SPEED_REFUSALS = [
       "training": {"precision": "fp32"}}, "flash_attention_2 needs bf16 or fp16"),
     ({"training": {"precision": "bf16", "deepspeed": {"precision": "fp32"}}}, "deepspeed.precision (its older name)"),
     ({"training": {"packing": True}, "privacy": {"epsilon": 8.0}}, "training.packing: not with privacy"),
+    ({"training": {"precision": "fp16", "backend": "deepspeed"}}, "DeepSpeed's fp16 mode runs on GPUs only"),
 ]
 
 
@@ -327,3 +328,8 @@ def test_through_the_loop_packing_and_checkpointing_keep_the_loss_curve_under_dd
         losses, counts = curve(name, **fast, **backend)
         assert counts == {"packed": 12, "checkpointing": 1}, name  # every step packed; checkpointing on
         np.testing.assert_allclose(losses, plain, rtol=1e-4, err_msg=name)
+    # DeepSpeed's own bf16 mode (it casts the module; fp32 master weights): the first steps within bf16
+    # rounding (at lr 1e-2 the two runs drift apart after a few more).
+    bf16, _ = curve("zero1-bf16", backend="deepspeed", zero_stage=1, precision="bf16")
+    np.testing.assert_allclose(bf16[:4], plain[:4], rtol=2e-2)
+    assert bf16 != plain

@@ -136,6 +136,10 @@ def _speed_problems(training, scaling, model, private: bool) -> list[str]:
         for name in ("activation_checkpointing", "compile", "packing"):
             if getattr(training, name):
                 problems.append(f"training.{name}: not with privacy: {PRIVATE_SPEED_REFUSALS[name]}")
+    if training and training.precision == "fp16" and training.backend == "deepspeed" and scaling and \
+            not scaling.use_gpu:
+        problems.append("training.precision: DeepSpeed's fp16 mode runs on GPUs only; use bf16 (or fp32) on CPU, "
+                        "or set scaling.use_gpu")
     if training and training.compile and training.backend == "deepspeed":
         problems.append("training.compile: DeepSpeed wraps the model in its own engine; compile runs on the ddp "
                         "backend")
