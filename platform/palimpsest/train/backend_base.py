@@ -47,6 +47,8 @@ class Backend:
 
     def autocast(self):
         """Context for a micro-batch's forward and loss: autocast at `precision` (DeepSpeed casts by itself)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
         from palimpsest.train.speed import autocast
 
         return autocast(self.precision, next(unwrap(self.model).parameters()).device)
