@@ -319,17 +319,21 @@ def test_through_the_loop_packing_and_checkpointing_keep_the_loss_curve_under_dd
     def curve(name, **training):
         seen.update(packed=0, checkpointing=0)
         result = run_without_ray(loop_config(steps=12, log_every=1, eval_every=None, **training), tmp_path / name)
-        return [r["value"] for r in result["methods"][0]["records"] if r["metric"] == "train_loss"], dict(seen)
+        method = result["methods"][0]
+        seen["precision"] = method["precision"]
+        return [r["value"] for r in method["records"] if r["metric"] == "train_loss"], dict(seen)
 
     plain, counts = curve("plain")
-    assert len(plain) == 12 and plain[-1] < plain[0] and counts == {"packed": 0, "checkpointing": 0}
+    assert len(plain) == 12 and plain[-1] < plain[0]
+    assert counts == {"packed": 0, "checkpointing": 0, "precision": "fp32"}  # auto on CPU
     fast = dict(packing=True, packing_row_tokens=48, activation_checkpointing=True)
     for name, backend in (("ddp-fast", {}), ("zero1-fast", {"backend": "deepspeed", "zero_stage": 1})):
         losses, counts = curve(name, **fast, **backend)
-        assert counts == {"packed": 12, "checkpointing": 1}, name  # every step packed; checkpointing on
+        assert counts == {"packed": 12, "checkpointing": 1, "precision": "fp32"}, name  # every step packed
         np.testing.assert_allclose(losses, plain, rtol=1e-4, err_msg=name)
     # DeepSpeed's own bf16 mode (it casts the module; fp32 master weights): the first steps within bf16
     # rounding (at lr 1e-2 the two runs drift apart after a few more).
-    bf16, _ = curve("zero1-bf16", backend="deepspeed", zero_stage=1, precision="bf16")
+    bf16, counts = curve("zero1-bf16", backend="deepspeed", zero_stage=1, precision="bf16")
+    assert counts["precision"] == "bf16"
     np.testing.assert_allclose(bf16[:4], plain[:4], rtol=2e-2)
     assert bf16 != plain

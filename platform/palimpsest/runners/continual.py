@@ -179,6 +179,7 @@ def summarise_method(result: dict, baseline: dict, task_names: list[str], *, per
         "general_loss": result["task_end"][-1][GENERAL_EVAL]["loss"] if GENERAL_EVAL in result["task_end"][-1] else None,
         "task_end_steps": result["task_end_steps"],
         "parameters": result["parameters"],
+        "precision": result.get("precision"),
         "privacy": result.get("privacy"),
     }
     if RULES_SET in result["task_end"][-1]:  # rule facts of people never trained on, after the last task

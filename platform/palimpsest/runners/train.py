@@ -169,6 +169,7 @@ def run(spec: TrainJob, prepared: PreparedTrain, folder: RunFolder, *, use_ray: 
         "final": result["task_end"][-1],
         **rule_figures(result["task_end"][-1]),
         "parameters": result["parameters"],
+        "precision": result.get("precision"),
         "privacy": released_privacy([result["privacy"]]),
         "mia": mia,
         "checkpoint": "checkpoints/final",

@@ -53,6 +53,10 @@ class Backend:
 
         return autocast(self.precision, next(unwrap(self.model).parameters()).device)
 
+    def compute_precision(self) -> str:
+        """What the forward runs at, for the run's summary (DeepSpeed: its own cast, not an autocast)."""
+        return self.precision
+
     def choose_batch(self, method, ctx, step: int):
         """The global batch of `step`: the method's, unless the backend must sample its own."""
         return method.batch(ctx, step)

@@ -40,6 +40,7 @@ class MethodResult:
     eval_wall_s: float = 0.0  # evaluation, kept out of wall_s: a method's cost is what it trains
     parameters: dict | None = None
     privacy: dict | None = None  # a private run: ε spent, δ, σ, sample rate, steps (see privacy.PrivacyPlan)
+    precision: str | None = None  # what the forward ran at (training.precision resolved on the device)
     steps: int = 0  # optimizer steps per task
     task_tokens: list[int] = field(default_factory=list)  # per finished task: its training tokens
     task_wall_s: list[float] = field(default_factory=list)  # per finished task: its training wall time

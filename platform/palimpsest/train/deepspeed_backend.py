@@ -93,7 +93,11 @@ class DeepSpeedBackend(Backend):
         )
         self.model, self.optimizer, self.scheduler = engine, optimizer, scheduler
         self.shards_parameters = training.zero_stage == 3
+        self.cast = cast
         self.packing_row_tokens = training.packing_row_tokens if training.packing else None
+
+    def compute_precision(self) -> str:
+        return self.cast
 
     def full_state_dict(self) -> dict:
         module = self.model.module

@@ -206,6 +206,7 @@ def _run_method(run: _Run, index: int, saved: SavedState | None) -> None:
             unwrap(ctx.model).load_state_dict(saved.model)
         backend = make_backend(ctx.model, opt, world_size=session.world_size, device=session.device, carried=carried,
                                privacy=config.privacy, noise_seed=run.noise_seed(index), people=config.task_people)
+        result.precision = backend.compute_precision()
         if mid_task and saved.backend:
             backend.load_state_dict(saved.backend)
         backend.model.train()
