@@ -337,3 +337,24 @@ def test_through_the_loop_packing_and_checkpointing_keep_the_loss_curve_under_dd
     assert counts["precision"] == "bf16"
     np.testing.assert_allclose(bf16[:4], plain[:4], rtol=2e-2)
     assert bf16 != plain
+
+
+@pytest.mark.heavy
+def test_an_fp16_run_resumed_mid_task_replays_exactly_with_its_loss_scale(tmp_path):
+    """The loss scaler's state is checkpointed: a resume from step 4 of 12 gives the uninterrupted records."""
+    from synthetic import loop_config
+
+    from palimpsest.train.checkpoint import load_checkpoint
+    from palimpsest.train.loop import run_without_ray
+
+    config = loop_config(steps=12, checkpoint_every=4, log_every=1, eval_every=None, precision="fp16", packing=True)
+    full = run_without_ray(config, tmp_path / "full")["methods"][0]
+    assert full["precision"] == "fp16"
+    middle = sorted((tmp_path / "full").glob("checkpoint_*"))[0]
+    assert "scaler" in load_checkpoint(str(middle)).backend
+    resumed = run_without_ray(config.with_(resume_from=str(middle)), tmp_path / "resumed")["methods"][0]
+    assert resumed["records"] == full["records"]
+    # The scaler went on from where it was: at step 8 its growth tracker (steps since the last overflow) is 8, not 4.
+    at_8 = {run: load_checkpoint(str(sorted((tmp_path / run).glob("checkpoint_*"))[-2])).backend["scaler"]
+            for run in ("full", "resumed")}
+    assert at_8["resumed"] == at_8["full"] and at_8["full"]["_growth_tracker"] == 8
