@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -50,7 +51,13 @@ def _single_process_group() -> None:
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+    # The rendezvous is a file, not the port above: a port probed free can be taken by another process
+    # before the group binds it (two runs starting at once failed with EADDRINUSE).
+    import tempfile
+
+    rendezvous = Path(tempfile.mkdtemp(prefix="palimpsest-pg-")) / "store"
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method=rendezvous.as_uri(), rank=0,
+                            world_size=1)
 
 
 def deepspeed_config(training: Optimisation, world_size: int, precision: str | None = None) -> dict:
