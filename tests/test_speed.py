@@ -119,12 +119,16 @@ def test_the_ddp_backend_autocasts_its_forward_and_fp16_scales_the_loss():
     assert "scaler" in backend.state_dict() and "scaler" not in plain.state_dict()
 
 
-def test_auto_precision_is_fp32_on_cpu_and_under_dp_sgd():
+def test_auto_precision_is_fp32_on_cpu_and_under_dp_sgd(monkeypatch):
     from palimpsest.train.speed import resolve_precision
 
-    cpu = torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    assert resolve_precision("auto", torch.device("cuda"), private=True) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a GPU that has bf16
+    assert resolve_precision("auto", cuda) == "bf16"
+    assert resolve_precision("auto", cuda, private=True) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # one that has not (V100)
+    assert resolve_precision("auto", cuda) == "fp32"
     assert one_step("auto")[0].precision == "fp32"
 
 
@@ -358,3 +362,12 @@ def test_an_fp16_run_resumed_mid_task_replays_exactly_with_its_loss_scale(tmp_pa
     at_8 = {run: load_checkpoint(str(sorted((tmp_path / run).glob("checkpoint_*"))[-2])).backend["scaler"]
             for run in ("full", "resumed")}
     assert at_8["resumed"] == at_8["full"] and at_8["full"]["_growth_tracker"] == 8
+
+
+def test_a_row_fills_to_exactly_its_token_limit_and_not_one_more():
+    from palimpsest.train.batching import TokenizedQA
+    from palimpsest.train.packing import pack_qa
+
+    five = TokenizedQA((1, 5), (6, 7))  # 2 + 2 + eos = 5 tokens
+    assert pack_qa([five, five], pad_id=PAD, eos_id=EOS, row_tokens=10).input_ids.shape == (1, 10)
+    assert pack_qa([five, five], pad_id=PAD, eos_id=EOS, row_tokens=9).input_ids.shape == (2, 5)
